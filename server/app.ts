@@ -1,0 +1,95 @@
+import type { Config } from './config.ts';
+import { createLogger, type Logger } from './log.ts';
+import { AppError } from './http/app-error.ts';
+import { mountRoutes } from './http/dispatch.ts';
+import { route, type Route } from './http/route.ts';
+import { closeAllSockets, createApp, listen, stopListening } from './http/uws.ts';
+import { openStorage } from './storage/index.ts';
+import { PasswordHasher } from './auth/passwords.ts';
+import { AuthService } from './auth/service.ts';
+import { deleteOtherSessions } from './auth/repo.ts';
+import { authRoutes } from './auth/routes.ts';
+import { UsersService } from './users/service.ts';
+import { usersRoutes } from './users/routes.ts';
+import { MessagingSettingsService } from './settings/service.ts';
+import { settingsRoutes } from './settings/routes.ts';
+
+export interface RunningServer {
+  port: number;
+  /** Where the server listens, e.g. http://127.0.0.1:8080. */
+  url: string;
+  /** Stops listening, lets in-flight requests finish, closes sockets and databases. */
+  close(): Promise<void>;
+}
+
+export interface ServerOptions {
+  logger?: Logger;
+}
+
+/** How long shutdown waits for in-flight requests before closing their connections anyway. */
+const DRAIN_TIMEOUT_MS = 10_000;
+
+/** Builds and starts a complete server. Holds no global state: several can run in one process. */
+export async function createServer(config: Config, options: ServerOptions = {}): Promise<RunningServer> {
+  const logger = options.logger ?? createLogger(config.logLevel);
+  const app = createApp();
+  const storage = openStorage(config);
+  let publicUrl = config.publicUrl ?? '';
+  const revocationListeners = new Set<(sessionIds: string[]) => void>();
+  const onSessionsRevoked = (sessionIds: string[]) => {
+    for (const listener of revocationListeners) listener(sessionIds);
+  };
+
+  const hasher = new PasswordHasher();
+  const users = new UsersService({
+    storage,
+    hasher,
+    logger,
+    publicUrl: () => publicUrl,
+    avatarHashOf: () => null,
+    onSessionsRevoked,
+    revokeOtherSessions: (principal) => deleteOtherSessions(storage.directory, principal.userId, principal.sessionId),
+  });
+  const authService = new AuthService({ storage, hasher, users, logger, onSessionsRevoked });
+  const messaging = new MessagingSettingsService(users);
+
+  const routes: Route[] = [
+    route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
+    ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit }),
+    ...usersRoutes(users),
+    ...settingsRoutes(messaging),
+  ];
+  const http = mountRoutes(app, routes, {
+    logger,
+    maxJsonBodyBytes: config.maxJsonBodyBytes,
+    authenticate: (token) => authService.authenticate(token),
+  });
+
+  let listening;
+  try {
+    listening = await listen(app, config.host, config.port);
+  } catch (error) {
+    storage.close();
+    throw error;
+  }
+  const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${listening.port}`;
+  publicUrl = config.publicUrl ?? url;
+
+  let closing: Promise<void> | undefined;
+  return {
+    port: listening.port,
+    url,
+    close() {
+      closing ??= (async () => {
+        http.refuseNew();
+        stopListening(listening.socket);
+        await http.inflight.idle(DRAIN_TIMEOUT_MS);
+        closeAllSockets(app);
+        storage.close();
+      })();
+      return closing;
+    },
+  };
+}
+
+export { AppError };

@@ -1,0 +1,36 @@
+import type { DirectoryFile } from '../storage/index.ts';
+
+export interface SessionRow {
+  id: string;
+  user_id: string;
+  last_used_at: number;
+}
+
+export function insertSession(
+  directory: DirectoryFile,
+  session: { id: string; tokenHash: Buffer; userId: string; now: number; userAgent: string | null },
+): void {
+  directory
+    .stmt('INSERT INTO sessions (id, token_hash, user_id, created_at, last_used_at, user_agent) VALUES (?, ?, ?, ?, ?, ?)')
+    .run(session.id, session.tokenHash, session.userId, session.now, session.now, session.userAgent);
+}
+
+export function findSessionByTokenHash(directory: DirectoryFile, tokenHash: Buffer): SessionRow | undefined {
+  return directory.stmt('SELECT id, user_id, last_used_at FROM sessions WHERE token_hash = ?').get(tokenHash) as SessionRow | undefined;
+}
+
+export function touchSession(directory: DirectoryFile, sessionId: string, now: number): void {
+  directory.stmt('UPDATE sessions SET last_used_at = ? WHERE id = ?').run(now, sessionId);
+}
+
+export function deleteSession(directory: DirectoryFile, sessionId: string): boolean {
+  return directory.stmt('DELETE FROM sessions WHERE id = ?').run(sessionId).changes > 0;
+}
+
+/** Deletes every session of the user but `keepSessionId`; returns the ids it deleted. */
+export function deleteOtherSessions(directory: DirectoryFile, userId: string, keepSessionId: string): string[] {
+  const rows = directory
+    .stmt('DELETE FROM sessions WHERE user_id = ? AND id != ? RETURNING id')
+    .all(userId, keepSessionId) as { id: string }[];
+  return rows.map((row) => row.id);
+}

@@ -1,0 +1,68 @@
+import type { Logger } from 'pino';
+import type { AuthResponse, LoginBody, RegisterBody } from '../../shared/schemas/auth.ts';
+import { AppError } from '../http/app-error.ts';
+import type { Principal } from '../http/route.ts';
+import type { Storage } from '../storage/index.ts';
+import type { UsersService } from '../users/service.ts';
+import type { PasswordHasher } from './passwords.ts';
+import * as repo from './repo.ts';
+import { hashSessionToken, newSessionToken } from './tokens.ts';
+
+/** Sessions are touched at most this often, so authenticating a request is normally a pure read. */
+const TOUCH_INTERVAL_S = 3600;
+const nowSeconds = () => Math.floor(Date.now() / 1000);
+
+export interface AuthDeps {
+  storage: Storage;
+  hasher: PasswordHasher;
+  users: UsersService;
+  logger: Logger;
+  /** Called with the ids of sessions that just ended, so open sockets using them close. */
+  onSessionsRevoked: (sessionIds: string[]) => void;
+}
+
+export class AuthService {
+  constructor(private readonly deps: AuthDeps) {}
+
+  async register(body: RegisterBody, userAgent: string | null): Promise<AuthResponse> {
+    const { id } = await this.deps.users.create(body);
+    const token = this.startSession(id, userAgent);
+    return { token, user: this.deps.users.privateUser(id) };
+  }
+
+  /** Same answer and about the same time whether the account is missing or the password wrong. */
+  async login(body: LoginBody, userAgent: string | null): Promise<AuthResponse> {
+    const user = this.deps.users.findForLogin(body.login);
+    const ok = user ? await this.deps.hasher.verify(user.password_hash, body.password) : await this.deps.hasher.verifyDecoy(body.password);
+    if (!user || !ok) throw new AppError('invalid_credentials', 'Wrong login or password');
+    const token = this.startSession(user.id, userAgent);
+    return { token, user: this.deps.users.privateUser(user.id) };
+  }
+
+  logout(principal: Principal): void {
+    repo.deleteSession(this.deps.storage.directory, principal.sessionId);
+    this.deps.onSessionsRevoked([principal.sessionId]);
+  }
+
+  /** The session a bearer token belongs to, or null. Synchronous: one indexed read. */
+  authenticate(token: string): Principal | null {
+    const { directory } = this.deps.storage;
+    const session = repo.findSessionByTokenHash(directory, hashSessionToken(token));
+    if (!session) return null;
+    const now = nowSeconds();
+    if (now - session.last_used_at >= TOUCH_INTERVAL_S) repo.touchSession(directory, session.id, now);
+    return { userId: session.user_id, sessionId: session.id };
+  }
+
+  private startSession(userId: string, userAgent: string | null): string {
+    const token = newSessionToken();
+    repo.insertSession(this.deps.storage.directory, {
+      id: this.deps.storage.nextId(),
+      tokenHash: hashSessionToken(token),
+      userId,
+      now: nowSeconds(),
+      userAgent: userAgent === null ? null : userAgent.slice(0, 256),
+    });
+    return token;
+  }
+}

@@ -1,0 +1,87 @@
+import { parseArgs } from 'node:util';
+import path from 'node:path';
+import { z } from 'zod';
+import { MAX_WORKER_ID } from '../shared/snowflake.ts';
+
+/**
+ * The only module that reads `process.env`. Each setting has a flag and an environment variable;
+ * flags win. Everything is validated here so the rest of the server can trust its config.
+ */
+const SETTINGS = {
+  port: { flag: 'port', env: 'PLEXICHAT_PORT' },
+  host: { flag: 'host', env: 'PLEXICHAT_HOST' },
+  dataDir: { flag: 'data-dir', env: 'PLEXICHAT_DATA_DIR' },
+  publicUrl: { flag: 'public-url', env: 'PLEXICHAT_PUBLIC_URL' },
+  logLevel: { flag: 'log-level', env: 'PLEXICHAT_LOG_LEVEL' },
+  workerId: { flag: 'worker-id', env: 'PLEXICHAT_WORKER_ID' },
+  maxOpenUserFiles: { flag: 'max-open-user-files', env: 'PLEXICHAT_MAX_OPEN_USER_FILES' },
+  maxJsonBodyBytes: { flag: 'max-json-body-bytes', env: 'PLEXICHAT_MAX_JSON_BODY_BYTES' },
+  authRateLimit: { flag: 'auth-rate-limit', env: 'PLEXICHAT_AUTH_RATE_LIMIT' },
+} as const;
+
+type SettingName = keyof typeof SETTINGS;
+
+const intInRange = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+
+const configSchema = z.object({
+  port: intInRange(0, 65535).default(8080),
+  host: z.string().min(1).default('127.0.0.1'),
+  dataDir: z.string().min(1).default('./data'),
+  publicUrl: z
+    .url({ protocol: /^https?$/, message: 'must be an http(s) URL' })
+    .transform((url) => url.replace(/\/+$/, ''))
+    .optional(),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  workerId: intInRange(0, MAX_WORKER_ID).default(0),
+  maxOpenUserFiles: intInRange(2, 100_000).default(256),
+  maxJsonBodyBytes: intInRange(1024, 64 * 1024 * 1024).default(1024 * 1024),
+  /** Login/register attempts per client address per minute (0 disables the limit). */
+  authRateLimit: intInRange(0, 1_000_000).default(30),
+});
+
+export type Config = Omit<z.infer<typeof configSchema>, 'publicUrl'> & {
+  /** Base of URLs the API returns; derived from host and port when not set. */
+  publicUrl: string | undefined;
+};
+
+/** Config for embedding (tests, tools): defaults plus the given overrides, validated the same way. */
+export function makeConfig(overrides: Partial<Config> = {}): Config {
+  const parsed = configSchema.parse(Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)));
+  return { ...parsed, dataDir: path.resolve(parsed.dataDir), publicUrl: parsed.publicUrl };
+}
+
+export class ConfigError extends Error {}
+
+/** Reads flags (argv without node and script) and environment; throws ConfigError with one line. */
+export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): Config {
+  const options = Object.fromEntries(
+    Object.values(SETTINGS).map((s) => [s.flag, { type: 'string' as const }]),
+  );
+  let flags: Record<string, string | boolean | undefined>;
+  try {
+    flags = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean' } }, strict: true }).values;
+  } catch (error) {
+    throw new ConfigError(error instanceof Error ? error.message : String(error));
+  }
+  if (flags.help === true) throw new ConfigError(usage());
+  const raw: Partial<Record<SettingName, string>> = {};
+  for (const [name, setting] of Object.entries(SETTINGS) as [SettingName, (typeof SETTINGS)[SettingName]][]) {
+    const value = flags[setting.flag] ?? env[setting.env];
+    if (typeof value === 'string') raw[name] = value;
+  }
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const name = issue?.path[0] as SettingName | undefined;
+    const where = name ? `--${SETTINGS[name].flag} / ${SETTINGS[name].env}` : 'config';
+    throw new ConfigError(`invalid ${where}: ${issue?.message ?? 'invalid value'}`);
+  }
+  return { ...result.data, dataDir: path.resolve(result.data.dataDir), publicUrl: result.data.publicUrl };
+}
+
+export function usage(): string {
+  return [
+    'usage: npm start -- [options]   (each option also reads the environment variable shown)',
+    ...Object.values(SETTINGS).map((s) => `  --${s.flag.padEnd(22)} ${s.env}`),
+  ].join('\n');
+}

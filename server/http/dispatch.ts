@@ -1,0 +1,249 @@
+import { STATUS_CODES } from 'node:http';
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import { RateLimiterRes } from 'rate-limiter-flexible';
+import type { z } from 'zod';
+import type { FieldError } from '../../shared/errors.ts';
+import type { HttpRequest, HttpResponse, TemplatedApp } from './uws.ts';
+import { AppError } from './app-error.ts';
+import { InflightTracker } from './inflight.ts';
+import { RawBytes, Reply, isRawBodySpec, type Method, type Principal, type Route } from './route.ts';
+import { Router } from './router.ts';
+
+export interface HttpOptions {
+  logger: Logger;
+  maxJsonBodyBytes: number;
+  /** Synchronous on purpose: a bad token is refused before any body byte is buffered. */
+  authenticate: (token: string) => Principal | null;
+}
+
+interface RequestState {
+  aborted: boolean;
+  responded: boolean;
+  onAbort: (() => void) | undefined;
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+const addressDecoder = new TextDecoder();
+const BASE_HEADERS: Record<string, string> = {
+  'Access-Control-Allow-Origin': '*',
+  'Cache-Control': 'no-store',
+};
+const CORS_PREFLIGHT: Record<string, string> = {
+  'Access-Control-Allow-Origin': '*',
+  'Access-Control-Allow-Methods': 'GET, POST, PUT, PATCH, DELETE',
+  'Access-Control-Allow-Headers': 'Authorization, Content-Type, If-None-Match',
+  'Access-Control-Max-Age': '600',
+};
+
+/**
+ * Serves `routes` on `app`. Does everything a handler should not: abort handling, body limits,
+ * JSON parsing, auth, zod validation, error mapping and corked writes. Returns the tracker shutdown
+ * waits on; `refuseNew()` makes later requests answer 503 while in-flight ones finish.
+ */
+export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOptions): { inflight: InflightTracker; refuseNew(): void } {
+  const router = new Router();
+  for (const r of routes) router.add(r);
+  const inflight = new InflightTracker();
+  const bootId = randomBytes(3).toString('hex');
+  let requestCounter = 0;
+  let refusing = false;
+  const { logger } = options;
+
+  app.any('/*', (res: HttpResponse, req: HttpRequest) => {
+    const state: RequestState = { aborted: false, responded: false, onAbort: undefined };
+    res.onAborted(() => {
+      state.aborted = true;
+      state.onAbort?.();
+    });
+    // Everything needed from `req` is copied now: it is invalid after this function returns.
+    const method = req.getCaseSensitiveMethod();
+    const path = req.getUrl();
+    const rawQuery = req.getQuery() ?? '';
+    const headers = new Map<string, string>();
+    req.forEach((key, value) => headers.set(key, value));
+    const remoteAddress = addressDecoder.decode(res.getRemoteAddressAsText());
+    const requestId = `${bootId}-${(requestCounter += 1).toString(36)}`;
+    const started = performance.now();
+
+    const finish = (status: number, extra: Record<string, string>, payload: string | Uint8Array | undefined, close = false) => {
+      if (state.aborted || state.responded) return;
+      state.responded = true;
+      res.cork(() => {
+        res.writeStatus(`${status} ${STATUS_CODES[status] ?? ''}`);
+        res.writeHeader('X-Request-Id', requestId);
+        for (const [key, value] of Object.entries(extra)) res.writeHeader(key, value);
+        if (payload === undefined) res.endWithoutBody(0, close);
+        else res.end(payload, close);
+      });
+      logger.debug({ requestId, method, path, status, ms: Math.round(performance.now() - started) }, 'request');
+    };
+    const fail = (error: AppError, close = false) => {
+      finish(error.status, { ...BASE_HEADERS, 'Content-Type': 'application/json; charset=utf-8', ...error.headers }, JSON.stringify(error.toBody()), close);
+    };
+
+    if (refusing) {
+      fail(new AppError('service_unavailable', 'The server is shutting down'), true);
+      return;
+    }
+    if (method === 'OPTIONS') {
+      finish(204, CORS_PREFLIGHT, undefined);
+      return;
+    }
+    const match = router.match(method, path);
+    if (match.kind === 'not_found') {
+      fail(new AppError('not_found', `No route for ${method} ${path}`));
+      return;
+    }
+    if (match.kind === 'method_not_allowed') {
+      fail(new AppError('method_not_allowed', `${method} is not allowed here`, { headers: { Allow: match.allowed.join(', ') } }));
+      return;
+    }
+    const { route, params } = match;
+
+    let principal: Principal | null = null;
+    if (route.auth === 'required') {
+      principal = authenticateHeader(headers.get('authorization'), options.authenticate);
+      if (principal === null) {
+        const hasBody = (headers.get('content-length') ?? '0') !== '0' || headers.has('transfer-encoding');
+        fail(new AppError('unauthorized', 'A valid bearer token is required', { headers: { 'WWW-Authenticate': 'Bearer' } }), hasBody);
+        return;
+      }
+    }
+
+    let bodyPromise: Promise<Buffer> | undefined;
+    if (route.body !== undefined) {
+      const spec = isRawBodySpec(route.body) ? route.body : undefined;
+      const maxBytes = spec ? spec.maxBytes : options.maxJsonBodyBytes;
+      const tooLarge = spec?.tooLarge?.() ?? new AppError('payload_too_large', `Request body exceeds ${maxBytes} bytes`);
+      const declared = Number(headers.get('content-length') ?? '0');
+      if (declared > maxBytes) {
+        fail(tooLarge, true);
+        return;
+      }
+      bodyPromise = readBody(res, state, maxBytes, tooLarge);
+    }
+
+    inflight.begin();
+    void (async () => {
+      try {
+        const rawBody = bodyPromise ? await bodyPromise : undefined;
+        if (route.rateLimiter) await consumeRateLimit(route.rateLimiter, remoteAddress);
+        if (state.aborted) return;
+        let body: unknown = rawBody;
+        if (route.body !== undefined && !isRawBodySpec(route.body)) {
+          body = validate(route, route.body, parseJson(rawBody ?? Buffer.alloc(0)), 'body');
+        }
+        const query = route.query ? validate(route, route.query, parseQuery(rawQuery), 'query') : parseQuery(rawQuery);
+        const result = await route.handler({ method: method as Method, path, params, query, body, principal, headers, remoteAddress, requestId });
+        if (result instanceof Reply) {
+          if (result.body instanceof RawBytes) finish(result.status, { ...BASE_HEADERS, ...result.headers }, result.body.bytes);
+          else if (result.body === undefined) finish(result.status, { ...BASE_HEADERS, ...result.headers }, undefined);
+          else finish(result.status, { ...BASE_HEADERS, 'Content-Type': 'application/json; charset=utf-8', ...result.headers }, JSON.stringify(result.body));
+        } else if (result === undefined) {
+          finish(204, BASE_HEADERS, undefined);
+        } else {
+          finish(200, { ...BASE_HEADERS, 'Content-Type': 'application/json; charset=utf-8' }, JSON.stringify(result));
+        }
+      } catch (error) {
+        if (error instanceof AppError) {
+          // A body we stopped reading must not be parsed as the next request: close instead.
+          fail(error, error.code === 'payload_too_large' || error.code === 'file_too_large');
+        } else {
+          logger.error({ err: error, requestId, method, path }, 'unhandled error while serving a request');
+          fail(new AppError('internal_error', `Something went wrong on our side (request ${requestId})`));
+        }
+      } finally {
+        inflight.end();
+      }
+    })();
+  });
+
+  return {
+    inflight,
+    refuseNew() {
+      refusing = true;
+    },
+  };
+}
+
+function authenticateHeader(header: string | undefined, authenticate: HttpOptions['authenticate']): Principal | null {
+  if (header === undefined) return null;
+  const match = /^Bearer[ ]+([A-Za-z0-9._~+/=-]{1,512})[ ]*$/i.exec(header);
+  return match ? authenticate(match[1] as string) : null;
+}
+
+/** Collects the body, copying each chunk (uWS reuses its memory), and stops at `maxBytes`. */
+function readBody(res: HttpResponse, state: RequestState, maxBytes: number, tooLarge: AppError): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let received = 0;
+    let over = false;
+    state.onAbort = () => reject(new AppError('invalid_input', 'Request aborted'));
+    res.onData((chunk, isLast) => {
+      if (over) return;
+      received += chunk.byteLength;
+      if (received > maxBytes) {
+        over = true;
+        chunks.length = 0;
+        reject(tooLarge);
+        return;
+      }
+      chunks.push(Buffer.from(new Uint8Array(chunk)));
+      if (isLast) resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, received));
+    });
+  });
+}
+
+function parseJson(raw: Buffer): unknown {
+  if (raw.byteLength === 0) return {};
+  let text: string;
+  try {
+    text = utf8.decode(raw);
+  } catch {
+    throw new AppError('invalid_json', 'Request body is not valid UTF-8');
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new AppError('invalid_json', error instanceof Error ? error.message : 'Request body is not valid JSON');
+  }
+}
+
+/** First value per key; repeated keys do not turn into arrays a schema would not expect. */
+function parseQuery(raw: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (raw === '') return out;
+  for (const [key, value] of new URLSearchParams(raw)) if (!Object.hasOwn(out, key)) out[key] = value;
+  return out;
+}
+
+function validate(route: Route, schema: z.ZodType, value: unknown, source: 'body' | 'query'): unknown {
+  const result = schema.safeParse(value);
+  if (result.success) return result.data;
+  throw (
+    route.invalid?.(result.error.issues, source) ??
+    new AppError('invalid_input', 'Validation failed', { errors: result.error.issues.flatMap((issue) => fieldErrors(issue, source)) })
+  );
+}
+
+function fieldErrors(issue: z.core.$ZodIssue, source: 'body' | 'query'): FieldError[] {
+  const base = issue.path.map(String).join('.');
+  // An unknown key is reported at the key itself, so clients can point at the offending field.
+  if (issue.code === 'unrecognized_keys') {
+    return issue.keys.map((key) => ({ path: base ? `${base}.${key}` : key, message: 'Unknown field' }));
+  }
+  return [{ path: base || source, message: issue.message }];
+}
+
+async function consumeRateLimit(limiter: NonNullable<Route['rateLimiter']>, key: string): Promise<void> {
+  try {
+    await limiter.consume(key);
+  } catch (error) {
+    if (error instanceof RateLimiterRes) {
+      const seconds = Math.max(1, Math.ceil(error.msBeforeNext / 1000));
+      throw new AppError('too_many_requests', `Too many attempts; retry in ${seconds} s`, { headers: { 'Retry-After': String(seconds) } });
+    }
+    throw error;
+  }
+}

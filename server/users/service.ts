@@ -1,0 +1,195 @@
+import type { Logger } from 'pino';
+import { passwordWeakness } from '../../shared/schemas/common.ts';
+import type { PrivateUser, PublicUser, UpdateMeBody } from '../../shared/schemas/users.ts';
+import type { RegisterBody } from '../../shared/schemas/auth.ts';
+import { isSnowflake } from '../../shared/snowflake.ts';
+import { AppError } from '../http/app-error.ts';
+import type { Principal } from '../http/route.ts';
+import type { PasswordHasher } from '../auth/passwords.ts';
+import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
+import * as repo from './repo.ts';
+
+export interface UsersDeps {
+  storage: Storage;
+  hasher: PasswordHasher;
+  logger: Logger;
+  /** Base for URLs the API returns (known only once the server listens). */
+  publicUrl: () => string;
+  /** The stored avatar's content hash, or null when the user has none. */
+  avatarHashOf: (file: UserFile) => string | null;
+  /** Called when a password change revoked sessions, so live connections using them can close. */
+  onSessionsRevoked: (sessionIds: string[]) => void;
+  revokeOtherSessions: (principal: Principal) => string[];
+}
+
+const nowSeconds = () => Math.floor(Date.now() / 1000);
+
+export class UsersService {
+  constructor(private readonly deps: UsersDeps) {}
+
+  /** Creates the user file and indexes it; 409 if the username or email is taken (race-safe). */
+  async create(body: RegisterBody): Promise<{ id: string; file: UserFile }> {
+    const weakness = passwordWeakness(body.password, body);
+    if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
+    const { directory, userFiles } = this.deps.storage;
+    // Fast answer for the common case; the unique index below settles races.
+    this.assertAvailable(body.username, body.email, null);
+    const passwordHash = await this.deps.hasher.hash(body.password);
+    const id = this.deps.storage.nextId();
+    const user = { id, username: body.username, email: body.email, passwordHash, createdAt: nowSeconds() };
+    // The user file is written first: the directory entry is what makes the account exist, so a
+    // crash in between leaves only an orphan file, never an index entry without data.
+    const file = userFiles.create(id, (f) => repo.insertProfile(f, user));
+    try {
+      repo.indexUser(directory, user);
+    } catch (error) {
+      userFiles.remove(id);
+      throw conflictError(error) ?? error;
+    }
+    this.deps.logger.info({ userId: id }, 'user registered');
+    return { id, file };
+  }
+
+  file(userId: string): UserFile {
+    try {
+      return this.deps.storage.userFiles.get(userId);
+    } catch (error) {
+      if (error instanceof UserFileMissingError) throw new AppError('user_not_found', 'No user with that id');
+      throw error;
+    }
+  }
+
+  privateUser(userId: string): PrivateUser {
+    const file = this.file(userId);
+    const row = repo.readProfile(file);
+    return {
+      id: row.id,
+      username: row.username,
+      email: row.email,
+      avatar_url: this.avatarUrl(file),
+      created_at: row.created_at,
+      email_verified: row.email_verified === 1,
+      totp_enabled: row.totp_enabled === 1,
+      age_verified: row.age_verified === 1,
+      badges: parseBadges(row.badges),
+    };
+  }
+
+  /** The public object of an indexed user; 404 for ids that are not accounts. */
+  publicUser(userId: string): PublicUser {
+    if (!isSnowflake(userId) || !repo.findIndexedById(this.deps.storage.directory, userId)) {
+      throw new AppError('user_not_found', 'No user with that id');
+    }
+    const file = this.file(userId);
+    const row = repo.readProfile(file);
+    return {
+      id: row.id,
+      username: row.username,
+      avatar_url: this.avatarUrl(file),
+      created_at: row.created_at,
+      badges: parseBadges(row.badges),
+    };
+  }
+
+  findByUsername(username: string): PublicUser {
+    const indexed = repo.findIndexedByUsername(this.deps.storage.directory, username);
+    if (!indexed) throw new AppError('user_not_found', 'No user with that username');
+    return this.publicUser(indexed.id);
+  }
+
+  /** Login lookup: a username, or an email when it contains "@"; any case. */
+  findForLogin(login: string): repo.IndexedUser | undefined {
+    const { directory } = this.deps.storage;
+    return login.includes('@') ? repo.findIndexedByEmail(directory, login) : repo.findIndexedByUsername(directory, login);
+  }
+
+  async updateMe(principal: Principal, body: UpdateMeBody): Promise<PrivateUser> {
+    const { directory } = this.deps.storage;
+    const before = repo.readProfile(this.file(principal.userId));
+
+    let newPasswordHash: string | undefined;
+    if (body.password !== undefined) {
+      if (body.current_password === undefined) {
+        throw new AppError('missing_current_password', 'current_password is required to change the password', {
+          errors: [{ path: 'current_password', message: 'Required when changing password' }],
+        });
+      }
+      const weakness = passwordWeakness(body.password, {
+        username: body.username ?? before.username,
+        email: body.email ?? before.email,
+      });
+      if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
+      if (!(await this.deps.hasher.verify(before.password_hash, body.current_password))) {
+        throw new AppError('invalid_current_password', 'current_password is incorrect', {
+          errors: [{ path: 'current_password', message: 'Incorrect password' }],
+        });
+      }
+      newPasswordHash = await this.deps.hasher.hash(body.password);
+    }
+
+    const usernameChanged = body.username !== undefined && body.username !== before.username;
+    const emailChanged = body.email !== undefined && body.email !== before.email;
+    this.assertAvailable(
+      usernameChanged && body.username!.toLowerCase() !== before.username.toLowerCase() ? body.username! : null,
+      emailChanged && body.email!.toLowerCase() !== before.email.toLowerCase() ? body.email! : null,
+      principal.userId,
+    );
+
+    // Fetched after the awaits above: an unpinned handle may have been evicted meanwhile.
+    const file = this.file(principal.userId);
+    let revoked: string[] = [];
+    try {
+      // Directory and user file change together: if the user file write fails, the directory
+      // transaction around it rolls back too.
+      directory.transaction(() => {
+        file.transaction(() => {
+          if (usernameChanged) {
+            repo.reindexUsername(directory, principal.userId, body.username!);
+            repo.updateProfileUsername(file, body.username!);
+          }
+          if (emailChanged) {
+            const sameAddress = body.email!.toLowerCase() === before.email.toLowerCase();
+            repo.reindexEmail(directory, principal.userId, body.email!);
+            repo.updateProfileEmail(file, body.email!, sameAddress && before.email_verified === 1);
+          }
+          if (newPasswordHash !== undefined) {
+            repo.reindexPasswordHash(directory, principal.userId, newPasswordHash);
+            repo.updateProfilePasswordHash(file, newPasswordHash);
+            revoked = this.deps.revokeOtherSessions(principal);
+          }
+        });
+      });
+    } catch (error) {
+      throw conflictError(error) ?? error;
+    }
+    if (revoked.length > 0) this.deps.onSessionsRevoked(revoked);
+    return this.privateUser(principal.userId);
+  }
+
+  private assertAvailable(username: string | null, email: string | null, selfId: string | null): void {
+    const { directory } = this.deps.storage;
+    const byName = username === null ? undefined : repo.findIndexedByUsername(directory, username);
+    if (byName && byName.id !== selfId) throw conflictFor('username');
+    const byEmail = email === null ? undefined : repo.findIndexedByEmail(directory, email);
+    if (byEmail && byEmail.id !== selfId) throw conflictFor('email');
+  }
+
+  private avatarUrl(file: UserFile): string | null {
+    const hash = this.deps.avatarHashOf(file);
+    return hash === null ? null : `${this.deps.publicUrl()}/avatars/users/${file.userId}?v=${hash.slice(0, 16)}`;
+  }
+}
+
+function conflictFor(field: 'username' | 'email'): AppError {
+  return new AppError('already_exists', `That ${field} is already taken`, { errors: [{ path: field, message: 'Already taken' }] });
+}
+
+function conflictError(error: unknown): AppError | null {
+  const field = repo.uniqueConflict(error);
+  return field ? conflictFor(field) : null;
+}
+
+function parseBadges(json: string): string[] {
+  const parsed: unknown = JSON.parse(json);
+  return Array.isArray(parsed) ? parsed.filter((b): b is string => typeof b === 'string') : [];
+}

@@ -1,0 +1,55 @@
+/**
+ * The one error catalogue. Each failure has a stable snake_case `code`; the HTTP status and the
+ * `error` text are fixed per code. Where the Users API spec documents a failure, its status and
+ * text are used word for word; the rest follow DESIGN.md's list of undocumented cases.
+ */
+export const ERROR_CATALOGUE = {
+  // Documented in the Users API spec.
+  invalid_input: { status: 400, error: 'Invalid input' },
+  weak_password: { status: 400, error: 'Weak password' },
+  missing_current_password: { status: 400, error: 'Missing current_password' },
+  // A wrong current_password is a validation failure of the body, not an auth failure (400, not
+  // 401), so a client never mistakes it for an expired session.
+  invalid_current_password: { status: 400, error: 'Invalid input' },
+  already_exists: { status: 409, error: 'Already exists' },
+  invalid_file_type: { status: 400, error: 'Invalid file type' },
+  file_too_large: { status: 400, error: 'File too large' },
+  recipient_id_required: { status: 400, error: 'recipient_id required' },
+  invalid_recipient_id: { status: 400, error: 'Invalid recipient ID' },
+  cannot_message: { status: 403, error: 'Cannot message' },
+  user_not_found: { status: 404, error: 'User not found' },
+  username_required: { status: 400, error: 'Username required' },
+  invalid_user_id: { status: 400, error: 'Invalid user ID' },
+  // Authentication.
+  invalid_credentials: { status: 401, error: 'Invalid credentials' },
+  unauthorized: { status: 401, error: 'Unauthorized' },
+  // Generic HTTP failures.
+  invalid_json: { status: 400, error: 'Invalid JSON' },
+  not_found: { status: 404, error: 'Not found' },
+  method_not_allowed: { status: 405, error: 'Method not allowed' },
+  unsupported_media_type: { status: 415, error: 'Unsupported media type' },
+  payload_too_large: { status: 413, error: 'Payload too large' },
+  too_many_requests: { status: 429, error: 'Too many requests' },
+  internal_error: { status: 500, error: 'Internal error' },
+  service_unavailable: { status: 503, error: 'Service unavailable' },
+} as const satisfies Record<string, { status: number; error: string }>;
+
+export type ErrorCode = keyof typeof ERROR_CATALOGUE;
+
+/** One field-level problem, e.g. `{ path: "username", message: "Too short" }`. */
+export interface FieldError {
+  path: string;
+  message: string;
+}
+
+/** The body of every error response. */
+export interface ErrorBody {
+  error: string;
+  code: ErrorCode;
+  message: string;
+  errors?: FieldError[];
+}
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && Object.hasOwn(ERROR_CATALOGUE, value);
+}

@@ -1,0 +1,22 @@
+import { z } from 'zod';
+import { emailSchema, passwordSchema, usernameSchema } from './common.ts';
+import type { PrivateUser } from './users.ts';
+
+export const registerBodySchema = z.strictObject({
+  username: usernameSchema,
+  email: emailSchema,
+  password: passwordSchema,
+});
+export type RegisterBody = z.infer<typeof registerBodySchema>;
+
+export const loginBodySchema = z.strictObject({
+  /** Username or email, any case. */
+  login: z.string().min(1).max(254),
+  password: z.string().min(1).max(1024),
+});
+export type LoginBody = z.infer<typeof loginBodySchema>;
+
+export interface AuthResponse {
+  token: string;
+  user: PrivateUser;
+}
