@@ -24,6 +24,8 @@ export interface RunningServer {
 
 export interface ServerOptions {
   logger?: Logger;
+  /** Routes mounted beside the built-in ones (embedding, diagnostics, tests). */
+  extraRoutes?: Route[];
 }
 
 /** How long shutdown waits for in-flight requests before closing their connections anyway. */
@@ -58,6 +60,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit }),
     ...usersRoutes(users),
     ...settingsRoutes(messaging),
+    ...(options.extraRoutes ?? []),
   ];
   const http = mountRoutes(app, routes, {
     logger,
@@ -84,6 +87,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         http.refuseNew();
         stopListening(listening.socket);
         await http.inflight.idle(DRAIN_TIMEOUT_MS);
+        // uWS flushes corked writes when the loop turns; closing first would cut the last answers.
+        await new Promise((resolve) => setImmediate(resolve));
         closeAllSockets(app);
         storage.close();
       })();

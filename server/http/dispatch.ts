@@ -69,6 +69,9 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
     const finish = (status: number, extra: Record<string, string>, payload: string | Uint8Array | undefined, close = false) => {
       if (state.aborted || state.responded) return;
       state.responded = true;
+      // While shutting down, each answer ends its connection gracefully (FIN after the bytes), so
+      // closing the remaining sockets afterwards cannot cut a response short.
+      if (refusing) close = true;
       res.cork(() => {
         res.writeStatus(`${status} ${STATUS_CODES[status] ?? ''}`);
         res.writeHeader('X-Request-Id', requestId);

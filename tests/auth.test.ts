@@ -1,0 +1,212 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, registerUser, type TestServer } from './helpers/server.ts';
+import type { AuthResponse, ErrorBody, PrivateUser } from '../shared/index.ts';
+
+let srv: TestServer;
+before(async () => {
+  srv = await startServer();
+});
+after(() => srv.close());
+
+const PRIVATE_KEYS = ['age_verified', 'avatar_url', 'badges', 'created_at', 'email', 'email_verified', 'id', 'totp_enabled', 'username'];
+
+test('register returns 201 with a token and the full private user', async () => {
+  const res = await srv.api.post<AuthResponse>('/auth/register', {
+    json: { username: 'Alice.Smith', email: 'Alice@Example.com', password: 'a good passphrase' },
+  });
+  assert.equal(res.status, 201);
+  assert.match(res.body.token, /^pxc_[A-Za-z0-9_-]{43}$/);
+  assert.deepEqual(Object.keys(res.body.user).sort(), PRIVATE_KEYS);
+  const { id, created_at, ...rest } = res.body.user;
+  assert.match(id, /^[1-9][0-9]+$/);
+  assert.ok(Math.abs(created_at - Date.now() / 1000) < 60);
+  assert.deepEqual(rest, {
+    username: 'Alice.Smith',
+    email: 'Alice@Example.com',
+    avatar_url: null,
+    email_verified: false,
+    totp_enabled: false,
+    age_verified: false,
+    badges: [],
+  });
+  assert.ok(!res.text.includes('argon2'), 'no password hash in the response');
+});
+
+test('register validates every field with the documented errors', async () => {
+  const cases: [unknown, string, string][] = [
+    [{ username: 'ab', email: 'x1@example.com', password: 'longenough1' }, 'Invalid input', 'invalid_input'],
+    [{ username: 'a'.repeat(33), email: 'x2@example.com', password: 'longenough1' }, 'Invalid input', 'invalid_input'],
+    [{ username: 'bad name', email: 'x3@example.com', password: 'longenough1' }, 'Invalid input', 'invalid_input'],
+    [{ username: 'bad\u0000nul', email: 'x3@example.com', password: 'longenough1' }, 'Invalid input', 'invalid_input'],
+    [{ username: 'goodname1', email: 'not-an-email', password: 'longenough1' }, 'Invalid input', 'invalid_input'],
+    [{ username: 'goodname2', email: 'x4@example.com' }, 'Invalid input', 'invalid_input'],
+    [{ username: 'goodname3', email: 'x5@example.com', password: 'x'.repeat(129) }, 'Invalid input', 'invalid_input'],
+    [{ username: 'goodname4', email: 'x6@example.com', password: 'longenough1', admin: true }, 'Invalid input', 'invalid_input'],
+    [{ username: 'goodname5', email: 'x7@example.com', password: 'short' }, 'Weak password', 'weak_password'],
+    [{ username: 'goodname6', email: 'x8@example.com', password: 'GOODNAME6' }, 'Weak password', 'weak_password'],
+    [{ username: 'goodname7', email: 'x9@example.com', password: 'aaaaaaaaaa' }, 'Weak password', 'weak_password'],
+  ];
+  for (const [json, error, code] of cases) {
+    const res = await srv.api.post<ErrorBody>('/auth/register', { json });
+    assert.equal(res.status, 400, JSON.stringify(json));
+    assert.equal(res.body.error, error, JSON.stringify(json));
+    assert.equal(res.body.code, code);
+    assert.equal(typeof res.body.message, 'string');
+  }
+});
+
+test('register refuses case-variant duplicates of username and email with 409', async () => {
+  await registerUser(srv.api, 'TakenName');
+  const byName = await srv.api.post<ErrorBody>('/auth/register', {
+    json: { username: 'takenNAME', email: 'other1@example.com', password: 'longenough1' },
+  });
+  assert.equal(byName.status, 409);
+  assert.deepEqual(byName.body, {
+    error: 'Already exists',
+    code: 'already_exists',
+    message: 'That username is already taken',
+    errors: [{ path: 'username', message: 'Already taken' }],
+  });
+  const byEmail = await srv.api.post<ErrorBody>('/auth/register', {
+    json: { username: 'freshname', email: 'TAKENNAME@example.COM', password: 'longenough1' },
+  });
+  assert.equal(byEmail.status, 409);
+  assert.equal(byEmail.body.error, 'Already exists');
+  assert.deepEqual(byEmail.body.errors, [{ path: 'email', message: 'Already taken' }]);
+});
+
+test('concurrent registrations of one name: exactly one wins', async () => {
+  const attempts = await Promise.all(
+    Array.from({ length: 6 }, (_, i) =>
+      srv.api.post('/auth/register', { json: { username: `Racer${i % 2 ? 'X' : 'x'}`, email: `racer${i}@example.com`, password: 'longenough1' } }),
+    ),
+  );
+  assert.deepEqual(attempts.map((r) => r.status).sort(), [201, 409, 409, 409, 409, 409]);
+});
+
+test('login by username or email in any case; wrong password and unknown account look the same', async () => {
+  const user = await registerUser(srv.api, 'LoginUser');
+  for (const login of ['loginuser', 'LOGINUSER', 'LoginUser@EXAMPLE.com']) {
+    const res = await srv.api.post<AuthResponse>('/auth/login', { json: { login, password: user.password } });
+    assert.equal(res.status, 200, login);
+    assert.equal(res.body.user.id, user.id);
+    assert.notEqual(res.body.token, user.token);
+  }
+  const expected = { error: 'Invalid credentials', code: 'invalid_credentials', message: 'Wrong login or password' };
+  const wrong = await srv.api.post('/auth/login', { json: { login: 'loginuser', password: 'wrong password' } });
+  const missing = await srv.api.post('/auth/login', { json: { login: 'nobodyhere', password: 'wrong password' } });
+  assert.equal(wrong.status, 401);
+  assert.equal(missing.status, 401);
+  assert.deepEqual(wrong.body, expected);
+  assert.deepEqual(missing.body, expected);
+  const bad = await srv.api.post<ErrorBody>('/auth/login', { json: { login: 5, password: 'x' } });
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.error, 'Invalid input');
+});
+
+test('an unknown account costs about as much time as a wrong password', async () => {
+  await registerUser(srv.api, 'TimingUser');
+  const time = async (login: string) => {
+    const started = performance.now();
+    await srv.api.post('/auth/login', { json: { login, password: 'wrong password' } });
+    return performance.now() - started;
+  };
+  await time('nobody-warmup'); // the decoy hash is computed on first use
+  const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+  const known: number[] = [];
+  const unknown: number[] = [];
+  for (let i = 0; i < 5; i += 1) {
+    known.push(await time('timinguser'));
+    unknown.push(await time(`nobody${i}`));
+  }
+  const ratio = median(unknown) / median(known);
+  // Without the decoy an unknown login answers ~50x faster; allow a wide band for a noisy machine.
+  assert.ok(ratio > 0.33 && ratio < 3, `unknown/known login time ratio ${ratio.toFixed(2)}`);
+});
+
+test('logout ends only that session, immediately', async () => {
+  const user = await registerUser(srv.api);
+  const second = await srv.api.post<AuthResponse>('/auth/login', { json: { login: user.username, password: user.password } });
+  const out = await srv.api.post('/auth/logout', { token: user.token });
+  assert.equal(out.status, 204);
+  assert.equal(out.text, '');
+  const after = await srv.api.get<ErrorBody>('/users/@me', { token: user.token });
+  assert.equal(after.status, 401);
+  assert.deepEqual(after.body, { error: 'Unauthorized', code: 'unauthorized', message: 'A valid bearer token is required' });
+  assert.equal((await srv.api.get('/users/@me', { token: second.body.token })).status, 200);
+  assert.equal((await srv.api.post('/auth/logout', { token: user.token })).status, 401);
+});
+
+test('missing, malformed and unknown bearer tokens are 401 on every protected route', async () => {
+  const user = await registerUser(srv.api);
+  const variants: Record<string, string>[] = [
+    {},
+    { authorization: '' },
+    { authorization: 'Bearer' },
+    { authorization: `Basic ${user.token}` },
+    { authorization: `Bearer ${user.token}x` },
+    { authorization: 'Bearer pxc_' + 'A'.repeat(43) },
+    { authorization: 'Bearer ' + 'x'.repeat(600) },
+    { authorization: `Bearer ${user.token} extra` },
+  ];
+  const routes: [string, string][] = [
+    ['GET', '/users/@me'],
+    ['PATCH', '/users/@me'],
+    ['GET', '/users/@me/messaging-settings'],
+    ['PATCH', '/users/@me/messaging-settings'],
+    ['GET', '/users/search?username=x'],
+    [`GET`, `/users/${user.id}`],
+    ['POST', '/auth/logout'],
+  ];
+  for (const [method, path] of routes) {
+    for (const headers of variants) {
+      const res = await srv.api.request<ErrorBody>(method, path, { headers, json: method === 'GET' ? undefined : {} });
+      assert.equal(res.status, 401, `${method} ${path} ${JSON.stringify(headers)}`);
+      assert.equal(res.body.error, 'Unauthorized');
+      assert.equal(res.headers.get('www-authenticate'), 'Bearer');
+    }
+  }
+  const ok = await srv.api.get('/users/@me', { headers: { authorization: `bearer ${user.token}` } });
+  assert.equal(ok.status, 200, 'the scheme is case-insensitive');
+});
+
+test('login and register are rate limited per client address with 429 and Retry-After', async () => {
+  const limited = await startServer({ authRateLimit: 3 });
+  try {
+    for (let i = 0; i < 3; i += 1) {
+      const res = await limited.api.post('/auth/login', { json: { login: 'someone', password: 'whatever1' } });
+      assert.equal(res.status, 401);
+    }
+    const res = await limited.api.post<ErrorBody>('/auth/login', { json: { login: 'someone', password: 'whatever1' } });
+    assert.equal(res.status, 429);
+    assert.equal(res.body.error, 'Too many requests');
+    assert.equal(res.body.code, 'too_many_requests');
+    assert.ok(Number(res.headers.get('retry-after')) >= 1);
+    const reg = await limited.api.post('/auth/register', { json: { username: 'latecomer', email: 'l@example.com', password: 'longenough1' } });
+    assert.equal(reg.status, 429);
+  } finally {
+    await limited.close();
+  }
+});
+
+test('tokens are stored only as hashes', async () => {
+  const user = await registerUser(srv.api);
+  const { default: Database } = await import('better-sqlite3');
+  const db = new Database(`${srv.dataDir}/directory.sqlite`, { readonly: true });
+  try {
+    const rows = db.prepare('SELECT token_hash FROM sessions').all() as { token_hash: Buffer }[];
+    assert.ok(rows.length > 0);
+    for (const row of rows) assert.equal(row.token_hash.length, 32);
+    const dump = JSON.stringify(db.prepare('SELECT * FROM sessions').all());
+    assert.ok(!dump.includes(user.token.slice(4)));
+  } finally {
+    db.close();
+  }
+});
+
+test('the private user object has exactly the documented fields', async () => {
+  const user = await registerUser(srv.api);
+  const me = await srv.api.get<PrivateUser>('/users/@me', { token: user.token });
+  assert.deepEqual(Object.keys(me.body).sort(), PRIVATE_KEYS);
+});

@@ -1,0 +1,44 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { ConfigError, loadConfig } from '../server/config.ts';
+
+test('defaults', () => {
+  const config = loadConfig([], {});
+  assert.equal(config.port, 8080);
+  assert.equal(config.host, '127.0.0.1');
+  assert.equal(config.dataDir, path.resolve('./data'));
+  assert.equal(config.publicUrl, undefined);
+});
+
+test('environment is read and flags win over it', () => {
+  const env = { PLEXICHAT_PORT: '9000', PLEXICHAT_HOST: '0.0.0.0', PLEXICHAT_DATA_DIR: '/srv/px', PLEXICHAT_PUBLIC_URL: 'https://chat.example.org/' };
+  const fromEnv = loadConfig([], env);
+  assert.equal(fromEnv.port, 9000);
+  assert.equal(fromEnv.host, '0.0.0.0');
+  assert.equal(fromEnv.dataDir, '/srv/px');
+  assert.equal(fromEnv.publicUrl, 'https://chat.example.org', 'trailing slash trimmed');
+  const flags = loadConfig(['--port', '0', '--data-dir=/tmp/x', '--public-url', 'http://localhost:1'], env);
+  assert.equal(flags.port, 0);
+  assert.equal(flags.dataDir, '/tmp/x');
+  assert.equal(flags.publicUrl, 'http://localhost:1');
+});
+
+test('bad values are one clear line', () => {
+  const cases: [string[], NodeJS.ProcessEnv, RegExp][] = [
+    [['--port', 'abc'], {}, /--port \/ PLEXICHAT_PORT/],
+    [['--port', '70000'], {}, /--port/],
+    [[], { PLEXICHAT_PORT: '-1' }, /PLEXICHAT_PORT/],
+    [['--public-url', 'ftp://x'], {}, /--public-url/],
+    [['--nonsense'], {}, /Unknown option '--nonsense'/],
+    [['--log-level', 'loud'], {}, /--log-level/],
+    [['--max-open-user-files', '1'], {}, /--max-open-user-files/],
+  ];
+  for (const [argv, env, pattern] of cases) {
+    assert.throws(
+      () => loadConfig(argv, env),
+      (error: unknown) => error instanceof ConfigError && pattern.test(error.message) && !error.message.includes('\n'),
+      argv.join(' '),
+    );
+  }
+});

@@ -1,0 +1,154 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer, type RunningServer, type ServerOptions } from '../../server/app.ts';
+import { makeConfig, type Config } from '../../server/config.ts';
+import type { AuthResponse } from '../../shared/index.ts';
+
+export interface TestServer {
+  url: string;
+  dataDir: string;
+  server: RunningServer;
+  api: Api;
+  close(): Promise<void>;
+}
+
+export function tempDir(prefix = 'plexichat-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+/** A real server on port 0 with a fresh data folder (or the given one), removed on close. */
+export async function startServer(overrides: Partial<Config> = {}, options: ServerOptions = {}): Promise<TestServer> {
+  const ownDir = overrides.dataDir === undefined;
+  const dataDir = overrides.dataDir ?? tempDir();
+  const server = await createServer(makeConfig({ port: 0, logLevel: 'silent', authRateLimit: 0, ...overrides, dataDir }), options);
+  return {
+    url: server.url,
+    dataDir,
+    server,
+    api: new Api(server.url),
+    async close() {
+      await server.close();
+      if (ownDir) fs.rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface ApiResponse<T = unknown> {
+  status: number;
+  headers: Headers;
+  body: T;
+  text: string;
+}
+
+export interface RequestOptions {
+  token?: string;
+  json?: unknown;
+  /** Sent as it is (for malformed bodies). */
+  raw?: string | Uint8Array;
+  headers?: Record<string, string>;
+}
+
+/** A tiny HTTP client for tests: real fetch against the real server. */
+export class Api {
+  constructor(readonly baseUrl: string) {}
+
+  async request<T = unknown>(method: string, path: string, options: RequestOptions = {}): Promise<ApiResponse<T>> {
+    const headers: Record<string, string> = { ...options.headers };
+    if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
+    let body: string | Uint8Array | undefined;
+    if (options.json !== undefined) {
+      body = JSON.stringify(options.json);
+      headers['content-type'] ??= 'application/json';
+    } else if (options.raw !== undefined) {
+      body = options.raw;
+    }
+    const response = await fetch(this.baseUrl + path, { method, headers, body });
+    const text = await response.text();
+    let parsed: unknown = text;
+    if ((response.headers.get('content-type') ?? '').includes('json') && text !== '') parsed = JSON.parse(text);
+    return { status: response.status, headers: response.headers, body: parsed as T, text };
+  }
+
+  get<T = unknown>(path: string, options?: RequestOptions) {
+    return this.request<T>('GET', path, options);
+  }
+  post<T = unknown>(path: string, options?: RequestOptions) {
+    return this.request<T>('POST', path, options);
+  }
+  patch<T = unknown>(path: string, options?: RequestOptions) {
+    return this.request<T>('PATCH', path, options);
+  }
+  delete<T = unknown>(path: string, options?: RequestOptions) {
+    return this.request<T>('DELETE', path, options);
+  }
+}
+
+let userCounter = 0;
+
+export interface TestUser {
+  id: string;
+  token: string;
+  username: string;
+  email: string;
+  password: string;
+}
+
+/** Registers a fresh user with a unique name; fails the test if that does not answer 201. */
+export async function registerUser(api: Api, name?: string): Promise<TestUser> {
+  userCounter += 1;
+  const username = name ?? `user${process.pid}_${userCounter}`;
+  const email = `${username.toLowerCase()}@example.com`;
+  const password = `pw-${username}-secret`;
+  const response = await api.post<AuthResponse>('/auth/register', { json: { username, email, password } });
+  if (response.status !== 201) throw new Error(`register ${username}: ${response.status} ${response.text}`);
+  return { id: response.body.user.id, token: response.body.token, username, email, password };
+}
+
+/** The exact error body every failure has. */
+export function errorBody(error: string, code: string): { error: string; code: string } {
+  return { error, code };
+}
+
+export interface ServerProcess {
+  child: ChildProcess;
+  url: string;
+  output: () => string;
+}
+
+/** Runs `server/main.ts` as its own process (for signals, kill -9 and start-up checks). */
+export async function spawnServer(args: string[], env: NodeJS.ProcessEnv = {}): Promise<ServerProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts', ...args], {
+    cwd: path.resolve(import.meta.dirname, '../..'),
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  const url = await new Promise<string>((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString();
+      const match = /listening on (http:\/\/[^"\s]+)/.exec(output);
+      if (match) resolve(match[1] as string);
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`server exited with ${code} before listening:\n${output}`)));
+  });
+  return { child, url, output: () => output };
+}
+
+/** Runs main.ts expecting it to exit; resolves with its exit code and everything it printed. */
+export async function runServerToExit(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts', ...args], {
+    cwd: path.resolve(import.meta.dirname, '../..'),
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.on('data', (c: Buffer) => (output += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (output += c.toString()));
+  const [code] = (await once(child, 'exit')) as [number | null];
+  return { code, output };
+}

@@ -1,0 +1,157 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { startServer, registerUser, type TestServer, type TestUser } from './helpers/server.ts';
+import { route } from '../server/http/route.ts';
+import type { ErrorBody } from '../shared/index.ts';
+
+let srv: TestServer;
+let user: TestUser;
+before(async () => {
+  srv = await startServer(
+    { maxJsonBodyBytes: 64 * 1024 },
+    {
+      extraRoutes: [
+        route({
+          method: 'GET',
+          path: '/test/explode',
+          auth: 'none',
+          handler: () => {
+            throw new Error('secret internal detail');
+          },
+        }),
+      ],
+    },
+  );
+  user = await registerUser(srv.api);
+});
+after(() => srv.close());
+
+test('GET /health answers without auth', async () => {
+  const res = await srv.api.get('/health');
+  assert.equal(res.status, 200);
+  assert.deepEqual(res.body, { status: 'ok' });
+});
+
+test('unknown routes are 404 and wrong methods 405, in the error shape', async () => {
+  const missing = await srv.api.get<ErrorBody>('/nope', { token: user.token });
+  assert.equal(missing.status, 404);
+  assert.equal(missing.body.error, 'Not found');
+  assert.equal(missing.body.code, 'not_found');
+  const wrongMethod = await srv.api.request<ErrorBody>('PUT', '/users/@me', { token: user.token, json: {} });
+  assert.equal(wrongMethod.status, 405);
+  assert.equal(wrongMethod.body.error, 'Method not allowed');
+  assert.equal(wrongMethod.headers.get('allow'), 'GET, PATCH');
+});
+
+test('malformed JSON is 400 Invalid JSON', async () => {
+  for (const raw of ['{', '{"username":', 'nul', '{"a":1}}', "{'a':1}", '\u0000', '{"a":1,}']) {
+    const res = await srv.api.patch<ErrorBody>('/users/@me', { token: user.token, raw, headers: { 'content-type': 'application/json' } });
+    assert.equal(res.status, 400, raw);
+    assert.equal(res.body.error, 'Invalid JSON');
+    assert.equal(res.body.code, 'invalid_json');
+  }
+  const badUtf8 = await srv.api.patch<ErrorBody>('/users/@me', { token: user.token, raw: new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]) });
+  assert.equal(badUtf8.status, 400);
+  assert.equal(badUtf8.body.error, 'Invalid JSON');
+});
+
+test('30+ hostile bodies on every JSON route never produce a 500', async () => {
+  const huge = 'x'.repeat(20_000);
+  let nested: unknown = {};
+  for (let i = 0; i < 2000; i += 1) nested = { a: nested };
+  const bodies: unknown[] = [
+    null, true, false, 0, -1, 1e308, 'string', [], [1, 2], [{}], {},
+    { username: null }, { username: ['a'] }, { username: { $ne: 1 } }, { username: huge }, { username: 'a\u0000b' },
+    { email: 123 }, { email: huge + '@x.com' }, { email: 'a@b\u0000.com' },
+    { password: null }, { password: huge }, { password: {} },
+    { current_password: 42 }, { login: null, password: null }, { login: huge, password: huge },
+    { allow_dms_from: 7 }, { read_receipts_enabled: 'true' }, JSON.parse('{"__proto__": {"admin": true}}'),
+    { constructor: { prototype: { admin: true } } }, { 'a.b': 1 }, nested, { username: '💥💥💥' },
+    { username: '\ud800' }, { recipient_id: 1 },
+  ];
+  const routes: [string, string, string | undefined][] = [
+    ['POST', '/auth/register', undefined],
+    ['POST', '/auth/login', undefined],
+    ['PATCH', '/users/@me', user.token],
+    ['PATCH', '/users/@me/messaging-settings', user.token],
+  ];
+  for (const [method, path, token] of routes) {
+    for (const json of bodies) {
+      const res = await srv.api.request<ErrorBody>(method, path, { token, json });
+      const label = `${method} ${path} ${JSON.stringify(json).slice(0, 60)} → ${res.status}`;
+      assert.ok(res.status < 500, label);
+      // Only `{}` is a valid (empty) patch; everything else is refused in the error shape.
+      if (res.status >= 400) assert.equal(typeof res.body.error, 'string', label);
+      else assert.deepEqual(json, {}, label);
+    }
+  }
+  const me = await srv.api.get<{ username: string }>('/users/@me', { token: user.token });
+  assert.equal(me.status, 200, 'still serving');
+  assert.equal(me.body.username, user.username, 'no hostile body changed anything');
+});
+
+test('a body over the limit is 413 whether or not it declares its length', async () => {
+  const big = JSON.stringify({ username: 'x'.repeat(100_000) });
+  const declared = await srv.api.patch<ErrorBody>('/users/@me', { token: user.token, raw: big });
+  assert.equal(declared.status, 413);
+  assert.equal(declared.body.error, 'Payload too large');
+  assert.equal(declared.body.code, 'payload_too_large');
+  // Chunked: the server has to count as it reads.
+  const chunked = await rawRequest(
+    srv.url,
+    `PATCH /users/@me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${user.token}\r\nTransfer-Encoding: chunked\r\n\r\n` +
+      `${(40_000).toString(16)}\r\n${'a'.repeat(40_000)}\r\n${(40_000).toString(16)}\r\n${'a'.repeat(40_000)}\r\n0\r\n\r\n`,
+  );
+  assert.match(chunked, /^HTTP\/1\.1 413 /);
+  assert.equal((await srv.api.get('/health')).status, 200);
+});
+
+test('an unexpected exception is a 500 without details, and the server keeps serving', async () => {
+  const res = await srv.api.get<ErrorBody>('/test/explode');
+  assert.equal(res.status, 500);
+  assert.equal(res.body.error, 'Internal error');
+  assert.equal(res.body.code, 'internal_error');
+  assert.ok(!res.text.includes('secret'), 'no detail leaks');
+  const requestId = res.headers.get('x-request-id');
+  assert.ok(requestId && res.body.message.includes(requestId), 'the message names the request id for support');
+  assert.equal((await srv.api.get('/health')).status, 200);
+});
+
+test('CORS: preflight answers and responses allow any origin (bearer auth, no cookies)', async () => {
+  const pre = await srv.api.request('OPTIONS', '/users/@me', { headers: { origin: 'https://app.example', 'access-control-request-method': 'PATCH' } });
+  assert.equal(pre.status, 204);
+  assert.match(pre.headers.get('access-control-allow-methods') ?? '', /PATCH/);
+  assert.match(pre.headers.get('access-control-allow-headers') ?? '', /Authorization/);
+  const res = await srv.api.get('/health');
+  assert.equal(res.headers.get('access-control-allow-origin'), '*');
+});
+
+test('a client that disconnects mid-body does not disturb the server', async () => {
+  const { hostname, port } = new URL(srv.url);
+  await new Promise<void>((resolve) => {
+    const socket = net.connect(Number(port), hostname, () => {
+      socket.write(`PATCH /users/@me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${user.token}\r\nContent-Length: 1000\r\n\r\n{"user`);
+      socket.destroy();
+      resolve();
+    });
+  });
+  assert.equal((await srv.api.get('/users/@me', { token: user.token })).status, 200);
+});
+
+function rawRequest(url: string, request: string): Promise<string> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    let data = '';
+    const socket = net.connect(Number(port), hostname, () => socket.write(request));
+    socket.on('data', (chunk) => {
+      data += chunk.toString();
+      if (/\r\n\r\n/.test(data) && /Content-Length: (\d+)/i.test(data)) {
+        const length = Number(/Content-Length: (\d+)/i.exec(data)![1]);
+        if (data.length - data.indexOf('\r\n\r\n') - 4 >= length) socket.destroy();
+      }
+    });
+    socket.on('close', () => resolve(data));
+    socket.on('error', (error) => (data ? resolve(data) : reject(error)));
+  });
+}
