@@ -11,7 +11,12 @@ import { deleteOtherSessions } from './auth/repo.ts';
 import { authRoutes } from './auth/routes.ts';
 import { UsersService } from './users/service.ts';
 import { usersRoutes } from './users/routes.ts';
-import { MessagingSettingsService } from './settings/service.ts';
+import { MessagingSettingsService, UserSettingsService } from './settings/service.ts';
+import { NotesService } from './notes/service.ts';
+import { notesRoutes } from './notes/routes.ts';
+import { DocRegistry } from './sync/registry.ts';
+import { mountSyncSocket } from './sync/socket.ts';
+import { isSnowflake } from '../shared/snowflake.ts';
 import { settingsRoutes } from './settings/routes.ts';
 
 export interface RunningServer {
@@ -20,6 +25,8 @@ export interface RunningServer {
   url: string;
   /** Stops listening, lets in-flight requests finish, closes sockets and databases. */
   close(): Promise<void>;
+  /** Live counters, for health checks and tests. */
+  stats(): { loadedDocs: number; openUserFiles: number };
 }
 
 export interface ServerOptions {
@@ -54,14 +61,43 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   });
   const authService = new AuthService({ storage, hasher, users, logger, onSessionsRevoked });
   const messaging = new MessagingSettingsService(users);
+  const registry = new DocRegistry({
+    storage,
+    logger,
+    app,
+    limits: {
+      unloadDelayMs: config.docUnloadDelayMs,
+      compactAfterUpdates: config.compactAfterUpdates,
+      compactAfterBytes: config.compactAfterBytes,
+      compactDebounceMs: config.compactDebounceMs,
+      compactMaxWaitMs: config.compactMaxWaitMs,
+    },
+  });
+  revocationListeners.add((sessionIds) => registry.revokeSessions(sessionIds));
+  const notes = new NotesService({ storage, users, registry });
+  const userSettings = new UserSettingsService(registry);
 
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
     ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit }),
     ...usersRoutes(users),
-    ...settingsRoutes(messaging),
+    ...settingsRoutes(messaging, userSettings),
+    ...notesRoutes(notes),
     ...(options.extraRoutes ?? []),
   ];
+  // The sync socket is mounted first so its `/sync/*` pattern is never shadowed by the REST catch-all.
+  mountSyncSocket(app, {
+    registry,
+    logger,
+    authenticate: (token) => authService.authenticate(token),
+    resolveDoc: (userId, docParam) => {
+      if (docParam === 'settings') return 'settings';
+      return isSnowflake(docParam) && notes.channelIdOf(userId) === docParam ? 'notes' : null;
+    },
+    maxMessageBytes: config.maxSyncMessageBytes,
+    maxConnectionsPerUser: config.maxSyncConnectionsPerUser,
+    maxBackpressureBytes: config.maxSyncBackpressureBytes,
+  });
   const http = mountRoutes(app, routes, {
     logger,
     maxJsonBodyBytes: config.maxJsonBodyBytes,
@@ -82,11 +118,13 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   return {
     port: listening.port,
     url,
+    stats: () => ({ loadedDocs: registry.loadedCount, openUserFiles: storage.userFiles.openCount }),
     close() {
       closing ??= (async () => {
         http.refuseNew();
         stopListening(listening.socket);
         await http.inflight.idle(DRAIN_TIMEOUT_MS);
+        registry.closeAll();
         // uWS flushes corked writes when the loop turns; closing first would cut the last answers.
         await new Promise((resolve) => setImmediate(resolve));
         closeAllSockets(app);

@@ -17,6 +17,14 @@ const SETTINGS = {
   maxOpenUserFiles: { flag: 'max-open-user-files', env: 'PLEXICHAT_MAX_OPEN_USER_FILES' },
   maxJsonBodyBytes: { flag: 'max-json-body-bytes', env: 'PLEXICHAT_MAX_JSON_BODY_BYTES' },
   authRateLimit: { flag: 'auth-rate-limit', env: 'PLEXICHAT_AUTH_RATE_LIMIT' },
+  maxSyncMessageBytes: { flag: 'max-sync-message-bytes', env: 'PLEXICHAT_MAX_SYNC_MESSAGE_BYTES' },
+  maxSyncConnectionsPerUser: { flag: 'max-sync-connections-per-user', env: 'PLEXICHAT_MAX_SYNC_CONNECTIONS_PER_USER' },
+  maxSyncBackpressureBytes: { flag: 'max-sync-backpressure-bytes', env: 'PLEXICHAT_MAX_SYNC_BACKPRESSURE_BYTES' },
+  docUnloadDelayMs: { flag: 'doc-unload-delay-ms', env: 'PLEXICHAT_DOC_UNLOAD_DELAY_MS' },
+  compactAfterUpdates: { flag: 'compact-after-updates', env: 'PLEXICHAT_COMPACT_AFTER_UPDATES' },
+  compactAfterBytes: { flag: 'compact-after-bytes', env: 'PLEXICHAT_COMPACT_AFTER_BYTES' },
+  compactDebounceMs: { flag: 'compact-debounce-ms', env: 'PLEXICHAT_COMPACT_DEBOUNCE_MS' },
+  compactMaxWaitMs: { flag: 'compact-max-wait-ms', env: 'PLEXICHAT_COMPACT_MAX_WAIT_MS' },
 } as const;
 
 type SettingName = keyof typeof SETTINGS;
@@ -37,6 +45,16 @@ const configSchema = z.object({
   maxJsonBodyBytes: intInRange(1024, 64 * 1024 * 1024).default(1024 * 1024),
   /** Login/register attempts per client address per minute (0 disables the limit). */
   authRateLimit: intInRange(0, 1_000_000).default(30),
+  maxSyncMessageBytes: intInRange(1024, 1024 * 1024 * 1024).default(16 * 1024 * 1024),
+  maxSyncConnectionsPerUser: intInRange(1, 100_000).default(32),
+  maxSyncBackpressureBytes: intInRange(64 * 1024, 1024 * 1024 * 1024).default(32 * 1024 * 1024),
+  /** How long a document stays in memory after its last socket or REST call leaves. */
+  docUnloadDelayMs: intInRange(0, 3_600_000).default(5000),
+  /** Compaction folds the update log into a snapshot once it holds this many updates or bytes. */
+  compactAfterUpdates: intInRange(1, 100_000_000).default(1000),
+  compactAfterBytes: intInRange(1, 1024 * 1024 * 1024).default(1024 * 1024),
+  compactDebounceMs: intInRange(0, 3_600_000).default(2000),
+  compactMaxWaitMs: intInRange(0, 3_600_000).default(20_000),
 });
 
 export type Config = Omit<z.infer<typeof configSchema>, 'publicUrl'> & {

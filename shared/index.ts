@@ -4,3 +4,7 @@ export * from './schemas/common.ts';
 export * from './schemas/auth.ts';
 export * from './schemas/users.ts';
 export * from './schemas/messaging-settings.ts';
+export * from './schemas/notes.ts';
+export * from './schemas/settings.ts';
+export * from './sync-protocol.ts';
+export * from './notes-doc.ts';

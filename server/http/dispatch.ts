@@ -222,7 +222,13 @@ function parseQuery(raw: string): Record<string, string> {
 }
 
 function validate(route: Route, schema: z.ZodType, value: unknown, source: 'body' | 'query'): unknown {
-  const result = schema.safeParse(value);
+  let result;
+  try {
+    result = schema.safeParse(value);
+  } catch {
+    // Recursive schemas can exhaust the stack on absurdly nested input: that is bad input, not a bug.
+    throw new AppError('invalid_input', 'Validation failed: the input is nested too deeply');
+  }
   if (result.success) return result.data;
   throw (
     route.invalid?.(result.error.issues, source) ??

@@ -1,3 +1,13 @@
+import type * as Y from 'yjs';
+import {
+  SETTINGS_MAX_KEYS,
+  SETTINGS_TOTAL_MAX_BYTES,
+  jsonByteLength,
+  type UpdateSettingsBody,
+  type UserSettings,
+} from '../../shared/schemas/settings.ts';
+import { AppError } from '../http/app-error.ts';
+import type { DocRegistry } from '../sync/registry.ts';
 import type { AllowDmsFrom, MessagingSettings, UpdateMessagingSettingsBody } from '../../shared/schemas/messaging-settings.ts';
 import type { UsersService } from '../users/service.ts';
 import * as repo from './repo.ts';
@@ -25,4 +35,39 @@ export class MessagingSettingsService {
     file.transaction(() => repo.updateMessagingSettings(file, patch));
     return this.get(userId);
   }
+}
+
+/**
+ * Cloud-synced preferences, backed by the `settings` Yjs document (root map `settings`), also
+ * reachable at `/sync/settings`: last writer wins per key.
+ */
+export class UserSettingsService {
+  constructor(private readonly registry: DocRegistry) {}
+
+  get(userId: string): UserSettings {
+    return this.registry.read(userId, 'settings', (doc) => settingsMap(doc).toJSON() as UserSettings);
+  }
+
+  async update(userId: string, patch: UpdateSettingsBody): Promise<UserSettings> {
+    return this.registry.change(userId, 'settings', (doc) => {
+      const map = settingsMap(doc);
+      const next: UserSettings = { ...(map.toJSON() as UserSettings) };
+      for (const [key, value] of Object.entries(patch)) {
+        if (value === null) delete next[key];
+        else next[key] = value;
+      }
+      if (Object.keys(next).length > SETTINGS_MAX_KEYS || jsonByteLength(next) > SETTINGS_TOTAL_MAX_BYTES) {
+        throw new AppError('invalid_input', `Settings may hold at most ${SETTINGS_MAX_KEYS} keys and ${SETTINGS_TOTAL_MAX_BYTES} bytes of JSON`);
+      }
+      for (const [key, value] of Object.entries(patch)) {
+        if (value === null) map.delete(key);
+        else map.set(key, value);
+      }
+      return next;
+    });
+  }
+}
+
+function settingsMap(doc: Y.Doc): Y.Map<unknown> {
+  return doc.getMap('settings');
 }

@@ -59,4 +59,27 @@ export const USER_FILE_MIGRATIONS: readonly Migration[] = [
       ) STRICT;
       INSERT INTO messaging_settings (singleton) VALUES (1);
     `),
+  (db) =>
+    db.exec(`
+      -- Yjs documents of this user: 'notes' (the notes channel) and 'settings'. The state is the
+      -- snapshot merged with every logged update; updates are appended, compaction folds the
+      -- log into the snapshot.
+      CREATE TABLE docs (
+        name TEXT PRIMARY KEY,
+        snapshot BLOB,
+        created_at INTEGER NOT NULL
+      ) STRICT;
+      CREATE TABLE doc_updates (
+        id INTEGER PRIMARY KEY,
+        doc TEXT NOT NULL REFERENCES docs(name),
+        data BLOB NOT NULL
+      ) STRICT;
+      CREATE INDEX doc_updates_by_doc ON doc_updates(doc, id);
+      -- The notes channel: one per user, ever (the singleton makes get-or-create race-free).
+      CREATE TABLE notes_channel (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        id TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+      ) STRICT;
+    `),
 ];

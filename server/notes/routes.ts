@@ -1,0 +1,39 @@
+import { createMessageBodySchema, listMessagesQuerySchema, updateMessageBodySchema } from '../../shared/schemas/notes.ts';
+import { Reply, route, type Route } from '../http/route.ts';
+import type { NotesService } from './service.ts';
+
+export function notesRoutes(notes: NotesService): Route[] {
+  return [
+    route({
+      method: 'GET',
+      path: '/users/@me/notes',
+      handler: (ctx) => notes.channel(ctx.principal.userId),
+    }),
+    route({
+      method: 'GET',
+      path: '/channels/:channel_id/messages',
+      query: listMessagesQuerySchema,
+      handler: (ctx) => notes.list(ctx.principal.userId, ctx.params.channel_id ?? '', ctx.query),
+    }),
+    route({
+      method: 'POST',
+      path: '/channels/:channel_id/messages',
+      body: createMessageBodySchema,
+      handler: async (ctx) => Reply.json(201, await notes.create(ctx.principal.userId, ctx.params.channel_id ?? '', ctx.body.content)),
+    }),
+    route({
+      method: 'PATCH',
+      path: '/channels/:channel_id/messages/:message_id',
+      body: updateMessageBodySchema,
+      handler: (ctx) => notes.update(ctx.principal.userId, ctx.params.channel_id ?? '', ctx.params.message_id ?? '', ctx.body.content),
+    }),
+    route({
+      method: 'DELETE',
+      path: '/channels/:channel_id/messages/:message_id',
+      handler: async (ctx) => {
+        await notes.remove(ctx.principal.userId, ctx.params.channel_id ?? '', ctx.params.message_id ?? '');
+        return Reply.noContent();
+      },
+    }),
+  ];
+}

@@ -1,0 +1,41 @@
+/**
+ * The sync channel speaks the standard y-websocket protocol (message types 0-3 below). Extensions
+ * stock clients don't know are opt-in by query parameter, so a stock client never sees them.
+ */
+export const MESSAGE_SYNC = 0;
+export const MESSAGE_AWARENESS = 1;
+export const MESSAGE_AUTH = 2;
+export const MESSAGE_QUERY_AWARENESS = 3;
+/**
+ * Opt-in with `?ack=1`: `[100, varUint n]` tells the client that the first `n` update-carrying
+ * messages (sync step 2 or update) it sent on this connection are stored durably. `n` is
+ * cumulative per connection, so a lost or merged ack never matters: the latest one is the truth.
+ */
+export const MESSAGE_ACK = 100;
+
+export const SYNC_STEP1 = 0;
+export const SYNC_STEP2 = 1;
+export const SYNC_UPDATE = 2;
+
+/**
+ * Close codes of the sync socket. 4400-4499 tell stock clients to stop retrying for good, so they
+ * are used only where a retry cannot help; the others invite a reconnect.
+ */
+export const CLOSE_CODES = {
+  /** The server is shutting down or restarting: reconnect (to the next process). */
+  SERVICE_RESTART: 1012,
+  /** Storage failed while handling this connection's update: retry later. */
+  INTERNAL_ERROR: 1011,
+  /** A message could not be decoded or applied: resending it cannot work. */
+  MALFORMED_MESSAGE: 4400,
+  /** The session behind the token ended (logout, password change). Needs a new token. */
+  SESSION_REVOKED: 4401,
+  /** A message over the size limit. */
+  MESSAGE_TOO_BIG: 4413,
+  /** This connection fell too far behind on reading: reconnect and resync by state vector. */
+  SLOW_READER: 4503,
+  /** The user has too many sync connections open right now. */
+  TOO_MANY_CONNECTIONS: 4529,
+} as const;
+
+export type CloseCode = (typeof CLOSE_CODES)[keyof typeof CLOSE_CODES];
