@@ -22,7 +22,9 @@ async function main(): Promise<void> {
     process.stderr.write(`plexichat: cannot start: ${error instanceof Error ? error.message : String(error)}\n`);
     process.exit(1);
   }
-  logger.info({ url: server.url, dataDir: config.dataDir }, `Plexichat server listening on ${server.url}`);
+  // The start-up line is printed at any level but silent: operators and scripts wait for it.
+  const startupLogger = config.logLevel === 'silent' ? logger : logger.child({}, { level: 'info' });
+  startupLogger.info({ url: server.url, dataDir: config.dataDir }, `Plexichat server listening on ${server.url}`);
 
   let stopping = false;
   const stop = (signal: string) => {

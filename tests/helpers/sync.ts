@@ -30,11 +30,16 @@ export function openDevice(baseUrl: string, docName: string, token: string, opti
 }
 
 /** Resolves once the provider has completed a sync with the server. */
-export function synced(device: Device): Promise<void> {
+export function synced(device: Device, timeoutMs = 20_000): Promise<void> {
   if (device.provider.synced) return Promise.resolve();
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      device.provider.off('sync', onSync);
+      reject(new Error('timed out waiting for the device to sync'));
+    }, timeoutMs);
     const onSync = (state: boolean) => {
       if (!state) return;
+      clearTimeout(timer);
       device.provider.off('sync', onSync);
       resolve();
     };
