@@ -13,6 +13,8 @@ import { UsersService } from './users/service.ts';
 import { usersRoutes } from './users/routes.ts';
 import { MessagingSettingsService } from './settings/service.ts';
 import { settingsRoutes } from './settings/routes.ts';
+import { RelationshipsService } from './relationships/service.ts';
+import { relationshipsRoutes } from './relationships/routes.ts';
 
 export interface RunningServer {
   port: number;
@@ -54,12 +56,14 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   });
   const authService = new AuthService({ storage, hasher, users, logger, onSessionsRevoked });
   const messaging = new MessagingSettingsService(users);
+  const relationships = new RelationshipsService(storage.directory, users);
 
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
     ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit }),
     ...usersRoutes(users),
     ...settingsRoutes(messaging),
+    ...relationshipsRoutes(relationships),
     ...(options.extraRoutes ?? []),
   ];
   const http = mountRoutes(app, routes, {
