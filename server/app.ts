@@ -15,6 +15,8 @@ import { MessagingSettingsService } from './settings/service.ts';
 import { settingsRoutes } from './settings/routes.ts';
 import { RelationshipsService } from './relationships/service.ts';
 import { relationshipsRoutes } from './relationships/routes.ts';
+import { ChannelsService } from './channels/service.ts';
+import { channelsRoutes } from './channels/routes.ts';
 
 export interface RunningServer {
   port: number;
@@ -57,6 +59,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const authService = new AuthService({ storage, hasher, users, logger, onSessionsRevoked });
   const messaging = new MessagingSettingsService(users);
   const relationships = new RelationshipsService(storage.directory, users);
+  const channels = new ChannelsService({ storage, users, relationships, messaging });
 
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
@@ -64,6 +67,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     ...usersRoutes(users),
     ...settingsRoutes(messaging),
     ...relationshipsRoutes(relationships),
+    ...channelsRoutes(channels),
     ...(options.extraRoutes ?? []),
   ];
   const http = mountRoutes(app, routes, {

@@ -5,3 +5,4 @@ export * from './schemas/auth.ts';
 export * from './schemas/users.ts';
 export * from './schemas/messaging-settings.ts';
 export * from './schemas/relationships.ts';
+export * from './schemas/channels.ts';
