@@ -58,7 +58,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   });
   const authService = new AuthService({ storage, hasher, users, logger, onSessionsRevoked });
   const messaging = new MessagingSettingsService(users);
-  const relationships = new RelationshipsService(storage.directory, users);
+  const relationships = new RelationshipsService(storage, users);
   const channels = new ChannelsService({ storage, users, relationships, messaging });
 
   const routes: Route[] = [

@@ -205,3 +205,29 @@ test('errors: bad id, unknown user, yourself, bad body, no token', async () => {
     assert.equal(res.body.code, 'unauthorized');
   }
 });
+
+test('GET lists the most recently changed relationship first', async () => {
+  const a = await registerUser(srv.api);
+  const b = await registerUser(srv.api);
+  const c = await registerUser(srv.api);
+  const d = await registerUser(srv.api);
+  await put(a, b.id, { type: 'friend' });
+  await put(c, a.id, { type: 'friend' });
+  await put(a, d.id, { type: 'block' });
+  const order = async () =>
+    (await srv.api.get<Relationship[]>('/users/@me/relationships', { token: a.token })).body.map((r) => [r.id, r.type]);
+  assert.deepEqual(await order(), [
+    [d.id, 'block'],
+    [c.id, 'incoming_request'],
+    [b.id, 'outgoing_request'],
+  ]);
+  // Accepting changes b's entry, which moves it to the top; repeating a request changes nothing.
+  await put(b, a.id, { type: 'friend' });
+  await put(a, c.id, { type: 'block' });
+  await put(a, b.id, { type: 'friend' });
+  assert.deepEqual(await order(), [
+    [c.id, 'block'],
+    [b.id, 'friend'],
+    [d.id, 'block'],
+  ]);
+});

@@ -14,24 +14,25 @@ export function findRelationship(directory: DirectoryFile, userId: string, other
   return row?.type;
 }
 
-export function setRelationship(directory: DirectoryFile, userId: string, otherId: string, type: RelationshipType, nowMs: number): void {
+/** Sets the type; `changedId` (a fresh snowflake) is kept only when the type really changes. */
+export function setRelationship(directory: DirectoryFile, userId: string, otherId: string, type: RelationshipType, changedId: string): void {
   directory
     .stmt(
-      `INSERT INTO relationships (user_id, other_id, type, since_ms) VALUES (?, ?, ?, ?)
-       ON CONFLICT (user_id, other_id) DO UPDATE SET type = excluded.type, since_ms = excluded.since_ms
+      `INSERT INTO relationships (user_id, other_id, type, changed_id) VALUES (?, ?, ?, ?)
+       ON CONFLICT (user_id, other_id) DO UPDATE SET type = excluded.type, changed_id = excluded.changed_id
        WHERE type <> excluded.type`,
     )
-    .run(userId, otherId, type, nowMs);
+    .run(userId, otherId, type, changedId);
 }
 
 export function deleteRelationship(directory: DirectoryFile, userId: string, otherId: string): void {
   directory.stmt('DELETE FROM relationships WHERE user_id = ? AND other_id = ?').run(userId, otherId);
 }
 
-/** The user's relationships, most recently changed first. */
+/** The user's relationships, most recently changed first (snowflakes compare as numbers: shorter is smaller). */
 export function listRelationships(directory: DirectoryFile, userId: string): RelationshipRow[] {
   return directory
-    .stmt('SELECT other_id, type FROM relationships WHERE user_id = ? ORDER BY since_ms DESC, other_id DESC')
+    .stmt('SELECT other_id, type FROM relationships WHERE user_id = ? ORDER BY length(changed_id) DESC, changed_id DESC')
     .all(userId) as RelationshipRow[];
 }
 

@@ -38,7 +38,8 @@ export const DIRECTORY_MIGRATIONS: readonly Migration[] = [
         user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
         other_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
         type TEXT NOT NULL CHECK (type IN ('friend', 'incoming_request', 'outgoing_request', 'block')),
-        since_ms INTEGER NOT NULL,
+        -- A snowflake taken when the row last changed: orders "most recent first" without ties.
+        changed_id TEXT NOT NULL,
         PRIMARY KEY (user_id, other_id),
         CHECK (user_id <> other_id)
       ) STRICT, WITHOUT ROWID;
