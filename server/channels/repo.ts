@@ -11,19 +11,26 @@ function orderedPair(a: string, b: string): [string, string] {
   return a < b ? [a, b] : [b, a];
 }
 
+function findDmChannelId(directory: DirectoryFile, low: string, high: string): string | undefined {
+  const row = directory.stmt('SELECT id FROM dm_channels WHERE user_low = ? AND user_high = ?').get(low, high) as { id: string } | undefined;
+  return row?.id;
+}
+
 /**
- * Creates the pair's DM channel unless it exists, and answers the one that does. The unique key on
+ * Answers the pair's DM channel, creating it (with `newId()`) when there is none. The unique key on
  * the ordered pair settles races (also between processes sharing the directory): a losing insert
  * does nothing and the select finds the winner's channel.
  */
-export function openDmChannel(directory: DirectoryFile, userId: string, recipientId: string, newId: string, nowSeconds: number): string {
+export function openDmChannel(directory: DirectoryFile, userId: string, recipientId: string, newId: () => string, nowSeconds: number): string {
   const [low, high] = orderedPair(userId, recipientId);
+  const existing = findDmChannelId(directory, low, high);
+  if (existing !== undefined) return existing;
   directory
     .stmt('INSERT INTO dm_channels (id, user_low, user_high, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (user_low, user_high) DO NOTHING')
-    .run(newId, low, high, nowSeconds);
-  const row = directory.stmt('SELECT id FROM dm_channels WHERE user_low = ? AND user_high = ?').get(low, high) as { id: string } | undefined;
-  if (!row) throw new Error(`DM channel of ${low} and ${high} missing right after its insert`);
-  return row.id;
+    .run(newId(), low, high, nowSeconds);
+  const id = findDmChannelId(directory, low, high);
+  if (id === undefined) throw new Error(`DM channel of ${low} and ${high} missing right after its insert`);
+  return id;
 }
 
 /**

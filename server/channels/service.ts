@@ -27,7 +27,7 @@ export class ChannelsService {
     const recipient = this.deps.users.publicUser(recipientId);
     this.assertMayMessage(userId, recipientId);
     const { directory, nextId } = this.deps.storage;
-    const id = repo.openDmChannel(directory, userId, recipientId, nextId(), nowSeconds());
+    const id = repo.openDmChannel(directory, userId, recipientId, nextId, nowSeconds());
     return { id, type: 'dm', recipient_id: recipientId, recipient };
   }
 
