@@ -18,6 +18,10 @@ import { DocRegistry } from './sync/registry.ts';
 import { mountSyncSocket } from './sync/socket.ts';
 import { isSnowflake } from '../shared/snowflake.ts';
 import { settingsRoutes } from './settings/routes.ts';
+import { RelationshipsService } from './relationships/service.ts';
+import { relationshipsRoutes } from './relationships/routes.ts';
+import { ChannelsService } from './channels/service.ts';
+import { channelsRoutes } from './channels/routes.ts';
 
 export interface RunningServer {
   port: number;
@@ -76,6 +80,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   revocationListeners.add((sessionIds) => registry.revokeSessions(sessionIds));
   const notes = new NotesService({ storage, users, registry });
   const userSettings = new UserSettingsService(registry);
+  const relationships = new RelationshipsService(storage, users);
+  const channels = new ChannelsService({ storage, users, relationships, messaging });
 
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
@@ -83,6 +89,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     ...usersRoutes(users),
     ...settingsRoutes(messaging, userSettings),
     ...notesRoutes(notes),
+    ...relationshipsRoutes(relationships),
+    ...channelsRoutes(channels),
     ...(options.extraRoutes ?? []),
   ];
   // The sync socket is mounted first so its `/sync/*` pattern is never shadowed by the REST catch-all.

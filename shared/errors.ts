@@ -20,6 +20,12 @@ export const ERROR_CATALOGUE = {
   user_not_found: { status: 404, error: 'User not found' },
   username_required: { status: 400, error: 'Username required' },
   invalid_user_id: { status: 400, error: 'Invalid user ID' },
+  // DM channels and relationships: undocumented cases reuse the documented texts where they fit.
+  // A DM with yourself is the notes channel, not a DM: the id is well-formed but not a valid recipient.
+  cannot_dm_self: { status: 400, error: 'Invalid recipient ID' },
+  cannot_relate_to_self: { status: 400, error: 'Invalid user ID' },
+  // One body for every refused friend request, so it never says whether (or who) blocked whom.
+  cannot_add_friend: { status: 403, error: 'Cannot add friend' },
   // Authentication.
   invalid_credentials: { status: 401, error: 'Invalid credentials' },
   unauthorized: { status: 401, error: 'Unauthorized' },

@@ -8,3 +8,5 @@ export * from './schemas/notes.ts';
 export * from './schemas/settings.ts';
 export * from './sync-protocol.ts';
 export * from './notes-doc.ts';
+export * from './schemas/relationships.ts';
+export * from './schemas/channels.ts';

@@ -232,7 +232,7 @@ test('documents unload after their last socket leaves; memory returns near basel
   gc();
   const baseline = process.memoryUsage().heapUsed;
   const devices = users.flatMap((u, i) => [openDevice(srv.url, channels[i]!, u.token), openDevice(srv.url, 'settings', u.token)]);
-  await Promise.all(devices.map(synced));
+  await Promise.all(devices.map((d) => synced(d)));
   for (const [i, d] of devices.entries()) d.doc.getMap(i % 2 ? 'settings' : 'messages').set('k', 'x'.repeat(1000));
   assert.ok(srv.server.stats().loadedDocs >= 200);
   for (const d of devices) d.destroy();

@@ -28,6 +28,33 @@ export const DIRECTORY_MIGRATIONS: readonly Migration[] = [
       CREATE INDEX sessions_by_user ON sessions(user_id);
       CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
     `),
+  // Relationships and DM channels cross users, so they live here. A relationship is one row per
+  // direction (each side's own view: a pending request is outgoing on one side, incoming on the
+  // other; a block exists only on the blocker's side). A DM channel is one row per pair of users,
+  // keyed by the ordered pair so concurrent opens from either side cannot create two.
+  (db) =>
+    db.exec(`
+      CREATE TABLE relationships (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        other_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        type TEXT NOT NULL CHECK (type IN ('friend', 'incoming_request', 'outgoing_request', 'block')),
+        -- A snowflake taken when the row last changed: orders "most recent first" without ties.
+        changed_id TEXT NOT NULL,
+        PRIMARY KEY (user_id, other_id),
+        CHECK (user_id <> other_id)
+      ) STRICT, WITHOUT ROWID;
+      CREATE INDEX relationships_by_other ON relationships(other_id);
+      CREATE TABLE dm_channels (
+        id TEXT PRIMARY KEY,
+        user_low TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        user_high TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        last_message_id TEXT,
+        UNIQUE (user_low, user_high),
+        CHECK (user_low < user_high)
+      ) STRICT;
+      CREATE INDEX dm_channels_by_high ON dm_channels(user_high);
+    `),
 ];
 
 /** users/<id>.sqlite: the source of truth for one user's data. */
