@@ -13,6 +13,9 @@ import { UsersService } from './users/service.ts';
 import { usersRoutes } from './users/routes.ts';
 import { MessagingSettingsService } from './settings/service.ts';
 import { settingsRoutes } from './settings/routes.ts';
+import { AvatarsService } from './avatars/service.ts';
+import { avatarsRoutes } from './avatars/routes.ts';
+import { readAvatarHash } from './avatars/repo.ts';
 
 export interface RunningServer {
   port: number;
@@ -48,18 +51,25 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     hasher,
     logger,
     publicUrl: () => publicUrl,
-    avatarHashOf: () => null,
+    avatarHashOf: readAvatarHash,
     onSessionsRevoked,
     revokeOtherSessions: (principal) => deleteOtherSessions(storage.directory, principal.userId, principal.sessionId),
   });
   const authService = new AuthService({ storage, hasher, users, logger, onSessionsRevoked });
   const messaging = new MessagingSettingsService(users);
+  const avatars = new AvatarsService(users, {
+    maxBytes: config.maxAvatarBytes,
+    maxPixels: config.maxAvatarPixels,
+    maxFrames: config.maxAvatarFrames,
+    jobs: config.avatarJobs,
+  });
 
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
     ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit }),
     ...usersRoutes(users),
     ...settingsRoutes(messaging),
+    ...avatarsRoutes(avatars, { maxBytes: config.maxAvatarBytes }),
     ...(options.extraRoutes ?? []),
   ];
   const http = mountRoutes(app, routes, {

@@ -17,6 +17,10 @@ const SETTINGS = {
   maxOpenUserFiles: { flag: 'max-open-user-files', env: 'PLEXICHAT_MAX_OPEN_USER_FILES' },
   maxJsonBodyBytes: { flag: 'max-json-body-bytes', env: 'PLEXICHAT_MAX_JSON_BODY_BYTES' },
   authRateLimit: { flag: 'auth-rate-limit', env: 'PLEXICHAT_AUTH_RATE_LIMIT' },
+  maxAvatarBytes: { flag: 'max-avatar-bytes', env: 'PLEXICHAT_MAX_AVATAR_BYTES' },
+  maxAvatarPixels: { flag: 'max-avatar-pixels', env: 'PLEXICHAT_MAX_AVATAR_PIXELS' },
+  maxAvatarFrames: { flag: 'max-avatar-frames', env: 'PLEXICHAT_MAX_AVATAR_FRAMES' },
+  avatarJobs: { flag: 'avatar-jobs', env: 'PLEXICHAT_AVATAR_JOBS' },
 } as const;
 
 type SettingName = keyof typeof SETTINGS;
@@ -37,6 +41,13 @@ const configSchema = z.object({
   maxJsonBodyBytes: intInRange(1024, 64 * 1024 * 1024).default(1024 * 1024),
   /** Login/register attempts per client address per minute (0 disables the limit). */
   authRateLimit: intInRange(0, 1_000_000).default(30),
+  /** Largest accepted avatar file (the uploaded bytes, before processing). */
+  maxAvatarBytes: intInRange(1024, 64 * 1024 * 1024).default(8 * 1024 * 1024),
+  /** Width × height × frames an avatar may decode to; checked from the header, before decoding. */
+  maxAvatarPixels: intInRange(256 * 256, 268_402_689).default(40_000_000),
+  maxAvatarFrames: intInRange(1, 10_000).default(200),
+  /** Avatar images processed at once; each may hold up to maxAvatarPixels × 4 bytes decoded. */
+  avatarJobs: intInRange(1, 64).default(2),
 });
 
 export type Config = Omit<z.infer<typeof configSchema>, 'publicUrl'> & {
