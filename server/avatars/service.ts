@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
-import pLimit, { type LimitFunction } from 'p-limit';
 import { avatarUploadFormSchema, type AvatarUploadResponse } from '../../shared/schemas/avatars.ts';
 import { isSnowflake } from '../../shared/snowflake.ts';
 import { AppError } from '../http/app-error.ts';
 import { parseMultipart } from '../http/multipart.ts';
 import type { UsersService } from '../users/service.ts';
 import { encodeAvatar, probeImage, type ImageLimits } from './image.ts';
+import { JobQueue } from './jobs.ts';
 import * as repo from './repo.ts';
 
 export interface AvatarLimits extends ImageLimits {
@@ -13,6 +13,9 @@ export interface AvatarLimits extends ImageLimits {
   /** Image jobs run at once; the rest wait their turn. */
   jobs: number;
 }
+
+/** Uploads that may wait for a job slot, per slot (each holds up to maxBytes meanwhile). */
+const WAITING_PER_JOB = 16;
 
 export interface AvatarImage {
   hash: string;
@@ -23,18 +26,13 @@ export interface AvatarImage {
 const nowSeconds = () => Math.floor(Date.now() / 1000);
 
 export class AvatarsService {
-  /**
-   * Decoding is where memory goes (up to maxPixels × 4 bytes per job), so jobs are bounded. It
-   * also keeps sharp from occupying every libuv worker thread, which file I/O and password
-   * hashing share.
-   */
-  private readonly jobs: LimitFunction;
+  private readonly jobs: JobQueue;
 
   constructor(
     private readonly users: UsersService,
     private readonly limits: AvatarLimits,
   ) {
-    this.jobs = pLimit(limits.jobs);
+    this.jobs = new JobQueue(limits.jobs, limits.jobs * WAITING_PER_JOB);
   }
 
   /** Validates, processes and stores an uploaded avatar, replacing any previous one. */
@@ -55,7 +53,7 @@ export class AvatarsService {
     }
     // The probe reads only headers: junk and bombs are refused without waiting for a job slot.
     const probed = await probeImage(input, this.limits);
-    const encoded = await this.jobs(() => encodeAvatar(input, probed, this.limits));
+    const encoded = await this.jobs.run(() => encodeAvatar(input, probed, this.limits));
     const hash = createHash('sha256').update(encoded.bytes).digest('hex');
     // Looked up after the awaits: an unpinned handle may have been evicted meanwhile.
     const file = this.users.file(userId);
