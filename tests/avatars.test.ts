@@ -16,6 +16,8 @@ import {
   makeWebp,
 } from './helpers/images.ts';
 import type { AvatarUploadResponse, ErrorBody, PrivateUser, PublicUser } from '../shared/index.ts';
+import { JobQueue } from '../server/avatars/jobs.ts';
+import { AppError } from '../server/http/app-error.ts';
 
 let srv: TestServer;
 let user: TestUser;
@@ -287,6 +289,40 @@ test('20 concurrent uploads all succeed and the server stays responsive', async 
     const etag = served.headers.get('etag') ?? '';
     assert.ok(me.body.avatar_url?.endsWith(`?v=${etag.slice(1, 17)}`), 'avatar_url names the stored image');
   }
+});
+
+test('image jobs: at most `concurrency` run at once, a bounded number wait, the rest are told to retry', async () => {
+  const queue = new JobQueue(2, 3);
+  let running = 0;
+  let peak = 0;
+  const gates: (() => void)[] = [];
+  const job = () =>
+    new Promise<number>((resolve) => {
+      running += 1;
+      peak = Math.max(peak, running);
+      gates.push(() => {
+        running -= 1;
+        resolve(1);
+      });
+    });
+  // Lets p-limit start whatever may start (it does so on microtasks).
+  const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+  const accepted = Array.from({ length: 5 }, () => queue.run(job));
+  await assert.rejects(
+    queue.run(job),
+    (error: unknown) =>
+      error instanceof AppError && error.status === 503 && error.code === 'service_unavailable' && error.headers['Retry-After'] === '2',
+  );
+  await settle();
+  assert.equal(queue.running, 2);
+  while (gates.length > 0) {
+    gates.shift()!();
+    await settle();
+  }
+  assert.deepEqual(await Promise.all(accepted), [1, 1, 1, 1, 1]);
+  assert.equal(peak, 2, 'never more than two at once');
+  assert.equal(await queue.run(async () => 7), 7, 'room again once the burst is done');
 });
 
 test('GET /avatars/users/{id}: public, ETag, 304, cache headers, 400 and 404', async () => {
