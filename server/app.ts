@@ -22,6 +22,9 @@ import { RelationshipsService } from './relationships/service.ts';
 import { relationshipsRoutes } from './relationships/routes.ts';
 import { ChannelsService } from './channels/service.ts';
 import { channelsRoutes } from './channels/routes.ts';
+import { AvatarsService } from './avatars/service.ts';
+import { avatarsRoutes } from './avatars/routes.ts';
+import { readAvatarHash } from './avatars/repo.ts';
 
 export interface RunningServer {
   port: number;
@@ -59,7 +62,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     hasher,
     logger,
     publicUrl: () => publicUrl,
-    avatarHashOf: () => null,
+    avatarHashOf: readAvatarHash,
     onSessionsRevoked,
     revokeOtherSessions: (principal) => deleteOtherSessions(storage.directory, principal.userId, principal.sessionId),
   });
@@ -82,6 +85,12 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const userSettings = new UserSettingsService(registry);
   const relationships = new RelationshipsService(storage, users);
   const channels = new ChannelsService({ storage, users, relationships, messaging });
+  const avatars = new AvatarsService(users, {
+    maxBytes: config.maxAvatarBytes,
+    maxPixels: config.maxAvatarPixels,
+    maxFrames: config.maxAvatarFrames,
+    jobs: config.avatarJobs,
+  });
 
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
@@ -91,6 +100,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     ...notesRoutes(notes),
     ...relationshipsRoutes(relationships),
     ...channelsRoutes(channels),
+    ...avatarsRoutes(avatars, { maxBytes: config.maxAvatarBytes }),
     ...(options.extraRoutes ?? []),
   ];
   // The sync socket is mounted first so its `/sync/*` pattern is never shadowed by the REST catch-all.

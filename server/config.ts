@@ -25,6 +25,10 @@ const SETTINGS = {
   compactAfterBytes: { flag: 'compact-after-bytes', env: 'PLEXICHAT_COMPACT_AFTER_BYTES' },
   compactDebounceMs: { flag: 'compact-debounce-ms', env: 'PLEXICHAT_COMPACT_DEBOUNCE_MS' },
   compactMaxWaitMs: { flag: 'compact-max-wait-ms', env: 'PLEXICHAT_COMPACT_MAX_WAIT_MS' },
+  maxAvatarBytes: { flag: 'max-avatar-bytes', env: 'PLEXICHAT_MAX_AVATAR_BYTES' },
+  maxAvatarPixels: { flag: 'max-avatar-pixels', env: 'PLEXICHAT_MAX_AVATAR_PIXELS' },
+  maxAvatarFrames: { flag: 'max-avatar-frames', env: 'PLEXICHAT_MAX_AVATAR_FRAMES' },
+  avatarJobs: { flag: 'avatar-jobs', env: 'PLEXICHAT_AVATAR_JOBS' },
 } as const;
 
 type SettingName = keyof typeof SETTINGS;
@@ -55,6 +59,13 @@ const configSchema = z.object({
   compactAfterBytes: intInRange(1, 1024 * 1024 * 1024).default(1024 * 1024),
   compactDebounceMs: intInRange(0, 3_600_000).default(2000),
   compactMaxWaitMs: intInRange(0, 3_600_000).default(20_000),
+  /** Largest accepted avatar file (the uploaded bytes, before processing). */
+  maxAvatarBytes: intInRange(1024, 64 * 1024 * 1024).default(8 * 1024 * 1024),
+  /** Width × height × frames an avatar may decode to; checked from the header, before decoding. */
+  maxAvatarPixels: intInRange(256 * 256, 268_402_689).default(40_000_000),
+  maxAvatarFrames: intInRange(1, 10_000).default(200),
+  /** Avatar images processed at once; each may hold up to maxAvatarPixels × 4 bytes decoded. */
+  avatarJobs: intInRange(1, 64).default(2),
 });
 
 export type Config = Omit<z.infer<typeof configSchema>, 'publicUrl'> & {

@@ -38,6 +38,11 @@ export const ERROR_CATALOGUE = {
   too_many_requests: { status: 429, error: 'Too many requests' },
   internal_error: { status: 500, error: 'Internal error' },
   service_unavailable: { status: 503, error: 'Service unavailable' },
+  // Avatars: limits on what an image decodes to are size limits too, so they keep the documented
+  // text; their own codes let clients tell them apart (and do not close the connection).
+  image_too_large: { status: 400, error: 'File too large' },
+  too_many_frames: { status: 400, error: 'File too large' },
+  avatar_not_found: { status: 404, error: 'Not found' },
 } as const satisfies Record<string, { status: number; error: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOGUE;

@@ -10,3 +10,4 @@ export * from './sync-protocol.ts';
 export * from './notes-doc.ts';
 export * from './schemas/relationships.ts';
 export * from './schemas/channels.ts';
+export * from './schemas/avatars.ts';

@@ -109,4 +109,18 @@ export const USER_FILE_MIGRATIONS: readonly Migration[] = [
         created_at INTEGER NOT NULL
       ) STRICT;
     `),
+  // Avatar: at most one per user; `bytes` is last so reading the hash never pages in the image.
+  (db) =>
+    db.exec(`
+      CREATE TABLE avatar (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        hash TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        animated INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        bytes BLOB NOT NULL
+      ) STRICT;
+    `),
 ];
