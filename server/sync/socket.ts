@@ -29,7 +29,9 @@ const TOKEN_PATTERN = /^pxc_[A-Za-z0-9_-]{10,200}$/;
 export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): void {
   const { registry, logger } = options;
   app.ws<Connection>('/sync/*', {
-    maxPayloadLength: options.maxMessageBytes,
+    // uWS drops a frame over its limit without a close code; with headroom, a message a little over
+    // ours gets the clear 4413 below instead (which also stops stock clients from resending it).
+    maxPayloadLength: options.maxMessageBytes * 2,
     maxBackpressure: options.maxBackpressureBytes,
     closeOnBackpressureLimit: 1,
     idleTimeout: 120,
@@ -106,6 +108,10 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
       const conn = ws.getUserData();
       const doc = conn.doc;
       if (!doc) return;
+      if (message.byteLength > options.maxMessageBytes) {
+        ws.end(CLOSE_CODES.MESSAGE_TOO_BIG, `Message over ${options.maxMessageBytes} bytes`);
+        return;
+      }
       // uWS reuses `message` after this callback: keep a copy (also what gets stored and relayed).
       const bytes = new Uint8Array(message.slice(0));
       let incoming;
