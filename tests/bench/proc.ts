@@ -55,8 +55,15 @@ export interface ServerProcess {
   port: number;
   /** Last lines of stderr and stdout, for error messages. */
   tail(): string;
-  /** SIGTERM, then wait for exit (SIGKILL after the grace period). */
-  stop(graceMs?: number): Promise<void>;
+  /** SIGTERM, then wait for exit (SIGKILL after the grace period); tells how it went. */
+  stop(graceMs?: number): Promise<Stopped>;
+}
+
+export interface Stopped {
+  /** Milliseconds from SIGTERM to exit: for persisting servers, the time to flush what they queued. */
+  ms: number;
+  /** It did not exit within the grace period and was killed (whatever it still held is lost). */
+  killed: boolean;
 }
 
 export interface SpawnOptions {
@@ -112,11 +119,17 @@ export async function spawnServer(options: SpawnOptions): Promise<ServerProcess>
   };
 }
 
-async function stopChild(child: ChildProcess, graceMs: number): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
+async function stopChild(child: ChildProcess, graceMs: number): Promise<Stopped> {
+  if (child.exitCode !== null || child.signalCode !== null) return { ms: 0, killed: false };
   const exited = once(child, 'exit');
+  const started = performance.now();
+  let killed = false;
   child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  const timer = setTimeout(() => {
+    killed = true;
+    child.kill('SIGKILL');
+  }, graceMs);
   await exited;
   clearTimeout(timer);
+  return { ms: performance.now() - started, killed };
 }

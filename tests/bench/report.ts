@@ -11,9 +11,9 @@ const m = (key: string, label: string, better: 'lower' | 'higher', digits: numbe
 
 /** The columns of each scenario, in print order. */
 export const METRICS: Record<ScenarioName, MetricInfo[]> = {
-  trace: [m('wall_s', 'wall s', 'lower', 2), m('updates_per_s', 'updates/s', 'higher', 0), m('cpu_us_per_update', 'CPU µs/update', 'lower', 1), m('peak_rss_mb', 'peak RSS MB', 'lower', 0)],
-  fanout: [m('wall_s', 'wall s', 'lower', 2), m('updates_per_s', 'updates/s', 'higher', 0), m('cpu_us_per_update', 'CPU µs/update', 'lower', 1), m('peak_rss_mb', 'peak RSS MB', 'lower', 0)],
-  cold: [m('wall_ms', 'wall ms', 'lower', 0), m('cpu_ms', 'CPU ms', 'lower', 0), m('peak_rss_mb', 'peak RSS MB', 'lower', 0)],
+  trace: [m('wall_s', 'wall s', 'lower', 2), m('settle_s', 'settle s', 'lower', 1), m('updates_per_s', 'updates/s', 'higher', 0), m('cpu_us_per_update', 'CPU µs/update', 'lower', 1), m('peak_rss_mb', 'peak RSS MB', 'lower', 0)],
+  fanout: [m('wall_s', 'wall s', 'lower', 2), m('settle_s', 'settle s', 'lower', 1), m('updates_per_s', 'updates/s', 'higher', 0), m('cpu_us_per_update', 'CPU µs/update', 'lower', 1), m('peak_rss_mb', 'peak RSS MB', 'lower', 0)],
+  cold: [m('stop_s', 'flush+exit s', 'lower', 2), m('wall_ms', 'wall ms', 'lower', 0), m('cpu_ms', 'CPU ms', 'lower', 0), m('peak_rss_mb', 'peak RSS MB', 'lower', 0)],
   idle: [m('rss_mb_per_1000_conns', 'RSS MB/1000 conns', 'lower', 1), m('rss_mb_per_100_docs', 'RSS MB/100 docs', 'lower', 1), m('rss_mb', 'RSS MB', 'lower', 0)],
   rest: [m('req_per_s', 'req/s', 'higher', 0), m('p99_ms', 'p99 ms', 'lower', 1), m('cpu_us_per_req', 'CPU µs/req', 'lower', 1), m('peak_rss_mb', 'peak RSS MB', 'lower', 0)],
 };

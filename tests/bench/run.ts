@@ -50,12 +50,12 @@ const params: Params = {
   fanout: quick ? { docs: 20, clients: 3, edits: 40 } : { docs: 100, clients: 3, edits: 100 },
   idle: quick ? { connections: 200, docs: 20 } : { connections: 1_000, docs: 100 },
   rest: { connections: 50, durationS: quick ? 2 : 10 },
-  timeoutMs: quick ? 60_000 : 600_000,
+  timeoutMs: quick ? 60_000 : 300_000,
 };
 const titles: Record<ScenarioName, string> = {
-  trace: `automerge-paper, ${trace.txns.length.toLocaleString('en-US')} of ${trace.totalTxns.toLocaleString('en-US')} updates (one per txn), 1 writer → 3 readers, until every reader holds the text`,
-  cold: 'after a restart, a fresh client syncs the doc the trace left (read from disk)',
-  fanout: `${params.fanout.docs} docs × ${params.fanout.clients} clients × ${params.fanout.edits} single-character edits, until all converge`,
+  trace: `automerge-paper, ${trace.txns.length.toLocaleString('en-US')} of ${trace.totalTxns.toLocaleString('en-US')} updates (one per txn), 1 writer → 3 readers, until every reader holds the text; settle = from then until a persisting server's CPU is idle (that CPU counts too)`,
+  cold: 'SIGTERM after the trace (flush+exit = time to exit), restart, then a fresh client syncs the doc from disk',
+  fanout: `${params.fanout.docs} docs × ${params.fanout.clients} clients × ${params.fanout.edits} single-character edits, until all converge (settle as in trace)`,
   idle: `RSS growth: ${params.idle.connections} idle sync connections (scaled to 1,000), ${params.idle.docs} docs of 1,000 chars (scaled to 100)`,
   rest: `GET /users/@me, ${params.rest.connections} connections, ${params.rest.durationS} s (autocannon)`,
 };

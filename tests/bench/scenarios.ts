@@ -33,23 +33,50 @@ const READERS = 3;
 /** How far (in inserted characters) the writer may run ahead of the slowest reader. */
 const WRITER_WINDOW = 2_000;
 const MAX_BUFFERED_BYTES = 1 * MB;
+/** How long a server may take to exit after SIGTERM (persisting servers flush their queues first). */
+const STOP_GRACE_MS = 300_000;
 
 interface Measured<T> {
   value: T;
   wallMs: number;
+  /** From the end of `fn` until the server's CPU went quiet (0 unless asked to settle). */
+  settleMs: number;
   cpuUs: number;
   peakRssMb: number;
 }
 
-/** Runs `fn` between two /proc samples of the server process. */
-async function measured<T>(server: ServerProcess, fn: () => Promise<T>): Promise<Measured<T>> {
+/** A server is idle once it used at most one clock tick of CPU over this window. */
+const QUIET_WINDOW_MS = 2_500;
+const QUIET_POLL_MS = 250;
+
+/**
+ * Runs `fn` between two /proc samples of the server process. With `settle`, the second sample
+ * waits until the server is idle: servers that persist behind the broadcast (LevelDB's queue,
+ * Hocuspocus' debounced stores) do that work after the clients converged, and it is part of what
+ * an update costs them.
+ */
+async function measured<T>(server: ServerProcess, fn: () => Promise<T>, settle = false, limitMs = 300_000): Promise<Measured<T>> {
   resetPeak(server.pid);
   const before = sample(server.pid);
   const started = performance.now();
   const value = await fn();
   const wallMs = performance.now() - started;
+  let settleMs = 0;
+  if (settle) {
+    const settleStart = performance.now();
+    const window: number[] = [sample(server.pid).cpuUs];
+    const windowLength = QUIET_WINDOW_MS / QUIET_POLL_MS;
+    while (performance.now() - settleStart < limitMs) {
+      await new Promise((resolve) => setTimeout(resolve, QUIET_POLL_MS));
+      window.push(sample(server.pid).cpuUs);
+      if (window.length > windowLength + 1) window.shift();
+      if (window.length === windowLength + 1 && window[window.length - 1]! - window[0]! <= 10_000) break;
+    }
+    // The quiet window itself is not part of the work.
+    settleMs = Math.max(0, performance.now() - settleStart - QUIET_WINDOW_MS);
+  }
   const after = sample(server.pid);
-  return { value, wallMs, cpuUs: after.cpuUs - before.cpuUs, peakRssMb: after.peakRssBytes / MB };
+  return { value, wallMs, settleMs, cpuUs: after.cpuUs - before.cpuUs, peakRssMb: after.peakRssBytes / MB };
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
@@ -107,7 +134,7 @@ async function withServer<T>(entry: ServerEntry, fn: (server: ServerProcess, dat
     try {
       return await fn(server, dataDir);
     } finally {
-      await server.stop();
+      await server.stop(STOP_GRACE_MS);
     }
   } finally {
     fs.rmSync(dataDir, { recursive: true, force: true });
@@ -135,7 +162,7 @@ export async function traceAndCold(entry: ServerEntry, params: Params): Promise<
       const [writer, ...readers] = clients as [SyncClient, ...SyncClient[]];
       let run: Measured<void>;
       try {
-        run = await measured(first, () => withTimeout(replay(writer, readers, trace), params.timeoutMs, 'trace replay'));
+        run = await measured(first, () => withTimeout(replay(writer, readers, trace), params.timeoutMs, 'trace replay'), entry.persists, params.timeoutMs);
       } finally {
         for (const client of clients) client.close();
       }
@@ -147,6 +174,7 @@ export async function traceAndCold(entry: ServerEntry, params: Params): Promise<
           status: 'ok',
           metrics: {
             wall_s: run.wallMs / 1000,
+            ...(entry.persists ? { settle_s: run.settleMs / 1000 } : {}),
             updates_per_s: updates / (run.wallMs / 1000),
             cpu_us_per_update: run.cpuUs / updates,
             peak_rss_mb: run.peakRssMb,
@@ -157,7 +185,11 @@ export async function traceAndCold(entry: ServerEntry, params: Params): Promise<
         results.push({ scenario: 'cold', server: entry.name, status: 'skipped', note: 'keeps nothing across a restart', metrics: {} });
         return results;
       }
-      await first.stop();
+      const stopped = await first.stop(STOP_GRACE_MS);
+      if (stopped.killed) {
+        results.push(failure('cold', entry.name, `did not exit within ${STOP_GRACE_MS / 1000} s of SIGTERM (killed; what it had queued is lost)`));
+        return results;
+      }
       try {
         const second = await entry.start(dataDir);
         try {
@@ -166,7 +198,10 @@ export async function traceAndCold(entry: ServerEntry, params: Params): Promise<
           const cold = await measured(second, async () => {
             const client = await SyncClient.connect({ ...endpoint, url: url.toString() });
             try {
-              await withTimeout(until(client, hasText(trace.expected)), params.timeoutMs, 'cold sync');
+              await withTimeout(until(client, hasText(trace.expected)), params.timeoutMs, 'cold sync').catch((error: unknown) => {
+                const held = client.content()?.length ?? 0;
+                throw new Error(`${error instanceof Error ? error.message : String(error)}; the client holds ${held} of ${trace.expected.length} chars`);
+              });
             } finally {
               client.close();
             }
@@ -175,10 +210,10 @@ export async function traceAndCold(entry: ServerEntry, params: Params): Promise<
             scenario: 'cold',
             server: entry.name,
             status: 'ok',
-            metrics: { wall_ms: cold.wallMs, cpu_ms: cold.cpuUs / 1000, peak_rss_mb: cold.peakRssMb },
+            metrics: { stop_s: stopped.ms / 1000, wall_ms: cold.wallMs, cpu_ms: cold.cpuUs / 1000, peak_rss_mb: cold.peakRssMb },
           });
         } finally {
-          await second.stop();
+          await second.stop(STOP_GRACE_MS);
         }
       } catch (error) {
         results.push(failure('cold', entry.name, error));
@@ -264,7 +299,7 @@ export async function fanout(entry: ServerEntry, params: Params): Promise<Scenar
             await yieldToLoop();
           }
           await withTimeout(converged, params.timeoutMs, 'fanout convergence');
-        });
+        }, entry.persists, params.timeoutMs);
         const updates = docCount * perDoc * edits;
         return {
           scenario: 'fanout',
@@ -272,6 +307,7 @@ export async function fanout(entry: ServerEntry, params: Params): Promise<Scenar
           status: 'ok',
           metrics: {
             wall_s: run.wallMs / 1000,
+            ...(entry.persists ? { settle_s: run.settleMs / 1000 } : {}),
             updates_per_s: updates / (run.wallMs / 1000),
             cpu_us_per_update: run.cpuUs / updates,
             peak_rss_mb: run.peakRssMb,
