@@ -82,6 +82,10 @@ export async function spawnServer(options: SpawnOptions): Promise<ServerProcess>
     env: options.env ?? process.env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  // A harness that dies mid-run must not leave servers behind.
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
+  child.once('exit', () => process.removeListener('exit', killOnExit));
   const lines: string[] = [];
   const remember = (line: string) => {
     lines.push(line);

@@ -56,7 +56,7 @@ const titles: Record<ScenarioName, string> = {
   trace: `automerge-paper, ${trace.txns.length.toLocaleString('en-US')} of ${trace.totalTxns.toLocaleString('en-US')} updates (one per txn), 1 writer → 3 readers, until every reader holds the text; settle = from then until a persisting server's CPU is idle (that CPU counts too)`,
   cold: 'SIGTERM after the trace (flush+exit = time to exit), restart, then a fresh client syncs the doc from disk',
   fanout: `${params.fanout.docs} docs × ${params.fanout.clients} clients × ${params.fanout.edits} single-character edits, until all converge (settle as in trace)`,
-  idle: `RSS growth: ${params.idle.connections} idle sync connections (scaled to 1,000), ${params.idle.docs} docs of 1,000 chars (scaled to 100)`,
+  idle: `RSS growth per 1,000 idle sync connections (${params.idle.connections} opened) and per 100 docs of 1,000 chars (${params.idle.docs} loaded)`,
   rest: `GET /users/@me, ${params.rest.connections} connections, ${params.rest.durationS} s (autocannon)`,
 };
 
