@@ -28,12 +28,13 @@ const { values } = parseArgs({
     servers: { type: 'string' },
     scenarios: { type: 'string' },
     'cpu-prof': { type: 'string' },
+    unpaced: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
 if (values.help) {
   process.stdout.write(
-    'npm run bench -- [--quick] [--json <file>] [--servers name,...] [--scenarios trace,cold,fanout,idle,rest] [--cpu-prof <dir>]\n',
+    'npm run bench -- [--quick] [--json <file>] [--servers name,...] [--scenarios trace,cold,fanout,idle,rest] [--cpu-prof <dir>] [--unpaced]\n',
   );
   process.exit(0);
 }
@@ -51,9 +52,10 @@ const params: Params = {
   idle: quick ? { connections: 200, docs: 20 } : { connections: 1_000, docs: 100 },
   rest: { connections: 50, durationS: quick ? 2 : 10 },
   timeoutMs: quick ? 60_000 : 300_000,
+  unpaced: values.unpaced,
 };
 const titles: Record<ScenarioName, string> = {
-  trace: `automerge-paper, ${trace.txns.length.toLocaleString('en-US')} of ${trace.totalTxns.toLocaleString('en-US')} updates (one per txn), 1 writer → 3 readers, until every reader holds the text; settle = from then until a persisting server's CPU is idle (that CPU counts too)`,
+  trace: `automerge-paper, ${trace.txns.length.toLocaleString('en-US')} of ${trace.totalTxns.toLocaleString('en-US')} updates (one per txn), 1 writer${params.unpaced ? ' (unpaced)' : ''} → 3 readers, until every reader holds the text; settle = from then until a persisting server's CPU is idle (that CPU counts too)`,
   cold: 'SIGTERM after the trace (flush+exit = time to exit), restart, then a fresh client syncs the doc from disk',
   fanout: `${params.fanout.docs} docs × ${params.fanout.clients} clients × ${params.fanout.edits} single-character edits, until all converge (settle as in trace)`,
   idle: `RSS growth per 1,000 idle sync connections (${params.idle.connections} opened) and per 100 docs of 1,000 chars (${params.idle.docs} loaded)`,
@@ -95,7 +97,7 @@ bar.stop();
 
 const cpus = os.cpus();
 const machine = `${cpus.length} cores (${cpus[0]?.model.trim() ?? 'unknown CPU'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, Linux ${os.release()}, Node ${process.versions.node}`;
-const command = `npm run bench${quick ? ' -- --quick' : ''}`;
+const command = ['npm run bench', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' ');
 const allRatios = ratios(results, OURS);
 const targets = checkTargets(allRatios);
 process.stdout.write(

@@ -26,6 +26,8 @@ export interface Params {
   rest: { connections: number; durationS: number };
   /** Bound on any one measured phase. */
   timeoutMs: number;
+  /** The trace writer does not wait for its readers (a fast writer flooding the server). */
+  unpaced: boolean;
 }
 
 const MB = 1024 * 1024;
@@ -162,7 +164,12 @@ export async function traceAndCold(entry: ServerEntry, params: Params): Promise<
       const [writer, ...readers] = clients as [SyncClient, ...SyncClient[]];
       let run: Measured<void>;
       try {
-        run = await measured(first, () => withTimeout(replay(writer, readers, trace), params.timeoutMs, 'trace replay'), entry.persists, params.timeoutMs);
+        const replayed = () =>
+          withTimeout(replay(writer, readers, trace, params.unpaced), params.timeoutMs, 'trace replay').catch((error: unknown) => {
+            const held = readers.map((reader) => reader.content()?.length ?? 0).join(', ');
+            throw new Error(`${error instanceof Error ? error.message : String(error)}; readers hold ${held} of ${trace.expected.length} chars`);
+          });
+        run = await measured(first, replayed, entry.persists, params.timeoutMs);
       } finally {
         for (const client of clients) client.close();
       }
@@ -227,10 +234,10 @@ export async function traceAndCold(entry: ServerEntry, params: Params): Promise<
 
 /**
  * The writer applies one trace transaction per Yjs transaction (so one update message each),
- * never more than WRITER_WINDOW characters ahead of the slowest reader, and yields to the event
- * loop regularly so the readers (same process) keep draining their sockets.
+ * never more than WRITER_WINDOW characters ahead of the slowest reader (unless unpaced), and
+ * yields to the event loop regularly so the readers (same process) keep draining their sockets.
  */
-async function replay(writer: SyncClient, readers: readonly SyncClient[], trace: Trace): Promise<void> {
+async function replay(writer: SyncClient, readers: readonly SyncClient[], trace: Trace, unpaced: boolean): Promise<void> {
   const text = writer.createNote(trace.start);
   const writerId = writer.doc.clientID;
   let wake: (() => void) | null = null;
@@ -256,7 +263,7 @@ async function replay(writer: SyncClient, readers: readonly SyncClient[], trace:
     });
     if (index % 64 !== 63) continue;
     await yieldToLoop();
-    while (lag() > WRITER_WINDOW || writer.bufferedAmount > MAX_BUFFERED_BYTES) {
+    while (!unpaced && (lag() > WRITER_WINDOW || writer.bufferedAmount > MAX_BUFFERED_BYTES)) {
       await new Promise<void>((resolve) => {
         wake = resolve;
         setTimeout(progressed, 5);
