@@ -82,7 +82,7 @@ for (const entry of entries.filter((candidate) => candidate.rest)) {
 }
 
 const bar = new cliProgress.SingleBar(
-  { format: 'bench {bar} {value}/{total} {task}', hideCursor: true, clearOnComplete: true },
+  { format: 'bench {bar} {value}/{total} {duration_formatted} {task}', hideCursor: true, clearOnComplete: true },
   cliProgress.Presets.shades_classic,
 );
 bar.start(units.length, 0, { task: '' });
