@@ -1,0 +1,110 @@
+/**
+ * `npm run bench [-- --quick] [--json <file>] [--servers a,b] [--scenarios trace,rest]`
+ * Starts our server and the baselines one after another as separate processes on loopback,
+ * drives each with the same client code, and prints one table per scenario with our ratio
+ * against every baseline. See README, "Benchmarks".
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import cliProgress from 'cli-progress';
+import { fanout, idle, rest, traceAndCold, type Params, type ScenarioName, type ScenarioResult } from './scenarios.ts';
+import { checkTargets, ratios, render, renderTargets } from './report.ts';
+import { serverEntries, type ServerEntry } from './servers.ts';
+import { loadTrace } from './trace.ts';
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** The shared folder sits beside every checkout (CI's included). */
+const TRACE_FILE = path.join(repoRoot, '..', 'shared', 'traces', 'automerge-paper.json.gz');
+const SCENARIOS: readonly ScenarioName[] = ['trace', 'cold', 'fanout', 'idle', 'rest'];
+const OURS = 'plexichat';
+
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    json: { type: 'string' },
+    servers: { type: 'string' },
+    scenarios: { type: 'string' },
+    'cpu-prof': { type: 'string' },
+    unpaced: { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false },
+  },
+});
+if (values.help) {
+  process.stdout.write(
+    'npm run bench -- [--quick] [--json <file>] [--servers name,...] [--scenarios trace,cold,fanout,idle,rest] [--cpu-prof <dir>] [--unpaced]\n',
+  );
+  process.exit(0);
+}
+const quick = values.quick;
+const wantedScenarios = new Set<string>(values.scenarios?.split(',') ?? SCENARIOS);
+const wantedServers = values.servers === undefined ? null : new Set(values.servers.split(','));
+// Every server process writes a V8 CPU profile into this folder when it exits (open in DevTools).
+const nodeFlags = values['cpu-prof'] === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${path.resolve(values['cpu-prof'])}`];
+const entries = serverEntries(repoRoot, process.env, nodeFlags).filter((entry) => wantedServers === null || wantedServers.has(entry.name));
+
+const trace = loadTrace(TRACE_FILE, quick ? 10_000 : null);
+const params: Params = {
+  trace,
+  fanout: quick ? { docs: 20, clients: 3, edits: 40 } : { docs: 100, clients: 3, edits: 100 },
+  idle: quick ? { connections: 200, docs: 20 } : { connections: 1_000, docs: 100 },
+  rest: { connections: 50, durationS: quick ? 2 : 10 },
+  timeoutMs: quick ? 60_000 : 300_000,
+  unpaced: values.unpaced,
+};
+const titles: Record<ScenarioName, string> = {
+  trace: `automerge-paper, ${trace.txns.length.toLocaleString('en-US')} of ${trace.totalTxns.toLocaleString('en-US')} updates (one per txn), 1 writer${params.unpaced ? ' (unpaced)' : ''} → 3 readers, until every reader holds the text; settle = from then until a persisting server's CPU is idle (that CPU counts too)`,
+  cold: 'SIGTERM after the trace (flush+exit = time to exit), restart, then a fresh client syncs the doc from disk',
+  fanout: `${params.fanout.docs} docs × ${params.fanout.clients} clients × ${params.fanout.edits} single-character edits, until all converge (settle as in trace)`,
+  idle: `RSS growth per 1,000 idle sync connections (${params.idle.connections} opened) and per 100 docs of 1,000 chars (${params.idle.docs} loaded)`,
+  rest: `GET /users/@me, ${params.rest.connections} connections, ${params.rest.durationS} s (autocannon)`,
+};
+
+interface Unit {
+  label: string;
+  run(): Promise<ScenarioResult[]>;
+}
+
+const units: Unit[] = [];
+const add = (entry: ServerEntry, scenario: string, run: () => Promise<ScenarioResult[]>) =>
+  units.push({ label: `${scenario} · ${entry.name}`, run });
+for (const entry of entries.filter((candidate) => candidate.sync)) {
+  if (wantedScenarios.has('trace') || wantedScenarios.has('cold')) {
+    add(entry, 'trace+cold', async () => (await traceAndCold(entry, params)).filter((result) => wantedScenarios.has(result.scenario)));
+  }
+  if (wantedScenarios.has('fanout')) add(entry, 'fanout', async () => [await fanout(entry, params)]);
+  if (wantedScenarios.has('idle')) add(entry, 'idle', async () => [await idle(entry, params)]);
+}
+for (const entry of entries.filter((candidate) => candidate.rest)) {
+  if (wantedScenarios.has('rest')) add(entry, 'rest', async () => [await rest(entry, params)]);
+}
+
+const bar = new cliProgress.SingleBar(
+  { format: 'bench {bar} {value}/{total} {duration_formatted} {task}', hideCursor: true, clearOnComplete: true },
+  cliProgress.Presets.shades_classic,
+);
+bar.start(units.length, 0, { task: '' });
+const results: ScenarioResult[] = [];
+const started = Date.now();
+for (const unit of units) {
+  bar.update({ task: unit.label });
+  results.push(...(await unit.run()));
+  bar.increment();
+}
+bar.stop();
+
+const cpus = os.cpus();
+const machine = `${cpus.length} cores (${cpus[0]?.model.trim() ?? 'unknown CPU'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, Linux ${os.release()}, Node ${process.versions.node}`;
+const command = ['npm run bench', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' ');
+const allRatios = ratios(results, OURS);
+const targets = checkTargets(allRatios);
+process.stdout.write(
+  `${command} — ${machine}\n\n${render(results, OURS, titles)}\n\n${renderTargets(targets, OURS)}\n\ntotal ${Math.round((Date.now() - started) / 1000)} s\n`,
+);
+if (values.json !== undefined) {
+  const report = { date: new Date().toISOString(), command, machine, quick, params: { ...params, trace: { updates: trace.txns.length, of: trace.totalTxns } }, titles, results, ratios: allRatios, targets };
+  fs.writeFileSync(values.json, `${JSON.stringify(report, null, 2)}\n`);
+}
+process.exit(0);

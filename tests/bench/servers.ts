@@ -1,0 +1,216 @@
+import path from 'node:path';
+import { FASTIFY_BENCH_TOKEN } from './baselines/args.ts';
+import { SyncClient, type SyncEndpoint } from './client.ts';
+import { spawnServer, type ServerProcess } from './proc.ts';
+
+/** What a scenario gets to talk to: one endpoint per document, or why this server sits it out. */
+export type SyncDocs = { endpoints: SyncEndpoint[] } | { skip: string };
+export type RestTarget = { url: string; headers: Record<string, string> } | { skip: string };
+
+export interface ServerEntry {
+  name: string;
+  ours: boolean;
+  /** Speaks the sync protocol (trace, fanout, idle). */
+  sync: boolean;
+  /** Keeps documents on disk across a restart (cold). */
+  persists: boolean;
+  /** Serves `GET /users/@me` (rest). */
+  rest: boolean;
+  start(dataDir: string): Promise<ServerProcess>;
+  /** After start: `count` documents to sync, with whatever accounts or tokens that takes. */
+  syncDocs?(server: ServerProcess, count: number): Promise<SyncDocs>;
+  restTarget?(server: ServerProcess): Promise<RestTarget>;
+}
+
+const READY = /listening on (http:\/\/[^\s"]+)/;
+
+function baseline(repoRoot: string, nodeFlags: readonly string[], file: string, dataDir: string, env?: NodeJS.ProcessEnv): Promise<ServerProcess> {
+  return spawnServer({
+    args: [...nodeFlags, '--import', 'tsx', path.join('tests', 'bench', 'baselines', file), '--port', '0', '--data-dir', dataDir],
+    cwd: repoRoot,
+    ready: READY,
+    ...(env === undefined ? {} : { env }),
+  });
+}
+
+function wsUrl(server: ServerProcess, pathname: string): string {
+  return `ws://127.0.0.1:${server.port}${pathname}`;
+}
+
+function docNames(count: number): string[] {
+  return Array.from({ length: count }, (_, index) => `bench-doc-${index}`);
+}
+
+/**
+ * The servers of one run; ours first. `env` is the environment the baselines inherit;
+ * `nodeFlags` go to every server process (e.g. `--cpu-prof`).
+ */
+export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlags: readonly string[] = []): ServerEntry[] {
+  const yWebsocket = (persistence: boolean): ServerEntry => ({
+    name: persistence ? 'y-websocket+leveldb' : 'y-websocket',
+    ours: false,
+    sync: true,
+    persists: persistence,
+    rest: false,
+    start: (dataDir) =>
+      baseline(repoRoot, nodeFlags, 'y-websocket-server.ts', dataDir, persistence ? { ...env, YPERSISTENCE: path.join(dataDir, 'leveldb') } : env),
+    syncDocs: async (server, count) => ({
+      endpoints: docNames(count).map((docName) => ({
+        url: wsUrl(server, `/${docName}`),
+        framing: 'y-websocket',
+        docName,
+        answersSync: true,
+      })),
+    }),
+  });
+  return [
+    {
+      name: 'plexichat',
+      ours: true,
+      sync: true,
+      persists: true,
+      rest: true,
+      start: (dataDir) =>
+        spawnServer({
+          // Info level: the listening line is logged at info; requests only at debug.
+          args: [...nodeFlags, '--import', 'tsx', 'server/main.ts', '--port', '0', '--data-dir', dataDir, '--log-level', 'info', '--auth-rate-limit', '0'],
+          cwd: repoRoot,
+          ready: READY,
+        }),
+      syncDocs: (server, count) => plexichatDocs(server, count),
+      restTarget: async (server) => {
+        const [account] = await registerAccounts(server, 1);
+        if (account === undefined) return { skip: 'registration failed' };
+        return { url: `${server.url}/users/@me`, headers: { authorization: `Bearer ${account.token}` } };
+      },
+    },
+    yWebsocket(false),
+    yWebsocket(true),
+    {
+      name: 'hocuspocus+sqlite',
+      ours: false,
+      sync: true,
+      persists: true,
+      rest: false,
+      start: (dataDir) => baseline(repoRoot, nodeFlags, 'hocuspocus.ts', dataDir),
+      syncDocs: async (server, count) => ({
+        endpoints: docNames(count).map((docName) => ({
+          url: wsUrl(server, '/'),
+          framing: 'hocuspocus',
+          docName,
+          token: 'benchmark',
+          answersSync: true,
+        })),
+      }),
+    },
+    {
+      name: 'uws-relay',
+      ours: false,
+      sync: true,
+      persists: false,
+      rest: false,
+      start: (dataDir) => baseline(repoRoot, nodeFlags, 'uws-relay.ts', dataDir),
+      syncDocs: async (server, count) => ({
+        endpoints: docNames(count).map((docName) => ({
+          url: wsUrl(server, `/${docName}`),
+          framing: 'y-websocket',
+          docName,
+          answersSync: false,
+        })),
+      }),
+    },
+    {
+      name: 'uws-hello',
+      ours: false,
+      sync: false,
+      persists: false,
+      rest: true,
+      start: (dataDir) => baseline(repoRoot, nodeFlags, 'uws-hello.ts', dataDir),
+      restTarget: async (server) => ({ url: `${server.url}/users/@me`, headers: {} }),
+    },
+    {
+      name: 'fastify+sqlite',
+      ours: false,
+      sync: false,
+      persists: false,
+      rest: true,
+      start: (dataDir) => baseline(repoRoot, nodeFlags, 'fastify-users.ts', dataDir),
+      restTarget: async (server) => ({
+        url: `${server.url}/users/@me`,
+        headers: { authorization: `Bearer ${FASTIFY_BENCH_TOKEN}` },
+      }),
+    },
+  ];
+}
+
+interface Account {
+  token: string;
+}
+
+/** Registers `count` users, two at a time (Argon2 hashing is the cost; the machine has 2 cores). */
+async function registerAccounts(server: ServerProcess, count: number): Promise<Account[]> {
+  const accounts: Account[] = [];
+  const runId = Date.now().toString(36);
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      const index = next++;
+      const response = await fetch(`${server.url}/auth/register`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          username: `bench_${runId}_${index}`,
+          email: `bench_${runId}_${index}@example.com`,
+          password: 'benchmark passphrase',
+        }),
+      });
+      const body = (await response.json()) as { token?: unknown };
+      if (response.status !== 201 || typeof body.token !== 'string') {
+        throw new Error(`POST /auth/register → ${response.status}`);
+      }
+      accounts[index] = { token: body.token };
+    }
+  };
+  await Promise.all([worker(), worker()]);
+  return accounts;
+}
+
+/**
+ * Our sync entry, written against the documented protocol: each document is a user's notes
+ * channel (`GET /users/@me/notes` → `{id}`), reached at `/sync/<id>?token=<token>`. Until the
+ * sync channel is on this build, the probe on the first account says so and the server sits out.
+ */
+async function plexichatDocs(server: ServerProcess, count: number): Promise<SyncDocs> {
+  const [first] = await registerAccounts(server, 1);
+  if (first === undefined) return { skip: 'registration failed' };
+  const firstEndpoint = await notesEndpoint(server, first.token);
+  if ('skip' in firstEndpoint) return firstEndpoint;
+  try {
+    (await SyncClient.connect(firstEndpoint, 10_000)).close();
+  } catch (error) {
+    return { skip: `sync channel not on this build (${error instanceof Error ? error.message : String(error)})` };
+  }
+  const endpoints: SyncEndpoint[] = [firstEndpoint];
+  for (const account of await registerAccounts(server, count - 1)) {
+    const endpoint = await notesEndpoint(server, account.token);
+    if ('skip' in endpoint) return endpoint;
+    endpoints.push(endpoint);
+  }
+  return { endpoints };
+}
+
+async function notesEndpoint(server: ServerProcess, token: string): Promise<SyncEndpoint | { skip: string }> {
+  const response = await fetch(`${server.url}/users/@me/notes`, { headers: { authorization: `Bearer ${token}` } });
+  if (response.status !== 200) {
+    await response.body?.cancel();
+    return { skip: `sync channel not on this build (GET /users/@me/notes → ${response.status})` };
+  }
+  const { id } = (await response.json()) as { id: string };
+  return {
+    url: wsUrl(server, `/sync/${id}?token=${encodeURIComponent(token)}`),
+    framing: 'y-websocket',
+    docName: id,
+    token,
+    answersSync: true,
+  };
+}
