@@ -67,6 +67,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     revokeOtherSessions: (principal) => deleteOtherSessions(storage.directory, principal.userId, principal.sessionId),
   });
   const authService = new AuthService({ storage, hasher, users, logger, onSessionsRevoked });
+  // First listener: the session cache must forget a token before anything else reacts.
+  revocationListeners.add((sessionIds) => authService.forgetSessions(sessionIds));
   const messaging = new MessagingSettingsService(users);
   const registry = new DocRegistry({
     storage,

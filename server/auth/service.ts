@@ -10,6 +10,12 @@ import { hashSessionToken, newSessionToken } from './tokens.ts';
 
 /** Sessions are touched at most this often, so authenticating a request is normally a pure read. */
 const TOUCH_INTERVAL_S = 3600;
+/**
+ * Recently seen tokens skip the directory read. Revocations in this process drop entries at once
+ * (`forgetSessions`); the TTL bounds how long a session deleted by anything else stays usable.
+ */
+const SESSION_CACHE_TTL_MS = 30_000;
+const SESSION_CACHE_MAX = 10_000;
 const nowSeconds = () => Math.floor(Date.now() / 1000);
 
 export interface AuthDeps {
@@ -22,6 +28,8 @@ export interface AuthDeps {
 }
 
 export class AuthService {
+  private readonly sessionCache = new Map<string, { principal: Principal; expiresAt: number }>();
+
   constructor(private readonly deps: AuthDeps) {}
 
   async register(body: RegisterBody, userAgent: string | null): Promise<AuthResponse> {
@@ -46,12 +54,30 @@ export class AuthService {
 
   /** The session a bearer token belongs to, or null. Synchronous: one indexed read. */
   authenticate(token: string): Principal | null {
+    const tokenHash = hashSessionToken(token);
+    const key = tokenHash.toString('base64');
+    const cached = this.sessionCache.get(key);
+    const nowMs = Date.now();
+    if (cached && cached.expiresAt > nowMs) return cached.principal;
+    if (cached) this.sessionCache.delete(key);
     const { directory } = this.deps.storage;
-    const session = repo.findSessionByTokenHash(directory, hashSessionToken(token));
+    const session = repo.findSessionByTokenHash(directory, tokenHash);
     if (!session) return null;
     const now = nowSeconds();
     if (now - session.last_used_at >= TOUCH_INTERVAL_S) repo.touchSession(directory, session.id, now);
-    return { userId: session.user_id, sessionId: session.id };
+    const principal = { userId: session.user_id, sessionId: session.id };
+    if (this.sessionCache.size >= SESSION_CACHE_MAX) {
+      const oldest = this.sessionCache.keys().next().value;
+      if (oldest !== undefined) this.sessionCache.delete(oldest);
+    }
+    this.sessionCache.set(key, { principal, expiresAt: nowMs + SESSION_CACHE_TTL_MS });
+    return principal;
+  }
+
+  /** Drops ended sessions from the cache, so their tokens stop working immediately. */
+  forgetSessions(sessionIds: string[]): void {
+    const ended = new Set(sessionIds);
+    for (const [key, entry] of this.sessionCache) if (ended.has(entry.principal.sessionId)) this.sessionCache.delete(key);
   }
 
   private startSession(userId: string, userAgent: string | null): string {

@@ -1,4 +1,12 @@
-import sharp, { type Metadata } from 'sharp';
+import type { Metadata } from 'sharp';
+
+/**
+ * sharp (libvips) costs tens of MB of resident memory once loaded: it is loaded on the first
+ * avatar upload, not at start-up (Node caches the module after that).
+ */
+async function loadSharp(): Promise<(typeof import('sharp'))['default']> {
+  return (await import('sharp')).default;
+}
 import { AVATAR_SIZE } from '../../shared/schemas/avatars.ts';
 import { AppError } from '../http/app-error.ts';
 
@@ -53,6 +61,7 @@ export async function probeImage(bytes: Uint8Array, limits: ImageLimits): Promis
   if (sniffed === null) throw new AppError('invalid_file_type', ACCEPTED);
   let metadata: Metadata;
   try {
+    const sharp = await loadSharp();
     metadata = await sharp(bytes, { limitInputPixels: false }).metadata();
   } catch {
     throw new AppError('invalid_file_type', `The ${sniffed.toUpperCase()} file is corrupt or truncated`);
@@ -81,6 +90,7 @@ export async function probeImage(bytes: Uint8Array, limits: ImageLimits): Promis
 export async function encodeAvatar(bytes: Uint8Array, probed: ProbedImage, limits: ImageLimits): Promise<EncodedAvatar> {
   const animated = probed.frames > 1;
   try {
+    const sharp = await loadSharp();
     const { data, info } = await sharp(bytes, {
       animated,
       // The probe checked the header; this is the decoder's own guard, should the two disagree.

@@ -29,6 +29,7 @@ const BASE_HEADERS: Record<string, string> = {
   'Access-Control-Allow-Origin': '*',
   'Cache-Control': 'no-store',
 };
+const JSON_HEADERS: Record<string, string> = { ...BASE_HEADERS, 'Content-Type': 'application/json; charset=utf-8' };
 const CORS_PREFLIGHT: Record<string, string> = {
   'Access-Control-Allow-Origin': '*',
   'Access-Control-Allow-Methods': 'GET, POST, PUT, PATCH, DELETE',
@@ -82,7 +83,7 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
       logger.debug({ requestId, method, path, status, ms: Math.round(performance.now() - started) }, 'request');
     };
     const fail = (error: AppError, close = false) => {
-      finish(error.status, { ...BASE_HEADERS, 'Content-Type': 'application/json; charset=utf-8', ...error.headers }, JSON.stringify(error.toBody()), close);
+      finish(error.status, { ...JSON_HEADERS, ...error.headers }, JSON.stringify(error.toBody()), close);
     };
 
     if (refusing) {
@@ -127,35 +128,64 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
       bodyPromise = readBody(res, state, maxBytes, tooLarge);
     }
 
+    const respond = (result: unknown) => {
+      if (result instanceof Reply) {
+        if (result.body instanceof RawBytes) finish(result.status, { ...BASE_HEADERS, ...result.headers }, result.body.bytes);
+        else if (result.body === undefined) finish(result.status, { ...BASE_HEADERS, ...result.headers }, undefined);
+        else finish(result.status, { ...JSON_HEADERS, ...result.headers }, JSON.stringify(result.body));
+      } else if (result === undefined) {
+        finish(204, BASE_HEADERS, undefined);
+      } else {
+        finish(200, JSON_HEADERS, JSON.stringify(result));
+      }
+    };
+    const onError = (error: unknown) => {
+      if (error instanceof AppError) {
+        // A body we stopped reading must not be parsed as the next request: close instead.
+        fail(error, error.code === 'payload_too_large' || error.code === 'file_too_large');
+      } else {
+        logger.error({ err: error, requestId, method, path }, 'unhandled error while serving a request');
+        fail(new AppError('internal_error', `Something went wrong on our side (request ${requestId})`));
+      }
+    };
+    /** Validates and calls the handler; synchronous up to whatever the handler returns. */
+    const run = (rawBody: Buffer | undefined): unknown => {
+      let body: unknown = rawBody;
+      if (route.body !== undefined && !isRawBodySpec(route.body)) {
+        body = validate(route, route.body, parseJson(rawBody ?? Buffer.alloc(0)), 'body');
+      }
+      const query = route.query ? validate(route, route.query, parseQuery(rawQuery), 'query') : parseQuery(rawQuery);
+      return route.handler({ method: method as Method, path, params, query, body, principal, headers, remoteAddress, requestId });
+    };
+
     inflight.begin();
+    if (bodyPromise === undefined && route.rateLimiter === undefined) {
+      // Fast path: nothing to wait for, so a synchronous handler answers inside this uWS callback,
+      // without a promise or a microtask per request.
+      let result: unknown;
+      try {
+        result = run(undefined);
+      } catch (error) {
+        onError(error);
+        inflight.end();
+        return;
+      }
+      if (!(result instanceof Promise)) {
+        respond(result);
+        inflight.end();
+        return;
+      }
+      result.then(respond, onError).finally(() => inflight.end());
+      return;
+    }
     void (async () => {
       try {
         const rawBody = bodyPromise ? await bodyPromise : undefined;
         if (route.rateLimiter) await consumeRateLimit(route.rateLimiter, remoteAddress);
         if (state.aborted) return;
-        let body: unknown = rawBody;
-        if (route.body !== undefined && !isRawBodySpec(route.body)) {
-          body = validate(route, route.body, parseJson(rawBody ?? Buffer.alloc(0)), 'body');
-        }
-        const query = route.query ? validate(route, route.query, parseQuery(rawQuery), 'query') : parseQuery(rawQuery);
-        const result = await route.handler({ method: method as Method, path, params, query, body, principal, headers, remoteAddress, requestId });
-        if (result instanceof Reply) {
-          if (result.body instanceof RawBytes) finish(result.status, { ...BASE_HEADERS, ...result.headers }, result.body.bytes);
-          else if (result.body === undefined) finish(result.status, { ...BASE_HEADERS, ...result.headers }, undefined);
-          else finish(result.status, { ...BASE_HEADERS, 'Content-Type': 'application/json; charset=utf-8', ...result.headers }, JSON.stringify(result.body));
-        } else if (result === undefined) {
-          finish(204, BASE_HEADERS, undefined);
-        } else {
-          finish(200, { ...BASE_HEADERS, 'Content-Type': 'application/json; charset=utf-8' }, JSON.stringify(result));
-        }
+        respond(await run(rawBody));
       } catch (error) {
-        if (error instanceof AppError) {
-          // A body we stopped reading must not be parsed as the next request: close instead.
-          fail(error, error.code === 'payload_too_large' || error.code === 'file_too_large');
-        } else {
-          logger.error({ err: error, requestId, method, path }, 'unhandled error while serving a request');
-          fail(new AppError('internal_error', `Something went wrong on our side (request ${requestId})`));
-        }
+        onError(error);
       } finally {
         inflight.end();
       }

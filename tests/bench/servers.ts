@@ -73,7 +73,7 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
       start: (dataDir) =>
         spawnServer({
           // Info level: the listening line is logged at info; requests only at debug.
-          args: [...nodeFlags, '--import', 'tsx', 'server/main.ts', '--port', '0', '--data-dir', dataDir, '--log-level', 'info', '--auth-rate-limit', '0'],
+          args: [...nodeFlags, '--import', 'tsx', 'server/main.ts', '--port', '0', '--data-dir', dataDir, '--log-level', 'info', '--auth-rate-limit', '0', '--max-sync-connections-per-user', '100000'],
           cwd: repoRoot,
           ready: READY,
         }),
