@@ -20,9 +20,32 @@ export class UserFile {
     return this.statements.get(sql);
   }
 
-  /** Runs `fn` in one IMMEDIATE transaction (it takes the write lock up front, so it never upgrades). */
+  /** Bumped by every transaction: memoised reads older than it are stale. */
+  private generation = 0;
+  private readonly memos = new Map<string, { generation: number; value: unknown }>();
+
+  /**
+   * Runs `fn` in one IMMEDIATE transaction (it takes the write lock up front, so it never
+   * upgrades). Every write to a user file goes through here, which is what keeps `memo` honest.
+   */
   transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn).immediate();
+    try {
+      return this.db.transaction(fn).immediate();
+    } finally {
+      this.generation += 1;
+    }
+  }
+
+  /**
+   * A value read from this file, kept until the next transaction on it. Hot reads (the profile
+   * behind every `GET /users/@me`) then cost no SQLite call at all.
+   */
+  memo<T>(key: string, read: () => T): T {
+    const hit = this.memos.get(key);
+    if (hit && hit.generation === this.generation) return hit.value as T;
+    const value = read();
+    this.memos.set(key, { generation: this.generation, value });
+    return value;
   }
 }
 

@@ -33,7 +33,3 @@ export function replaceSnapshot(file: UserFile, name: DocName, snapshot: Uint8Ar
   file.stmt('UPDATE docs SET snapshot = ? WHERE name = ?').run(snapshot, name);
   file.stmt('DELETE FROM doc_updates WHERE doc = ?').run(name);
 }
-
-export function countUpdates(file: UserFile, name: DocName): number {
-  return (file.stmt('SELECT count(*) AS n FROM doc_updates WHERE doc = ?').get(name) as { n: number }).n;
-}

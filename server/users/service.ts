@@ -60,13 +60,12 @@ export class UsersService {
   }
 
   privateUser(userId: string): PrivateUser {
-    const file = this.file(userId);
-    const row = repo.readProfile(file);
+    const { row, avatarUrl } = this.profile(userId);
     return {
       id: row.id,
       username: row.username,
       email: row.email,
-      avatar_url: this.avatarUrl(file),
+      avatar_url: avatarUrl,
       created_at: row.created_at,
       email_verified: row.email_verified === 1,
       totp_enabled: row.totp_enabled === 1,
@@ -80,12 +79,11 @@ export class UsersService {
     if (!isSnowflake(userId) || !repo.findIndexedById(this.deps.storage.directory, userId)) {
       throw new AppError('user_not_found', 'No user with that id');
     }
-    const file = this.file(userId);
-    const row = repo.readProfile(file);
+    const { row, avatarUrl } = this.profile(userId);
     return {
       id: row.id,
       username: row.username,
-      avatar_url: this.avatarUrl(file),
+      avatar_url: avatarUrl,
       created_at: row.created_at,
       badges: parseBadges(row.badges),
     };
@@ -172,6 +170,12 @@ export class UsersService {
     if (byName && byName.id !== selfId) throw conflictFor('username');
     const byEmail = email === null ? undefined : repo.findIndexedByEmail(directory, email);
     if (byEmail && byEmail.id !== selfId) throw conflictFor('email');
+  }
+
+  /** The profile row and avatar URL, memoised on the user file until its next write. */
+  private profile(userId: string): { row: repo.ProfileRow; avatarUrl: string | null } {
+    const file = this.file(userId);
+    return file.memo('profile', () => ({ row: repo.readProfile(file), avatarUrl: this.avatarUrl(file) }));
   }
 
   private avatarUrl(file: UserFile): string | null {
