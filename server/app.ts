@@ -33,7 +33,7 @@ export interface RunningServer {
   /** Stops listening, lets in-flight requests finish, closes sockets and databases. */
   close(): Promise<void>;
   /** Live counters, for health checks and tests. */
-  stats(): { loadedDocs: number; openUserFiles: number };
+  stats(): { loadedDocs: number; openUserFiles: number; syncConnections: number };
 }
 
 export interface ServerOptions {
@@ -75,6 +75,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     logger,
     app,
     limits: {
+      maxBackpressureBytes: config.maxSyncBackpressureBytes,
       unloadDelayMs: config.docUnloadDelayMs,
       compactAfterUpdates: config.compactAfterUpdates,
       compactAfterBytes: config.compactAfterBytes,
@@ -138,7 +139,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   return {
     port: listening.port,
     url,
-    stats: () => ({ loadedDocs: registry.loadedCount, openUserFiles: storage.userFiles.openCount }),
+    stats: () => ({ loadedDocs: registry.loadedCount, openUserFiles: storage.userFiles.openCount, syncConnections: registry.connectionCount }),
     close() {
       closing ??= (async () => {
         http.refuseNew();

@@ -250,6 +250,47 @@ test('documents unload after their last socket leaves; memory returns near basel
   assert.ok(grown < 30 * 1024 * 1024, `heap grew by ${(grown / 1048576).toFixed(1)} MiB`);
 });
 
+test('a reader that stops reading is disconnected instead of growing server memory', async () => {
+  const slowServer = await startServer({ maxSyncBackpressureBytes: 1024 * 1024 });
+  try {
+    const user = await registerUser(slowServer.api);
+    const channel = await notesChannelOf(slowServer.api, user);
+    const slow = await rawSocket(`${slowServer.url}/sync/${channel}?token=${user.token}`);
+    const slowClosed = closeEvent(slow.ws);
+    // Stop reading: the server's unsent bytes for this socket pile up.
+    const tcp = (slow.ws as unknown as { _socket: import('node:net').Socket })._socket;
+    tcp.pause();
+    const writer = openDevice(slowServer.url, channel, user.token);
+    try {
+      await synced(writer);
+      const text = writer.doc.getText('flood');
+      // Big updates: the kernel's socket buffers (megabytes on loopback) fill first.
+      const chunk = 'x'.repeat(64 * 1024);
+      const deadline = Date.now() + 30_000;
+      // Write until the server has let go of the slow socket (it counts only the writer then).
+      while (slowServer.server.stats().syncConnections > 1) {
+        assert.ok(Date.now() < deadline, 'the slow reader was never disconnected');
+        text.insert(text.length, chunk);
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      tcp.resume();
+      const { code } = await slowClosed;
+      assert.equal(code, CLOSE_CODES.SLOW_READER);
+      // The writer was never affected, and its data is all stored.
+      const fresh = openDevice(slowServer.url, channel, user.token);
+      try {
+        await until(fresh.doc, (d) => d.getText('flood').length === text.length, 'fresh device has the flood');
+      } finally {
+        fresh.destroy();
+      }
+    } finally {
+      writer.destroy();
+    }
+  } finally {
+    await slowServer.close();
+  }
+});
+
 function frameOf(type: number, step: number | null, payload: Uint8Array): Uint8Array {
   const encoder = encoding.createEncoder();
   encoding.writeVarUint(encoder, type);

@@ -12,6 +12,8 @@ import type { DocName } from './repo.ts';
 const STORED = Symbol('stored');
 
 export interface SyncLimits {
+  /** Unsent bytes a socket may hold before it is closed as a slow reader. */
+  maxBackpressureBytes: number;
   unloadDelayMs: number;
   compactAfterUpdates: number;
   compactAfterBytes: number;
@@ -98,6 +100,12 @@ export class DocRegistry {
 
   get loadedCount(): number {
     return this.docs.size;
+  }
+
+  get connectionCount(): number {
+    let total = 0;
+    for (const count of this.socketsPerUser.values()) total += count;
+    return total;
   }
 
   connectionsOf(userId: string): number {
@@ -326,7 +334,13 @@ export class DocRegistry {
     doc.logBytes += bytes;
     for (const ws of doc.sockets) {
       const conn = ws.getUserData();
-      if (conn.ack && conn.stored > 0 && !conn.closed) ws.send(encodeAck(conn.stored), true);
+      if (conn.closed) continue;
+      if (conn.ack && conn.stored > 0) ws.send(encodeAck(conn.stored), true);
+      if (ws.getBufferedAmount() > this.deps.limits.maxBackpressureBytes) {
+        // Its close handler may only run once the peer reads again: stop using it now.
+        conn.closed = true;
+        ws.end(CLOSE_CODES.SLOW_READER, 'Too far behind; reconnect to resync');
+      }
     }
     for (const waiter of waiters) waiter.resolve();
     this.maybeCompact(doc);

@@ -32,7 +32,10 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
     // uWS drops a frame over its limit without a close code; with headroom, a message a little over
     // ours gets the clear 4413 below instead (which also stops stock clients from resending it).
     maxPayloadLength: options.maxMessageBytes * 2,
-    maxBackpressure: options.maxBackpressureBytes,
+    // uWS skips (drops) publishes to a subscriber past its limit, which would leave that reader
+    // silently behind. Its limit is set above ours so the registry closes slow readers first
+    // (they resync on reconnect); uWS's own close is only the last resort.
+    maxBackpressure: options.maxBackpressureBytes * 2,
     closeOnBackpressureLimit: 1,
     idleTimeout: 120,
     sendPingsAutomatically: true,
