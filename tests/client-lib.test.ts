@@ -4,14 +4,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import WebSocket from 'ws';
 import * as Y from 'yjs';
-import { indexedDB as fakeIndexedDB } from 'fake-indexeddb';
 import {
   ApiError,
   MemoryStore,
   PlexichatClient,
   backoffCeiling,
   openFileStore,
-  openIndexedDbStore,
   SyncProvider,
   DEFAULT_BACKOFF,
   type WebSocketLike,
