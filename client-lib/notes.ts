@@ -2,6 +2,7 @@ import * as Y from 'yjs';
 import { SnowflakeGenerator, MAX_WORKER_ID } from '../shared/snowflake.ts';
 import { insertNote, listNotes, notesMap, readNote, replaceNoteText, type NoteMessage } from '../shared/notes-doc.ts';
 import { messageContentSchema } from '../shared/schemas/notes.ts';
+import { ApiError } from './errors.ts';
 import type { LocalStore } from './store.ts';
 import { REMOTE_ORIGIN, SyncProvider, type BackoffOptions, type SyncStatus, type WebSocketConstructor } from './sync.ts';
 
@@ -12,6 +13,8 @@ export interface NotesHost {
   readonly token: string | undefined;
   notesChannel(): Promise<{ id: string }>;
   syncUrl(doc: string): string;
+  /** Any authenticated call: used to tell a refused token from a network failure. */
+  me(): Promise<unknown>;
   onEndpointChange(listener: () => void): () => void;
 }
 
@@ -138,6 +141,14 @@ export class Notes {
       onAck: (seq) => this.#acknowledge(seq),
       onStatus: () => this.#emitStatus(),
       onRefused: (code, reason) => this.#emit('refused', code, reason),
+      isTokenRefused: () =>
+        init.host.me().then(
+          () => false,
+          (error: unknown) => {
+            if (error instanceof ApiError && error.status === 401) return true;
+            throw error;
+          },
+        ),
       random: init.random,
       ...(init.backoff ? { backoff: init.backoff } : {}),
     });

@@ -47,6 +47,11 @@ export interface SyncProviderOptions {
   onStatus: () => void;
   /** A close code that retrying cannot fix (4400-4499): the provider waits for a new token. */
   onRefused: (code: number, reason: string) => void;
+  /**
+   * Asked when a socket closed without ever opening. A refused upgrade (bad token) looks like any
+   * network failure from a WebSocket, so the app checks the token another way; true = refused.
+   */
+  isTokenRefused?: () => Promise<boolean>;
   backoff?: BackoffOptions;
   random?: () => number;
   setTimer?: (fn: () => void, ms: number) => unknown;
@@ -184,6 +189,7 @@ export class SyncProvider {
     socket.onerror = () => {};
     socket.onclose = (event: { code: number; reason: string }) => {
       if (this.#socket !== socket) return;
+      const neverOpened = !this.#open;
       this.#lastClose = { code: event.code, reason: String(event.reason ?? '') };
       this.#dropSocket();
       if (!this.#wanted) {
@@ -202,8 +208,29 @@ export class SyncProvider {
       const soon = code === CLOSE_CODES.SERVICE_RESTART || code === 1013 || code === CLOSE_CODES.SLOW_READER;
       this.#scheduleRetry(soon);
       this.#o.onStatus();
+      if (neverOpened && this.#o.isTokenRefused) void this.#checkToken(this.#o.isTokenRefused);
     };
     this.#o.onStatus();
+  }
+
+  async #checkToken(isTokenRefused: () => Promise<boolean>): Promise<void> {
+    const token = this.#o.token();
+    let refused = false;
+    try {
+      refused = await isTokenRefused();
+    } catch {
+      return; // unreachable too: keep backing off
+    }
+    // Only if nothing changed meanwhile (a new token, a disconnect, a socket that got through).
+    if (!refused || !this.#wanted || this.#refused || this.#open || this.#o.token() !== token) return;
+    this.#clearRetry();
+    const socket = this.#socket;
+    this.#dropSocket();
+    socket?.close(1000, 'token refused');
+    this.#refused = true;
+    this.#lastClose = { code: CLOSE_CODES.SESSION_REVOKED, reason: 'token refused' };
+    this.#o.onStatus();
+    this.#o.onRefused(CLOSE_CODES.SESSION_REVOKED, 'token refused');
   }
 
   #handle(socket: WebSocketLike, bytes: Uint8Array): void {

@@ -232,6 +232,28 @@ test('a revoked session (4401) stops retrying until the token changes, then resy
   }
 });
 
+test('a token the server refuses at the upgrade stops retries (after one check) until a new token', async () => {
+  const { client, user } = await clientFor(srv.api, srv.url);
+  const store = new MemoryStore();
+  const first = await open(client, store);
+  await first.whenSynced();
+  await first.close();
+  // Signed out elsewhere while the app was closed: the next start's upgrades get a 401.
+  await srv.api.post('/auth/logout', { token: user.token });
+  const notes = await open(client, store);
+  try {
+    const refused = await new Promise<number>((resolve) => notes.on('refused', (code) => resolve(code)));
+    assert.equal(refused, CLOSE_CODES.SESSION_REVOKED);
+    assert.equal(notes.status, 'offline');
+    const id = notes.add('typed while signed out');
+    await client.login({ login: user.username, password: user.password });
+    await notes.whenSynced();
+    assert.equal((await client.listMessages(notes.channelId))[0]?.id, id);
+  } finally {
+    await notes.close();
+  }
+});
+
 test('reconnects after a server restart (1012) and keeps pending edits', async () => {
   const dataDir = tempDir();
   let server = await startServer({ dataDir });
