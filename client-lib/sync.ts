@@ -180,7 +180,7 @@ export class SyncProvider {
       if (!(data instanceof ArrayBuffer) && !ArrayBuffer.isView(data)) return;
       const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
       try {
-        this.#handle(socket, bytes);
+        this.#handle(bytes);
       } catch {
         // A frame we cannot read: start over with a fresh state-vector exchange.
         socket.close(4000, 'unreadable message');
@@ -233,7 +233,7 @@ export class SyncProvider {
     this.#o.onRefused(CLOSE_CODES.SESSION_REVOKED, 'token refused');
   }
 
-  #handle(socket: WebSocketLike, bytes: Uint8Array): void {
+  #handle(bytes: Uint8Array): void {
     const decoder = decoding.createDecoder(bytes);
     const type = decoding.readVarUint(decoder);
     if (type === MESSAGE_ACK) {
@@ -259,7 +259,6 @@ export class SyncProvider {
         this.#attempt = 0;
         this.#o.onStatus();
       }
-      void socket;
     }
   }
 

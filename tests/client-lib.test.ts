@@ -19,6 +19,7 @@ import {
 import { startServer, registerUser, tempDir, type TestServer } from './helpers/server.ts';
 import { TEST_BACKOFF, WireCounter, clientFor, converged } from './helpers/client.ts';
 import { CLOSE_CODES } from '../shared/index.ts';
+import { makePng } from './helpers/images.ts';
 
 let srv: TestServer;
 let dir: string;
@@ -54,7 +55,27 @@ test('REST: register, me, settings and notes round-trip through the typed client
   assert.equal((await client.putRelationship(other.id, { type: 'friend' })).type, 'outgoing_request');
   assert.equal((await client.openDm({ recipient_id: other.id })).recipient_id, other.id);
   assert.equal((await client.listChannels()).length, 1);
+  assert.equal((await client.listRelationships())[0]?.id, other.id);
+  await client.deleteRelationship(other.id);
+  assert.deepEqual(await client.listRelationships(), []);
+
+  const uploaded = await client.uploadAvatar(await makePng(64, 64), 'me.png');
+  assert.deepEqual({ width: uploaded.width, height: uploaded.height }, { width: 256, height: 256 });
+  assert.equal((await client.me()).avatar_url, uploaded.avatar_url);
+  const image = await client.getAvatar(me.id);
+  assert.equal(image.contentType, 'image/webp');
+  assert.equal(image.bytes.byteLength, uploaded.size);
+  await client.deleteAvatar();
+  await assert.rejects(client.getAvatar(me.id), (e: unknown) => e instanceof ApiError && e.status === 404 && e.code === 'avatar_not_found');
+  const notImage = await client.uploadAvatar(new TextEncoder().encode('<svg/>'), 'x.svg').then(
+    () => assert.fail('text is not an image'),
+    (e: unknown) => e,
+  );
+  assert.ok(notImage instanceof ApiError);
+  assert.deepEqual({ status: notImage.status, error: notImage.error }, { status: 400, error: 'Invalid file type' });
+  assert.deepEqual(await client.health(), { status: 'ok' });
   await client.logout();
+  await assert.rejects(client.me(), (e: unknown) => e instanceof ApiError && e.status === 401 && e.error === 'Unauthorized');
   assert.equal(client.token, undefined);
 });
 
