@@ -140,6 +140,24 @@ test('two devices edit live and converge; pending drops to 0 once the server sto
   }
 });
 
+test('without a WebSocket option the global one is used (browsers, React Native, Node 22)', async () => {
+  const { client } = await clientFor(srv.api, srv.url);
+  const holder = globalThis as { WebSocket?: unknown };
+  const saved = holder.WebSocket;
+  holder.WebSocket = WebSocket;
+  try {
+    const notes = await client.openNotes({ store: new MemoryStore(), backoff: TEST_BACKOFF });
+    notes.add('through the global WebSocket');
+    await notes.whenSynced();
+    assert.equal((await client.listMessages(notes.channelId))[0]?.content, 'through the global WebSocket');
+    await notes.close();
+    holder.WebSocket = undefined;
+    await assert.rejects(client.openNotes({ store: new MemoryStore() }), TypeError);
+  } finally {
+    holder.WebSocket = saved;
+  }
+});
+
 test('offline edits survive an app restart (file store) and are sent when the connection returns', async () => {
   const { client } = await clientFor(srv.api, srv.url);
   const file = path.join(dir, 'restart.sqlite');
