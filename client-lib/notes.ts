@@ -47,6 +47,8 @@ const LOAD_ORIGIN = Symbol('plexichat-load');
 
 /** Opens the notes document from the store, then (unless told not to) starts syncing. */
 export async function openNotes(host: NotesHost, options: OpenNotesOptions): Promise<Notes> {
+  const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+  if (WebSocketImpl === undefined) throw new TypeError('No WebSocket: pass one (e.g. the `ws` package) as options.WebSocket');
   const state = await options.store.load();
   let channelId = state.meta[META_CHANNEL];
   if (channelId === undefined) {
@@ -62,8 +64,6 @@ export async function openNotes(host: NotesHost, options: OpenNotesOptions): Pro
     worker = Math.floor(random() * (MAX_WORKER_ID + 1));
     await options.store.setMeta(META_WORKER, String(worker));
   }
-  const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-  if (WebSocketImpl === undefined) throw new TypeError('No WebSocket: pass one (e.g. the `ws` package) as options.WebSocket');
 
   const doc = new Y.Doc();
   doc.transact(() => {
