@@ -1,0 +1,268 @@
+import type { z } from 'zod';
+import type {
+  AuthResponse,
+  AvatarUploadResponse,
+  DmChannel,
+  DmChannelListEntry,
+  Message,
+  MessagingSettings,
+  NotesChannel,
+  PrivateUser,
+  PublicUser,
+  Relationship,
+  UserSettings,
+  createMessageBodySchema,
+  loginBodySchema,
+  openDmBodySchema,
+  putRelationshipBodySchema,
+  registerBodySchema,
+  updateMeBodySchema,
+  updateMessageBodySchema,
+  updateMessagingSettingsBodySchema,
+  updateSettingsBodySchema,
+} from '../shared/index.ts';
+import { ApiError } from './errors.ts';
+import { openNotes, type Notes, type OpenNotesOptions } from './notes.ts';
+
+/** Request bodies are what the server's zod schemas accept (their input side). */
+export type RegisterRequest = z.input<typeof registerBodySchema>;
+export type LoginRequest = z.input<typeof loginBodySchema>;
+export type UpdateMeRequest = z.input<typeof updateMeBodySchema>;
+export type UpdateSettingsRequest = z.input<typeof updateSettingsBodySchema>;
+export type UpdateMessagingSettingsRequest = z.input<typeof updateMessagingSettingsBodySchema>;
+export type PutRelationshipRequest = z.input<typeof putRelationshipBodySchema>;
+export type OpenDmRequest = z.input<typeof openDmBodySchema>;
+export type CreateMessageRequest = z.input<typeof createMessageBodySchema>;
+export type UpdateMessageRequest = z.input<typeof updateMessageBodySchema>;
+/** `limit` 1-100 (default 50), `before` a message id: the page of messages older than it. */
+export interface ListMessagesRequest {
+  limit?: number;
+  before?: string;
+}
+
+export type FetchLike = (input: string, init: { method: string; headers: Record<string, string>; body?: string | Uint8Array | Blob | FormData }) => Promise<Response>;
+
+export interface PlexichatClientOptions {
+  /** e.g. https://chat.example.org (no trailing slash needed). */
+  baseUrl: string;
+  token?: string;
+  /** Defaults to the global fetch (Node 20+, browsers, React Native). */
+  fetch?: FetchLike;
+}
+
+/** The avatar bytes and their type, as served. */
+export interface AvatarImageResponse {
+  bytes: Uint8Array;
+  contentType: string;
+  etag: string | null;
+}
+
+/** Told when the token or the server address changes, so sync connections can retry at once. */
+type EndpointListener = () => void;
+
+/** Typed client for every REST route of the server. Every failure throws `ApiError`. */
+export class PlexichatClient {
+  #baseUrl: string;
+  #token: string | undefined;
+  readonly #fetch: FetchLike;
+  readonly #endpointListeners = new Set<EndpointListener>();
+
+  constructor(options: PlexichatClientOptions) {
+    this.#baseUrl = options.baseUrl.replace(/\/+$/, '');
+    this.#token = options.token;
+    this.#fetch = options.fetch ?? ((input, init) => fetch(input, init));
+  }
+
+  get baseUrl(): string {
+    return this.#baseUrl;
+  }
+
+  get token(): string | undefined {
+    return this.#token;
+  }
+
+  /** Replaces the session token; open sync connections stopped by an auth close code retry with it. */
+  setToken(token: string | undefined): void {
+    this.#token = token;
+    for (const listener of this.#endpointListeners) listener();
+  }
+
+  /** Points the client at another address of the server (moved, or restarted elsewhere). */
+  setBaseUrl(baseUrl: string): void {
+    this.#baseUrl = baseUrl.replace(/\/+$/, '');
+    for (const listener of this.#endpointListeners) listener();
+  }
+
+  /** Called whenever the token or the base URL changes; returns an unsubscribe function. */
+  onEndpointChange(listener: EndpointListener): () => void {
+    this.#endpointListeners.add(listener);
+    return () => this.#endpointListeners.delete(listener);
+  }
+
+  // --- auth ---------------------------------------------------------------------------------
+
+  /** Creates an account and keeps its session token for later calls. */
+  async register(body: RegisterRequest): Promise<AuthResponse> {
+    const answer = await this.#json<AuthResponse>('POST', '/auth/register', body, false);
+    this.setToken(answer.token);
+    return answer;
+  }
+
+  /** Signs in (by username or email) and keeps the session token for later calls. */
+  async login(body: LoginRequest): Promise<AuthResponse> {
+    const answer = await this.#json<AuthResponse>('POST', '/auth/login', body, false);
+    this.setToken(answer.token);
+    return answer;
+  }
+
+  async logout(): Promise<void> {
+    await this.#request('POST', '/auth/logout');
+    this.setToken(undefined);
+  }
+
+  health(): Promise<{ status: 'ok' }> {
+    return this.#json('GET', '/health', undefined, false);
+  }
+
+  // --- users --------------------------------------------------------------------------------
+
+  me(): Promise<PrivateUser> {
+    return this.#json('GET', '/users/@me');
+  }
+
+  updateMe(body: UpdateMeRequest): Promise<PrivateUser> {
+    return this.#json('PATCH', '/users/@me', body);
+  }
+
+  getUser(userId: string): Promise<PublicUser> {
+    return this.#json('GET', `/users/${encodeURIComponent(userId)}`);
+  }
+
+  searchUser(username: string): Promise<PublicUser> {
+    return this.#json('GET', `/users/search?username=${encodeURIComponent(username)}`);
+  }
+
+  // --- settings -----------------------------------------------------------------------------
+
+  getSettings(): Promise<UserSettings> {
+    return this.#json('GET', '/users/@me/settings');
+  }
+
+  /** Sets the given keys; a `null` value removes its key. */
+  updateSettings(patch: UpdateSettingsRequest): Promise<UserSettings> {
+    return this.#json('PATCH', '/users/@me/settings', patch);
+  }
+
+  getMessagingSettings(): Promise<MessagingSettings> {
+    return this.#json('GET', '/users/@me/messaging-settings');
+  }
+
+  updateMessagingSettings(patch: UpdateMessagingSettingsRequest): Promise<MessagingSettings> {
+    return this.#json('PATCH', '/users/@me/messaging-settings', patch);
+  }
+
+  // --- avatars ------------------------------------------------------------------------------
+
+  /** Uploads an image (PNG, JPEG, WebP, GIF); the server decides the format from the bytes. */
+  async uploadAvatar(image: Uint8Array | Blob, filename = 'avatar'): Promise<AvatarUploadResponse> {
+    const form = new FormData();
+    form.append('file', image instanceof Blob ? image : new Blob([image]), filename);
+    const response = await this.#request('POST', '/users/@me/avatar', form);
+    return (await response.json()) as AvatarUploadResponse;
+  }
+
+  async deleteAvatar(): Promise<void> {
+    await this.#request('DELETE', '/users/@me/avatar');
+  }
+
+  /** The URL an `<img>` can use (no auth needed). */
+  avatarUrl(userId: string): string {
+    return `${this.#baseUrl}/avatars/users/${encodeURIComponent(userId)}`;
+  }
+
+  async getAvatar(userId: string): Promise<AvatarImageResponse> {
+    const response = await this.#request('GET', `/avatars/users/${encodeURIComponent(userId)}`, undefined, false);
+    return {
+      bytes: new Uint8Array(await response.arrayBuffer()),
+      contentType: response.headers.get('content-type') ?? 'application/octet-stream',
+      etag: response.headers.get('etag'),
+    };
+  }
+
+  // --- relationships and DM channels --------------------------------------------------------
+
+  listRelationships(): Promise<Relationship[]> {
+    return this.#json('GET', '/users/@me/relationships');
+  }
+
+  /** `{ type: 'friend' }` sends or accepts a friend request, `{ type: 'block' }` blocks. */
+  putRelationship(userId: string, body: PutRelationshipRequest): Promise<Relationship> {
+    return this.#json('PUT', `/users/@me/relationships/${encodeURIComponent(userId)}`, body);
+  }
+
+  async deleteRelationship(userId: string): Promise<void> {
+    await this.#request('DELETE', `/users/@me/relationships/${encodeURIComponent(userId)}`);
+  }
+
+  listChannels(): Promise<DmChannelListEntry[]> {
+    return this.#json('GET', '/users/@me/channels');
+  }
+
+  openDm(body: OpenDmRequest): Promise<DmChannel> {
+    return this.#json('POST', '/users/@me/channels', body);
+  }
+
+  // --- notes (REST) -------------------------------------------------------------------------
+
+  notesChannel(): Promise<NotesChannel> {
+    return this.#json('GET', '/users/@me/notes');
+  }
+
+  listMessages(channelId: string, query: ListMessagesRequest = {}): Promise<Message[]> {
+    const params = new URLSearchParams();
+    if (query.limit !== undefined) params.set('limit', String(query.limit));
+    if (query.before !== undefined) params.set('before', query.before);
+    const qs = params.size > 0 ? `?${params.toString()}` : '';
+    return this.#json('GET', `/channels/${encodeURIComponent(channelId)}/messages${qs}`);
+  }
+
+  createMessage(channelId: string, body: CreateMessageRequest): Promise<Message> {
+    return this.#json('POST', `/channels/${encodeURIComponent(channelId)}/messages`, body);
+  }
+
+  updateMessage(channelId: string, messageId: string, body: UpdateMessageRequest): Promise<Message> {
+    return this.#json('PATCH', `/channels/${encodeURIComponent(channelId)}/messages/${encodeURIComponent(messageId)}`, body);
+  }
+
+  async deleteMessage(channelId: string, messageId: string): Promise<void> {
+    await this.#request('DELETE', `/channels/${encodeURIComponent(channelId)}/messages/${encodeURIComponent(messageId)}`);
+  }
+
+  // --- sync ---------------------------------------------------------------------------------
+
+  /** The WebSocket URL of one of the user's documents (`settings` or the notes channel id). */
+  syncUrl(doc: string): string {
+    return `${this.#baseUrl.replace(/^http/, 'ws')}/sync/${encodeURIComponent(doc)}?ack=1`;
+  }
+
+  /** Opens the user's notes document: offline-first, persisted in `store`, synced when online. */
+  openNotes(options: OpenNotesOptions): Promise<Notes> {
+    return openNotes(this, options);
+  }
+
+  // --- plumbing -----------------------------------------------------------------------------
+
+  async #json<T>(method: string, path: string, body?: unknown, auth = true): Promise<T> {
+    const response = await this.#request(method, path, body === undefined ? undefined : JSON.stringify(body), auth, body !== undefined);
+    return (await response.json()) as T;
+  }
+
+  async #request(method: string, path: string, body?: string | FormData, auth = true, isJson = false): Promise<Response> {
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (isJson) headers['content-type'] = 'application/json';
+    if (auth && this.#token !== undefined) headers.authorization = `Bearer ${this.#token}`;
+    const response = await this.#fetch(this.#baseUrl + path, body === undefined ? { method, headers } : { method, headers, body });
+    if (!response.ok) throw ApiError.fromResponse(response.status, await response.text());
+    return response;
+  }
+}

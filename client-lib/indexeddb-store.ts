@@ -1,0 +1,178 @@
+import { DEFAULT_COMPACTION, compact, isSettled, type CompactionOptions, type LocalState, type LocalStore, type StoredUpdate } from './store.ts';
+
+/*
+ * The slice of the IndexedDB API this store uses, typed here because the project compiles without
+ * the DOM library. The browser's `indexedDB` (and `fake-indexeddb` in tests) fit it.
+ */
+interface IdbRequest<T> {
+  result: T;
+  error: unknown;
+  onsuccess: ((event: never) => void) | null;
+  onerror: ((event: never) => void) | null;
+}
+interface IdbOpenRequest extends IdbRequest<IdbDatabase> {
+  onupgradeneeded: ((event: never) => void) | null;
+}
+interface IdbObjectStore {
+  put(value: unknown, key?: string | number): IdbRequest<unknown>;
+  get(key: string | number): IdbRequest<unknown>;
+  getAll(): IdbRequest<unknown[]>;
+  delete(key: string | number): IdbRequest<unknown>;
+}
+interface IdbTransaction {
+  objectStore(name: string): IdbObjectStore;
+  oncomplete: ((event: never) => void) | null;
+  onerror: ((event: never) => void) | null;
+  onabort: ((event: never) => void) | null;
+  error: unknown;
+}
+interface IdbDatabase {
+  objectStoreNames: { contains(name: string): boolean };
+  createObjectStore(name: string, options?: { keyPath?: string }): unknown;
+  transaction(names: string[], mode: 'readonly' | 'readwrite'): IdbTransaction;
+  close(): void;
+}
+export interface IdbFactoryLike {
+  open(name: string, version?: number): IdbOpenRequest;
+}
+
+interface RecordValue {
+  seq: number;
+  local: boolean;
+  update: Uint8Array;
+}
+
+const RECORDS = 'records';
+const STATE = 'state';
+
+export interface IndexedDbStoreOptions extends CompactionOptions {
+  /** Defaults to `globalThis.indexedDB`. */
+  indexedDB?: IdbFactoryLike;
+}
+
+/** Browser / WebView store: one IndexedDB database per document, same log + snapshot model. */
+export async function openIndexedDbStore(name: string, options: IndexedDbStoreOptions = {}): Promise<IndexedDbStore> {
+  const factory = options.indexedDB ?? (globalThis as { indexedDB?: IdbFactoryLike }).indexedDB;
+  if (!factory) throw new TypeError('No IndexedDB here: pass options.indexedDB');
+  const request = factory.open(name, 1);
+  request.onupgradeneeded = () => {
+    const db = request.result;
+    if (!db.objectStoreNames.contains(RECORDS)) db.createObjectStore(RECORDS, { keyPath: 'seq' });
+    if (!db.objectStoreNames.contains(STATE)) db.createObjectStore(STATE);
+  };
+  const db = await settle(request);
+  const store = new IndexedDbStore(db, { ...DEFAULT_COMPACTION, ...options });
+  await store.init();
+  return store;
+}
+
+export class IndexedDbStore implements LocalStore {
+  readonly #db: IdbDatabase;
+  readonly #limits: Required<CompactionOptions>;
+  #acked = 0;
+  #settledCount = 0;
+  #settledBytes = 0;
+
+  constructor(db: IdbDatabase, limits: Required<CompactionOptions>) {
+    this.#db = db;
+    this.#limits = limits;
+  }
+
+  async init(): Promise<void> {
+    const state = await this.load();
+    this.#acked = state.acked;
+    const settled = state.updates.filter((r) => isSettled(r, state.acked));
+    this.#settledCount = settled.length;
+    this.#settledBytes = settled.reduce((sum, r) => sum + r.update.byteLength, 0);
+  }
+
+  async load(): Promise<LocalState> {
+    const tx = this.#db.transaction([RECORDS, STATE], 'readonly');
+    const records = tx.objectStore(RECORDS).getAll();
+    const snapshot = tx.objectStore(STATE).get('snapshot');
+    const acked = tx.objectStore(STATE).get('acked');
+    const lastSeq = tx.objectStore(STATE).get('last_seq');
+    const meta = tx.objectStore(STATE).get('meta');
+    await done(tx);
+    const rows = (records.result as RecordValue[]).sort((a, b) => a.seq - b.seq);
+    return {
+      snapshot: snapshot.result instanceof Uint8Array ? snapshot.result : null,
+      updates: rows.map((r) => ({ seq: r.seq, local: r.local, update: r.update })),
+      acked: typeof acked.result === 'number' ? acked.result : 0,
+      lastSeq: typeof lastSeq.result === 'number' ? lastSeq.result : 0,
+      meta: isStringRecord(meta.result) ? meta.result : {},
+    };
+  }
+
+  async append(record: StoredUpdate): Promise<void> {
+    const tx = this.#db.transaction([RECORDS, STATE], 'readwrite');
+    tx.objectStore(RECORDS).put({ seq: record.seq, local: record.local, update: record.update.slice() } satisfies RecordValue);
+    const lastSeq = tx.objectStore(STATE).get('last_seq');
+    lastSeq.onsuccess = () => {
+      const previous = typeof lastSeq.result === 'number' ? lastSeq.result : 0;
+      tx.objectStore(STATE).put(Math.max(previous, record.seq), 'last_seq');
+    };
+    await done(tx);
+    if (!record.local) {
+      this.#settledCount += 1;
+      this.#settledBytes += record.update.byteLength;
+    }
+    if (this.#settledCount >= this.#limits.maxRecords || this.#settledBytes >= this.#limits.maxBytes) await this.#compact();
+  }
+
+  async setAcked(seq: number): Promise<void> {
+    if (seq <= this.#acked) return;
+    this.#acked = seq;
+    const tx = this.#db.transaction([STATE], 'readwrite');
+    tx.objectStore(STATE).put(seq, 'acked');
+    await done(tx);
+    await this.init();
+  }
+
+  async setMeta(key: string, value: string): Promise<void> {
+    const tx = this.#db.transaction([STATE], 'readwrite');
+    const meta = tx.objectStore(STATE).get('meta');
+    meta.onsuccess = () => {
+      const next = isStringRecord(meta.result) ? { ...meta.result } : {};
+      next[key] = value;
+      tx.objectStore(STATE).put(next, 'meta');
+    };
+    await done(tx);
+  }
+
+  async close(): Promise<void> {
+    this.#db.close();
+  }
+
+  /** Read, merge and rewrite in one transaction, so a closed tab leaves either the old or new state. */
+  async #compact(): Promise<void> {
+    const state = await this.load();
+    const { snapshot, kept } = compact(state.snapshot, state.updates, this.#acked);
+    const keep = new Set(kept.map((r) => r.seq));
+    const tx = this.#db.transaction([RECORDS, STATE], 'readwrite');
+    for (const r of state.updates) if (!keep.has(r.seq)) tx.objectStore(RECORDS).delete(r.seq);
+    tx.objectStore(STATE).put(snapshot, 'snapshot');
+    await done(tx);
+    this.#settledCount = 0;
+    this.#settledBytes = 0;
+  }
+}
+
+function settle<T>(request: IdbRequest<T>): Promise<T> {
+  return new Promise((resolve, reject) => {
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+}
+
+function done(tx: IdbTransaction): Promise<void> {
+  return new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+    tx.onabort = () => reject(tx.error ?? new Error('IndexedDB transaction aborted'));
+  });
+}
+
+function isStringRecord(value: unknown): value is Record<string, string> {
+  return typeof value === 'object' && value !== null && Object.values(value).every((v) => typeof v === 'string');
+}
