@@ -57,6 +57,8 @@ export interface ServerProcess {
   tail(): string;
   /** SIGTERM, then wait for exit (SIGKILL after the grace period); tells how it went. */
   stop(graceMs?: number): Promise<Stopped>;
+  /** kill -9: no shutdown work at all (what is on disk is what stays). */
+  kill(): Promise<void>;
 }
 
 export interface Stopped {
@@ -120,6 +122,12 @@ export async function spawnServer(options: SpawnOptions): Promise<ServerProcess>
     port: Number(new URL(url).port),
     tail: () => lines.join('\n'),
     stop: (graceMs = 20_000) => stopChild(child, graceMs),
+    kill: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = once(child, 'exit');
+      child.kill('SIGKILL');
+      await exited;
+    },
   };
 }
 

@@ -28,7 +28,8 @@ export interface Ratio {
 export function ratios(results: readonly ScenarioResult[], ours: string): Ratio[] {
   const out: Ratio[] = [];
   for (const ourResult of results.filter((result) => result.server === ours && result.status === 'ok')) {
-    for (const other of results.filter((result) => result.scenario === ourResult.scenario && result.server !== ours && result.status === 'ok')) {
+    // Our own variants (e.g. `plexichat-log`) are rows of their own, not baselines.
+    for (const other of results.filter((result) => result.scenario === ourResult.scenario && result.server !== ours && !result.server.startsWith(`${ours}-`) && result.status === 'ok')) {
       const values: Record<string, number> = {};
       for (const metric of METRICS[ourResult.scenario]) {
         const mine = ourResult.metrics[metric.key];

@@ -70,15 +70,16 @@ interface Unit {
 const units: Unit[] = [];
 const add = (entry: ServerEntry, scenario: string, run: () => Promise<ScenarioResult[]>) =>
   units.push({ label: `${scenario} · ${entry.name}`, run });
+const wants = (entry: ServerEntry, scenario: ScenarioName) => wantedScenarios.has(scenario) && (entry.only === undefined || entry.only.includes(scenario));
 for (const entry of entries.filter((candidate) => candidate.sync)) {
-  if (wantedScenarios.has('trace') || wantedScenarios.has('cold')) {
-    add(entry, 'trace+cold', async () => (await traceAndCold(entry, params)).filter((result) => wantedScenarios.has(result.scenario)));
+  if (wants(entry, 'trace') || wants(entry, 'cold')) {
+    add(entry, 'trace+cold', async () => (await traceAndCold(entry, params)).filter((result) => wants(entry, result.scenario)));
   }
-  if (wantedScenarios.has('fanout')) add(entry, 'fanout', async () => [await fanout(entry, params)]);
-  if (wantedScenarios.has('idle')) add(entry, 'idle', async () => [await idle(entry, params)]);
+  if (wants(entry, 'fanout')) add(entry, 'fanout', async () => [await fanout(entry, params)]);
+  if (wants(entry, 'idle')) add(entry, 'idle', async () => [await idle(entry, params)]);
 }
 for (const entry of entries.filter((candidate) => candidate.rest)) {
-  if (wantedScenarios.has('rest')) add(entry, 'rest', async () => [await rest(entry, params)]);
+  if (wants(entry, 'rest')) add(entry, 'rest', async () => [await rest(entry, params)]);
 }
 
 const bar = new cliProgress.SingleBar(

@@ -192,7 +192,7 @@ export async function traceAndCold(entry: ServerEntry, params: Params): Promise<
         results.push({ scenario: 'cold', server: entry.name, status: 'skipped', note: 'keeps nothing across a restart', metrics: {} });
         return results;
       }
-      const stopped = await first.stop(STOP_GRACE_MS);
+      const stopped = entry.crashBeforeCold ? await first.kill().then(() => ({ ms: 0, killed: false })) : await first.stop(STOP_GRACE_MS);
       if (stopped.killed) {
         results.push(failure('cold', entry.name, `did not exit within ${STOP_GRACE_MS / 1000} s of SIGTERM (killed; what it had queued is lost)`));
         return results;

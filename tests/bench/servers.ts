@@ -17,6 +17,10 @@ export interface ServerEntry {
   /** Serves `GET /users/@me` (rest). */
   rest: boolean;
   start(dataDir: string): Promise<ServerProcess>;
+  /** Only these scenarios (default: every scenario the flags above allow). */
+  only?: readonly ('trace' | 'cold' | 'fanout' | 'idle' | 'rest')[];
+  /** Stopped with kill -9 before the cold restart, so it restarts from exactly what was on disk. */
+  crashBeforeCold?: boolean;
   /** After start: `count` documents to sync, with whatever accounts or tokens that takes. */
   syncDocs?(server: ServerProcess, count: number): Promise<SyncDocs>;
   restTarget?(server: ServerProcess): Promise<RestTarget>;
@@ -63,26 +67,40 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
       })),
     }),
   });
+  const plexichat = (name: string, extraArgs: readonly string[]): Omit<ServerEntry, 'ours' | 'sync' | 'persists' | 'rest'> => ({
+    name,
+    start: (dataDir) =>
+      spawnServer({
+        // Info level: the listening line is logged at info; requests only at debug.
+        args: [...nodeFlags, '--import', 'tsx', 'server/main.ts', '--port', '0', '--data-dir', dataDir, '--log-level', 'info', '--auth-rate-limit', '0', '--max-sync-connections-per-user', '100000', ...extraArgs],
+        cwd: repoRoot,
+        ready: READY,
+      }),
+    syncDocs: (server, count) => plexichatDocs(server, count),
+  });
   return [
     {
-      name: 'plexichat',
+      ...plexichat('plexichat', []),
       ours: true,
       sync: true,
       persists: true,
       rest: true,
-      start: (dataDir) =>
-        spawnServer({
-          // Info level: the listening line is logged at info; requests only at debug.
-          args: [...nodeFlags, '--import', 'tsx', 'server/main.ts', '--port', '0', '--data-dir', dataDir, '--log-level', 'info', '--auth-rate-limit', '0', '--max-sync-connections-per-user', '100000'],
-          cwd: repoRoot,
-          ready: READY,
-        }),
-      syncDocs: (server, count) => plexichatDocs(server, count),
       restTarget: async (server) => {
         const [account] = await registerAccounts(server, 1);
         if (account === undefined) return { skip: 'registration failed' };
         return { url: `${server.url}/users/@me`, headers: { authorization: `Bearer ${account.token}` } };
       },
+    },
+    {
+      // The cold start from an uncompacted log: compaction never triggers, and kill -9 skips the
+      // compaction a clean shutdown does, so the restart replays every logged update.
+      ...plexichat('plexichat-log', ['--compact-after-updates', '100000000', '--compact-after-bytes', '1073741824']),
+      ours: true,
+      sync: true,
+      persists: true,
+      rest: false,
+      only: ['trace', 'cold'],
+      crashBeforeCold: true,
     },
     yWebsocket(false),
     yWebsocket(true),
