@@ -23,6 +23,7 @@ import type {
 } from '../shared/index.ts';
 import { ApiError } from './errors.ts';
 import { openNotes, type Notes, type OpenNotesOptions } from './notes.ts';
+import { openSettings, type OpenSettingsOptions, type Settings } from './settings.ts';
 
 /** Request bodies are what the server's zod schemas accept (their input side). */
 export type RegisterRequest = z.input<typeof registerBodySchema>;
@@ -248,6 +249,11 @@ export class PlexichatClient {
   /** Opens the user's notes document: offline-first, persisted in `store`, synced when online. */
   openNotes(options: OpenNotesOptions): Promise<Notes> {
     return openNotes(this, options);
+  }
+
+  /** Opens the user's settings document: offline-first like notes, in its own `store`. */
+  openSettings(options: OpenSettingsOptions): Promise<Settings> {
+    return openSettings(this, options);
   }
 
   // --- plumbing -----------------------------------------------------------------------------
