@@ -6,7 +6,7 @@ import WebSocket from 'ws';
 import { MemoryStore, PlexichatClient, openFileStore, type LocalStore, type Settings, type SettingsChange } from '../client-lib/index.ts';
 import { SETTINGS_MAX_KEYS, SETTINGS_TOTAL_MAX_BYTES, SETTINGS_VALUE_MAX_BYTES } from '../shared/schemas/settings.ts';
 import { startServer, tempDir, type TestServer } from './helpers/server.ts';
-import { TEST_BACKOFF, clientFor } from './helpers/client.ts';
+import { TEST_BACKOFF, clientFor, convergedBy } from './helpers/client.ts';
 
 let srv: TestServer;
 let dir: string;
@@ -22,25 +22,8 @@ after(async () => {
 const open = (client: PlexichatClient, store: LocalStore = new MemoryStore(), connect = true) =>
   client.openSettings({ store, WebSocket, backoff: TEST_BACKOFF, connect });
 
-/** Waits until every handle holds the same settings, re-checked on any handle's change or status. */
-function converged(handles: Settings[]): Promise<void> {
-  const same = () => handles.every((h) => JSON.stringify(sorted(h.all())) === JSON.stringify(sorted(handles[0]!.all())));
-  if (same()) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const offs: (() => void)[] = [];
-    const finish = (error?: Error) => {
-      clearTimeout(timer);
-      for (const off of offs) off();
-      if (error) reject(error);
-      else resolve();
-    };
-    const check = () => {
-      if (same()) finish();
-    };
-    const timer = setTimeout(() => finish(new Error('timed out waiting for devices to converge')), 10_000);
-    for (const h of handles) offs.push(h.on('change', check), h.on('status', check));
-  });
-}
+/** Waits until every handle holds the same settings. */
+const converged = (handles: Settings[]) => convergedBy(handles, (h) => JSON.stringify(sorted(h.all())), 10_000);
 
 const sorted = (o: Record<string, unknown>) => Object.fromEntries(Object.entries(o).sort(([a], [b]) => a.localeCompare(b)));
 

@@ -156,6 +156,22 @@ test('settings: validation and size limits', async () => {
   assert.equal(over.body.code, 'invalid_input');
   const read = await srv.api.get<UserSettings>('/users/@me/settings', { token: user.token });
   assert.ok(!('blob99' in read.body));
+  // A sync client is not held to the REST limits; REST must still be able to clean up after it.
+  const device = openDevice(srv.url, 'settings', user.token);
+  try {
+    await synced(device);
+    for (let i = 0; i < 20; i += 1) device.doc.getMap('settings').set(`sync${i}`, 'z'.repeat(3000));
+    const witness = openDevice(srv.url, 'settings', user.token);
+    await until(witness.doc, (d) => d.getMap('settings').has('sync19'), 'the oversized settings are stored');
+    witness.destroy();
+  } finally {
+    device.destroy();
+  }
+  const grow = await srv.api.patch<ErrorBody>('/users/@me/settings', { token: user.token, json: { more: 'x' } });
+  assert.equal(grow.status, 400, 'growing past the limit stays refused');
+  const cleanup = await srv.api.patch<UserSettings>('/users/@me/settings', { token: user.token, json: { blob0: null, sync0: null } });
+  assert.equal(cleanup.status, 200, 'a patch that shrinks the document is allowed');
+  assert.ok(!('blob0' in cleanup.body) && !('sync0' in cleanup.body));
 });
 
 test('a sync message over the size limit closes that socket with 4413', async () => {

@@ -1,4 +1,4 @@
-import type * as Y from 'yjs';
+import { settingsMap } from '../../shared/settings-doc.ts';
 import {
   SETTINGS_MAX_KEYS,
   SETTINGS_TOTAL_MAX_BYTES,
@@ -56,7 +56,11 @@ export class UserSettingsService {
         if (value === null) delete next[key];
         else next[key] = value;
       }
-      if (Object.keys(next).length > SETTINGS_MAX_KEYS || jsonByteLength(next) > SETTINGS_TOTAL_MAX_BYTES) {
+      // A patch may not take the document past the limits, but one that does not grow it (a
+      // cleanup after a sync client wrote past them) is always allowed.
+      const current = map.toJSON() as UserSettings;
+      const grows = Object.keys(next).length > Object.keys(current).length || jsonByteLength(next) > jsonByteLength(current);
+      if (grows && (Object.keys(next).length > SETTINGS_MAX_KEYS || jsonByteLength(next) > SETTINGS_TOTAL_MAX_BYTES)) {
         throw new AppError('invalid_input', `Settings may hold at most ${SETTINGS_MAX_KEYS} keys and ${SETTINGS_TOTAL_MAX_BYTES} bytes of JSON`);
       }
       for (const [key, value] of Object.entries(patch)) {
@@ -66,8 +70,4 @@ export class UserSettingsService {
       return next;
     });
   }
-}
-
-function settingsMap(doc: Y.Doc): Y.Map<unknown> {
-  return doc.getMap('settings');
 }

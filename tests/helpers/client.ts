@@ -40,11 +40,35 @@ export class WireCounter {
   }
 }
 
+/** Anything with the change/status events of a synced doc handle (Notes, Settings). */
+interface Observable {
+  on(event: 'change' | 'status', listener: () => void): () => void;
+}
+
+/**
+ * Waits until `snapshot` is the same on every handle, re-checked on any handle's change or
+ * status: a handle whose own last event came before another's final change must not be missed.
+ */
+export function convergedBy<H extends Observable>(handles: H[], snapshot: (handle: H) => string, timeoutMs = 30_000): Promise<void> {
+  const same = () => handles.every((h) => snapshot(h) === snapshot(handles[0]!));
+  if (same()) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const offs: (() => void)[] = [];
+    const finish = (error?: Error) => {
+      clearTimeout(timer);
+      for (const off of offs) off();
+      if (error) reject(error);
+      else resolve();
+    };
+    const check = () => {
+      if (same()) finish();
+    };
+    const timer = setTimeout(() => finish(new Error('timed out waiting for devices to converge')), timeoutMs);
+    for (const h of handles) offs.push(h.on('change', check), h.on('status', check));
+  });
+}
+
 /** Waits until the note lists of all handles are identical. */
-export async function converged(handles: Notes[], timeoutMs = 30_000): Promise<void> {
-  const same = () => {
-    const first = JSON.stringify(handles[0]!.list());
-    return handles.every((h) => JSON.stringify(h.list()) === first);
-  };
-  await Promise.all(handles.map((h) => h.waitFor(same, 'devices to converge', timeoutMs)));
+export function converged(handles: Notes[], timeoutMs = 30_000): Promise<void> {
+  return convergedBy(handles, (h) => JSON.stringify(h.list()), timeoutMs);
 }
