@@ -2,7 +2,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as Y from 'yjs';
 import { startServer, registerUser, type TestServer } from './helpers/server.ts';
-import { openDevice, rawSocket, closeEvent, synced, until } from './helpers/sync.ts';
+import { openDevice, rawSocket, closeEvent, synced, until, frameOf } from './helpers/sync.ts';
 import { CLOSE_CODES, type ErrorBody, type Message, type NotesChannel, type UserSettings } from '../shared/index.ts';
 
 let srv: TestServer;
@@ -181,18 +181,8 @@ test('a sync message over the size limit closes that socket with 4413', async ()
   const doc = new Y.Doc();
   doc.getMap('settings').set('huge', 'z'.repeat(5000));
   const update = Y.encodeStateAsUpdate(doc);
-  ws.send(new Uint8Array([0, 2, ...varUint(update.length), ...update]));
+  ws.send(frameOf(0, 2, update));
   assert.equal((await closed).code, CLOSE_CODES.MESSAGE_TOO_BIG);
   const read = await srv.api.get<UserSettings>('/users/@me/settings', { token: user.token });
   assert.deepEqual(read.body, {}, 'nothing stored');
 });
-
-function varUint(n: number): number[] {
-  const out: number[] = [];
-  while (n > 0x7f) {
-    out.push((n & 0x7f) | 0x80);
-    n >>>= 7;
-  }
-  out.push(n);
-  return out;
-}

@@ -3,10 +3,9 @@ import assert from 'node:assert/strict';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import * as Y from 'yjs';
-import * as encoding from 'lib0/encoding';
 import * as decoding from 'lib0/decoding';
 import { startServer, registerUser, type TestServer, type TestUser } from './helpers/server.ts';
-import { openDevice, synced, until, notesChannelOf, rawSocket, closeEvent } from './helpers/sync.ts';
+import { openDevice, synced, until, notesChannelOf, rawSocket, closeEvent, frameOf } from './helpers/sync.ts';
 import { CLOSE_CODES, MESSAGE_ACK, insertNote, listNotes, notesMap, type Message } from '../shared/index.ts';
 
 let srv: TestServer;
@@ -290,11 +289,3 @@ test('a reader that stops reading is disconnected instead of growing server memo
     await slowServer.close();
   }
 });
-
-function frameOf(type: number, step: number | null, payload: Uint8Array): Uint8Array {
-  const encoder = encoding.createEncoder();
-  encoding.writeVarUint(encoder, type);
-  if (step !== null) encoding.writeVarUint(encoder, step);
-  encoding.writeVarUint8Array(encoder, payload);
-  return encoding.toUint8Array(encoder);
-}

@@ -12,10 +12,6 @@ export class InflightTracker {
     if (this.count === 0) for (const wake of this.waiters.splice(0)) wake();
   }
 
-  get size(): number {
-    return this.count;
-  }
-
   /** Resolves once nothing is in flight, or after `timeoutMs` (a stuck request must not block exit). */
   idle(timeoutMs: number): Promise<void> {
     if (this.count === 0) return Promise.resolve();

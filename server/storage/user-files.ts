@@ -76,10 +76,6 @@ export class UserFiles {
     return path.join(this.dir, `${userId}.sqlite`);
   }
 
-  exists(userId: string): boolean {
-    return this.open.has(userId) || fs.existsSync(this.pathOf(userId));
-  }
-
   /** Opens an existing user file; throws UserFileMissingError when there is none. */
   get(userId: string): UserFile {
     const cached = this.open.get(userId);

@@ -52,7 +52,6 @@ export class SyncDoc {
   readonly ydoc = new Y.Doc();
   readonly awareness = new awarenessProtocol.Awareness(this.ydoc);
   readonly sockets = new Set<SyncSocket>();
-  readonly topic: string;
   /** REST calls using the doc right now; with sockets, what keeps it loaded. */
   holds = 0;
   pending: PendingUpdate[] = [];
@@ -70,7 +69,6 @@ export class SyncDoc {
     readonly file: UserFile,
     readonly releaseFile: () => void,
   ) {
-    this.topic = key;
     // The server holds no awareness state of its own.
     this.awareness.setLocalState(null);
   }
@@ -118,7 +116,7 @@ export class DocRegistry {
     const doc = this.acquire(conn.userId, conn.docName);
     doc.sockets.add(ws);
     conn.doc = doc;
-    ws.subscribe(doc.topic);
+    ws.subscribe(doc.key);
     let sessionSockets = this.socketsBySession.get(conn.sessionId);
     if (!sessionSockets) this.socketsBySession.set(conn.sessionId, (sessionSockets = new Set()));
     sessionSockets.add(ws);
@@ -270,7 +268,7 @@ export class DocRegistry {
         }
         // Relayed to every socket, the sender included, as the reference server does: it is what
         // keeps an idle stock client from timing out its connection.
-        if (doc.sockets.size > 0) this.deps.app.publish(doc.topic, encodeAwarenessMessage(doc.awareness, changed), true);
+        if (doc.sockets.size > 0) this.deps.app.publish(doc.key, encodeAwarenessMessage(doc.awareness, changed), true);
       },
     );
   }
@@ -317,15 +315,15 @@ export class DocRegistry {
       if (item.update !== null) stored += 1;
       const from = item.from;
       if (from === null) {
-        if (item.frame) this.deps.app.publish(doc.topic, item.frame, true);
+        if (item.frame) this.deps.app.publish(doc.key, item.frame, true);
         continue;
       }
       if (item.update !== null) {
         Y.applyUpdate(doc.ydoc, item.update, STORED);
         // Relayed to every other reader, encoded once; a sender that left meanwhile gets nothing.
         if (item.frame) {
-          if (from.conn.closed) this.deps.app.publish(doc.topic, item.frame, true);
-          else from.ws.publish(doc.topic, item.frame, true);
+          if (from.conn.closed) this.deps.app.publish(doc.key, item.frame, true);
+          else from.ws.publish(doc.key, item.frame, true);
         }
       }
       from.conn.stored += 1;

@@ -107,11 +107,6 @@ export async function registerUser(api: Api, name?: string): Promise<TestUser> {
   return { id: response.body.user.id, token: response.body.token, username, email, password };
 }
 
-/** The exact error body every failure has. */
-export function errorBody(error: string, code: string): { error: string; code: string } {
-  return { error, code };
-}
-
 export interface ServerProcess {
   child: ChildProcess;
   url: string;
