@@ -1,7 +1,6 @@
 import * as Y from 'yjs';
-import * as encoding from 'lib0/encoding';
-import * as decoding from 'lib0/decoding';
-import { CLOSE_CODES, MESSAGE_ACK, MESSAGE_SYNC, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE } from '../shared/sync-protocol.ts';
+import { encodeSyncStep1, encodeSyncStep2, encodeUpdate, readMessage } from '../shared/sync-codec.ts';
+import { CLOSE_CODES } from '../shared/sync-protocol.ts';
 
 /**
  * The part of the WebSocket API the provider uses. Node's `ws` and the browser/React Native
@@ -30,6 +29,9 @@ export interface BackoffOptions {
   /** A socket that has not opened after this long is dropped and retried. */
   connectTimeoutMs?: number;
 }
+
+/** Offered beside the token; the server answers with it. */
+const SUBPROTOCOL = 'plexichat';
 
 export const DEFAULT_BACKOFF: Required<BackoffOptions> = { baseMs: 500, capMs: 30_000, soonMs: 1_000, connectTimeoutMs: 15_000 };
 
@@ -138,7 +140,7 @@ export class SyncProvider {
   /** Sends one local update if the handshake is done; otherwise the next step 2 carries it. */
   sendLocal(update: Uint8Array, seq: number): void {
     if (!this.#open || !this.#handshakeSent || this.#socket === null) return;
-    this.#sendCounted(encodeSync(SYNC_UPDATE, update), seq);
+    this.#sendCounted(encodeUpdate(update), seq);
   }
 
   #openSocket(): void {
@@ -151,8 +153,9 @@ export class SyncProvider {
     let socket: WebSocketLike;
     try {
       // The token travels as a subprotocol: browsers cannot set headers, and a query string
-      // ends up in access logs.
-      socket = new this.#o.WebSocket(this.#o.url(), [token]);
+      // ends up in access logs. `plexichat` beside it is the protocol the server answers with,
+      // so the token itself is never echoed back in a response header.
+      socket = new this.#o.WebSocket(this.#o.url(), [SUBPROTOCOL, token]);
     } catch {
       this.#scheduleRetry(false);
       return;
@@ -167,11 +170,7 @@ export class SyncProvider {
       if (this.#socket !== socket) return;
       this.#open = true;
       this.#clearConnectTimer();
-      const encoder = encoding.createEncoder();
-      encoding.writeVarUint(encoder, MESSAGE_SYNC);
-      encoding.writeVarUint(encoder, SYNC_STEP1);
-      encoding.writeVarUint8Array(encoder, Y.encodeStateVector(this.#o.doc));
-      socket.send(encoding.toUint8Array(encoder));
+      socket.send(encodeSyncStep1(this.#o.doc));
       this.#o.onStatus();
     };
     socket.onmessage = (event: { data: unknown }) => {
@@ -234,31 +233,33 @@ export class SyncProvider {
   }
 
   #handle(bytes: Uint8Array): void {
-    const decoder = decoding.createDecoder(bytes);
-    const type = decoding.readVarUint(decoder);
-    if (type === MESSAGE_ACK) {
-      const n = decoding.readVarUint(decoder);
-      const seq = n > 0 ? this.#coverage[Math.min(n, this.#coverage.length) - 1] : undefined;
-      if (seq !== undefined && seq > 0) this.#o.onAck(seq);
-      return;
-    }
-    if (type !== MESSAGE_SYNC) return; // awareness: the notes document does not use it
-    const step = decoding.readVarUint(decoder);
-    const payload = decoding.readVarUint8Array(decoder);
-    if (step === SYNC_STEP1) {
-      // Only what the server lacks, however long we were away.
-      const covered = this.#o.lastLocalSeq();
-      this.#sendCounted(encodeSync(SYNC_STEP2, Y.encodeStateAsUpdate(this.#o.doc, payload)), covered);
-      this.#handshakeSent = true;
-      return;
-    }
-    if (step === SYNC_STEP2 || step === SYNC_UPDATE) {
-      Y.applyUpdate(this.#o.doc, payload, REMOTE_ORIGIN);
-      if (step === SYNC_STEP2 && !this.#serverSynced) {
-        this.#serverSynced = true;
-        this.#attempt = 0;
-        this.#o.onStatus();
+    const message = readMessage(bytes);
+    switch (message.type) {
+      case 'ack': {
+        const n = message.count;
+        const seq = n > 0 ? this.#coverage[Math.min(n, this.#coverage.length) - 1] : undefined;
+        if (seq !== undefined && seq > 0) this.#o.onAck(seq);
+        return;
       }
+      case 'sync-step1': {
+        // Only what the server lacks, however long we were away.
+        const covered = this.#o.lastLocalSeq();
+        this.#sendCounted(encodeSyncStep2(this.#o.doc, message.stateVector), covered);
+        this.#handshakeSent = true;
+        return;
+      }
+      case 'sync-step2':
+      case 'sync-update':
+        Y.applyUpdate(this.#o.doc, message.update, REMOTE_ORIGIN);
+        if (message.type === 'sync-step2' && !this.#serverSynced) {
+          this.#serverSynced = true;
+          this.#attempt = 0;
+          this.#o.onStatus();
+        }
+        return;
+      default:
+        // Awareness and the rest: these documents show no presence.
+        return;
     }
   }
 
@@ -320,12 +321,4 @@ export class SyncProvider {
 export function backoffCeiling(attempt: number, options: BackoffOptions = {}): number {
   const o = { ...DEFAULT_BACKOFF, ...options };
   return Math.min(o.capMs, o.baseMs * 2 ** attempt);
-}
-
-function encodeSync(step: number, payload: Uint8Array): Uint8Array {
-  const encoder = encoding.createEncoder();
-  encoding.writeVarUint(encoder, MESSAGE_SYNC);
-  encoding.writeVarUint(encoder, step);
-  encoding.writeVarUint8Array(encoder, payload);
-  return encoding.toUint8Array(encoder);
 }

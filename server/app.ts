@@ -11,12 +11,15 @@ import { deleteOtherSessions } from './auth/repo.ts';
 import { authRoutes } from './auth/routes.ts';
 import { UsersService } from './users/service.ts';
 import { usersRoutes } from './users/routes.ts';
-import { MessagingSettingsService, UserSettingsService } from './settings/service.ts';
+import { MessagingSettingsService } from './settings/messaging-service.ts';
+import { UserSettingsService } from './settings/user-settings-service.ts';
+import { settingsDocPolicy } from './settings/doc-policy.ts';
 import { NotesService } from './notes/service.ts';
 import { notesRoutes } from './notes/routes.ts';
 import { DocRegistry } from './sync/registry.ts';
 import { mountSyncSocket } from './sync/socket.ts';
-import { isSnowflake } from '../shared/snowflake.ts';
+import { FIXED_SYNC_LIMITS } from './sync/limits.ts';
+import { createRequestIds } from './http/request-id.ts';
 import { settingsRoutes } from './settings/routes.ts';
 import { RelationshipsService } from './relationships/service.ts';
 import { relationshipsRoutes } from './relationships/routes.ts';
@@ -74,7 +77,9 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     storage,
     logger,
     app,
+    policies: { settings: settingsDocPolicy },
     limits: {
+      ...FIXED_SYNC_LIMITS,
       maxBackpressureBytes: config.maxSyncBackpressureBytes,
       unloadDelayMs: config.docUnloadDelayMs,
       compactAfterUpdates: config.compactAfterUpdates,
@@ -84,8 +89,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     },
   });
   revocationListeners.add((sessionIds) => registry.revokeSessions(sessionIds));
-  const notes = new NotesService({ storage, users, registry });
-  const userSettings = new UserSettingsService(registry);
+  const notes = new NotesService({ storage, users, registry, logger });
+  const userSettings = new UserSettingsService(registry, logger);
   const relationships = new RelationshipsService(storage, users);
   const channels = new ChannelsService({ storage, users, relationships, messaging });
   const avatars = new AvatarsService(users, {
@@ -111,10 +116,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     registry,
     logger,
     authenticate: (token) => authService.authenticate(token),
-    resolveDoc: (userId, docParam) => {
-      if (docParam === 'settings') return 'settings';
-      return isSnowflake(docParam) && notes.channelIdOf(userId) === docParam ? 'notes' : null;
-    },
+    resolveDoc: (userId, docParam) => notes.syncDocOf(userId, docParam),
+    nextRequestId: createRequestIds(),
     maxMessageBytes: config.maxSyncMessageBytes,
     maxConnectionsPerUser: config.maxSyncConnectionsPerUser,
     maxBackpressureBytes: config.maxSyncBackpressureBytes,

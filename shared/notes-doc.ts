@@ -1,10 +1,15 @@
 import * as Y from 'yjs';
-import { compareSnowflakes } from './snowflake.ts';
+import { compareSnowflakes, isSnowflake, snowflakeTimeMs } from './snowflake.ts';
 
 /**
  * The notes document: root Y.Map `messages`, keyed by message id (snowflake); each value a Y.Map
  * with `id`, `content` (Y.Text), `created_at` (int), `edited_at` (int | null). Shared by the server
  * (REST) and client-lib, so both read and write it the same way.
+ *
+ * Devices write this document directly, so every read checks the shape it reads: an entry whose
+ * key is not a snowflake or whose value is not a map is skipped; a field of the wrong type is
+ * normalised (content to text, times to whole seconds). Either is reported to `onInvalid`, never
+ * thrown.
  */
 export const NOTES_ROOT = 'messages';
 
@@ -15,39 +20,59 @@ export interface NoteMessage {
   edited_at: number | null;
 }
 
-export function notesMap(doc: Y.Doc): Y.Map<Y.Map<unknown>> {
-  return doc.getMap<Y.Map<unknown>>(NOTES_ROOT);
+/** Told about each entry a read skipped or normalised, and why. */
+export type OnInvalidNote = (id: string, problem: string) => void;
+
+export function notesMap(doc: Y.Doc): Y.Map<unknown> {
+  return doc.getMap<unknown>(NOTES_ROOT);
 }
 
-/** Reads one message, or null if the entry is missing or not shaped like a message. */
-export function readNote(entry: unknown, id: string): NoteMessage | null {
-  if (!(entry instanceof Y.Map)) return null;
-  const content = entry.get('content');
-  const createdAt = entry.get('created_at');
-  const editedAt = entry.get('edited_at');
-  return {
-    id,
-    content: content instanceof Y.Text ? content.toString() : typeof content === 'string' ? content : '',
-    created_at: typeof createdAt === 'number' ? createdAt : 0,
-    edited_at: typeof editedAt === 'number' ? editedAt : null,
-  };
+/** Reads one message, or null if the entry is missing or not a message. */
+export function readNote(entry: unknown, id: string, onInvalid?: OnInvalidNote): NoteMessage | null {
+  if (entry === undefined) return null;
+  if (!isSnowflake(id)) {
+    onInvalid?.(id, 'the key is not a message id');
+    return null;
+  }
+  if (!(entry instanceof Y.Map)) {
+    onInvalid?.(id, 'the entry is not a map');
+    return null;
+  }
+  const content: unknown = entry.get('content');
+  const createdAt: unknown = entry.get('created_at');
+  const editedAt: unknown = entry.get('edited_at');
+  let text = '';
+  if (content instanceof Y.Text) text = content.toString();
+  else if (typeof content === 'string') text = content;
+  else onInvalid?.(id, 'content is not text');
+  let created = Math.floor(snowflakeTimeMs(id) / 1000);
+  if (isUnixSeconds(createdAt)) created = createdAt;
+  else onInvalid?.(id, 'created_at is not a time');
+  let edited: number | null = null;
+  if (isUnixSeconds(editedAt)) edited = editedAt;
+  else if (editedAt !== null && editedAt !== undefined) onInvalid?.(id, 'edited_at is not a time');
+  return { id, content: text, created_at: created, edited_at: edited };
 }
 
 /** All messages, newest first (by snowflake id). */
-export function listNotes(doc: Y.Doc): NoteMessage[] {
+export function listNotes(doc: Y.Doc, onInvalid?: OnInvalidNote): NoteMessage[] {
   const out: NoteMessage[] = [];
-  notesMap(doc).forEach((entry, id) => {
-    const note = readNote(entry, id);
+  for (const [id, entry] of notesMap(doc)) {
+    const note = readNote(entry, id, onInvalid);
     if (note) out.push(note);
-  });
+  }
   return out.sort((a, b) => compareSnowflakes(b.id, a.id));
 }
 
-/** The newest message id, or null: what `last_message_id` of the notes channel derives from. */
-export function newestNote(doc: Y.Doc): NoteMessage | null {
-  let newest: string | null = null;
-  for (const id of notesMap(doc).keys()) if (newest === null || compareSnowflakes(id, newest) > 0) newest = id;
-  return newest === null ? null : readNote(notesMap(doc).get(newest), newest);
+/** The newest message, or null: what `last_message_id` of the notes channel derives from. */
+export function newestNote(doc: Y.Doc, onInvalid?: OnInvalidNote): NoteMessage | null {
+  let newest: NoteMessage | null = null;
+  for (const [id, entry] of notesMap(doc)) {
+    if (newest !== null && isSnowflake(id) && compareSnowflakes(id, newest.id) <= 0) continue;
+    const note = readNote(entry, id, onInvalid);
+    if (note) newest = note;
+  }
+  return newest;
 }
 
 /** Adds a message; call inside `doc.transact` to make one update. */
@@ -79,6 +104,11 @@ export function replaceNoteText(text: Y.Text, next: string): void {
   if (deleteCount > 0) text.delete(start, deleteCount);
   const insert = next.slice(start, next.length - end);
   if (insert.length > 0) text.insert(start, insert);
+}
+
+/** A whole number of seconds a JSON client can read exactly. */
+function isUnixSeconds(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 }
 
 const isHighSurrogate = (code: number) => code >= 0xd800 && code <= 0xdbff;

@@ -1,6 +1,8 @@
 /**
- * The sync channel speaks the standard y-websocket protocol (message types 0-3 below). Extensions
- * stock clients don't know are opt-in by query parameter, so a stock client never sees them.
+ * The sync channel speaks the y-websocket protocol: a varUint message type (the four below, as
+ * y-websocket numbers them), then the message; the sync steps inside a MESSAGE_SYNC are
+ * y-protocols' own (`y-protocols/sync`). Extensions stock clients don't know are opt-in by query
+ * parameter, so a stock client never sees them.
  */
 export const MESSAGE_SYNC = 0;
 export const MESSAGE_AWARENESS = 1;
@@ -13,20 +15,18 @@ export const MESSAGE_QUERY_AWARENESS = 3;
  */
 export const MESSAGE_ACK = 100;
 
-export const SYNC_STEP1 = 0;
-export const SYNC_STEP2 = 1;
-export const SYNC_UPDATE = 2;
-
 /**
  * Close codes of the sync socket. 4400-4499 tell stock clients to stop retrying for good, so they
  * are used only where a retry cannot help; the others invite a reconnect.
  */
 export const CLOSE_CODES = {
+  /** Storage failed while handling this connection's updates (none of them was acknowledged): retry later. */
+  INTERNAL_ERROR: 1011,
   /** The server is shutting down or restarting: reconnect (to the next process). */
   SERVICE_RESTART: 1012,
-  /** Storage failed while handling this connection's update: retry later. */
-  INTERNAL_ERROR: 1011,
-  /** A message could not be decoded or applied: resending it cannot work. */
+  /** The server cannot take this connection now (open-file limit, storage busy): retry shortly. */
+  TRY_AGAIN_LATER: 1013,
+  /** A message could not be decoded, or an update was refused (see the reason): resending it cannot work. */
   MALFORMED_MESSAGE: 4400,
   /** The session behind the token ended (logout, password change). Needs a new token. */
   SESSION_REVOKED: 4401,
@@ -37,5 +37,3 @@ export const CLOSE_CODES = {
   /** The user has too many sync connections open right now. */
   TOO_MANY_CONNECTIONS: 4529,
 } as const;
-
-export type CloseCode = (typeof CLOSE_CODES)[keyof typeof CLOSE_CODES];

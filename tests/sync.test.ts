@@ -25,7 +25,7 @@ test('two devices of one user sync live with the stock y-websocket client', asyn
     await Promise.all([synced(a), synced(b)]);
     a.doc.transact(() => insertNote(a.doc, { id: '1001', content: 'hello from A', created_at: 1 }));
     await until(b.doc, (d) => noteText(d, '1001') === 'hello from A', 'A → B');
-    const text = notesMap(b.doc).get('1001')!.get('content') as Y.Text;
+    const text = (notesMap(b.doc).get('1001') as Y.Map<unknown>).get('content') as Y.Text;
     text.insert(text.length, ', and B');
     await until(a.doc, (d) => noteText(d, '1001') === 'hello from A, and B', 'B → A');
   } finally {
@@ -45,8 +45,8 @@ test('offline edits on two devices to the same note converge exactly after recon
     await until(b.doc, (d) => noteText(d, '2001') === 'shared note');
     a.provider.disconnect();
     b.provider.disconnect();
-    (notesMap(a.doc).get('2001')!.get('content') as Y.Text).insert(0, 'A: ');
-    (notesMap(b.doc).get('2001')!.get('content') as Y.Text).insert(11, ' (B was here)');
+    ((notesMap(a.doc).get('2001') as Y.Map<unknown>).get('content') as Y.Text).insert(0, 'A: ');
+    ((notesMap(b.doc).get('2001') as Y.Map<unknown>).get('content') as Y.Text).insert(11, ' (B was here)');
     a.doc.transact(() => insertNote(a.doc, { id: '2002', content: 'only on A', created_at: 2 }));
     b.doc.transact(() => insertNote(b.doc, { id: '2003', content: 'only on B', created_at: 3 }));
     a.provider.connect();

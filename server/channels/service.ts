@@ -1,7 +1,7 @@
 import type { DmChannel, DmChannelListEntry } from '../../shared/schemas/channels.ts';
 import { AppError } from '../http/app-error.ts';
 import type { RelationshipsService } from '../relationships/service.ts';
-import type { MessagingSettingsService } from '../settings/service.ts';
+import type { MessagingSettingsService } from '../settings/messaging-service.ts';
 import type { Storage } from '../storage/index.ts';
 import type { UsersService } from '../users/service.ts';
 import * as repo from './repo.ts';

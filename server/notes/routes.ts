@@ -19,7 +19,7 @@ export function notesRoutes(notes: NotesService): Route[] {
       method: 'POST',
       path: '/channels/:channel_id/messages',
       body: createMessageBodySchema,
-      handler: async (ctx) => Reply.json(201, await notes.create(ctx.principal.userId, ctx.params.channel_id ?? '', ctx.body.content)),
+      handler: (ctx) => Reply.json(201, notes.create(ctx.principal.userId, ctx.params.channel_id ?? '', ctx.body.content)),
     }),
     route({
       method: 'PATCH',
@@ -30,8 +30,8 @@ export function notesRoutes(notes: NotesService): Route[] {
     route({
       method: 'DELETE',
       path: '/channels/:channel_id/messages/:message_id',
-      handler: async (ctx) => {
-        await notes.remove(ctx.principal.userId, ctx.params.channel_id ?? '', ctx.params.message_id ?? '');
+      handler: (ctx) => {
+        notes.remove(ctx.principal.userId, ctx.params.channel_id ?? '', ctx.params.message_id ?? '');
         return Reply.noContent();
       },
     }),

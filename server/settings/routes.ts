@@ -1,7 +1,8 @@
 import { updateMessagingSettingsBodySchema } from '../../shared/schemas/messaging-settings.ts';
 import { route, type Route } from '../http/route.ts';
 import { updateSettingsBodySchema } from '../../shared/schemas/settings.ts';
-import type { MessagingSettingsService, UserSettingsService } from './service.ts';
+import type { MessagingSettingsService } from './messaging-service.ts';
+import type { UserSettingsService } from './user-settings-service.ts';
 
 export function settingsRoutes(messaging: MessagingSettingsService, settings: UserSettingsService): Route[] {
   return [

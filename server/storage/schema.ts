@@ -123,4 +123,17 @@ export const USER_FILE_MIGRATIONS: readonly Migration[] = [
         bytes BLOB NOT NULL
       ) STRICT;
     `),
+  // Stored document updates that could not be applied when the document was rebuilt (written by
+  // a server before it refused such updates at the door), kept for inspection instead of being
+  // replayed — and failing — on every load.
+  (db) =>
+    db.exec(`
+      CREATE TABLE doc_quarantine (
+        id INTEGER PRIMARY KEY,
+        doc TEXT NOT NULL,
+        data BLOB NOT NULL,
+        reason TEXT NOT NULL,
+        quarantined_at INTEGER NOT NULL
+      ) STRICT;
+    `),
 ];

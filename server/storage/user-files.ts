@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { isSnowflake } from '../../shared/snowflake.ts';
+import { StorageBusyError, isOutOfDescriptors } from './errors.ts';
 import { USER_FILE_MIGRATIONS } from './schema.ts';
 import { StatementCache, openDatabase, type Db, type Statement } from './sqlite.ts';
 
@@ -8,6 +9,9 @@ import { StatementCache, openDatabase, type Db, type Statement } from './sqlite.
 export class UserFile {
   private readonly statements: StatementCache;
   pins = 0;
+  /** Bumped by every transaction: memoised reads older than it are stale. */
+  private generation = 0;
+  private readonly memos = new Map<string, { generation: number; value: unknown }>();
 
   constructor(
     readonly userId: string,
@@ -19,10 +23,6 @@ export class UserFile {
   stmt(sql: string): Statement {
     return this.statements.get(sql);
   }
-
-  /** Bumped by every transaction: memoised reads older than it are stale. */
-  private generation = 0;
-  private readonly memos = new Map<string, { generation: number; value: unknown }>();
 
   /**
    * Runs `fn` in one IMMEDIATE transaction (it takes the write lock up front, so it never
@@ -52,15 +52,22 @@ export class UserFile {
 export class UserFileMissingError extends Error {}
 
 /**
- * The per-user SQLite files under `<dataDir>/users`, opened on demand and kept in an LRU of at
- * most `maxOpen` handles. A pinned handle (a live sync session holds one) is never evicted, so the
- * cap can be exceeded while more users than that are pinned.
+ * The per-user SQLite files under `<dataDir>/users`, opened on demand, at most `maxOpen` at a time
+ * (each holds three descriptors: the database, its WAL and its shared-memory file).
+ *
+ * The cap is a real bound. Opening a file when `maxOpen` are open first closes the least recently
+ * used unpinned one, right away; when every open file is pinned (a live sync connection holds its
+ * user's file), the open fails with StorageBusyError, which callers answer as "retry shortly".
+ *
+ * Because eviction is immediate, a handle from `get()` stays open only until another user's file
+ * is opened. Use it within one synchronous block that opens no other user file, or hold it with
+ * `use()`/`pin()`.
  */
 export class UserFiles {
   private readonly dir: string;
   /** Map order is recency order: the first entry is the least recently used. */
   private readonly open = new Map<string, UserFile>();
-  private evictTimer: NodeJS.Immediate | undefined;
+  private readonly closingListeners = new Set<(userId: string) => void>();
 
   constructor(
     dataDir: string,
@@ -76,6 +83,14 @@ export class UserFiles {
     return path.join(this.dir, `${userId}.sqlite`);
   }
 
+  /**
+   * Called with a user's id just before their file is closed to make room, while it is still open:
+   * whatever keeps state over the file (a loaded document) writes it back and lets go.
+   */
+  onClosing(listener: (userId: string) => void): void {
+    this.closingListeners.add(listener);
+  }
+
   /** Opens an existing user file; throws UserFileMissingError when there is none. */
   get(userId: string): UserFile {
     const cached = this.open.get(userId);
@@ -85,25 +100,32 @@ export class UserFiles {
       return cached;
     }
     const file = this.pathOf(userId);
+    // Checked first: a user that does not exist must not cost another user's open file.
+    if (!fs.existsSync(file)) throw new UserFileMissingError(`no user file for ${userId}`);
     let db: Db;
     try {
-      db = openDatabase(file, { migrations: USER_FILE_MIGRATIONS, mustExist: true });
+      db = this.openFile(file, true);
     } catch (error) {
-      if (!fs.existsSync(file)) throw new UserFileMissingError(`no user file for ${userId}`);
+      if (!(error instanceof StorageBusyError) && !fs.existsSync(file)) throw new UserFileMissingError(`no user file for ${userId}`);
       throw error;
     }
     return this.remember(new UserFile(userId, db));
   }
 
-  /** Creates a new user file and runs `init` on it in one transaction; removes the file if that fails. */
+  /**
+   * Creates a new user file and runs `init` on it in one transaction. If anything fails, no file
+   * is left behind (a half-made file would block the id and hold nothing).
+   */
   create(userId: string, init: (file: UserFile) => void): UserFile {
     const file = this.pathOf(userId);
     if (fs.existsSync(file)) throw new Error(`user file for ${userId} already exists`);
-    const userFile = new UserFile(userId, openDatabase(file, { migrations: USER_FILE_MIGRATIONS }));
+    let userFile: UserFile | undefined;
     try {
-      userFile.transaction(() => init(userFile));
+      userFile = new UserFile(userId, this.openFile(file, false));
+      const created = userFile;
+      created.transaction(() => init(created));
     } catch (error) {
-      userFile.db.close();
+      if (userFile?.db.open) userFile.db.close();
       removeDatabaseFiles(file);
       throw error;
     }
@@ -132,9 +154,18 @@ export class UserFiles {
         if (released) return;
         released = true;
         file.pins -= 1;
-        this.scheduleEviction();
       },
     };
+  }
+
+  /** Runs `fn` with the user's file held open (pinned) for the whole call. */
+  use<T>(userId: string, fn: (file: UserFile) => T): T {
+    const { file, release } = this.pin(userId);
+    try {
+      return fn(file);
+    } finally {
+      release();
+    }
   }
 
   get openCount(): number {
@@ -142,39 +173,54 @@ export class UserFiles {
   }
 
   closeAll(): void {
-    if (this.evictTimer) clearImmediate(this.evictTimer);
-    this.evictTimer = undefined;
     for (const file of this.open.values()) file.db.close();
     this.open.clear();
   }
 
+  /** Opens a database file once there is room, recovering once from a process out of descriptors. */
+  private openFile(file: string, mustExist: boolean): Db {
+    this.makeRoom(this.maxOpen - 1);
+    try {
+      return openDatabase(file, { migrations: USER_FILE_MIGRATIONS, mustExist });
+    } catch (error) {
+      if (!isOutOfDescriptors(error) || (mustExist && !fs.existsSync(file))) throw error;
+      // The process limit (ulimit -n) is below what our cap needs: give back idle files and retry once.
+      if (this.closeIdle(Math.ceil(this.open.size / 2)) === 0) throw new StorageBusyError('out of file descriptors, with every user file in use');
+      try {
+        return openDatabase(file, { migrations: USER_FILE_MIGRATIONS, mustExist });
+      } catch (retryError) {
+        if (isOutOfDescriptors(retryError)) throw new StorageBusyError('out of file descriptors');
+        throw retryError;
+      }
+    }
+  }
+
   private remember(file: UserFile): UserFile {
     this.open.set(file.userId, file);
-    this.scheduleEviction();
     return file;
   }
 
-  /**
-   * Eviction waits for the current turn of the event loop: synchronous code may hold several
-   * unpinned handles at once and must not see one closed under it. Code that keeps a handle across
-   * an await pins it.
-   */
-  private scheduleEviction(): void {
-    if (this.open.size <= this.maxOpen || this.evictTimer) return;
-    this.evictTimer = setImmediate(() => {
-      this.evictTimer = undefined;
-      this.evict();
-    });
+  /** Closes least recently used unpinned files until at most `keep` are open. */
+  private makeRoom(keep: number): void {
+    if (this.open.size <= keep) return;
+    this.closeIdle(this.open.size - keep);
+    if (this.open.size > keep) throw new StorageBusyError(`all ${this.maxOpen} user files the server may open are in use`);
   }
 
-  private evict(): void {
-    if (this.open.size <= this.maxOpen) return;
+  /** Closes up to `count` unpinned files, least recently used first; returns how many it closed. */
+  private closeIdle(count: number): number {
+    let closed = 0;
     for (const [id, file] of this.open) {
-      if (this.open.size <= this.maxOpen) break;
+      if (closed >= count) break;
       if (file.pins > 0) continue;
+      for (const listener of this.closingListeners) listener(id);
+      // A listener may have pinned or closed it meanwhile; only an idle, still-listed file goes.
+      if (file.pins > 0 || this.open.get(id) !== file) continue;
       this.open.delete(id);
       file.db.close();
+      closed += 1;
     }
+    return closed;
   }
 }
 

@@ -1,12 +1,16 @@
+import * as Y from 'yjs';
 import type { Logger } from 'pino';
 import { ERROR_CATALOGUE, type ErrorCode } from '../../shared/errors.ts';
+import { MalformedMessageError, encodeAwareness, encodeSyncStep2, readMessage } from '../../shared/sync-codec.ts';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
+import { AppError } from '../http/app-error.ts';
 import type { Principal } from '../http/route.ts';
 import type { HttpRequest, HttpResponse, TemplatedApp } from '../http/uws.ts';
+import { isRetryableStorageError } from '../storage/errors.ts';
+import { AwarenessRefused } from './awareness.ts';
+import type { Connection, SyncSocket } from './document.ts';
+import type { DocRegistry } from './registry.ts';
 import type { DocName } from './repo.ts';
-import type { Connection, DocRegistry, SyncSocket } from './registry.ts';
-import { MalformedMessageError, encodeAwarenessMessage, encodeSyncStep1, encodeSyncStep2, readIncomingMessage } from './protocol.ts';
-import * as awarenessProtocol from 'y-protocols/awareness';
 
 export interface SyncSocketOptions {
   registry: DocRegistry;
@@ -14,6 +18,7 @@ export interface SyncSocketOptions {
   authenticate: (token: string) => Principal | null;
   /** Which of the user's documents `{doc}` names, or null when it is none of theirs. */
   resolveDoc: (userId: string, docParam: string) => DocName | null;
+  nextRequestId: () => string;
   maxMessageBytes: number;
   maxConnectionsPerUser: number;
   /** Bytes a slow reader may fall behind before it is disconnected (it resyncs on reconnect). */
@@ -21,21 +26,30 @@ export interface SyncSocketOptions {
 }
 
 const TOKEN_PATTERN = /^pxc_[A-Za-z0-9_-]{10,200}$/;
+/** What uWS tells the close handler when it dropped a message over `maxPayloadLength` itself. */
+const UWS_TOO_BIG = 'Received too big message';
+/** How long a connection that was cut for an oversized message is remembered (see `OversizeMemory`). */
+const OVERSIZE_MEMORY_MS = 10 * 60_000;
+const OVERSIZE_MEMORY_MAX = 10_000;
 
 /**
  * `GET /sync/{doc}`: the WebSocket sync channel. Auth happens in the HTTP upgrade, before any
- * socket exists: a bad token is a 401 and someone else's document a 404, never a 101.
+ * socket exists: a bad token is a 401 and someone else's document a 404, never a 101. Every uWS
+ * handler contains its own failures: a bug while serving one socket closes that socket (1011),
+ * never the process.
  */
 export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): void {
   const { registry, logger } = options;
+  const oversize = new OversizeMemory();
   app.ws<Connection>('/sync/*', {
-    // uWS drops a frame over its limit without a close code; with headroom, a message a little over
-    // ours gets the clear 4413 below instead (which also stops stock clients from resending it).
+    // uWS drops a message over its limit by cutting the TCP connection (1006, no close frame). With
+    // headroom, a message a little over ours gets a clear 4413 below instead; beyond the headroom,
+    // `OversizeMemory` answers the client's next connection with 4413.
     maxPayloadLength: options.maxMessageBytes * 2,
     // uWS skips (drops) publishes to a subscriber past its limit, which would leave that reader
-    // silently behind. Its limit is set above ours so the registry closes slow readers first
-    // (they resync on reconnect); uWS's own close is only the last resort.
-    maxBackpressure: options.maxBackpressureBytes * 2,
+    // silently behind. Its limit is set above ours so the documents close slow readers first (they
+    // resync on reconnect); uWS's own close is only the last resort.
+    maxBackpressure: options.maxBackpressureBytes * 4,
     closeOnBackpressureLimit: 1,
     idleTimeout: 120,
     sendPingsAutomatically: true,
@@ -45,121 +59,249 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
       // Everything below is synchronous, so the response is always answered before an abort could
       // be observed; uWS still wants the handler.
       res.onAborted(() => {});
-      // Copied now: `req` is invalid once this function returns.
-      const url = req.getUrl();
-      const key = req.getHeader('sec-websocket-key');
-      const protocolHeader = req.getHeader('sec-websocket-protocol');
-      const extensions = req.getHeader('sec-websocket-extensions');
-      const authorization = req.getHeader('authorization');
-      const queryToken = req.getQuery('token') ?? '';
-      const ack = req.getQuery('ack') === '1';
-
-      const offered = protocolHeader.split(',').map((p) => p.trim()).filter((p) => p !== '');
-      const protocolToken = offered.find((p) => TOKEN_PATTERN.test(p));
-      const bearer = /^Bearer[ ]+(\S+)$/i.exec(authorization)?.[1];
-      const token = bearer ?? protocolToken ?? queryToken;
-      const principal = token ? options.authenticate(token) : null;
-      if (!principal) {
-        refuse(res, 'unauthorized', 'A valid token is required (Authorization header, Sec-WebSocket-Protocol or ?token=)');
-        return;
+      const requestId = options.nextRequestId();
+      try {
+        upgrade(res, req, context, requestId);
+      } catch (error) {
+        if (error instanceof AppError) {
+          refuse(res, requestId, error.code, error.message);
+        } else if (isRetryableStorageError(error)) {
+          logger.warn({ err: error, requestId }, 'sync upgrade refused: storage busy');
+          refuse(res, requestId, 'service_unavailable', 'Storage is busy; retry shortly');
+        } else {
+          logger.error({ err: error, requestId }, 'sync upgrade failed');
+          refuse(res, requestId, 'internal_error', `Could not open the sync channel (request ${requestId})`);
+        }
       }
-      const docName = options.resolveDoc(principal.userId, safeDecode(url.slice('/sync/'.length)));
-      if (docName === null) {
-        // Someone else's document and one that does not exist look the same.
-        refuse(res, 'not_found', 'No such document');
-        return;
-      }
-      const conn: Connection = {
-        userId: principal.userId,
-        sessionId: principal.sessionId,
-        docName,
-        ack,
-        doc: undefined,
-        closed: false,
-        received: 0,
-        stored: 0,
-        awarenessIds: new Set(),
-      };
-      // A browser that offered protocols must get one of them back; prefer one that is not the token.
-      const chosen = offered.find((p) => p !== protocolToken) ?? protocolToken ?? '';
-      res.cork(() => res.upgrade(conn, key, chosen, extensions, context));
     },
 
     open: (ws: SyncSocket) => {
       const conn = ws.getUserData();
-      if (registry.connectionsOf(conn.userId) >= options.maxConnectionsPerUser) {
-        ws.end(CLOSE_CODES.TOO_MANY_CONNECTIONS, 'Too many sync connections for this user');
-        return;
-      }
-      let doc;
       try {
-        doc = registry.attach(ws);
+        open(ws, conn);
       } catch (error) {
-        logger.error({ err: error, userId: conn.userId, doc: conn.docName }, 'could not load a document');
-        ws.end(CLOSE_CODES.INTERNAL_ERROR, 'Could not load the document');
-        return;
+        fail(ws, conn, error, 'opening a sync socket failed');
       }
-      // As the reference server: our state vector (so the client sends what we lack) and who is here.
-      ws.cork(() => {
-        ws.send(encodeSyncStep1(doc.ydoc), true);
-        const states = [...doc.awareness.getStates().keys()];
-        if (states.length > 0) ws.send(encodeAwarenessMessage(doc.awareness, states), true);
-      });
     },
 
     message: (ws: SyncSocket, message: ArrayBuffer) => {
       const conn = ws.getUserData();
-      const doc = conn.doc;
-      if (!doc) return;
-      if (message.byteLength > options.maxMessageBytes) {
-        ws.end(CLOSE_CODES.MESSAGE_TOO_BIG, `Message over ${options.maxMessageBytes} bytes`);
-        return;
-      }
-      // uWS reuses `message` after this callback: keep a copy (also what gets stored and relayed).
-      const bytes = new Uint8Array(message.slice(0));
-      let incoming;
       try {
-        incoming = readIncomingMessage(bytes);
+        receive(ws, conn, message);
       } catch (error) {
-        if (!(error instanceof MalformedMessageError)) throw error;
-        logger.info({ userId: conn.userId, doc: conn.docName, reason: error.message }, 'closing a socket that sent a malformed message');
-        ws.end(CLOSE_CODES.MALFORMED_MESSAGE, 'Malformed message');
-        return;
-      }
-      switch (incoming.kind) {
-        case 'step1':
-          ws.send(encodeSyncStep2(doc.ydoc, incoming.stateVector), true);
-          return;
-        case 'update':
-          // A step 2 is relayed as a plain update: readers must not take it for their own sync.
-          registry.receiveUpdate(ws, incoming.update, incoming.isStep2 ? null : bytes);
-          return;
-        case 'awareness':
-          try {
-            awarenessProtocol.applyAwarenessUpdate(doc.awareness, incoming.update, ws);
-          } catch {
-            ws.end(CLOSE_CODES.MALFORMED_MESSAGE, 'Malformed awareness message');
-          }
-          return;
-        case 'query-awareness':
-          ws.send(encodeAwarenessMessage(doc.awareness, [...doc.awareness.getStates().keys()]), true);
-          return;
-        case 'auth':
-          return;
+        fail(ws, conn, error, 'handling a sync message failed');
       }
     },
 
-    close: (ws: SyncSocket) => {
-      registry.detach(ws);
+    drain: (ws: SyncSocket) => {
+      // A catch-up (sync step 2) that has left the buffer no longer excuses a backlog.
+      if (ws.getBufferedAmount() === 0) ws.getUserData().catchUp = 0;
+    },
+
+    close: (ws: SyncSocket, code: number, message: ArrayBuffer) => {
+      const conn = ws.getUserData();
+      try {
+        if (code === 1006 && Buffer.from(message).toString() === UWS_TOO_BIG) oversize.remember(conn);
+        registry.detach(ws);
+      } catch (error) {
+        logger.error({ err: error, conn: conn.id }, 'closing a sync socket failed');
+      }
     },
   });
+
+  function upgrade(res: HttpResponse, req: HttpRequest, context: Parameters<HttpResponse['upgrade']>[4], requestId: string): void {
+    // Copied now: `req` is invalid once this function returns.
+    const url = req.getUrl();
+    const key = req.getHeader('sec-websocket-key');
+    const protocolHeader = req.getHeader('sec-websocket-protocol');
+    const extensions = req.getHeader('sec-websocket-extensions');
+    const authorization = req.getHeader('authorization');
+    const queryToken = req.getQuery('token') ?? '';
+    const ack = req.getQuery('ack') === '1';
+
+    if (registry.refusing) {
+      refuse(res, requestId, 'service_unavailable', 'The server is shutting down');
+      return;
+    }
+    const offered = protocolHeader.split(',').map((p) => p.trim()).filter((p) => p !== '');
+    const protocolToken = offered.find((p) => TOKEN_PATTERN.test(p));
+    const bearer = /^Bearer[ ]+(\S+)$/i.exec(authorization)?.[1];
+    const token = bearer ?? protocolToken ?? queryToken;
+    const principal = token ? options.authenticate(token) : null;
+    if (!principal) {
+      refuse(res, requestId, 'unauthorized', 'A valid token is required (Authorization header, Sec-WebSocket-Protocol or ?token=)');
+      return;
+    }
+    const docName = options.resolveDoc(principal.userId, safeDecode(url.slice('/sync/'.length)));
+    if (docName === null) {
+      // Someone else's document and one that does not exist look the same.
+      refuse(res, requestId, 'not_found', 'No such document');
+      return;
+    }
+    const conn: Connection = {
+      id: requestId,
+      userId: principal.userId,
+      sessionId: principal.sessionId,
+      docName,
+      ack,
+      doc: undefined,
+      closed: false,
+      refused: false,
+      stored: 0,
+      acked: 0,
+      catchUp: 0,
+    };
+    // A browser that offered protocols needs one of them back, but the token must never be echoed
+    // into a response header: clients offer `plexichat` beside it (a lone token gets none back).
+    const chosen = offered.find((p) => p !== protocolToken) ?? '';
+    res.cork(() => res.upgrade(conn, key, chosen, extensions, context));
+  }
+
+  function open(ws: SyncSocket, conn: Connection): void {
+    if (oversize.take(conn)) {
+      end(ws, conn, CLOSE_CODES.MESSAGE_TOO_BIG, `The last message was over ${options.maxMessageBytes} bytes`);
+      return;
+    }
+    if (registry.connectionsOf(conn.userId) >= options.maxConnectionsPerUser) {
+      end(ws, conn, CLOSE_CODES.TOO_MANY_CONNECTIONS, 'Too many sync connections for this user');
+      return;
+    }
+    try {
+      registry.attach(ws);
+    } catch (error) {
+      if (isRetryableStorageError(error)) {
+        logger.warn({ err: error, conn: conn.id, userId: conn.userId }, 'no room to load a document; the client will retry');
+        end(ws, conn, CLOSE_CODES.TRY_AGAIN_LATER, 'Server busy; retry shortly');
+        return;
+      }
+      throw error;
+    }
+  }
+
+  function receive(ws: SyncSocket, conn: Connection, message: ArrayBuffer): void {
+    const doc = conn.doc;
+    if (!doc || conn.closed) return;
+    if (message.byteLength > options.maxMessageBytes) {
+      end(ws, conn, CLOSE_CODES.MESSAGE_TOO_BIG, `Message over ${options.maxMessageBytes} bytes`);
+      return;
+    }
+    // uWS reuses `message` after this callback: keep a copy (also what gets stored and relayed).
+    const bytes = new Uint8Array(message.slice(0));
+    let incoming;
+    try {
+      incoming = readMessage(bytes);
+    } catch (error) {
+      if (!(error instanceof MalformedMessageError)) throw error;
+      malformed(ws, conn, error.message);
+      return;
+    }
+    switch (incoming.type) {
+      case 'sync-step1': {
+        let step2;
+        try {
+          step2 = encodeSyncStep2(doc.ydoc, incoming.stateVector);
+        } catch (error) {
+          malformed(ws, conn, `unreadable state vector (${messageOf(error)})`);
+          return;
+        }
+        conn.catchUp += step2.byteLength;
+        ws.send(step2, true);
+        return;
+      }
+      case 'sync-step2':
+      case 'sync-update': {
+        let decoded;
+        try {
+          decoded = Y.decodeUpdate(incoming.update);
+        } catch (error) {
+          malformed(ws, conn, `unreadable update (${messageOf(error)})`);
+          return;
+        }
+        // A step 2 is relayed as a plain update (readers must not take it for their own sync); an
+        // update frame is relayed as it came.
+        registry.receiveUpdate(ws, incoming.update, decoded, incoming.type === 'sync-update' ? bytes : null);
+        return;
+      }
+      case 'awareness':
+        try {
+          doc.receiveAwareness(ws, incoming.update);
+        } catch (error) {
+          if (!(error instanceof AwarenessRefused)) throw error;
+          logger.info({ conn: conn.id, userId: conn.userId, reason: error.message }, 'refused an awareness update');
+          end(ws, conn, error.closeCode, error.message);
+        }
+        return;
+      case 'query-awareness': {
+        const states = doc.awareness.encodeAll();
+        if (states !== null) ws.send(encodeAwareness(states), true);
+        return;
+      }
+      case 'auth':
+      case 'ack':
+        // Sent by servers; from a client they mean nothing.
+        return;
+      case 'unknown':
+        malformed(ws, conn, `unknown message type ${incoming.messageType}`);
+        return;
+    }
+  }
+
+  function malformed(ws: SyncSocket, conn: Connection, reason: string): void {
+    logger.info({ conn: conn.id, userId: conn.userId, doc: conn.docName, reason }, 'closing a socket that sent a malformed message');
+    end(ws, conn, CLOSE_CODES.MALFORMED_MESSAGE, 'Malformed message');
+  }
+
+  function fail(ws: SyncSocket, conn: Connection, error: unknown, what: string): void {
+    logger.error({ err: error, conn: conn.id, userId: conn.userId, doc: conn.docName }, what);
+    end(ws, conn, CLOSE_CODES.INTERNAL_ERROR, 'Internal error; reconnect later');
+  }
 }
 
-function refuse(res: HttpResponse, code: ErrorCode, message: string): void {
+/** Ends a socket once; its close handler runs inside `end()`. */
+function end(ws: SyncSocket, conn: Connection, code: number, reason: string): void {
+  if (conn.closed) return;
+  conn.refused = conn.refused || (code >= 4400 && code < 4500);
+  ws.end(code, reason.slice(0, 120));
+}
+
+/**
+ * Remembers connections uWS cut for a message far over the limit (it gives no close code, so a
+ * stock client would reconnect and resend it forever) and answers their next connection, same
+ * session and document, with 4413, which tells the client to stop. Bounded in size and time.
+ */
+class OversizeMemory {
+  private readonly cut = new Map<string, number>();
+
+  remember(conn: Connection): void {
+    const key = `${conn.sessionId}:${conn.docName}`;
+    this.cut.delete(key);
+    this.cut.set(key, Date.now() + OVERSIZE_MEMORY_MS);
+    if (this.cut.size > OVERSIZE_MEMORY_MAX) {
+      const oldest = this.cut.keys().next().value;
+      if (oldest !== undefined) this.cut.delete(oldest);
+    }
+  }
+
+  /** True (once) when this connection's previous one was cut for an oversized message. */
+  take(conn: Connection): boolean {
+    const key = `${conn.sessionId}:${conn.docName}`;
+    const until = this.cut.get(key);
+    if (until === undefined) return false;
+    this.cut.delete(key);
+    return until > Date.now();
+  }
+}
+
+function refuse(res: HttpResponse, requestId: string, code: ErrorCode, message: string): void {
   const { status, error } = ERROR_CATALOGUE[code];
   res.cork(() => {
     res.writeStatus(`${status} ${error}`);
+    res.writeHeader('X-Request-Id', requestId);
+    res.writeHeader('Access-Control-Allow-Origin', '*');
+    res.writeHeader('Cache-Control', 'no-store');
     res.writeHeader('Content-Type', 'application/json; charset=utf-8');
+    if (code === 'unauthorized') res.writeHeader('WWW-Authenticate', 'Bearer');
+    if (code === 'service_unavailable') res.writeHeader('Retry-After', '1');
     res.end(JSON.stringify({ error, code, message }), true);
   });
 }
@@ -170,4 +312,8 @@ function safeDecode(segment: string): string {
   } catch {
     return segment;
   }
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }
