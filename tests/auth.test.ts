@@ -1,6 +1,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, registerUser, type TestServer } from './helpers/server.ts';
+import { captureLog } from './fixtures/log.ts';
 import type { AuthResponse, ErrorBody, PrivateUser } from '../shared/index.ts';
 
 let srv: TestServer;
@@ -209,4 +210,48 @@ test('the private user object has exactly the documented fields', async () => {
   const user = await registerUser(srv.api);
   const me = await srv.api.get<PrivateUser>('/users/@me', { token: user.token });
   assert.deepEqual(Object.keys(me.body).sort(), PRIVATE_KEYS);
+});
+
+const INVALID_CREDENTIALS = { error: 'Invalid credentials', code: 'invalid_credentials', message: 'Wrong login or password' };
+const UNAUTHORIZED = { error: 'Unauthorized', code: 'unauthorized', message: 'A valid bearer token is required' };
+
+test('no session obtained with the old password outlives a password change, whatever the interleaving', async () => {
+  // Logins keep running back to back while the password changes, so at the moment the change
+  // commits there is nearly always a login that has read the old hash and is still verifying it
+  // (Argon2, on the thread pool). The server logs each login it refuses for that reason: the loop
+  // runs until it has seen a few, so the race is known to have been exercised, not just hoped for.
+  const RACED = 'login refused: the password changed while it was being verified';
+  const log = captureLog();
+  const raced = await startServer({}, { logger: log.logger });
+  try {
+    for (let round = 1; log.count(RACED) < 3; round += 1) {
+      assert.ok(round <= 40, `in 40 rounds only ${log.count(RACED)} logins straddled a password change: the race was not exercised`);
+      const user = await registerUser(raced.api);
+      const tokens: string[] = [];
+      let answered = false;
+      const loginsUntilAnswered = async () => {
+        while (!answered) {
+          const res = await raced.api.post<AuthResponse>('/auth/login', { json: { login: user.username, password: user.password } });
+          if (res.status === 200) tokens.push(res.body.token);
+          else assert.deepEqual({ status: res.status, body: res.body }, { status: 401, body: INVALID_CREDENTIALS });
+        }
+      };
+      const logins = [loginsUntilAnswered(), loginsUntilAnswered(), loginsUntilAnswered()];
+      const change = await raced.api.patch('/users/@me', {
+        token: user.token,
+        json: { password: 'an entirely new passphrase', current_password: user.password },
+      });
+      answered = true;
+      assert.equal(change.status, 200, change.text);
+      await Promise.all(logins);
+      for (const token of tokens) {
+        const me = await raced.api.get<ErrorBody>('/users/@me', { token });
+        assert.equal(me.status, 401, `round ${round}: a session obtained with the old password outlived the change`);
+        assert.deepEqual(me.body, UNAUTHORIZED);
+      }
+      assert.equal((await raced.api.get('/users/@me', { token: user.token })).status, 200, 'the session that changed it stays');
+    }
+  } finally {
+    await raced.close();
+  }
 });

@@ -189,3 +189,29 @@ test('users never see each other\'s private fields anywhere', async () => {
     assert.ok(!view.text.includes('email_verified') || !view.text.includes(a.id), view.text);
   }
 });
+
+test('two password changes racing from the same current password: exactly one wins', async () => {
+  // Both verify the same current password while hashing (no lock held); the second to commit must
+  // not overwrite the first's password and sign out the session that made it.
+  for (let round = 0; round < 3; round += 1) {
+    const a = await registerUser(srv.api);
+    const second = await srv.api.post<AuthResponse>('/auth/login', { json: { login: a.username, password: a.password } });
+    const sessions = [a.token, second.body.token];
+    const changes = await Promise.all(
+      sessions.map((token, i) => srv.api.patch<ErrorBody>('/users/@me', { token, json: { password: `new passphrase ${i}`, current_password: a.password } })),
+    );
+    assert.deepEqual(changes.map((c) => c.status).sort(), [200, 400], changes.map((c) => c.text).join(' | '));
+    const winner = changes.findIndex((c) => c.status === 200);
+    assert.deepEqual(changes[1 - winner]!.body, {
+      error: 'Invalid input',
+      code: 'invalid_current_password',
+      message: 'current_password is incorrect',
+      errors: [{ path: 'current_password', message: 'Incorrect password' }],
+    });
+    assert.equal((await srv.api.get('/users/@me', { token: sessions[winner] })).status, 200, 'the winner stays signed in');
+    assert.equal((await srv.api.get('/users/@me', { token: sessions[1 - winner] })).status, 401, 'the other session ended');
+    const login = (password: string) => srv.api.post('/auth/login', { json: { login: a.username, password } });
+    assert.equal((await login(`new passphrase ${winner}`)).status, 200, "the winner's password is the password");
+    assert.equal((await login(`new passphrase ${1 - winner}`)).status, 401);
+  }
+});

@@ -33,8 +33,13 @@ export class AuthService {
   constructor(private readonly deps: AuthDeps) {}
 
   async register(body: RegisterBody, userAgent: string | null): Promise<AuthResponse> {
-    const { id } = await this.deps.users.create(body);
-    const token = this.startSession(id, userAgent);
+    // The first session is inserted in the transaction that creates the account: a registration
+    // that fails leaves neither an account without a session nor a session without an account.
+    const { id, result: token } = await this.deps.users.create(body, (user) => {
+      const started = this.startSession(user.id, user.passwordHash, userAgent);
+      if (started === null) throw new Error(`the password hash of user ${user.id} changed inside its own creation`);
+      return started;
+    });
     return { token, user: this.deps.users.privateUser(id) };
   }
 
@@ -42,8 +47,14 @@ export class AuthService {
   async login(body: LoginBody, userAgent: string | null): Promise<AuthResponse> {
     const user = this.deps.users.findForLogin(body.login);
     const ok = user ? await this.deps.hasher.verify(user.password_hash, body.password) : await this.deps.hasher.verifyDecoy(body.password);
-    if (!user || !ok) throw new AppError('invalid_credentials', 'Wrong login or password');
-    const token = this.startSession(user.id, userAgent);
+    if (!user || !ok) throw invalidCredentials();
+    const token = this.startSession(user.id, user.password_hash, userAgent);
+    if (token === null) {
+      // The password changed while we were verifying the old one: that change signed out every
+      // other session, so this login must not outlive it. Same answer as a wrong password.
+      this.deps.logger.info({ userId: user.id }, 'login refused: the password changed while it was being verified');
+      throw invalidCredentials();
+    }
     return { token, user: this.deps.users.privateUser(user.id) };
   }
 
@@ -80,15 +91,27 @@ export class AuthService {
     for (const [key, entry] of this.sessionCache) if (ended.has(entry.principal.sessionId)) this.sessionCache.delete(key);
   }
 
-  private startSession(userId: string, userAgent: string | null): string {
+  /**
+   * Inserts a session for a user whose password hash was verified as `verifiedHash`; returns its
+   * token, or null when the hash is no longer the user's (changed since it was verified).
+   */
+  private startSession(userId: string, verifiedHash: string, userAgent: string | null): string | null {
     const token = newSessionToken();
-    repo.insertSession(this.deps.storage.directory, {
-      id: this.deps.storage.nextId(),
-      tokenHash: hashSessionToken(token),
-      userId,
-      now: nowSeconds(),
-      userAgent: userAgent === null ? null : userAgent.slice(0, 256),
-    });
-    return token;
+    const inserted = repo.insertSessionIfCredential(
+      this.deps.storage.directory,
+      {
+        id: this.deps.storage.nextId(),
+        tokenHash: hashSessionToken(token),
+        userId,
+        now: nowSeconds(),
+        userAgent: userAgent === null ? null : userAgent.slice(0, 256),
+      },
+      verifiedHash,
+    );
+    return inserted ? token : null;
   }
+}
+
+function invalidCredentials(): AppError {
+  return new AppError('invalid_credentials', 'Wrong login or password');
 }

@@ -27,8 +27,15 @@ const nowSeconds = () => Math.floor(Date.now() / 1000);
 export class UsersService {
   constructor(private readonly deps: UsersDeps) {}
 
-  /** Creates the user file and indexes it; 409 if the username or email is taken (race-safe). */
-  async create(body: RegisterBody): Promise<{ id: string; file: UserFile }> {
+  /**
+   * Creates the user file and indexes it; 409 if the username or email is taken (race-safe).
+   * `inSameTransaction` runs in the directory transaction that indexes the user (registration
+   * creates the first session there): if it throws, the account is not created at all.
+   */
+  async create<T>(
+    body: RegisterBody,
+    inSameTransaction: (user: { id: string; passwordHash: string }) => T,
+  ): Promise<{ id: string; file: UserFile; result: T }> {
     const weakness = passwordWeakness(body.password, body);
     if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
     const { directory, userFiles } = this.deps.storage;
@@ -40,14 +47,18 @@ export class UsersService {
     // The user file is written first: the directory entry is what makes the account exist, so a
     // crash in between leaves only an orphan file, never an index entry without data.
     const file = userFiles.create(id, (f) => repo.insertProfile(f, user));
+    let result: T;
     try {
-      repo.indexUser(directory, user);
+      result = directory.transaction(() => {
+        repo.indexUser(directory, user);
+        return inSameTransaction({ id, passwordHash });
+      });
     } catch (error) {
       userFiles.remove(id);
       throw conflictError(error) ?? error;
     }
     this.deps.logger.info({ userId: id }, 'user registered');
-    return { id, file };
+    return { id, file, result };
   }
 
   file(userId: string): UserFile {
@@ -117,11 +128,7 @@ export class UsersService {
         email: body.email ?? before.email,
       });
       if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
-      if (!(await this.deps.hasher.verify(before.password_hash, body.current_password))) {
-        throw new AppError('invalid_current_password', 'current_password is incorrect', {
-          errors: [{ path: 'current_password', message: 'Incorrect password' }],
-        });
-      }
+      if (!(await this.deps.hasher.verify(before.password_hash, body.current_password))) throw invalidCurrentPassword();
       newPasswordHash = await this.deps.hasher.hash(body.password);
     }
 
@@ -151,6 +158,12 @@ export class UsersService {
             repo.updateProfileEmail(file, body.email!, sameAddress && before.email_verified === 1);
           }
           if (newPasswordHash !== undefined) {
+            // current_password was checked against `before` while hashing (no lock held): if a
+            // concurrent change committed since, it no longer proves anything. Checked inside the
+            // transaction, so of two changes racing from the same old password exactly one wins.
+            if (repo.findIndexedById(directory, principal.userId)?.password_hash !== before.password_hash) {
+              throw invalidCurrentPassword();
+            }
             repo.reindexPasswordHash(directory, principal.userId, newPasswordHash);
             repo.updateProfilePasswordHash(file, newPasswordHash);
             revoked = this.deps.revokeOtherSessions(principal);
@@ -182,6 +195,12 @@ export class UsersService {
     const hash = this.deps.avatarHashOf(file);
     return hash === null ? null : `${this.deps.publicUrl()}/avatars/users/${file.userId}?v=${hash.slice(0, 16)}`;
   }
+}
+
+function invalidCurrentPassword(): AppError {
+  return new AppError('invalid_current_password', 'current_password is incorrect', {
+    errors: [{ path: 'current_password', message: 'Incorrect password' }],
+  });
 }
 
 function conflictFor(field: 'username' | 'email'): AppError {
