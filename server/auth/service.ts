@@ -4,6 +4,7 @@ import { AppError } from '../http/app-error.ts';
 import type { Principal } from '../http/route.ts';
 import type { Storage } from '../storage/index.ts';
 import type { UsersService } from '../users/service.ts';
+import { STORAGE_FAILURE, unavailableOnStorageFailure } from '../users/storage-failure.ts';
 import type { PasswordHasher } from './passwords.ts';
 import * as repo from './repo.ts';
 import { hashSessionToken, newSessionToken } from './tokens.ts';
@@ -48,7 +49,12 @@ export class AuthService {
     const user = this.deps.users.findForLogin(body.login);
     const ok = user ? await this.deps.hasher.verify(user.password_hash, body.password) : await this.deps.hasher.verifyDecoy(body.password);
     if (!user || !ok) throw invalidCredentials();
-    const token = this.startSession(user.id, user.password_hash, userAgent);
+    let token: string | null;
+    try {
+      token = this.startSession(user.id, user.password_hash, userAgent);
+    } catch (error) {
+      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.login);
+    }
     if (token === null) {
       // The password changed while we were verifying the old one: that change signed out every
       // other session, so this login must not outlive it. Same answer as a wrong password.
@@ -75,7 +81,14 @@ export class AuthService {
     const session = repo.findSessionByTokenHash(directory, tokenHash);
     if (!session) return null;
     const now = nowSeconds();
-    if (now - session.last_used_at >= TOUCH_INTERVAL_S) repo.touchSession(directory, session.id, now);
+    if (now - session.last_used_at >= TOUCH_INTERVAL_S) {
+      try {
+        repo.touchSession(directory, session.id, now);
+      } catch (error) {
+        // `last_used_at` is informational: a full disk must not turn every request into an error.
+        this.deps.logger.warn({ err: error, sessionId: session.id }, 'could not record the use of a session');
+      }
+    }
     const principal = { userId: session.user_id, sessionId: session.id };
     if (this.sessionCache.size >= SESSION_CACHE_MAX) {
       const oldest = this.sessionCache.keys().next().value;

@@ -8,6 +8,7 @@ import type { Principal } from '../http/route.ts';
 import type { PasswordHasher } from '../auth/passwords.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
 import * as repo from './repo.ts';
+import { STORAGE_FAILURE, unavailableOnStorageFailure } from './storage-failure.ts';
 
 export interface UsersDeps {
   storage: Storage;
@@ -39,26 +40,30 @@ export class UsersService {
     const weakness = passwordWeakness(body.password, body);
     if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
     const { directory, userFiles } = this.deps.storage;
-    // Fast answer for the common case; the unique index below settles races.
-    this.assertAvailable(body.username, body.email, null);
-    const passwordHash = await this.deps.hasher.hash(body.password);
-    const id = this.deps.storage.nextId();
-    const user = { id, username: body.username, email: body.email, passwordHash, createdAt: nowSeconds() };
-    // The user file is written first: the directory entry is what makes the account exist, so a
-    // crash in between leaves only an orphan file, never an index entry without data.
-    const file = userFiles.create(id, (f) => repo.insertProfile(f, user));
-    let result: T;
     try {
-      result = directory.transaction(() => {
-        repo.indexUser(directory, user);
-        return inSameTransaction({ id, passwordHash });
-      });
+      // Fast answer for the common case; the unique index below settles races.
+      this.assertAvailable(body.username, body.email, null);
+      const passwordHash = await this.deps.hasher.hash(body.password);
+      const id = this.deps.storage.nextId();
+      const user = { id, username: body.username, email: body.email, passwordHash, createdAt: nowSeconds() };
+      // The user file is written first: the directory entry is what makes the account exist, so a
+      // crash in between leaves only an orphan file, never an index entry without data.
+      const file = userFiles.create(id, (f) => repo.insertProfile(f, user));
+      let result: T;
+      try {
+        result = directory.transaction(() => {
+          repo.indexUser(directory, user);
+          return inSameTransaction({ id, passwordHash });
+        });
+      } catch (error) {
+        userFiles.remove(id);
+        throw conflictError(error) ?? error;
+      }
+      this.deps.logger.info({ userId: id }, 'user registered');
+      return { id, file, result };
     } catch (error) {
-      userFiles.remove(id);
-      throw conflictError(error) ?? error;
+      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.register);
     }
-    this.deps.logger.info({ userId: id }, 'user registered');
-    return { id, file, result };
   }
 
   file(userId: string): UserFile {
@@ -66,7 +71,7 @@ export class UsersService {
       return this.deps.storage.userFiles.get(userId);
     } catch (error) {
       if (error instanceof UserFileMissingError) throw new AppError('user_not_found', 'No user with that id');
-      throw error;
+      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.read);
     }
   }
 
@@ -87,7 +92,7 @@ export class UsersService {
 
   /** The public object of an indexed user; 404 for ids that are not accounts. */
   publicUser(userId: string): PublicUser {
-    if (!isSnowflake(userId) || !repo.findIndexedById(this.deps.storage.directory, userId)) {
+    if (!isSnowflake(userId) || !this.reading(() => repo.findIndexedById(this.deps.storage.directory, userId))) {
       throw new AppError('user_not_found', 'No user with that id');
     }
     const { row, avatarUrl } = this.profile(userId);
@@ -101,7 +106,7 @@ export class UsersService {
   }
 
   findByUsername(username: string): PublicUser {
-    const indexed = repo.findIndexedByUsername(this.deps.storage.directory, username);
+    const indexed = this.reading(() => repo.findIndexedByUsername(this.deps.storage.directory, username));
     if (!indexed) throw new AppError('user_not_found', 'No user with that username');
     return this.publicUser(indexed.id);
   }
@@ -109,10 +114,19 @@ export class UsersService {
   /** Login lookup: a username, or an email when it contains "@"; any case. */
   findForLogin(login: string): repo.IndexedUser | undefined {
     const { directory } = this.deps.storage;
-    return login.includes('@') ? repo.findIndexedByEmail(directory, login) : repo.findIndexedByUsername(directory, login);
+    return this.reading(() => (login.includes('@') ? repo.findIndexedByEmail(directory, login) : repo.findIndexedByUsername(directory, login)));
   }
 
   async updateMe(principal: Principal, body: UpdateMeBody): Promise<PrivateUser> {
+    try {
+      await this.applyUpdate(principal, body);
+    } catch (error) {
+      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.write);
+    }
+    return this.privateUser(principal.userId);
+  }
+
+  private async applyUpdate(principal: Principal, body: UpdateMeBody): Promise<void> {
     const { directory } = this.deps.storage;
     const before = repo.readProfile(this.file(principal.userId));
 
@@ -174,7 +188,6 @@ export class UsersService {
       throw conflictError(error) ?? error;
     }
     if (revoked.length > 0) this.deps.onSessionsRevoked(revoked);
-    return this.privateUser(principal.userId);
   }
 
   private assertAvailable(username: string | null, email: string | null, selfId: string | null): void {
@@ -188,7 +201,16 @@ export class UsersService {
   /** The profile row and avatar URL, memoised on the user file until its next write. */
   private profile(userId: string): { row: repo.ProfileRow; avatarUrl: string | null } {
     const file = this.file(userId);
-    return file.memo('profile', () => ({ row: repo.readProfile(file), avatarUrl: this.avatarUrl(file) }));
+    return this.reading(() => file.memo('profile', () => ({ row: repo.readProfile(file), avatarUrl: this.avatarUrl(file) })));
+  }
+
+  /** Runs a read, answering a storage failure a retry can cure with 503 instead of 500. */
+  private reading<T>(read: () => T): T {
+    try {
+      return read();
+    } catch (error) {
+      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.read);
+    }
   }
 
   private avatarUrl(file: UserFile): string | null {

@@ -1,0 +1,23 @@
+/**
+ * Failures of the storage underneath us that a later retry can cure: a full disk, a file that
+ * cannot be opened (no inode or descriptor left), an I/O error, a lock held too long. Callers answer
+ * them with 503 and `Retry-After` instead of 500, which is kept for bugs. Constraint violations,
+ * corruption, schema mismatches and misuse are not retryable: retrying the same call fails the same way.
+ */
+const RETRYABLE_SQLITE_CODES = new Set(['SQLITE_FULL', 'SQLITE_CANTOPEN', 'SQLITE_BUSY']);
+/** Extended result codes of these families (e.g. SQLITE_IOERR_WRITE, SQLITE_BUSY_TIMEOUT) are retryable too. */
+const RETRYABLE_SQLITE_FAMILIES = ['SQLITE_IOERR', 'SQLITE_BUSY_'];
+const RETRYABLE_NODE_CODES = new Set(['EMFILE', 'ENFILE', 'ENOSPC']);
+
+export function isRetryableStorageError(error: unknown): boolean {
+  // The cause chain is followed a few links deep: a wrapper must not hide a full disk.
+  for (let current = error, depth = 0; depth < 4 && typeof current === 'object' && current !== null; depth += 1) {
+    const code = (current as { code?: unknown }).code;
+    if (typeof code === 'string') {
+      if (RETRYABLE_SQLITE_CODES.has(code) || RETRYABLE_NODE_CODES.has(code)) return true;
+      if (RETRYABLE_SQLITE_FAMILIES.some((family) => code.startsWith(family))) return true;
+    }
+    current = (current as { cause?: unknown }).cause;
+  }
+  return false;
+}
