@@ -3,9 +3,11 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startServer, registerUser, type TestServer } from './helpers/server.ts';
+import { closeEvent, rawSocket } from './helpers/sync.ts';
 import { captureLog } from './fixtures/log.ts';
 import { mountTmpfs } from './fixtures/tmpfs.ts';
-import type { AuthResponse, ErrorBody, PrivateUser } from '../shared/index.ts';
+import { CLOSE_CODES, type AuthResponse, type ErrorBody, type PrivateUser } from '../shared/index.ts';
+import { PlexichatClient } from '../client-lib/index.ts';
 
 let srv: TestServer;
 before(async () => {
@@ -258,6 +260,67 @@ test('no session obtained with the old password outlives a password change, what
     }
   } finally {
     await raced.close();
+  }
+});
+
+test('client-lib logout() counts a 401 (token already refused) as signed out', async () => {
+  const user = await registerUser(srv.api);
+  const client = new PlexichatClient({ baseUrl: srv.url, token: user.token });
+  assert.equal((await srv.api.post('/auth/logout', { token: user.token })).status, 204);
+  await client.logout();
+  assert.equal(client.token, undefined);
+});
+
+test('logout on a full disk: refused at once, sockets closed, 503 with Retry-After, stored once there is space', { timeout: 30_000 }, async (t) => {
+  const mount = mountTmpfs({ sizeBytes: 8 * MiB, inodes: 2000 });
+  if ('skip' in mount) {
+    t.skip(mount.skip);
+    return;
+  }
+  const dataDir = path.join(mount.dir, 'data');
+  const log = captureLog();
+  let full = await startServer({ dataDir }, { logger: log.logger });
+  try {
+    const user = await registerUser(full.api);
+    const other = await full.api.post<AuthResponse>('/auth/login', { json: { login: user.username, password: user.password } });
+    const { ws } = await rawSocket(`${full.url}/sync/settings?token=${user.token}`);
+    const closed = closeEvent(ws);
+    const freeSpace = mount.fillSpace();
+
+    const out = await full.api.post<ErrorBody>('/auth/logout', { token: user.token });
+    assert.equal(out.status, 503);
+    assert.equal(out.headers.get('retry-after'), '5');
+    assert.deepEqual(out.body, {
+      error: 'Service unavailable',
+      code: 'service_unavailable',
+      message:
+        'This session is already refused by this server, but the sign-out could not be stored yet (storage failure) and is being ' +
+        'retried; repeat the request: 401 or 204 then both mean signed out',
+    });
+    assert.equal((await closed).code, CLOSE_CODES.SESSION_REVOKED, 'its sync socket is closed');
+    const me = await full.api.get<ErrorBody>('/users/@me', { token: user.token });
+    assert.deepEqual({ status: me.status, body: me.body }, { status: 401, body: UNAUTHORIZED });
+    const upgrade = await rawSocket(`${full.url}/sync/settings?token=${user.token}`);
+    assert.equal(upgrade.status, 401, 'no new sync socket either');
+    const again = await full.api.post<ErrorBody>('/auth/logout', { token: user.token });
+    assert.deepEqual({ status: again.status, body: again.body }, { status: 401, body: UNAUTHORIZED });
+    const client = new PlexichatClient({ baseUrl: full.url, token: user.token });
+    await client.logout();
+    assert.equal(client.token, undefined, 'client-lib takes the 401 as done');
+    assert.equal((await full.api.get('/users/@me', { token: other.body.token })).status, 200, 'other sessions stay');
+
+    // Space is back: the background retry stores the deletion, so a restart does not revive it.
+    const stored = log.next('stored a logout that had failed');
+    freeSpace();
+    await stored;
+    await full.close();
+    full = await startServer({ dataDir });
+    const afterRestart = await full.api.get('/users/@me', { token: user.token });
+    assert.equal(afterRestart.status, 401, 'the logout was stored');
+    assert.equal((await full.api.get('/users/@me', { token: other.body.token })).status, 200);
+  } finally {
+    await full.close();
+    mount.unmount();
   }
 });
 
