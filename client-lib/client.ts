@@ -116,8 +116,17 @@ export class PlexichatClient {
     return answer;
   }
 
+  /**
+   * Ends this session and forgets its token. A 401 counts as done: the server already refuses the
+   * token (signed out before, or a sign-out whose storage it is still retrying). A 503 throws and
+   * keeps the token, so the caller can repeat the logout after `Retry-After`.
+   */
   async logout(): Promise<void> {
-    await this.#request('POST', '/auth/logout');
+    try {
+      await this.#request('POST', '/auth/logout');
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 401)) throw error;
+    }
     this.setToken(undefined);
   }
 

@@ -149,6 +149,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         stopListening(listening.socket);
         await http.inflight.idle(DRAIN_TIMEOUT_MS);
         registry.closeAll();
+        authService.close();
         // uWS flushes corked writes when the loop turns; closing first would cut the last answers.
         await new Promise((resolve) => setImmediate(resolve));
         closeAllSockets(app);

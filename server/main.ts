@@ -1,4 +1,4 @@
-import { ConfigError, loadConfig } from './config.ts';
+import { ConfigError, loadConfig, usage } from './config.ts';
 import { createLogger } from './log.ts';
 import { createServer } from './app.ts';
 
@@ -8,6 +8,13 @@ async function main(): Promise<void> {
   try {
     config = loadConfig(process.argv.slice(2));
   } catch (error) {
+    // `loadConfig` answers --help with a ConfigError carrying the usage text: asked for, that is
+    // not an error, so it goes to stdout with exit code 0 (and can be piped into a pager or grep).
+    if (error instanceof ConfigError && error.message === usage()) {
+      process.stdout.write(`${error.message}\n`);
+      process.exitCode = 0;
+      return;
+    }
     if (error instanceof ConfigError) {
       process.stderr.write(`plexichat: ${error.message}\n`);
       process.exit(1);

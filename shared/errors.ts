@@ -1,7 +1,8 @@
 /**
  * The one error catalogue. Each failure has a stable snake_case `code`; the HTTP status and the
  * `error` text are fixed per code. Where the Users API spec documents a failure, its status and
- * text are used word for word; the rest follow DESIGN.md's list of undocumented cases.
+ * text are used word for word; the rest follow the rules for undocumented cases in docs/errors.md
+ * (which also says when each code is answered).
  */
 export const ERROR_CATALOGUE = {
   // Documented in the Users API spec.

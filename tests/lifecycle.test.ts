@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { once } from 'node:events';
 import { Api, registerUser, runServerToExit, spawnServer, startServer, tempDir } from './helpers/server.ts';
@@ -11,6 +13,18 @@ test('bad configuration exits 1 with one line', async () => {
   assert.equal(code, 1);
   assert.equal(output.trim().split('\n').length, 1);
   assert.match(output, /invalid --port/);
+});
+
+test('--help prints the usage on stdout and exits 0', async () => {
+  const { code, output } = await runServerToExit(['--help']);
+  assert.equal(code, 0, output);
+  assert.match(output, /^usage: npm start -- \[options\]/);
+  for (const flag of ['--port', '--data-dir', '--log-level', '--auth-rate-limit', '--avatar-jobs']) assert.match(output, new RegExp(`\\n  ${flag} `));
+  // runServerToExit merges the two streams: check separately that all of it was on stdout.
+  const streams = spawnSync(process.execPath, ['--import', 'tsx', 'server/main.ts', '--help'], { cwd: path.resolve(import.meta.dirname, '..'), encoding: 'utf8' });
+  assert.equal(streams.status, 0);
+  assert.equal(streams.stdout, output);
+  assert.equal(streams.stderr, '');
 });
 
 test('refuses to start on the slow JS fallback of uWebSockets.js', async () => {

@@ -1,6 +1,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { startServer, registerUser, type TestServer } from './helpers/server.ts';
+import { mountTmpfs } from './fixtures/tmpfs.ts';
 import type { AuthResponse, ErrorBody, PrivateUser, PublicUser } from '../shared/index.ts';
 
 let srv: TestServer;
@@ -187,5 +189,77 @@ test('users never see each other\'s private fields anywhere', async () => {
   for (const view of views) {
     assert.ok(!view.text.includes(a.email), view.text);
     assert.ok(!view.text.includes('email_verified') || !view.text.includes(a.id), view.text);
+  }
+});
+
+test('two password changes racing from the same current password: exactly one wins', async () => {
+  // Both verify the same current password while hashing (no lock held); the second to commit must
+  // not overwrite the first's password and sign out the session that made it.
+  for (let round = 0; round < 3; round += 1) {
+    const a = await registerUser(srv.api);
+    const second = await srv.api.post<AuthResponse>('/auth/login', { json: { login: a.username, password: a.password } });
+    const sessions = [a.token, second.body.token];
+    const changes = await Promise.all(
+      sessions.map((token, i) => srv.api.patch<ErrorBody>('/users/@me', { token, json: { password: `new passphrase ${i}`, current_password: a.password } })),
+    );
+    assert.deepEqual(changes.map((c) => c.status).sort(), [200, 400], changes.map((c) => c.text).join(' | '));
+    const winner = changes.findIndex((c) => c.status === 200);
+    assert.deepEqual(changes[1 - winner]!.body, {
+      error: 'Invalid input',
+      code: 'invalid_current_password',
+      message: 'current_password is incorrect',
+      errors: [{ path: 'current_password', message: 'Incorrect password' }],
+    });
+    assert.equal((await srv.api.get('/users/@me', { token: sessions[winner] })).status, 200, 'the winner stays signed in');
+    assert.equal((await srv.api.get('/users/@me', { token: sessions[1 - winner] })).status, 401, 'the other session ended');
+    const login = (password: string) => srv.api.post('/auth/login', { json: { login: a.username, password } });
+    assert.equal((await login(`new passphrase ${winner}`)).status, 200, "the winner's password is the password");
+    assert.equal((await login(`new passphrase ${1 - winner}`)).status, 401);
+  }
+});
+
+const STORAGE_FAILING = "the server's storage is failing right now (disk full, I/O error or no file handle left); try again later";
+
+test('profile reads and writes answer 503 with Retry-After when storage fails, not 500', { timeout: 30_000 }, async (t) => {
+  const mount = mountTmpfs({ sizeBytes: 8 * 1024 * 1024, inodes: 2000 });
+  if ('skip' in mount) {
+    t.skip(mount.skip);
+    return;
+  }
+  // Two open user files at most: the first user's file is closed (and its WAL and shared-memory
+  // files removed) once two more users have registered, so reading it must open it again.
+  const full = await startServer({ dataDir: path.join(mount.dir, 'data'), maxOpenUserFiles: 2 });
+  try {
+    const evicted = await registerUser(full.api);
+    const user = await registerUser(full.api);
+    await registerUser(full.api);
+
+    const freeSpace = mount.fillSpace();
+    const write = await full.api.patch<ErrorBody>('/users/@me', { token: user.token, json: { username: 'Renamed.On.Full.Disk' } });
+    assert.equal(write.status, 503);
+    assert.equal(write.headers.get('retry-after'), '5');
+    assert.deepEqual(write.body, { error: 'Service unavailable', code: 'service_unavailable', message: `The change was not saved: ${STORAGE_FAILING}` });
+    const me = await full.api.get<PrivateUser>('/users/@me', { token: user.token });
+    assert.equal(me.status, 200, 'reads still work on a full disk');
+    assert.equal(me.body.username, user.username, 'nothing was changed');
+
+    // No inode left: the closed user file cannot be opened again (SQLite needs its -wal and -shm).
+    const freeInodes = mount.fillInodes();
+    const read = await full.api.get<ErrorBody>('/users/@me', { token: evicted.token });
+    assert.equal(read.status, 503);
+    assert.equal(read.headers.get('retry-after'), '5');
+    assert.deepEqual(read.body, { error: 'Service unavailable', code: 'service_unavailable', message: `Could not read: ${STORAGE_FAILING}` });
+    const lookup = await full.api.get<ErrorBody>(`/users/${evicted.id}`, { token: user.token });
+    assert.deepEqual({ status: lookup.status, body: lookup.body }, { status: 503, body: read.body });
+
+    freeInodes();
+    freeSpace();
+    assert.equal((await full.api.get('/users/@me', { token: evicted.token })).status, 200);
+    const renamed = await full.api.patch<PrivateUser>('/users/@me', { token: user.token, json: { username: 'Renamed.On.Full.Disk' } });
+    assert.equal(renamed.status, 200);
+    assert.equal(renamed.body.username, 'Renamed.On.Full.Disk');
+  } finally {
+    await full.close();
+    mount.unmount();
   }
 });

@@ -6,13 +6,25 @@ export interface SessionRow {
   last_used_at: number;
 }
 
-export function insertSession(
+/**
+ * Inserts the session only if the user's password hash is still `verifiedHash`, the one the caller
+ * checked the password against; returns whether it did. One statement, so the check and the insert
+ * are one atomic step: a password change that commits while a login is hashing (Argon2 runs on the
+ * thread pool) either comes first, and this inserts nothing, or comes after, and deletes the session.
+ */
+export function insertSessionIfCredential(
   directory: DirectoryFile,
   session: { id: string; tokenHash: Buffer; userId: string; now: number; userAgent: string | null },
-): void {
-  directory
-    .stmt('INSERT INTO sessions (id, token_hash, user_id, created_at, last_used_at, user_agent) VALUES (?, ?, ?, ?, ?, ?)')
-    .run(session.id, session.tokenHash, session.userId, session.now, session.now, session.userAgent);
+  verifiedHash: string,
+): boolean {
+  return (
+    directory
+      .stmt(
+        `INSERT INTO sessions (id, token_hash, user_id, created_at, last_used_at, user_agent)
+         SELECT ?, ?, id, ?, ?, ? FROM users WHERE id = ? AND password_hash = ?`,
+      )
+      .run(session.id, session.tokenHash, session.now, session.now, session.userAgent, session.userId, verifiedHash).changes === 1
+  );
 }
 
 export function findSessionByTokenHash(directory: DirectoryFile, tokenHash: Buffer): SessionRow | undefined {

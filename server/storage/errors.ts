@@ -1,30 +1,36 @@
 /**
- * Storage failures a client can simply retry: the disk is full, the process ran out of file
- * descriptors, a file is locked or busy, or the server already holds as many user files open as
- * it may. Everything else from storage is a bug or damage, not a reason to retry.
+ * Failures of the storage underneath us that a later retry can cure: a full disk, a file that
+ * cannot be opened (no inode or descriptor left), an I/O error, a lock held too long, or every user
+ * file the server may open in use. Callers answer them with 503 and `Retry-After` (sync: close code
+ * 1013) instead of 500, which is kept for bugs. Constraint violations, corruption, schema mismatches
+ * and misuse are not retryable: retrying the same call fails the same way.
  */
-const RETRYABLE_SQLITE = /^SQLITE_(FULL|CANTOPEN|BUSY|LOCKED|IOERR|NOMEM)/;
-const RETRYABLE_SYSTEM = new Set(['EMFILE', 'ENFILE', 'ENOSPC', 'EAGAIN', 'EBUSY']);
+const RETRYABLE_SQLITE_CODES = new Set(['SQLITE_FULL', 'SQLITE_CANTOPEN', 'SQLITE_BUSY']);
+/** Extended result codes of these families (e.g. SQLITE_IOERR_WRITE, SQLITE_BUSY_TIMEOUT) are retryable too. */
+const RETRYABLE_SQLITE_FAMILIES = ['SQLITE_IOERR', 'SQLITE_BUSY_'];
+const RETRYABLE_NODE_CODES = new Set(['EMFILE', 'ENFILE', 'ENOSPC']);
 
-/** Every user file the server may keep open is in use (`--max-open-user-files`). */
+/** Every user file the server may keep open (`--max-open-user-files`) is in use by a live connection. */
 export class StorageBusyError extends Error {
   override readonly name = 'StorageBusyError';
 }
 
 export function isRetryableStorageError(error: unknown): boolean {
-  if (error instanceof StorageBusyError) return true;
-  const code = errorCode(error);
-  return code !== undefined && (RETRYABLE_SQLITE.test(code) || RETRYABLE_SYSTEM.has(code));
+  // The cause chain is followed a few links deep: a wrapper must not hide a full disk.
+  for (let current = error, depth = 0; depth < 4 && typeof current === 'object' && current !== null; depth += 1) {
+    if (current instanceof StorageBusyError) return true;
+    const code = (current as { code?: unknown }).code;
+    if (typeof code === 'string') {
+      if (RETRYABLE_SQLITE_CODES.has(code) || RETRYABLE_NODE_CODES.has(code)) return true;
+      if (RETRYABLE_SQLITE_FAMILIES.some((family) => code.startsWith(family))) return true;
+    }
+    current = (current as { cause?: unknown }).cause;
+  }
+  return false;
 }
 
 /** SQLite says CANTOPEN both for a missing file and for a process out of descriptors. */
 export function isOutOfDescriptors(error: unknown): boolean {
-  const code = errorCode(error);
+  const code = typeof error === 'object' && error !== null ? (error as { code?: unknown }).code : undefined;
   return code === 'SQLITE_CANTOPEN' || code === 'EMFILE' || code === 'ENFILE';
-}
-
-function errorCode(error: unknown): string | undefined {
-  if (typeof error !== 'object' || error === null) return undefined;
-  const code = (error as { code?: unknown }).code;
-  return typeof code === 'string' ? code : undefined;
 }

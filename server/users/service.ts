@@ -8,6 +8,7 @@ import type { Principal } from '../http/route.ts';
 import type { PasswordHasher } from '../auth/passwords.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
 import * as repo from './repo.ts';
+import { STORAGE_FAILURE, unavailableOnStorageFailure } from './storage-failure.ts';
 
 export interface UsersDeps {
   storage: Storage;
@@ -27,27 +28,42 @@ const nowSeconds = () => Math.floor(Date.now() / 1000);
 export class UsersService {
   constructor(private readonly deps: UsersDeps) {}
 
-  /** Creates the user file and indexes it; 409 if the username or email is taken (race-safe). */
-  async create(body: RegisterBody): Promise<{ id: string; file: UserFile }> {
+  /**
+   * Creates the user file and indexes it; 409 if the username or email is taken (race-safe).
+   * `inSameTransaction` runs in the directory transaction that indexes the user (registration
+   * creates the first session there): if it throws, the account is not created at all.
+   */
+  async create<T>(
+    body: RegisterBody,
+    inSameTransaction: (user: { id: string; passwordHash: string }) => T,
+  ): Promise<{ id: string; file: UserFile; result: T }> {
     const weakness = passwordWeakness(body.password, body);
     if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
     const { directory, userFiles } = this.deps.storage;
-    // Fast answer for the common case; the unique index below settles races.
-    this.assertAvailable(body.username, body.email, null);
-    const passwordHash = await this.deps.hasher.hash(body.password);
-    const id = this.deps.storage.nextId();
-    const user = { id, username: body.username, email: body.email, passwordHash, createdAt: nowSeconds() };
-    // The user file is written first: the directory entry is what makes the account exist, so a
-    // crash in between leaves only an orphan file, never an index entry without data.
-    const file = userFiles.create(id, (f) => repo.insertProfile(f, user));
     try {
-      repo.indexUser(directory, user);
+      // Fast answer for the common case; the unique index below settles races.
+      this.assertAvailable(body.username, body.email, null);
+      const passwordHash = await this.deps.hasher.hash(body.password);
+      const id = this.deps.storage.nextId();
+      const user = { id, username: body.username, email: body.email, passwordHash, createdAt: nowSeconds() };
+      // The user file is written first: the directory entry is what makes the account exist, so a
+      // crash in between leaves only an orphan file, never an index entry without data.
+      const file = userFiles.create(id, (f) => repo.insertProfile(f, user));
+      let result: T;
+      try {
+        result = directory.transaction(() => {
+          repo.indexUser(directory, user);
+          return inSameTransaction({ id, passwordHash });
+        });
+      } catch (error) {
+        userFiles.remove(id);
+        throw conflictError(error) ?? error;
+      }
+      this.deps.logger.info({ userId: id }, 'user registered');
+      return { id, file, result };
     } catch (error) {
-      userFiles.remove(id);
-      throw conflictError(error) ?? error;
+      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.register);
     }
-    this.deps.logger.info({ userId: id }, 'user registered');
-    return { id, file };
   }
 
   file(userId: string): UserFile {
@@ -55,7 +71,7 @@ export class UsersService {
       return this.deps.storage.userFiles.get(userId);
     } catch (error) {
       if (error instanceof UserFileMissingError) throw new AppError('user_not_found', 'No user with that id');
-      throw error;
+      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.read);
     }
   }
 
@@ -76,7 +92,7 @@ export class UsersService {
 
   /** The public object of an indexed user; 404 for ids that are not accounts. */
   publicUser(userId: string): PublicUser {
-    if (!isSnowflake(userId) || !repo.findIndexedById(this.deps.storage.directory, userId)) {
+    if (!isSnowflake(userId) || !this.reading(() => repo.findIndexedById(this.deps.storage.directory, userId))) {
       throw new AppError('user_not_found', 'No user with that id');
     }
     const { row, avatarUrl } = this.profile(userId);
@@ -90,7 +106,7 @@ export class UsersService {
   }
 
   findByUsername(username: string): PublicUser {
-    const indexed = repo.findIndexedByUsername(this.deps.storage.directory, username);
+    const indexed = this.reading(() => repo.findIndexedByUsername(this.deps.storage.directory, username));
     if (!indexed) throw new AppError('user_not_found', 'No user with that username');
     return this.publicUser(indexed.id);
   }
@@ -98,10 +114,19 @@ export class UsersService {
   /** Login lookup: a username, or an email when it contains "@"; any case. */
   findForLogin(login: string): repo.IndexedUser | undefined {
     const { directory } = this.deps.storage;
-    return login.includes('@') ? repo.findIndexedByEmail(directory, login) : repo.findIndexedByUsername(directory, login);
+    return this.reading(() => (login.includes('@') ? repo.findIndexedByEmail(directory, login) : repo.findIndexedByUsername(directory, login)));
   }
 
   async updateMe(principal: Principal, body: UpdateMeBody): Promise<PrivateUser> {
+    try {
+      await this.applyUpdate(principal, body);
+    } catch (error) {
+      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.write);
+    }
+    return this.privateUser(principal.userId);
+  }
+
+  private async applyUpdate(principal: Principal, body: UpdateMeBody): Promise<void> {
     const { directory } = this.deps.storage;
     const before = repo.readProfile(this.file(principal.userId));
 
@@ -117,11 +142,7 @@ export class UsersService {
         email: body.email ?? before.email,
       });
       if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
-      if (!(await this.deps.hasher.verify(before.password_hash, body.current_password))) {
-        throw new AppError('invalid_current_password', 'current_password is incorrect', {
-          errors: [{ path: 'current_password', message: 'Incorrect password' }],
-        });
-      }
+      if (!(await this.deps.hasher.verify(before.password_hash, body.current_password))) throw invalidCurrentPassword();
       newPasswordHash = await this.deps.hasher.hash(body.password);
     }
 
@@ -151,6 +172,12 @@ export class UsersService {
             repo.updateProfileEmail(file, body.email!, sameAddress && before.email_verified === 1);
           }
           if (newPasswordHash !== undefined) {
+            // current_password was checked against `before` while hashing (no lock held): if a
+            // concurrent change committed since, it no longer proves anything. Checked inside the
+            // transaction, so of two changes racing from the same old password exactly one wins.
+            if (repo.findIndexedById(directory, principal.userId)?.password_hash !== before.password_hash) {
+              throw invalidCurrentPassword();
+            }
             repo.reindexPasswordHash(directory, principal.userId, newPasswordHash);
             repo.updateProfilePasswordHash(file, newPasswordHash);
             revoked = this.deps.revokeOtherSessions(principal);
@@ -161,7 +188,6 @@ export class UsersService {
       throw conflictError(error) ?? error;
     }
     if (revoked.length > 0) this.deps.onSessionsRevoked(revoked);
-    return this.privateUser(principal.userId);
   }
 
   private assertAvailable(username: string | null, email: string | null, selfId: string | null): void {
@@ -175,13 +201,28 @@ export class UsersService {
   /** The profile row and avatar URL, memoised on the user file until its next write. */
   private profile(userId: string): { row: repo.ProfileRow; avatarUrl: string | null } {
     const file = this.file(userId);
-    return file.memo('profile', () => ({ row: repo.readProfile(file), avatarUrl: this.avatarUrl(file) }));
+    return this.reading(() => file.memo('profile', () => ({ row: repo.readProfile(file), avatarUrl: this.avatarUrl(file) })));
+  }
+
+  /** Runs a read, answering a storage failure a retry can cure with 503 instead of 500. */
+  private reading<T>(read: () => T): T {
+    try {
+      return read();
+    } catch (error) {
+      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.read);
+    }
   }
 
   private avatarUrl(file: UserFile): string | null {
     const hash = this.deps.avatarHashOf(file);
     return hash === null ? null : `${this.deps.publicUrl()}/avatars/users/${file.userId}?v=${hash.slice(0, 16)}`;
   }
+}
+
+function invalidCurrentPassword(): AppError {
+  return new AppError('invalid_current_password', 'current_password is incorrect', {
+    errors: [{ path: 'current_password', message: 'Incorrect password' }],
+  });
 }
 
 function conflictFor(field: 'username' | 'email'): AppError {

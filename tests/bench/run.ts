@@ -16,8 +16,8 @@ import { serverEntries, type ServerEntry } from './servers.ts';
 import { loadTrace } from './trace.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-/** The shared folder sits beside every checkout (CI's included). */
-const TRACE_FILE = path.join(repoRoot, '..', 'shared', 'traces', 'automerge-paper.json.gz');
+/** Kept in the repository (sources and licences in tests/fixtures/traces/README.md). */
+const TRACE_FILE = path.join(repoRoot, 'tests', 'fixtures', 'traces', 'automerge-paper.json.gz');
 const SCENARIOS: readonly ScenarioName[] = ['trace', 'cold', 'fanout', 'idle', 'rest'];
 const OURS = 'plexichat';
 

@@ -26,7 +26,7 @@ function isTraceFile(value: unknown): value is TraceFile {
   return typeof file.startContent === 'string' && typeof file.endContent === 'string' && Array.isArray(file.txns);
 }
 
-/** Loads a sequential trace (format in ../shared/traces/README.md), keeping the first `limit` txns. */
+/** Loads a sequential trace (format in tests/fixtures/traces/README.md), keeping the first `limit` txns. */
 export function loadTrace(file: string, limit: number | null): Trace {
   const parsed: unknown = JSON.parse(zlib.gunzipSync(fs.readFileSync(file)).toString('utf8'));
   if (!isTraceFile(parsed)) throw new Error(`${file} is not a sequential editing trace`);

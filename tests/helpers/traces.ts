@@ -8,9 +8,9 @@ export interface SequentialTrace {
   txns: { patches: [number, number, string][] }[];
 }
 
-/** The shared editing traces live beside the checkout, in `../shared/traces`. */
+/** An editing trace from `tests/fixtures/traces` (sources, licences and format in its README). */
 export function loadTrace(name: string): SequentialTrace {
-  const file = path.resolve(import.meta.dirname, '../../../shared/traces', name);
+  const file = path.resolve(import.meta.dirname, '../fixtures/traces', name);
   return JSON.parse(zlib.gunzipSync(fs.readFileSync(file)).toString('utf8')) as SequentialTrace;
 }
 

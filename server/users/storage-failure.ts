@@ -1,0 +1,27 @@
+import type { Logger } from 'pino';
+import { AppError } from '../http/app-error.ts';
+import { isRetryableStorageError } from '../storage/errors.ts';
+
+/** What clients are told to wait (seconds) before retrying a request that hit a storage failure. */
+export const STORAGE_RETRY_AFTER_S = 5;
+
+/**
+ * `error` unchanged, or, when it is a storage failure a retry can cure (full disk, I/O error, no file
+ * descriptor left...), a 503 `service_unavailable` with `Retry-After` saying `message`. A 500 would
+ * tell the client it hit a bug and that retrying is pointless; here waiting is exactly what helps.
+ * The cause is logged, since the answer does not carry it.
+ */
+export function unavailableOnStorageFailure(logger: Logger, error: unknown, message: string): unknown {
+  if (!isRetryableStorageError(error)) return error;
+  logger.warn({ err: error }, `storage failure answered with 503: ${message}`);
+  return new AppError('service_unavailable', message, { headers: { 'Retry-After': String(STORAGE_RETRY_AFTER_S) } });
+}
+
+/** The messages of those answers, one per kind of operation; each says what did not happen. */
+const FAILING = "the server's storage is failing right now (disk full, I/O error or no file handle left); try again later";
+export const STORAGE_FAILURE = {
+  read: `Could not read: ${FAILING}`,
+  write: `The change was not saved: ${FAILING}`,
+  register: `The account was not created: ${FAILING}`,
+  login: `Not signed in: ${FAILING}`,
+} as const;
