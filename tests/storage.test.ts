@@ -4,10 +4,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { UserFiles, UserFileMissingError } from '../server/storage/user-files.ts';
+import { StorageBusyError, isRetryableStorageError } from '../server/storage/errors.ts';
 import { USER_FILE_MIGRATIONS } from '../server/storage/schema.ts';
 import { tempDir } from './helpers/server.ts';
-
-const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 test('user files: created in WAL mode at the current schema version', () => {
   const dir = tempDir();
@@ -39,25 +38,35 @@ test('user files: only snowflake ids ever become paths', () => {
   }
 });
 
-test('user files: the LRU keeps at most the cap open, but never evicts a pinned handle', async () => {
+test('user files: never more than the cap open; pinned handles stay; all pinned means busy', () => {
   const dir = tempDir();
   const files = new UserFiles(dir, 3);
+  const closing: string[] = [];
+  files.onClosing((id) => closing.push(id));
   try {
-    for (let i = 1; i <= 6; i += 1) files.create(String(i), () => {});
-    await nextTurn();
-    assert.equal(files.openCount, 3);
+    for (let i = 1; i <= 6; i += 1) {
+      files.create(String(i), () => {});
+      assert.ok(files.openCount <= 3, `open after creating ${i}: ${files.openCount}`);
+    }
+    assert.deepEqual(closing, ['1', '2', '3'], 'least recently used first, each announced before it closes');
     const pinned = files.pin('1');
-    for (let i = 2; i <= 6; i += 1) files.get(String(i));
-    // Within one turn nothing a caller holds is closed under it.
-    assert.equal(files.openCount, 6);
-    await nextTurn();
-    assert.equal(files.openCount, 3);
-    assert.ok(pinned.file.db.open, 'pinned handle stays open');
+    for (let i = 2; i <= 6; i += 1) {
+      files.get(String(i));
+      assert.ok(files.openCount <= 3);
+    }
+    assert.ok(pinned.file.db.open, 'a pinned handle is never closed to make room');
     assert.equal(pinned.file.db.prepare('SELECT 1 AS one').get()!.constructor, Object);
+    // Every open file pinned: a fourth cannot be opened, and says so in a way callers retry.
+    const more = [files.pin('5'), files.pin('6')];
+    assert.throws(() => files.get('2'), (error: unknown) => error instanceof StorageBusyError && isRetryableStorageError(error));
+    assert.equal(files.openCount, 3);
+    for (const held of more) held.release();
     pinned.release();
-    for (let i = 2; i <= 6; i += 1) files.get(String(i));
-    await nextTurn();
-    assert.ok(!pinned.file.db.open, 'released handle can be evicted');
+    for (let i = 2; i <= 4; i += 1) files.get(String(i));
+    assert.ok(!pinned.file.db.open, 'a released handle can be closed to make room');
+    // use() holds the file for the call only.
+    assert.equal(files.use('1', (file) => file.pins), 1);
+    assert.equal(files.use('1', (file) => file).pins, 0);
   } finally {
     files.closeAll();
     fs.rmSync(dir, { recursive: true, force: true });

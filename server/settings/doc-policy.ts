@@ -11,6 +11,10 @@ import type { DocPolicy } from '../sync/document.ts';
  * device can clean up.
  */
 export const settingsDocPolicy: DocPolicy = {
+  prepare(doc: Y.Doc): void {
+    settingsMap(doc);
+  },
+
   checkIncoming(doc: Y.Doc, transaction: Y.Transaction): string | null {
     const map = settingsMap(doc);
     let setSome = false;

@@ -48,6 +48,12 @@ export interface SyncLimits extends PendingLimits, UpdateCheckLimits, AwarenessL
  * incoming update made (already applied, in `transaction`). Returns why it is refused, or null.
  */
 export interface DocPolicy {
+  /**
+   * Defines the document's root types on a freshly loaded Y.Doc. Until the server asks for a root
+   * by its type, Yjs holds it as a bare AbstractType, and asking later swaps in a new object — so
+   * a check would not recognise its own root among a transaction's changes.
+   */
+  prepare(doc: Y.Doc): void;
   checkIncoming(doc: Y.Doc, transaction: Y.Transaction): string | null;
 }
 
@@ -125,7 +131,7 @@ export class SyncDocument {
     this.logCount = replayed.logCount;
     this.logBytes = replayed.logBytes;
     this.awareness = new AwarenessRelay(ctx.limits);
-    this.watch(this.ydoc);
+    this.adopt(this.ydoc);
     this.scheduleCompaction();
   }
 
@@ -412,10 +418,12 @@ export class SyncDocument {
     this.ydoc = replayed.ydoc;
     this.logCount = replayed.logCount;
     this.logBytes = replayed.logBytes;
-    this.watch(this.ydoc);
+    this.adopt(this.ydoc);
   }
 
-  private watch(ydoc: Y.Doc): void {
+  /** Readies a freshly loaded Y.Doc: its root types defined, the server's own changes captured. */
+  private adopt(ydoc: Y.Doc): void {
+    this.ctx.policy?.prepare(ydoc);
     ydoc.on('update', (update: Uint8Array, origin: unknown) => {
       if (origin === LOCAL) this.captured?.push(update);
     });
