@@ -13,12 +13,11 @@ export function settingsMap(doc: Y.Doc): Y.Map<unknown> {
 
 /**
  * Why a stored value is not a setting, or null when it is plain JSON: only strings, finite
- * numbers, booleans, null, arrays and plain objects of those, at most SETTINGS_MAX_DEPTH deep.
+ * numbers, booleans, null, arrays and plain objects of those, nested at most SETTINGS_MAX_DEPTH deep.
  * Anything else a Yjs client can write (bigint, binary, undefined, nested Y types, objects with
  * another prototype) is refused on sync and skipped on read.
  */
 export function settingValueProblem(value: unknown, depth = 0): string | null {
-  if (depth > SETTINGS_MAX_DEPTH) return `nested deeper than ${SETTINGS_MAX_DEPTH} levels`;
   switch (typeof value) {
     case 'string':
     case 'boolean':
@@ -27,6 +26,8 @@ export function settingValueProblem(value: unknown, depth = 0): string | null {
       return Number.isFinite(value) ? null : 'not a finite number';
     case 'object': {
       if (value === null) return null;
+      // `depth` arrays and objects enclose this one already.
+      if (depth >= SETTINGS_MAX_DEPTH) return `arrays and objects nested more than ${SETTINGS_MAX_DEPTH} deep`;
       if (Array.isArray(value)) {
         for (const item of value) {
           const problem = settingValueProblem(item, depth + 1);

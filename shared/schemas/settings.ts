@@ -33,7 +33,7 @@ export function jsonByteLength(value: unknown): number {
   return utf8.encode(JSON.stringify(value)).byteLength;
 }
 
-/** How deep arrays and objects nest (0 for a scalar); stops counting past the limit. */
+/** How many arrays and objects nest (0 for a scalar, 1 for `[1]`); stops counting past the limit. */
 function jsonDepth(value: unknown, depth = 0): number {
   if (typeof value !== 'object' || value === null || depth > SETTINGS_MAX_DEPTH) return depth;
   let deepest = depth;
