@@ -7,6 +7,7 @@ import type { FieldError } from '../../shared/errors.ts';
 import type { HttpRequest, HttpResponse, TemplatedApp } from './uws.ts';
 import { AppError } from './app-error.ts';
 import { InflightTracker } from './inflight.ts';
+import { isRetryableStorageError } from '../storage/errors.ts';
 import { RawBytes, Reply, isRawBodySpec, type Method, type Principal, type Route } from './route.ts';
 import { Router } from './router.ts';
 
@@ -143,6 +144,10 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
       if (error instanceof AppError) {
         // A body we stopped reading must not be parsed as the next request: close instead.
         fail(error, error.code === 'payload_too_large' || error.code === 'file_too_large');
+      } else if (isRetryableStorageError(error)) {
+        // A full disk, no descriptor or user-file slot left: waiting helps, so say when to retry.
+        logger.warn({ err: error, requestId, method, path }, 'storage failure answered with 503');
+        fail(new AppError('service_unavailable', 'Storage is full or busy right now; nothing was changed; retry later', { headers: { 'Retry-After': '5' } }));
       } else {
         logger.error({ err: error, requestId, method, path }, 'unhandled error while serving a request');
         fail(new AppError('internal_error', `Something went wrong on our side (request ${requestId})`));
