@@ -1,0 +1,26 @@
+import { parseArgs } from 'node:util';
+import { randomInt } from 'node:crypto';
+import { fuzzDocumentShapes, fuzzJsonBodies, fuzzSyncFrames } from './properties.ts';
+
+/**
+ * `npm run fuzz [-- --minutes 10] [--seed N]`: the fuzz properties of `npm test`, each for a share
+ * of the time, with a random seed printed first so a failure can be replayed with `--seed`.
+ */
+const { values } = parseArgs({ options: { minutes: { type: 'string', default: '10' }, seed: { type: 'string' } } });
+const minutes = Number(values.minutes);
+if (!Number.isFinite(minutes) || minutes <= 0) throw new Error('--minutes must be a positive number');
+const seed = values.seed === undefined ? randomInt(2 ** 31) : Number(values.seed);
+console.log(`fuzz: seed ${seed}, ${minutes} min (replay with: npm run fuzz -- --seed ${seed} --minutes ${minutes})`);
+
+const properties = [
+  ['sync frames', fuzzSyncFrames, 0.5],
+  ['document shapes', fuzzDocumentShapes, 0.25],
+  ['JSON bodies', fuzzJsonBodies, 0.25],
+] as const;
+for (const [name, property, share] of properties) {
+  const started = Date.now();
+  process.stdout.write(`fuzz: ${name}... `);
+  await property({ seed, numRuns: Number.MAX_SAFE_INTEGER, timeLimitMs: minutes * 60_000 * share });
+  console.log(`held for ${((Date.now() - started) / 1000).toFixed(0)} s`);
+}
+console.log('fuzz: every property held');
