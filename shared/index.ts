@@ -7,6 +7,7 @@ export * from './schemas/messaging-settings.ts';
 export * from './schemas/notes.ts';
 export * from './schemas/settings.ts';
 export * from './sync-protocol.ts';
+export * from './sync-codec.ts';
 export * from './notes-doc.ts';
 export * from './schemas/relationships.ts';
 export * from './schemas/channels.ts';

@@ -358,6 +358,31 @@ test('awareness is bounded: a state over 16 KiB is refused (4413), more than 4 s
   watcher.close();
 });
 
+test('awareness of one document is bounded in all (1 MiB): past it a state is refused with 4413', async () => {
+  const user = await registerUser(srv.api);
+  const path = `${srv.url}/sync/settings?token=${user.token}`;
+  const sockets = [];
+  let refusedWith: number | null = null;
+  for (let s = 0; s < 20 && refusedWith === null; s += 1) {
+    const { ws } = await rawSocket(path);
+    sockets.push(ws);
+    const closed = closeEvent(ws);
+    const e = encoding.createEncoder();
+    encoding.writeVarUint(e, 4);
+    for (let i = 0; i < 4; i += 1) {
+      encoding.writeVarUint(e, s * 10 + i + 1);
+      encoding.writeVarUint(e, 1);
+      encoding.writeVarString(e, JSON.stringify({ pad: 'p'.repeat(15_000) }));
+    }
+    ws.send(frameOf(1, null, encoding.toUint8Array(e)));
+    // Answered (or refused) before a sync step 1 sent after it.
+    refusedWith = await Promise.race([roundTrip(ws).then(() => null), closed.then((c) => c.code)]);
+  }
+  assert.equal(refusedWith, CLOSE_CODES.MESSAGE_TOO_BIG, 'the document refused states past 1 MiB in all');
+  assert.ok(sockets.length > 15, `refused after ${sockets.length} connections`);
+  for (const ws of sockets) ws.close();
+});
+
 test('a reader that stops reading awareness is disconnected (4503) instead of growing server memory', async () => {
   const own = await startServer({ maxSyncBackpressureBytes: 64 * 1024 });
   try {

@@ -3,10 +3,10 @@ import assert from 'node:assert/strict';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import * as Y from 'yjs';
-import * as decoding from 'lib0/decoding';
+import { readMessage } from '../shared/sync-codec.ts';
 import { startServer, registerUser, type TestServer, type TestUser } from './helpers/server.ts';
 import { openDevice, synced, until, notesChannelOf, rawSocket, closeEvent, frameOf } from './helpers/sync.ts';
-import { CLOSE_CODES, MESSAGE_ACK, insertNote, listNotes, notesMap, type Message } from '../shared/index.ts';
+import { CLOSE_CODES, insertNote, listNotes, notesMap, type Message } from '../shared/index.ts';
 
 let srv: TestServer;
 before(async () => {
@@ -170,9 +170,9 @@ test('?ack=1 acknowledges each update once it is stored', async () => {
   const acks: number[] = [];
   const gotThree = new Promise<void>((resolve) => {
     ws.on('message', (data: ArrayBuffer) => {
-      const decoder = decoding.createDecoder(new Uint8Array(data));
-      if (decoding.readVarUint(decoder) !== MESSAGE_ACK) return;
-      acks.push(decoding.readVarUint(decoder));
+      const message = readMessage(new Uint8Array(data));
+      if (message.type !== 'ack') return;
+      acks.push(message.count);
       if (acks.at(-1) === 3) resolve();
     });
   });

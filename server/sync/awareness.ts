@@ -7,6 +7,8 @@ export interface AwarenessLimits {
   maxStateBytes: number;
   /** Awareness client ids one connection may hold states for (a client has one). */
   maxStatesPerConnection: number;
+  /** JSON bytes of all the states of one document together. */
+  maxDocumentStateBytes: number;
 }
 
 /** Why an awareness message was refused, with the close code that says so. */
@@ -37,6 +39,8 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
  */
 export class AwarenessRelay {
   private readonly entries = new Map<number, Entry>();
+  /** JSON bytes held, over all entries (UTF-16 length: cheap, and within 3× of the bytes). */
+  private heldLength = 0;
 
   constructor(private readonly limits: AwarenessLimits) {}
 
@@ -60,14 +64,24 @@ export class AwarenessRelay {
     if (held.size > this.limits.maxStatesPerConnection) {
       throw new AwarenessRefused(CLOSE_CODES.MALFORMED_MESSAGE, `a connection may hold at most ${this.limits.maxStatesPerConnection} awareness states`);
     }
+    let length = this.heldLength;
+    for (const { id, json } of incoming) length += json.length - (this.entries.get(id)?.json.length ?? 0);
+    if (length > this.limits.maxDocumentStateBytes) {
+      throw new AwarenessRefused(CLOSE_CODES.MESSAGE_TOO_BIG, `the awareness states of a document may hold at most ${this.limits.maxDocumentStateBytes} bytes`);
+    }
     const changed: { id: number; clock: number; json: string }[] = [];
     for (const { id, clock, json } of incoming) {
       const current = this.entries.get(id);
       const currentClock = current?.clock ?? 0;
       // y-protocols' rule: a newer clock wins; at the same clock only a removal of a known state does.
       if (!(currentClock < clock || (currentClock === clock && json === 'null' && current !== undefined))) continue;
-      if (json === 'null') this.entries.delete(id);
-      else this.entries.set(id, { clock, json, owner });
+      this.heldLength -= current?.json.length ?? 0;
+      if (json === 'null') {
+        this.entries.delete(id);
+      } else {
+        this.entries.set(id, { clock, json, owner });
+        this.heldLength += json.length;
+      }
       changed.push({ id, clock, json });
     }
     return changed.length === 0 ? null : encodeEntries(changed);
@@ -85,6 +99,7 @@ export class AwarenessRelay {
     for (const [id, entry] of this.entries) {
       if (entry.owner !== owner) continue;
       this.entries.delete(id);
+      this.heldLength -= entry.json.length;
       removed.push({ id, clock: entry.clock + 1, json: 'null' });
     }
     return removed.length === 0 ? null : encodeEntries(removed);

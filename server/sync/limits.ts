@@ -13,4 +13,6 @@ export const FIXED_SYNC_LIMITS = {
   maxStateBytes: 16 * 1024,
   /** Awareness states one connection may hold (a client has one; refused with 4400 past it). */
   maxStatesPerConnection: 4,
+  /** JSON of all awareness states of one document together (refused with 4413 past it). */
+  maxDocumentStateBytes: 1024 * 1024,
 } as const;

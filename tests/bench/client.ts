@@ -3,6 +3,7 @@ import * as Y from 'yjs';
 import * as encoding from 'lib0/encoding';
 import * as decoding from 'lib0/decoding';
 import * as syncProtocol from 'y-protocols/sync';
+import { MESSAGE_SYNC } from '../../shared/sync-protocol.ts';
 
 /**
  * A lean sync client speaking the y-websocket protocol with y-protocols, the same code for every
@@ -22,7 +23,6 @@ export interface SyncEndpoint {
   answersSync: boolean;
 }
 
-const MESSAGE_SYNC = 0;
 const HOCUSPOCUS_AUTH = 2;
 const HOCUSPOCUS_SYNC_REPLY = 4;
 const HOCUSPOCUS_AUTH_TOKEN = 0;
