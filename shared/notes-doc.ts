@@ -91,6 +91,13 @@ export function insertNote(doc: Y.Doc, note: { id: string; content: string; crea
  */
 export function replaceNoteText(text: Y.Text, next: string): void {
   const current = text.toString();
+  if (text.length !== current.length) {
+    // Embeds or formatting (another client's doing) take positions the string does not show:
+    // offsets into the string would land in the wrong places, so the whole text is replaced.
+    text.delete(0, text.length);
+    text.insert(0, next);
+    return;
+  }
   if (current === next) return;
   let start = 0;
   const max = Math.min(current.length, next.length);

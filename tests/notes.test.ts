@@ -185,3 +185,33 @@ test('a sync message over the size limit closes that socket with 4413', async ()
   const read = await srv.api.get<UserSettings>('/users/@me/settings', { token: user.token });
   assert.deepEqual(read.body, {}, 'nothing stored');
 });
+
+test('PATCH replaces the text of a note a device formatted or embedded into, exactly', async () => {
+  const user = await registerUser(srv.api);
+  const channel = (await srv.api.get<NotesChannel>('/users/@me/notes', { token: user.token })).body.id;
+  const device = openDevice(srv.url, channel, user.token);
+  try {
+    await synced(device);
+    device.doc.transact(() => {
+      const note = new Y.Map<unknown>();
+      const text = new Y.Text('hello world');
+      note.set('content', text);
+      note.set('created_at', 1);
+      device.doc.getMap('messages').set('9001', note);
+      text.insertEmbed(0, { image: 'cat.png' });
+      text.format(1, 5, { bold: true });
+    });
+    const witness = openDevice(srv.url, channel, user.token);
+    try {
+      await until(witness.doc, (d) => d.getMap('messages').has('9001'), 'the note is stored');
+    } finally {
+      witness.destroy();
+    }
+    const edited = await srv.api.patch<Message>(`/channels/${channel}/messages/9001`, { token: user.token, json: { content: 'hello there' } });
+    assert.equal(edited.status, 200);
+    assert.equal(edited.body.content, 'hello there');
+    await until(device.doc, (d) => ((d.getMap('messages').get('9001') as Y.Map<unknown>).get('content') as Y.Text).toString() === 'hello there', 'the device gets exactly the new text');
+  } finally {
+    device.destroy();
+  }
+});
