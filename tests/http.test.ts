@@ -1,8 +1,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import { z } from 'zod';
 import { startServer, registerUser, type TestServer, type TestUser } from './helpers/server.ts';
-import { route } from '../server/http/route.ts';
+import { Reply, route, type Route } from '../server/http/route.ts';
 import type { ErrorBody } from '../shared/index.ts';
 
 let srv: TestServer;
@@ -20,6 +21,7 @@ before(async () => {
             throw new Error('secret internal detail');
           },
         }),
+        ...unserialisableRoutes(),
       ],
     },
   );
@@ -116,6 +118,49 @@ test('an unexpected exception is a 500 without details, and the server keeps ser
   const requestId = res.headers.get('x-request-id');
   assert.ok(requestId && res.body.message.includes(requestId), 'the message names the request id for support');
   assert.equal((await srv.api.get('/health')).status, 200);
+});
+
+/** Handlers whose result JSON.stringify refuses (a BigInt): the failure is in answering, not in the handler. */
+function unserialisableRoutes(): Route[] {
+  return [
+    route({ method: 'GET', path: '/test/bigint-sync', auth: 'none', handler: () => ({ n: 1n }) }),
+    route({ method: 'GET', path: '/test/bigint-async', auth: 'none', handler: async () => ({ n: 1n }) }),
+    route({ method: 'GET', path: '/test/bigint-reply', auth: 'none', handler: () => Reply.json(201, { n: 1n }) }),
+    route({ method: 'POST', path: '/test/bigint-body', auth: 'none', body: z.object({}), handler: () => ({ n: 1n }) }),
+    // A header value uWS refuses to write (it throws half-way through the answer).
+    route({ method: 'GET', path: '/test/bad-header', auth: 'none', handler: () => Reply.json(200, {}, { 'X-Count': 1 as unknown as string }) }),
+  ];
+}
+
+test('a result that cannot be serialised is a 500 on every path, and the server keeps serving', { timeout: 10_000 }, async () => {
+  for (const [method, path] of [['GET', '/test/bigint-sync'], ['GET', '/test/bigint-async'], ['GET', '/test/bigint-reply'], ['POST', '/test/bigint-body']] as const) {
+    const res = await srv.api.request<ErrorBody>(method, path, method === 'POST' ? { json: {} } : {});
+    assert.equal(res.status, 500, path);
+    const requestId = res.headers.get('x-request-id') ?? '';
+    assert.deepEqual(res.body, { error: 'Internal error', code: 'internal_error', message: `Something went wrong on our side (request ${requestId})` }, path);
+    assert.equal((await srv.api.get('/health')).status, 200, `${path}: still serving`);
+  }
+});
+
+test('an answer uWS refuses half-way drops that connection instead of sending half of it', { timeout: 10_000 }, async () => {
+  // The status line is already written when the header is refused: no 500 can follow it.
+  await assert.rejects(srv.api.get('/test/bad-header'), (error: unknown) => error instanceof TypeError && error.message === 'fetch failed');
+  assert.equal((await srv.api.get('/health')).status, 200);
+});
+
+test('a failed answer still ends its request: shutdown does not wait for it', { timeout: 30_000 }, async () => {
+  const own = await startServer({}, { extraRoutes: unserialisableRoutes() });
+  try {
+    assert.equal((await own.api.get('/test/bigint-sync')).status, 500);
+    assert.equal((await own.api.get('/test/bigint-async')).status, 500);
+    await assert.rejects(own.api.get('/test/bad-header'));
+  } finally {
+    // A request counted as in flight for ever would hold close() for the whole 10 s drain timeout.
+    const started = performance.now();
+    await own.close();
+    const ms = performance.now() - started;
+    assert.ok(ms < 5000, `close took ${ms.toFixed(0)} ms`);
+  }
 });
 
 test('CORS: preflight answers and responses allow any origin (bearer auth, no cookies)', async () => {

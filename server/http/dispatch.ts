@@ -73,13 +73,23 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
       // While shutting down, each answer ends its connection gracefully (FIN after the bytes), so
       // closing the remaining sockets afterwards cannot cut a response short.
       if (refusing) close = true;
-      res.cork(() => {
-        res.writeStatus(`${status} ${STATUS_CODES[status] ?? ''}`);
-        res.writeHeader('X-Request-Id', requestId);
-        for (const [key, value] of Object.entries(extra)) res.writeHeader(key, value);
-        if (payload === undefined) res.endWithoutBody(0, close);
-        else res.end(payload, close);
-      });
+      let ended = false;
+      try {
+        res.cork(() => {
+          res.writeStatus(`${status} ${STATUS_CODES[status] ?? ''}`);
+          res.writeHeader('X-Request-Id', requestId);
+          for (const [key, value] of Object.entries(extra)) res.writeHeader(key, value);
+          if (payload === undefined) res.endWithoutBody(0, close);
+          else res.end(payload, close);
+          ended = true;
+        });
+      } catch (error) {
+        // A write refused half-way (e.g. a header value uWS rejects) leaves a partial answer on the
+        // wire: no second answer can follow it, so the connection is dropped instead.
+        logger.error({ err: error, requestId, method, path, status }, 'could not write the response');
+        if (!ended && !state.aborted) res.close();
+        return;
+      }
       logger.debug({ requestId, method, path, status, ms: Math.round(performance.now() - started) }, 'request');
     };
     const fail = (error: AppError, close = false) => {
@@ -158,38 +168,34 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
       return route.handler({ method: method as Method, path, params, query, body, principal, headers, remoteAddress, requestId });
     };
 
+    /** Waits for the body and the rate limiter, then runs the handler. */
+    const runAfterBody = async (): Promise<unknown> => {
+      const rawBody = bodyPromise ? await bodyPromise : undefined;
+      if (route.rateLimiter) await consumeRateLimit(route.rateLimiter, remoteAddress);
+      if (state.aborted) return undefined;
+      return run(rawBody);
+    };
+
+    // One error path for both ways a request completes: whatever throws (validation, the handler,
+    // or serialising its result in `respond`) ends in onError, and the request ends exactly once.
     inflight.begin();
-    if (bodyPromise === undefined && route.rateLimiter === undefined) {
+    let outcome: unknown;
+    try {
       // Fast path: nothing to wait for, so a synchronous handler answers inside this uWS callback,
       // without a promise or a microtask per request.
-      let result: unknown;
-      try {
-        result = run(undefined);
-      } catch (error) {
-        onError(error);
-        inflight.end();
-        return;
-      }
-      if (!(result instanceof Promise)) {
-        respond(result);
-        inflight.end();
-        return;
-      }
-      result.then(respond, onError).finally(() => inflight.end());
-      return;
+      outcome = bodyPromise === undefined && route.rateLimiter === undefined ? run(undefined) : runAfterBody();
+      if (!(outcome instanceof Promise)) respond(outcome);
+    } catch (error) {
+      onError(error);
     }
-    void (async () => {
-      try {
-        const rawBody = bodyPromise ? await bodyPromise : undefined;
-        if (route.rateLimiter) await consumeRateLimit(route.rateLimiter, remoteAddress);
-        if (state.aborted) return;
-        respond(await run(rawBody));
-      } catch (error) {
-        onError(error);
-      } finally {
-        inflight.end();
-      }
-    })();
+    if (outcome instanceof Promise) {
+      void outcome
+        .then(respond)
+        .catch(onError)
+        .finally(() => inflight.end());
+    } else {
+      inflight.end();
+    }
   });
 
   return {
