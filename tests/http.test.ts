@@ -8,6 +8,8 @@ import type { ErrorBody } from '../shared/index.ts';
 
 let srv: TestServer;
 let user: TestUser;
+/** How often the route a smuggled request would reach was actually run. */
+let smuggledCalls = 0;
 before(async () => {
   srv = await startServer(
     { maxJsonBodyBytes: 64 * 1024 },
@@ -22,6 +24,15 @@ before(async () => {
           },
         }),
         ...unserialisableRoutes(),
+        route({
+          method: 'GET',
+          path: '/test/smuggled',
+          auth: 'none',
+          handler: () => {
+            smuggledCalls += 1;
+            return { smuggled: true };
+          },
+        }),
       ],
     },
   );
@@ -163,6 +174,50 @@ test('a failed answer still ends its request: shutdown does not wait for it', { 
   }
 });
 
+test('two Content-Length headers are 400 Bad request and the connection is closed', { timeout: 10_000 }, async () => {
+  const expected = { error: 'Bad request', code: 'bad_request', message: 'A request must not have more than one Content-Length header' };
+  for (const lengths of [['3', '5'], ['2', '2']]) {
+    const answer = await rawExchange(
+      srv.url,
+      `POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${lengths.map((n) => `Content-Length: ${n}\r\n`).join('')}\r\n`,
+    );
+    assert.match(answer.text, /^HTTP\/1\.1 400 /, lengths.join(' vs '));
+    assert.match(answer.text, /\r\nConnection: close\r\n/i);
+    assert.deepEqual(JSON.parse(answer.text.slice(answer.text.indexOf('\r\n\r\n') + 4)), expected);
+    assert.ok(answer.closedByServer, 'the server closed the connection');
+  }
+  // The smuggling shape: by the first length, a second request follows the body; by the second,
+  // it is part of the body. Whichever a proxy believed, that request must never be served.
+  // Both a route answered synchronously (where uWS would go on to the next request in the same
+  // packet) and one answered later.
+  const smuggled = 'GET /test/smuggled HTTP/1.1\r\nHost: x\r\n\r\n';
+  for (const front of ['GET /health', 'POST /auth/login']) {
+    const answer = await rawExchange(
+      srv.url,
+      `${front} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: ${2 + smuggled.length}\r\n\r\n{}${smuggled}`,
+    );
+    assert.ok(answer.closedByServer, `${front}: the server closed the connection`);
+    assert.doesNotMatch(answer.text, /smuggled/, front);
+    assert.equal(smuggledCalls, 0, `${front}: the smuggled request never reached a handler`);
+  }
+  assert.equal((await srv.api.get('/health')).status, 200);
+});
+
+test('Content-Length with Transfer-Encoding, or a Content-Length that is not a number: uWS closes without answering', { timeout: 10_000 }, async () => {
+  const requests = [
+    'POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n',
+    'POST /auth/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\n{}\r\n0\r\n\r\n',
+    'POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 2, 2\r\n\r\n{}',
+    'POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}',
+  ];
+  for (const request of requests) {
+    const answer = await rawExchange(srv.url, request);
+    assert.equal(answer.text, '', request);
+    assert.ok(answer.closedByServer, request);
+  }
+  assert.equal((await srv.api.get('/health')).status, 200);
+});
+
 test('CORS: preflight answers and responses allow any origin (bearer auth, no cookies)', async () => {
   const pre = await srv.api.request('OPTIONS', '/users/@me', { headers: { origin: 'https://app.example', 'access-control-request-method': 'PATCH' } });
   assert.equal(pre.status, 204);
@@ -198,5 +253,27 @@ function rawRequest(url: string, request: string): Promise<string> {
     });
     socket.on('close', () => resolve(data));
     socket.on('error', (error) => (data ? resolve(data) : reject(error)));
+  });
+}
+
+/**
+ * Writes `request` on a fresh socket and collects everything until the server closes it. Fails if
+ * the server leaves it open for 5 s (uWS's own idle timeout is longer, so that is a real hang).
+ */
+function rawExchange(url: string, request: string): Promise<{ text: string; closedByServer: boolean }> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const socket = net.connect(Number(port), hostname, () => socket.write(request));
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`the server kept the connection open; got ${JSON.stringify(text)}`));
+    }, 5000);
+    socket.on('data', (chunk) => (text += chunk.toString()));
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve({ text, closedByServer: true });
+    });
   });
 }

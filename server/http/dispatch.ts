@@ -62,7 +62,11 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
     const path = req.getUrl();
     const rawQuery = req.getQuery() ?? '';
     const headers = new Map<string, string>();
-    req.forEach((key, value) => headers.set(key, value));
+    let contentLengthCount = 0;
+    req.forEach((key, value) => {
+      if (key === 'content-length') contentLengthCount += 1;
+      headers.set(key, value);
+    });
     const remoteAddress = addressDecoder.decode(res.getRemoteAddressAsText());
     const requestId = `${bootId}-${(requestCounter += 1).toString(36)}`;
     const started = performance.now();
@@ -96,6 +100,16 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
       finish(error.status, { ...JSON_HEADERS, ...error.headers }, JSON.stringify(error.toBody()), close);
     };
 
+    if (contentLengthCount > 1) {
+      // uWS frames the body by the first value; a proxy in front may have used another, and then
+      // what it sent as body would be read here as a request of its own (request smuggling).
+      // Answering now would not stop uWS from serving a request that follows in the same packet
+      // (its close flag is reset by the next request), so the answer waits for the next turn of
+      // the loop: by then uWS has closed the connection itself if such a request came, because
+      // this one is still pending. Either way nothing after these headers is ever served.
+      setImmediate(() => fail(new AppError('bad_request', 'A request must not have more than one Content-Length header'), true));
+      return;
+    }
     if (refusing) {
       fail(new AppError('service_unavailable', 'The server is shutting down'), true);
       return;
