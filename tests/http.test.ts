@@ -64,9 +64,49 @@ test('malformed JSON is 400 Invalid JSON', async () => {
     assert.equal(res.body.error, 'Invalid JSON');
     assert.equal(res.body.code, 'invalid_json');
   }
-  const badUtf8 = await srv.api.patch<ErrorBody>('/users/@me', { token: user.token, raw: new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]) });
+  const badUtf8 = await srv.api.patch<ErrorBody>('/users/@me', {
+    token: user.token,
+    raw: new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]),
+    headers: { 'content-type': 'application/json' },
+  });
   assert.equal(badUtf8.status, 400);
   assert.equal(badUtf8.body.error, 'Invalid JSON');
+});
+
+test('a non-empty body on a JSON route must be declared application/json, or it is 415', async () => {
+  const expected = {
+    error: 'Unsupported media type',
+    code: 'unsupported_media_type',
+    message: 'Send the body as JSON with the header Content-Type: application/json',
+  };
+  const body = JSON.stringify({ username: 'not-applied' });
+  const refused: [string, Record<string, string>, string | Uint8Array][] = [
+    ['text/plain (what fetch sends for a string)', {}, body],
+    ['no Content-Type at all', {}, new TextEncoder().encode(body)],
+    ['a form', { 'content-type': 'application/x-www-form-urlencoded' }, body],
+    ['a look-alike type', { 'content-type': 'application/jsonp' }, body],
+    ['multipart', { 'content-type': 'multipart/form-data; boundary=x' }, body],
+  ];
+  for (const [label, headers, raw] of refused) {
+    const res = await srv.api.patch<ErrorBody>('/users/@me', { token: user.token, raw, headers });
+    assert.equal(res.status, 415, label);
+    assert.deepEqual(res.body, expected, label);
+  }
+  // Unauthenticated too, and before the body is looked at: no JSON error for a non-JSON body.
+  const login = await srv.api.post<ErrorBody>('/auth/login', { raw: 'login=a&password=b', headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+  assert.equal(login.status, 415);
+  assert.deepEqual(login.body, expected);
+  const me = await srv.api.get<{ username: string }>('/users/@me', { token: user.token });
+  assert.equal(me.body.username, user.username, 'no refused body was applied');
+
+  for (const type of ['application/json', 'Application/JSON; charset=UTF-8', 'application/json;charset=utf-8', ' application/json ']) {
+    const res = await srv.api.patch('/users/@me', { token: user.token, raw: '{}', headers: { 'content-type': type } });
+    assert.equal(res.status, 200, type);
+  }
+  // An empty body needs no type (fetch sends none); there is nothing to misread.
+  const empty = await srv.api.patch('/users/@me', { token: user.token, raw: new Uint8Array(0) });
+  assert.equal(empty.status, 200);
+  assert.equal((await srv.api.post('/auth/logout', { token: (await registerUser(srv.api)).token })).status, 204);
 });
 
 test('30+ hostile bodies on every JSON route never produce a 500', async () => {

@@ -176,7 +176,13 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
     const run = (rawBody: Buffer | undefined): unknown => {
       let body: unknown = rawBody;
       if (route.body !== undefined && !isRawBodySpec(route.body)) {
-        body = validate(route, route.body, parseJson(rawBody ?? Buffer.alloc(0)), 'body');
+        const raw = rawBody ?? Buffer.alloc(0);
+        // A body is read as JSON only when the client says it is: a form or text/plain post (what
+        // a browser sends cross-origin without a preflight) is never parsed into an action.
+        if (raw.byteLength > 0 && !isJsonMediaType(headers.get('content-type'))) {
+          throw new AppError('unsupported_media_type', 'Send the body as JSON with the header Content-Type: application/json');
+        }
+        body = validate(route, route.body, parseJson(raw), 'body');
       }
       const query = route.query ? validate(route, route.query, parseQuery(rawQuery), 'query') : parseQuery(rawQuery);
       return route.handler({ method: method as Method, path, params, query, body, principal, headers, remoteAddress, requestId });
@@ -246,6 +252,13 @@ function readBody(res: HttpResponse, state: RequestState, maxBytes: number, tooL
       if (isLast) resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, received));
     });
   });
+}
+
+/** `application/json`, any case, with or without parameters such as `; charset=utf-8`. */
+function isJsonMediaType(contentType: string | undefined): boolean {
+  if (contentType === undefined) return false;
+  const semicolon = contentType.indexOf(';');
+  return (semicolon === -1 ? contentType : contentType.slice(0, semicolon)).trim().toLowerCase() === 'application/json';
 }
 
 function parseJson(raw: Buffer): unknown {
