@@ -423,6 +423,43 @@ test('upload needs auth, multipart/form-data and a file field', async () => {
   assert.equal(garbled.body.code, 'invalid_input');
 });
 
+test('multipart parameters as RFC 2046 allows them: a quoted boundary, other parameters, any case', async () => {
+  const png = await makePng();
+  const cases: [string, string][] = [
+    ['quoted', 'multipart/form-data; boundary="plexi-quoted"'],
+    ['quoted with a space and specials', `multipart/form-data; boundary="plexi 'quoted' (+_,-./:=?)"`],
+    ['after another parameter', 'multipart/form-data; charset=utf-8; boundary=plexi-after'],
+    ['before another parameter', 'multipart/form-data; boundary=plexi-before; charset=utf-8'],
+    ['any case, no space', 'Multipart/Form-Data;BOUNDARY=plexi-case'],
+  ];
+  for (const [label, contentType] of cases) {
+    const boundary = /boundary="([^"]*)"/i.exec(contentType)?.[1] ?? (/boundary=([^;]*)/i.exec(contentType)?.[1] as string);
+    const body = multipartBody(boundary, 'file', png);
+    const response = await fetch(`${srv.url}/users/@me/avatar`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${user.token}`, 'content-type': contentType },
+      body,
+    });
+    const answer = (await response.json()) as AvatarUploadResponse;
+    assert.equal(response.status, 200, `${label}: ${JSON.stringify(answer)}`);
+    assert.equal(answer.width, 256, label);
+  }
+  // Not a boundary RFC 2046 allows (empty, too long, unterminated quote): not multipart at all.
+  for (const contentType of ['multipart/form-data; boundary=""', `multipart/form-data; boundary=${'b'.repeat(71)}`, 'multipart/form-data; boundary="open']) {
+    const res = await srv.api.post<ErrorBody>('/users/@me/avatar', { token: user.token, raw: multipartBody('open', 'file', png), headers: { 'content-type': contentType } });
+    assert.equal(res.status, 415, contentType);
+    assert.equal(res.body.code, 'unsupported_media_type', contentType);
+  }
+});
+
+function multipartBody(boundary: string, field: string, bytes: Uint8Array): Uint8Array {
+  return Buffer.concat([
+    Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${field}"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n`),
+    bytes,
+    Buffer.from(`\r\n--${boundary}--\r\n`),
+  ]);
+}
+
 /** Peak resident memory of a process (VmHWM), in bytes. */
 function peakRss(pid: number): number {
   const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
