@@ -2,6 +2,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
+import { once } from 'node:events';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import sharp from 'sharp';
 import { startServer, registerUser, spawnServer, tempDir, Api, type TestServer, type TestUser } from './helpers/server.ts';
@@ -233,12 +234,14 @@ test('a 30 MiB body is refused without the server buffering it', { timeout: 60_0
     const peakBefore = peakRss(proc.child.pid!);
 
     const size = 30 * 1024 * 1024;
-    const pauseAfter = 8 * 1024 * 1024 + 1024 * 1024;
+    // Past the limit (8 MiB + 64 KiB of multipart room) the server reads and discards up to the
+    // limit again, so that a client still sending can read its answer; then it stops reading.
+    const pauseAfter = 2 * (8 * 1024 * 1024 + 64 * 1024) + 1024 * 1024;
     const declared = await offerUpload(proc.url, u.token, size, false, pauseAfter);
     assert.match(declared, /^HTTP\/1\.1 400 /, 'declared length over the limit: refused');
     assert.match(declared, /"code":"file_too_large"/);
     const chunked = await offerUpload(proc.url, u.token, size, true, pauseAfter);
-    assert.match(chunked, /^HTTP\/1\.1 400 /, 'chunked: refused once the limit is passed');
+    assert.match(chunked, /^HTTP\/1\.1 400 /, 'chunked: refused once the discard bound is passed');
     assert.match(chunked, /"code":"file_too_large"/);
     assert.equal((await api.get('/health')).status, 200);
 
@@ -250,6 +253,60 @@ test('a 30 MiB body is refused without the server buffering it', { timeout: 60_0
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
 });
+
+test('an upload over the limit gets its documented 400 through fetch(), with or without Content-Length', { timeout: 60_000 }, async () => {
+  // Its own process: in this one, client and server share an event loop and take turns, which
+  // hides what a real client sees (its write failing with EPIPE on a connection closed under it).
+  const dataDir = tempDir();
+  const proc = await spawnServer(['--port', '0', '--data-dir', dataDir, '--auth-rate-limit', '0']);
+  try {
+    const api = new Api(proc.url);
+    const u = await registerUser(api);
+    const expected = { error: 'File too large', code: 'file_too_large', message: 'The upload exceeds the 8388608-byte file limit' };
+    // 12 MiB: over the 8 MiB limit, but within what the server reads and discards before answering.
+    const big = new Uint8Array(12 * 1024 * 1024);
+    for (let attempt = 1; attempt <= 3; attempt += 1) {
+      const declared = await upload<ErrorBody>(api, u.token, form(big, 'image/png'));
+      assert.equal(declared.status, 400, `attempt ${attempt}`);
+      assert.deepEqual(declared.body, expected);
+    }
+    // A stream body has no length to declare: fetch sends it chunked.
+    const streamed = await fetch(`${proc.url}/users/@me/avatar`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${u.token}`, 'content-type': 'multipart/form-data; boundary=b' },
+      body: zeroStream(12 * 1024 * 1024),
+      duplex: 'half',
+    });
+    assert.equal(streamed.status, 400);
+    assert.deepEqual(await streamed.json(), expected);
+    // Refusals decided before the body is read are readable too: a stale token with a photo.
+    const stale = await fetch(`${proc.url}/users/@me/avatar`, { method: 'POST', headers: { authorization: 'Bearer pxc_stale' }, body: form(big, 'image/png') });
+    assert.equal(stale.status, 401);
+    assert.deepEqual(await stale.json(), { error: 'Unauthorized', code: 'unauthorized', message: 'A valid bearer token is required' });
+    // JSON routes follow the same rule: 1.5 MiB against the 1 MiB limit.
+    const json = await api.patch<ErrorBody>('/users/@me', { token: u.token, json: { username: 'x'.repeat(1536 * 1024) } });
+    assert.equal(json.status, 413);
+    assert.deepEqual(json.body, { error: 'Payload too large', code: 'payload_too_large', message: 'Request body exceeds 1048576 bytes' });
+    assert.equal((await api.get('/health')).status, 200);
+  } finally {
+    proc.child.kill('SIGTERM');
+    await once(proc.child, 'exit');
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
+/** `size` zero bytes as a stream of 64 KiB chunks, produced as the reader pulls them. */
+function zeroStream(size: number): ReadableStream<Uint8Array> {
+  let left = size;
+  return new ReadableStream({
+    pull(controller) {
+      const n = Math.min(left, 64 * 1024);
+      left -= n;
+      if (n > 0) controller.enqueue(new Uint8Array(n));
+      if (left === 0) controller.close();
+    },
+  });
+}
 
 test('20 concurrent uploads all succeed and the server stays responsive', async () => {
   const users = await Promise.all([1, 2, 3, 4].map(() => registerUser(srv.api)));

@@ -1,6 +1,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import { once } from 'node:events';
 import { z } from 'zod';
 import { startServer, registerUser, type TestServer, type TestUser } from './helpers/server.ts';
 import { Reply, route, type Route } from '../server/http/route.ts';
@@ -257,6 +258,32 @@ test('Content-Length with Transfer-Encoding, or a Content-Length that is not a n
   }
   assert.equal((await srv.api.get('/health')).status, 200);
 });
+
+test('a body refused before it is read leaves the connection usable: the next request is answered', { timeout: 10_000 }, async () => {
+  const body = JSON.stringify({ username: 'never-read' });
+  const { hostname, port } = new URL(srv.url);
+  const socket = net.connect(Number(port), hostname);
+  await once(socket, 'connect');
+  let text = '';
+  socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+  // A 401 (no token) whose body is still on its way, then a second request on the same connection.
+  socket.write(`PATCH /users/@me HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+  await waitFor(() => /^HTTP\/1\.1 401 /.test(text), 'the 401 is answered before the body is sent');
+  socket.write(`${body}GET /health HTTP/1.1\r\nHost: x\r\n\r\n`);
+  await waitFor(() => text.includes('{"status":"ok"}'), 'the next request is answered');
+  assert.deepEqual(text.match(/HTTP\/1\.1 \d{3}/g), ['HTTP/1.1 401', 'HTTP/1.1 200']);
+  assert.doesNotMatch(text, /Connection: close/i);
+  socket.destroy();
+});
+
+/** Resolves once `condition` holds, re-checked on every event-loop turn; fails after 5 s. */
+async function waitFor(condition: () => boolean, what: string): Promise<void> {
+  const deadline = performance.now() + 5000;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`timed out: ${what}`);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
 
 test('CORS: preflight answers and responses allow any origin (bearer auth, no cookies)', async () => {
   const pre = await srv.api.request('OPTIONS', '/users/@me', { headers: { origin: 'https://app.example', 'access-control-request-method': 'PATCH' } });

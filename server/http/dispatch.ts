@@ -7,12 +7,15 @@ import type { FieldError } from '../../shared/errors.ts';
 import type { HttpRequest, HttpResponse, TemplatedApp } from './uws.ts';
 import { AppError } from './app-error.ts';
 import { InflightTracker } from './inflight.ts';
+import { MemoryBudget, type Reservation } from './memory-budget.ts';
 import { RawBytes, Reply, isRawBodySpec, type Method, type Principal, type Route } from './route.ts';
 import { Router } from './router.ts';
 
 export interface HttpOptions {
   logger: Logger;
   maxJsonBodyBytes: number;
+  /** Bytes of raw (upload) bodies buffered at once, over all requests; past it uploads get 503. */
+  maxUploadMemoryBytes: number;
   /** Synchronous on purpose: a bad token is refused before any body byte is buffered. */
   authenticate: (token: string) => Principal | null;
 }
@@ -20,8 +23,21 @@ export interface HttpOptions {
 interface RequestState {
   aborted: boolean;
   responded: boolean;
+  /** Set when body bytes are left unread: the answer must then end the connection. */
+  closeConnection: boolean;
   onAbort: (() => void) | undefined;
 }
+
+/**
+ * A body over its route's limit is still read and thrown away up to this many bytes past it (and
+ * at least the limit again): a client that is still sending cannot read an answer on a connection
+ * closed under it (its write fails first, EPIPE), so a moderately oversized upload gets its
+ * documented error instead of a network error. Past that the connection is closed.
+ */
+const MIN_DRAIN_BYTES = 1024 * 1024;
+const drainLimitFor = (maxBytes: number) => maxBytes + Math.max(maxBytes, MIN_DRAIN_BYTES);
+/** How long a client told "too many uploads" should wait before trying again. */
+const UPLOAD_RETRY_AFTER_SECONDS = '2';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 const addressDecoder = new TextDecoder();
@@ -46,13 +62,15 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
   const router = new Router();
   for (const r of routes) router.add(r);
   const inflight = new InflightTracker();
+  const uploadMemory = new MemoryBudget(options.maxUploadMemoryBytes);
+  const defaultDrainLimit = drainLimitFor(options.maxJsonBodyBytes);
   const bootId = randomBytes(3).toString('hex');
   let requestCounter = 0;
   let refusing = false;
   const { logger } = options;
 
   app.any('/*', (res: HttpResponse, req: HttpRequest) => {
-    const state: RequestState = { aborted: false, responded: false, onAbort: undefined };
+    const state: RequestState = { aborted: false, responded: false, closeConnection: false, onAbort: undefined };
     res.onAborted(() => {
       state.aborted = true;
       state.onAbort?.();
@@ -76,7 +94,7 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
       state.responded = true;
       // While shutting down, each answer ends its connection gracefully (FIN after the bytes), so
       // closing the remaining sockets afterwards cannot cut a response short.
-      if (refusing) close = true;
+      if (refusing || state.closeConnection) close = true;
       let ended = false;
       try {
         res.cork(() => {
@@ -100,16 +118,45 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
       finish(error.status, { ...JSON_HEADERS, ...error.headers }, JSON.stringify(error.toBody()), close);
     };
 
-    if (contentLengthCount > 1) {
+    const lengthHeader = headers.get('content-length');
+    if (contentLengthCount > 1 || (lengthHeader !== undefined && !/^[0-9]+$/.test(lengthHeader))) {
       // uWS frames the body by the first value; a proxy in front may have used another, and then
       // what it sent as body would be read here as a request of its own (request smuggling).
       // Answering now would not stop uWS from serving a request that follows in the same packet
       // (its close flag is reset by the next request), so the answer waits for the next turn of
       // the loop: by then uWS has closed the connection itself if such a request came, because
       // this one is still pending. Either way nothing after these headers is ever served.
-      setImmediate(() => fail(new AppError('bad_request', 'A request must not have more than one Content-Length header'), true));
+      const message = contentLengthCount > 1 ? 'A request must not have more than one Content-Length header' : 'Content-Length must be a number of bytes';
+      setImmediate(() => fail(new AppError('bad_request', message), true));
       return;
     }
+    /** The body's length when declared; undefined when chunked (or absent). */
+    const declared = lengthHeader === undefined ? undefined : Number(lengthHeader);
+    const hasBody = (declared ?? 0) > 0 || headers.has('transfer-encoding');
+
+    /**
+     * Answers `error` to a request whose body has not been read, without cutting off a client that
+     * is still sending it (see MIN_DRAIN_BYTES): a declared remainder is discarded by uWS itself
+     * after the answer; a chunked one is read and discarded here first, as it has no known end.
+     * A body past `drainLimit` is not waited for: the answer closes the connection.
+     */
+    const refuseUnread = (error: AppError, drainLimit: number) => {
+      if (!hasBody) {
+        fail(error);
+      } else if (declared !== undefined) {
+        fail(error, declared > drainLimit);
+      } else {
+        inflight.begin();
+        // Either way the answer is `error`: after the body ended, after it passed drainLimit (the
+        // reader then marked the connection for closing), or never, should the client go away.
+        void readBody(res, state, { declared, keepBytes: 0, drainLimit, tooLarge: error })
+          .then(
+            () => fail(error),
+            () => fail(error),
+          )
+          .finally(() => inflight.end());
+      }
+    };
     if (refusing) {
       fail(new AppError('service_unavailable', 'The server is shutting down'), true);
       return;
@@ -120,36 +167,50 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
     }
     const match = router.match(method, path);
     if (match.kind === 'not_found') {
-      fail(new AppError('not_found', `No route for ${method} ${path}`));
+      refuseUnread(new AppError('not_found', `No route for ${method} ${path}`), defaultDrainLimit);
       return;
     }
     if (match.kind === 'method_not_allowed') {
-      fail(new AppError('method_not_allowed', `${method} is not allowed here`, { headers: { Allow: match.allowed.join(', ') } }));
+      const allow = match.allowed.join(', ');
+      refuseUnread(new AppError('method_not_allowed', `${method} is not allowed here`, { headers: { Allow: allow } }), defaultDrainLimit);
       return;
     }
     const { route, params } = match;
+    const spec = isRawBodySpec(route.body) ? route.body : undefined;
+    const maxBytes = spec ? spec.maxBytes : options.maxJsonBodyBytes;
+    const drainLimit = route.body === undefined ? defaultDrainLimit : drainLimitFor(maxBytes);
 
     let principal: Principal | null = null;
     if (route.auth === 'required') {
       principal = authenticateHeader(headers.get('authorization'), options.authenticate);
       if (principal === null) {
-        const hasBody = (headers.get('content-length') ?? '0') !== '0' || headers.has('transfer-encoding');
-        fail(new AppError('unauthorized', 'A valid bearer token is required', { headers: { 'WWW-Authenticate': 'Bearer' } }), hasBody);
+        refuseUnread(new AppError('unauthorized', 'A valid bearer token is required', { headers: { 'WWW-Authenticate': 'Bearer' } }), drainLimit);
         return;
       }
     }
 
     let bodyPromise: Promise<Buffer> | undefined;
+    let reservation: Reservation | undefined;
     if (route.body !== undefined) {
-      const spec = isRawBodySpec(route.body) ? route.body : undefined;
-      const maxBytes = spec ? spec.maxBytes : options.maxJsonBodyBytes;
       const tooLarge = spec?.tooLarge?.() ?? new AppError('payload_too_large', `Request body exceeds ${maxBytes} bytes`);
-      const declared = Number(headers.get('content-length') ?? '0');
-      if (declared > maxBytes) {
-        fail(tooLarge, true);
+      if (declared !== undefined && declared > maxBytes) {
+        // Refused from its declared length: not one byte of it is kept.
+        refuseUnread(tooLarge, drainLimit);
         return;
       }
-      bodyPromise = readBody(res, state, maxBytes, tooLarge);
+      if (spec !== undefined && hasBody) {
+        // Decided before buffering: the declared length, or the route's maximum for a chunked body
+        // whose length is known only at its end.
+        reservation = uploadMemory.tryReserve(declared ?? maxBytes);
+        if (reservation === undefined) {
+          const busy = new AppError('service_unavailable', 'Too many uploads are in progress right now; retry shortly', {
+            headers: { 'Retry-After': UPLOAD_RETRY_AFTER_SECONDS },
+          });
+          refuseUnread(busy, drainLimit);
+          return;
+        }
+      }
+      bodyPromise = readBody(res, state, { declared, keepBytes: maxBytes, drainLimit, tooLarge, onDiscard: reservation?.release });
     }
 
     const respond = (result: unknown) => {
@@ -165,8 +226,7 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
     };
     const onError = (error: unknown) => {
       if (error instanceof AppError) {
-        // A body we stopped reading must not be parsed as the next request: close instead.
-        fail(error, error.code === 'payload_too_large' || error.code === 'file_too_large');
+        fail(error);
       } else {
         logger.error({ err: error, requestId, method, path }, 'unhandled error while serving a request');
         fail(new AppError('internal_error', `Something went wrong on our side (request ${requestId})`));
@@ -190,10 +250,20 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
 
     /** Waits for the body and the rate limiter, then runs the handler. */
     const runAfterBody = async (): Promise<unknown> => {
-      const rawBody = bodyPromise ? await bodyPromise : undefined;
+      const pending = bodyPromise;
+      // The settled promise would keep the body alive for as long as this request's closures
+      // live; the handler gets it, and holds it only as long as it needs it.
+      bodyPromise = undefined;
+      const rawBody = pending ? await pending : undefined;
       if (route.rateLimiter) await consumeRateLimit(route.rateLimiter, remoteAddress);
       if (state.aborted) return undefined;
       return run(rawBody);
+    };
+
+    /** Runs once per request, however it ended (answered, failed or aborted). */
+    const end = () => {
+      reservation?.release();
+      inflight.end();
     };
 
     // One error path for both ways a request completes: whatever throws (validation, the handler,
@@ -209,12 +279,9 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
       onError(error);
     }
     if (outcome instanceof Promise) {
-      void outcome
-        .then(respond)
-        .catch(onError)
-        .finally(() => inflight.end());
+      void outcome.then(respond).catch(onError).finally(end);
     } else {
-      inflight.end();
+      end();
     }
   });
 
@@ -232,24 +299,62 @@ function authenticateHeader(header: string | undefined, authenticate: HttpOption
   return match ? authenticate(match[1] as string) : null;
 }
 
-/** Collects the body, copying each chunk (uWS reuses its memory), and stops at `maxBytes`. */
-function readBody(res: HttpResponse, state: RequestState, maxBytes: number, tooLarge: AppError): Promise<Buffer> {
+interface ReadBodyOptions {
+  /** The declared Content-Length, if any (uWS delivers exactly that many bytes). */
+  declared: number | undefined;
+  /** Bytes kept at most; past them the body is too large. */
+  keepBytes: number;
+  /** Bytes read in all (kept or discarded) before giving up on the body and closing. */
+  drainLimit: number;
+  tooLarge: AppError;
+  /** Called when the kept bytes are dropped, i.e. when the body turns out too large. */
+  onDiscard?: () => void;
+}
+
+/**
+ * Collects the body. A declared length gets one buffer of that size up front, so each chunk is
+ * copied once (uWS reuses its memory) and never joined; a chunked body keeps copies of its chunks.
+ * A body past `keepBytes` is dropped at once and only counted from then on: the promise rejects
+ * with `tooLarge` when the body has ended (the connection stays usable) or passes `drainLimit`
+ * (then the answer must close the connection, with the rest of the body unread).
+ */
+function readBody(res: HttpResponse, state: RequestState, options: ReadBodyOptions): Promise<Buffer> {
+  const { declared, keepBytes, drainLimit, tooLarge } = options;
   return new Promise((resolve, reject) => {
+    let whole = declared !== undefined && declared <= keepBytes ? Buffer.allocUnsafe(declared) : undefined;
     const chunks: Buffer[] = [];
     let received = 0;
-    let over = false;
-    state.onAbort = () => reject(new AppError('invalid_input', 'Request aborted'));
+    let discarding = false;
+    let settled = false;
+    const settle = (error: AppError | undefined, body?: Buffer) => {
+      settled = true;
+      state.onAbort = undefined;
+      if (error) reject(error);
+      else resolve(body as Buffer);
+    };
+    state.onAbort = () => settle(new AppError('invalid_input', 'Request aborted'));
     res.onData((chunk, isLast) => {
-      if (over) return;
+      if (settled) return;
+      const offset = received;
       received += chunk.byteLength;
-      if (received > maxBytes) {
-        over = true;
+      if (!discarding && (received > keepBytes || (whole !== undefined && received > whole.byteLength))) {
+        discarding = true;
+        whole = undefined;
         chunks.length = 0;
-        reject(tooLarge);
+        options.onDiscard?.();
+      }
+      if (discarding) {
+        if (received > drainLimit) {
+          state.closeConnection = true;
+          settle(tooLarge);
+        } else if (isLast) {
+          settle(tooLarge);
+        }
         return;
       }
-      chunks.push(Buffer.from(new Uint8Array(chunk)));
-      if (isLast) resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, received));
+      if (whole !== undefined) whole.set(new Uint8Array(chunk), offset);
+      else chunks.push(Buffer.from(new Uint8Array(chunk)));
+      if (isLast) settle(undefined, whole ?? (chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, received)));
     });
   });
 }
