@@ -222,10 +222,9 @@ test('two Content-Length headers are 400 Bad request and the connection is close
       srv.url,
       `POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${lengths.map((n) => `Content-Length: ${n}\r\n`).join('')}\r\n`,
     );
-    assert.match(answer.text, /^HTTP\/1\.1 400 /, lengths.join(' vs '));
-    assert.match(answer.text, /\r\nConnection: close\r\n/i);
-    assert.deepEqual(JSON.parse(answer.text.slice(answer.text.indexOf('\r\n\r\n') + 4)), expected);
-    assert.ok(answer.closedByServer, 'the server closed the connection');
+    assert.match(answer, /^HTTP\/1\.1 400 /, lengths.join(' vs '));
+    assert.match(answer, /\r\nConnection: close\r\n/i);
+    assert.deepEqual(JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)), expected);
   }
   // The smuggling shape: by the first length, a second request follows the body; by the second,
   // it is part of the body. Whichever a proxy believed, that request must never be served.
@@ -237,8 +236,7 @@ test('two Content-Length headers are 400 Bad request and the connection is close
       srv.url,
       `${front} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: ${2 + smuggled.length}\r\n\r\n{}${smuggled}`,
     );
-    assert.ok(answer.closedByServer, `${front}: the server closed the connection`);
-    assert.doesNotMatch(answer.text, /smuggled/, front);
+    assert.doesNotMatch(answer, /smuggled/, front);
     assert.equal(smuggledCalls, 0, `${front}: the smuggled request never reached a handler`);
   }
   assert.equal((await srv.api.get('/health')).status, 200);
@@ -253,8 +251,7 @@ test('Content-Length with Transfer-Encoding, or a Content-Length that is not a n
   ];
   for (const request of requests) {
     const answer = await rawExchange(srv.url, request);
-    assert.equal(answer.text, '', request);
-    assert.ok(answer.closedByServer, request);
+    assert.equal(answer, '', request);
   }
   assert.equal((await srv.api.get('/health')).status, 200);
 });
@@ -284,6 +281,33 @@ async function waitFor(condition: () => boolean, what: string): Promise<void> {
     await new Promise((resolve) => setImmediate(resolve));
   }
 }
+
+test('requests uWS cannot parse (HTTP/1.0, no Host, 49+ headers) get no answer and are closed by its idle timeout', { timeout: 40_000 }, async () => {
+  // A limitation of the uWS build we run, pinned here so an upgrade that answers them shows up:
+  // its parser asks for more data instead of answering 505/400/431, and nothing reachable from
+  // JavaScript sees these requests. The README advises a reverse proxy in front.
+  const headers = (n: number) => Array.from({ length: n }, (_, i) => `X-Header-${i}: v\r\n`).join('');
+  const dropped = {
+    'HTTP/1.0': 'GET /health HTTP/1.0\r\nHost: x\r\n\r\n',
+    'HTTP/1.1 without Host': 'GET /health HTTP/1.1\r\n\r\n',
+    '49 headers': `GET /health HTTP/1.1\r\nHost: x\r\n${headers(48)}\r\n`,
+  };
+  const started = performance.now();
+  const pending = Object.entries(dropped).map(async ([label, request]) => {
+    const text = await rawExchange(srv.url, request, 30_000);
+    return { label, text, seconds: (performance.now() - started) / 1000 };
+  });
+  // Meanwhile everyone else is served, including a request with 48 headers, the most uWS reads.
+  for (let i = 0; i < 5; i += 1) assert.equal((await srv.api.get('/health')).status, 200);
+  const many = await rawExchange(srv.url, `GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n${headers(46)}\r\n`);
+  assert.match(many, /^HTTP\/1\.1 200 /);
+  for (const result of await Promise.all(pending)) {
+    assert.equal(result.text, '', `${result.label}: no answer`);
+    // uWS's HTTP idle timeout is 10 s, checked on a 4 s timer.
+    assert.ok(result.seconds > 5 && result.seconds < 20, `${result.label}: closed after ${result.seconds.toFixed(1)} s`);
+  }
+  assert.equal((await srv.api.get('/health')).status, 200);
+});
 
 test('CORS: preflight answers and responses allow any origin (bearer auth, no cookies)', async () => {
   const pre = await srv.api.request('OPTIONS', '/users/@me', { headers: { origin: 'https://app.example', 'access-control-request-method': 'PATCH' } });
@@ -324,10 +348,12 @@ function rawRequest(url: string, request: string): Promise<string> {
 }
 
 /**
- * Writes `request` on a fresh socket and collects everything until the server closes it. Fails if
- * the server leaves it open for 5 s (uWS's own idle timeout is longer, so that is a real hang).
+ * Writes `request` on a fresh socket and resolves with everything received once the server has
+ * closed it (so resolving proves the close). Fails if
+ * the server leaves it open for `timeoutMs` (by default 5 s: shorter than uWS's own idle timeout,
+ * so a request the server should have answered and closed really hung).
  */
-function rawExchange(url: string, request: string): Promise<{ text: string; closedByServer: boolean }> {
+function rawExchange(url: string, request: string, timeoutMs = 5000): Promise<string> {
   const { hostname, port } = new URL(url);
   return new Promise((resolve, reject) => {
     let text = '';
@@ -335,12 +361,12 @@ function rawExchange(url: string, request: string): Promise<{ text: string; clos
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new Error(`the server kept the connection open; got ${JSON.stringify(text)}`));
-    }, 5000);
+    }, timeoutMs);
     socket.on('data', (chunk) => (text += chunk.toString()));
     socket.on('error', () => {});
     socket.on('close', () => {
       clearTimeout(timer);
-      resolve({ text, closedByServer: true });
+      resolve(text);
     });
   });
 }
