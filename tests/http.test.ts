@@ -215,7 +215,7 @@ test('a failed answer still ends its request: shutdown does not wait for it', { 
   }
 });
 
-test('two Content-Length headers are 400 Bad request and the connection is closed', { timeout: 10_000 }, async () => {
+test('two Content-Length headers, or one that is not a number, are 400 Bad request and close the connection', { timeout: 10_000 }, async () => {
   const expected = { error: 'Bad request', code: 'bad_request', message: 'A request must not have more than one Content-Length header' };
   for (const lengths of [['3', '5'], ['2', '2']]) {
     const answer = await rawExchange(
@@ -226,6 +226,14 @@ test('two Content-Length headers are 400 Bad request and the connection is close
     assert.match(answer, /\r\nConnection: close\r\n/i);
     assert.deepEqual(JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)), expected);
   }
+  // A length uWS lets through although it is not a number.
+  const empty = await rawExchange(srv.url, 'POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \r\n\r\n');
+  assert.match(empty, /^HTTP\/1\.1 400 /);
+  assert.deepEqual(JSON.parse(empty.slice(empty.indexOf('\r\n\r\n') + 4)), {
+    error: 'Bad request',
+    code: 'bad_request',
+    message: 'Content-Length must be a number of bytes',
+  });
   // The smuggling shape: by the first length, a second request follows the body; by the second,
   // it is part of the body. Whichever a proxy believed, that request must never be served.
   // Both a route answered synchronously (where uWS would go on to the next request in the same
