@@ -235,8 +235,9 @@ test('a 30 MiB body is refused without the server buffering it', { timeout: 60_0
 
     const size = 30 * 1024 * 1024;
     // Past the limit (8 MiB + 64 KiB of multipart room) the server reads and discards up to the
-    // limit again, so that a client still sending can read its answer; then it stops reading.
-    const pauseAfter = 2 * (8 * 1024 * 1024 + 64 * 1024) + 1024 * 1024;
+    // limit again, so that a client still sending can read its answer; one byte more and it stops
+    // reading and answers.
+    const pauseAfter = 2 * (8 * 1024 * 1024 + 64 * 1024) + 1;
     const declared = await offerUpload(proc.url, u.token, size, false, pauseAfter);
     assert.match(declared, /^HTTP\/1\.1 400 /, 'declared length over the limit: refused');
     assert.match(declared, /"code":"file_too_large"/);
@@ -280,7 +281,11 @@ test('an upload over the limit gets its documented 400 through fetch(), with or 
     assert.equal(streamed.status, 400);
     assert.deepEqual(await streamed.json(), expected);
     // Refusals decided before the body is read are readable too: a stale token with a photo.
-    const stale = await fetch(`${proc.url}/users/@me/avatar`, { method: 'POST', headers: { authorization: 'Bearer pxc_stale' }, body: form(big, 'image/png') });
+    const stale = await fetch(`${proc.url}/users/@me/avatar`, {
+      method: 'POST',
+      headers: { authorization: 'Bearer pxc_stale' },
+      body: form(big, 'image/png'),
+    });
     assert.equal(stale.status, 401);
     assert.deepEqual(await stale.json(), { error: 'Unauthorized', code: 'unauthorized', message: 'A valid bearer token is required' });
     // JSON routes follow the same rule: 1.5 MiB against the 1 MiB limit.
@@ -502,8 +507,13 @@ test('multipart parameters as RFC 2046 allows them: a quoted boundary, other par
     assert.equal(answer.width, 256, label);
   }
   // Not a boundary RFC 2046 allows (empty, too long, unterminated quote): not multipart at all.
-  for (const contentType of ['multipart/form-data; boundary=""', `multipart/form-data; boundary=${'b'.repeat(71)}`, 'multipart/form-data; boundary="open']) {
-    const res = await srv.api.post<ErrorBody>('/users/@me/avatar', { token: user.token, raw: multipartBody('open', 'file', png), headers: { 'content-type': contentType } });
+  const refused = ['multipart/form-data; boundary=""', `multipart/form-data; boundary=${'b'.repeat(71)}`, 'multipart/form-data; boundary="open'];
+  for (const contentType of refused) {
+    const res = await srv.api.post<ErrorBody>('/users/@me/avatar', {
+      token: user.token,
+      raw: multipartBody('open', 'file', png),
+      headers: { 'content-type': contentType },
+    });
     assert.equal(res.status, 415, contentType);
     assert.equal(res.body.code, 'unsupported_media_type', contentType);
   }
@@ -528,10 +538,10 @@ function peakRss(pid: number): number {
 /**
  * Offers a `size`-byte avatar upload over a raw socket, declared by Content-Length or chunked.
  * Declared: only the headers are sent, so an answer proves the server refused before reading.
- * Chunked: the body is streamed (with backpressure) until `pauseAfter` bytes, more than the server
- * may accept, then the client waits for the answer; it does not keep writing into a socket the
- * server is closing, where a reset could swallow the answer. A server that kept reading would
- * never answer, and the test would time out.
+ * Chunked: exactly `pauseAfter` bytes of the body are streamed (with backpressure), more than the
+ * server may read, then the client waits for the answer. It does not keep writing into a socket
+ * the server is closing: bytes the server never read make its close a reset, which could swallow
+ * the answer. A server that kept reading would never answer, and the test would time out.
  */
 function offerUpload(url: string, token: string, size: number, chunked: boolean, pauseAfter: number): Promise<string> {
   const { hostname, port } = new URL(url);
@@ -548,10 +558,13 @@ function offerUpload(url: string, token: string, size: number, chunked: boolean,
       );
       if (!chunked) return;
       let sent = 0;
+      const total = Math.min(size, pauseAfter);
       const pump = () => {
-        while (response === '' && sent < Math.min(size, pauseAfter)) {
-          sent += chunk.length;
-          if (!socket.write(framed)) {
+        while (response === '' && sent < total) {
+          const n = Math.min(chunk.length, total - sent);
+          sent += n;
+          const bytes = n === chunk.length ? framed : Buffer.from(`${n.toString(16)}\r\n${'A'.repeat(n)}\r\n`);
+          if (!socket.write(bytes)) {
             socket.once('drain', pump);
             return;
           }

@@ -94,7 +94,10 @@ test('a non-empty body on a JSON route must be declared application/json, or it 
     assert.deepEqual(res.body, expected, label);
   }
   // Unauthenticated too, and before the body is looked at: no JSON error for a non-JSON body.
-  const login = await srv.api.post<ErrorBody>('/auth/login', { raw: 'login=a&password=b', headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+  const login = await srv.api.post<ErrorBody>('/auth/login', {
+    raw: 'login=a&password=b',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+  });
   assert.equal(login.status, 415);
   assert.deepEqual(login.body, expected);
   const me = await srv.api.get<{ username: string }>('/users/@me', { token: user.token });
@@ -185,11 +188,13 @@ function unserialisableRoutes(): Route[] {
 }
 
 test('a result that cannot be serialised is a 500 on every path, and the server keeps serving', { timeout: 10_000 }, async () => {
-  for (const [method, path] of [['GET', '/test/bigint-sync'], ['GET', '/test/bigint-async'], ['GET', '/test/bigint-reply'], ['POST', '/test/bigint-body']] as const) {
+  const paths = [['GET', '/test/bigint-sync'], ['GET', '/test/bigint-async'], ['GET', '/test/bigint-reply'], ['POST', '/test/bigint-body']] as const;
+  for (const [method, path] of paths) {
     const res = await srv.api.request<ErrorBody>(method, path, method === 'POST' ? { json: {} } : {});
     assert.equal(res.status, 500, path);
     const requestId = res.headers.get('x-request-id') ?? '';
-    assert.deepEqual(res.body, { error: 'Internal error', code: 'internal_error', message: `Something went wrong on our side (request ${requestId})` }, path);
+    const message = `Something went wrong on our side (request ${requestId})`;
+    assert.deepEqual(res.body, { error: 'Internal error', code: 'internal_error', message }, path);
     assert.equal((await srv.api.get('/health')).status, 200, `${path}: still serving`);
   }
 });
@@ -242,7 +247,8 @@ test('two Content-Length headers, or one that is not a number, are 400 Bad reque
   for (const front of ['GET /health', 'POST /auth/login']) {
     const answer = await rawExchange(
       srv.url,
-      `${front} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: ${2 + smuggled.length}\r\n\r\n{}${smuggled}`,
+      `${front} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+        `Content-Length: 2\r\nContent-Length: ${2 + smuggled.length}\r\n\r\n{}${smuggled}`,
     );
     assert.doesNotMatch(answer, /smuggled/, front);
     assert.equal(smuggledCalls, 0, `${front}: the smuggled request never reached a handler`);
@@ -250,7 +256,7 @@ test('two Content-Length headers, or one that is not a number, are 400 Bad reque
   assert.equal((await srv.api.get('/health')).status, 200);
 });
 
-test('Content-Length with Transfer-Encoding, or a Content-Length that is not a number: uWS closes without answering', { timeout: 10_000 }, async () => {
+test('Content-Length with Transfer-Encoding, or a length that is not a number: uWS closes without answering', { timeout: 10_000 }, async () => {
   const requests = [
     'POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n',
     'POST /auth/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\n{}\r\n0\r\n\r\n',

@@ -29,10 +29,10 @@ interface RequestState {
 }
 
 /**
- * A body over its route's limit is still read and thrown away up to this many bytes past it (and
- * at least the limit again): a client that is still sending cannot read an answer on a connection
+ * Past its route's limit a body is still read and thrown away, up to the limit again (at least
+ * MIN_DRAIN_BYTES more): a client that is still sending cannot read an answer on a connection
  * closed under it (its write fails first, EPIPE), so a moderately oversized upload gets its
- * documented error instead of a network error. Past that the connection is closed.
+ * documented error instead of a network error. Past that bound the connection is closed.
  */
 const MIN_DRAIN_BYTES = 1024 * 1024;
 const drainLimitFor = (maxBytes: number) => maxBytes + Math.max(maxBytes, MIN_DRAIN_BYTES);
@@ -126,7 +126,8 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
       // (its close flag is reset by the next request), so the answer waits for the next turn of
       // the loop: by then uWS has closed the connection itself if such a request came, because
       // this one is still pending. Either way nothing after these headers is ever served.
-      const message = contentLengthCount > 1 ? 'A request must not have more than one Content-Length header' : 'Content-Length must be a number of bytes';
+      const message =
+        contentLengthCount > 1 ? 'A request must not have more than one Content-Length header' : 'Content-Length must be a number of bytes';
       setImmediate(() => fail(new AppError('bad_request', message), true));
       return;
     }
