@@ -25,8 +25,4 @@ export class MemoryBudget {
       },
     };
   }
-
-  get inUse(): number {
-    return this.used;
-  }
 }
