@@ -125,6 +125,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const http = mountRoutes(app, routes, {
     logger,
     maxJsonBodyBytes: config.maxJsonBodyBytes,
+    maxUploadMemoryBytes: config.maxUploadMemoryBytes,
     authenticate: (token) => authService.authenticate(token),
   });
 

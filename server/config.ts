@@ -29,7 +29,11 @@ const SETTINGS = {
   maxAvatarPixels: { flag: 'max-avatar-pixels', env: 'PLEXICHAT_MAX_AVATAR_PIXELS' },
   maxAvatarFrames: { flag: 'max-avatar-frames', env: 'PLEXICHAT_MAX_AVATAR_FRAMES' },
   avatarJobs: { flag: 'avatar-jobs', env: 'PLEXICHAT_AVATAR_JOBS' },
+  maxUploadMemoryBytes: { flag: 'max-upload-memory-bytes', env: 'PLEXICHAT_MAX_UPLOAD_MEMORY_BYTES' },
 } as const;
+
+/** Room for multipart boundaries and part headers around an avatar file of the maximum size. */
+export const MULTIPART_OVERHEAD_BYTES = 64 * 1024;
 
 type SettingName = keyof typeof SETTINGS;
 
@@ -66,6 +70,15 @@ const configSchema = z.object({
   maxAvatarFrames: intInRange(1, 10_000).default(200),
   /** Avatar images processed at once; each may hold up to maxAvatarPixels × 4 bytes decoded. */
   avatarJobs: intInRange(1, 64).default(2),
+  /**
+   * Upload bodies buffered at once, over all requests (each counted by its Content-Length, or the
+   * route's maximum when chunked); an upload that does not fit is answered 503 before it is read.
+   */
+  maxUploadMemoryBytes: intInRange(64 * 1024, 64 * 1024 * 1024 * 1024).default(64 * 1024 * 1024),
+}).refine((config) => config.maxUploadMemoryBytes >= config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES, {
+  // Smaller, and the largest avatar the server accepts could never be uploaded.
+  message: `must be at least --max-avatar-bytes + ${MULTIPART_OVERHEAD_BYTES} (room for one upload of the largest avatar)`,
+  path: ['maxUploadMemoryBytes'],
 });
 
 export type Config = Omit<z.infer<typeof configSchema>, 'publicUrl'> & {

@@ -31,6 +31,8 @@ export const ERROR_CATALOGUE = {
   invalid_credentials: { status: 401, error: 'Invalid credentials' },
   unauthorized: { status: 401, error: 'Unauthorized' },
   // Generic HTTP failures.
+  // Framing the server will not guess at (e.g. two Content-Length headers): the connection is closed.
+  bad_request: { status: 400, error: 'Bad request' },
   invalid_json: { status: 400, error: 'Invalid JSON' },
   not_found: { status: 404, error: 'Not found' },
   method_not_allowed: { status: 405, error: 'Method not allowed' },

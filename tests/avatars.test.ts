@@ -2,6 +2,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
+import { once } from 'node:events';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import sharp from 'sharp';
 import { startServer, registerUser, spawnServer, tempDir, Api, type TestServer, type TestUser } from './helpers/server.ts';
@@ -233,12 +234,15 @@ test('a 30 MiB body is refused without the server buffering it', { timeout: 60_0
     const peakBefore = peakRss(proc.child.pid!);
 
     const size = 30 * 1024 * 1024;
-    const pauseAfter = 8 * 1024 * 1024 + 1024 * 1024;
+    // Past the limit (8 MiB + 64 KiB of multipart room) the server reads and discards up to the
+    // limit again, so that a client still sending can read its answer; one byte more and it stops
+    // reading and answers.
+    const pauseAfter = 2 * (8 * 1024 * 1024 + 64 * 1024) + 1;
     const declared = await offerUpload(proc.url, u.token, size, false, pauseAfter);
     assert.match(declared, /^HTTP\/1\.1 400 /, 'declared length over the limit: refused');
     assert.match(declared, /"code":"file_too_large"/);
     const chunked = await offerUpload(proc.url, u.token, size, true, pauseAfter);
-    assert.match(chunked, /^HTTP\/1\.1 400 /, 'chunked: refused once the limit is passed');
+    assert.match(chunked, /^HTTP\/1\.1 400 /, 'chunked: refused once the discard bound is passed');
     assert.match(chunked, /"code":"file_too_large"/);
     assert.equal((await api.get('/health')).status, 200);
 
@@ -250,6 +254,64 @@ test('a 30 MiB body is refused without the server buffering it', { timeout: 60_0
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
 });
+
+test('an upload over the limit gets its documented 400 through fetch(), with or without Content-Length', { timeout: 60_000 }, async () => {
+  // Its own process: in this one, client and server share an event loop and take turns, which
+  // hides what a real client sees (its write failing with EPIPE on a connection closed under it).
+  const dataDir = tempDir();
+  const proc = await spawnServer(['--port', '0', '--data-dir', dataDir, '--auth-rate-limit', '0']);
+  try {
+    const api = new Api(proc.url);
+    const u = await registerUser(api);
+    const expected = { error: 'File too large', code: 'file_too_large', message: 'The upload exceeds the 8388608-byte file limit' };
+    // 12 MiB: over the 8 MiB limit, but within what the server reads and discards before answering.
+    const big = new Uint8Array(12 * 1024 * 1024);
+    for (let attempt = 1; attempt <= 3; attempt += 1) {
+      const declared = await upload<ErrorBody>(api, u.token, form(big, 'image/png'));
+      assert.equal(declared.status, 400, `attempt ${attempt}`);
+      assert.deepEqual(declared.body, expected);
+    }
+    // A stream body has no length to declare: fetch sends it chunked.
+    const streamed = await fetch(`${proc.url}/users/@me/avatar`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${u.token}`, 'content-type': 'multipart/form-data; boundary=b' },
+      body: zeroStream(12 * 1024 * 1024),
+      duplex: 'half',
+    });
+    assert.equal(streamed.status, 400);
+    assert.deepEqual(await streamed.json(), expected);
+    // Refusals decided before the body is read are readable too: a stale token with a photo.
+    const stale = await fetch(`${proc.url}/users/@me/avatar`, {
+      method: 'POST',
+      headers: { authorization: 'Bearer pxc_stale' },
+      body: form(big, 'image/png'),
+    });
+    assert.equal(stale.status, 401);
+    assert.deepEqual(await stale.json(), { error: 'Unauthorized', code: 'unauthorized', message: 'A valid bearer token is required' });
+    // JSON routes follow the same rule: 1.5 MiB against the 1 MiB limit.
+    const json = await api.patch<ErrorBody>('/users/@me', { token: u.token, json: { username: 'x'.repeat(1536 * 1024) } });
+    assert.equal(json.status, 413);
+    assert.deepEqual(json.body, { error: 'Payload too large', code: 'payload_too_large', message: 'Request body exceeds 1048576 bytes' });
+    assert.equal((await api.get('/health')).status, 200);
+  } finally {
+    proc.child.kill('SIGTERM');
+    await once(proc.child, 'exit');
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
+/** `size` zero bytes as a stream of 64 KiB chunks, produced as the reader pulls them. */
+function zeroStream(size: number): ReadableStream<Uint8Array> {
+  let left = size;
+  return new ReadableStream({
+    pull(controller) {
+      const n = Math.min(left, 64 * 1024);
+      left -= n;
+      if (n > 0) controller.enqueue(new Uint8Array(n));
+      if (left === 0) controller.close();
+    },
+  });
+}
 
 test('20 concurrent uploads all succeed and the server stays responsive', async () => {
   const users = await Promise.all([1, 2, 3, 4].map(() => registerUser(srv.api)));
@@ -423,6 +485,48 @@ test('upload needs auth, multipart/form-data and a file field', async () => {
   assert.equal(garbled.body.code, 'invalid_input');
 });
 
+test('multipart parameters as RFC 2046 allows them: a quoted boundary, other parameters, any case', async () => {
+  const png = await makePng();
+  const cases: [string, string][] = [
+    ['quoted', 'multipart/form-data; boundary="plexi-quoted"'],
+    ['quoted with a space and specials', `multipart/form-data; boundary="plexi 'quoted' (+_,-./:=?)"`],
+    ['after another parameter', 'multipart/form-data; charset=utf-8; boundary=plexi-after'],
+    ['before another parameter', 'multipart/form-data; boundary=plexi-before; charset=utf-8'],
+    ['any case, no space', 'Multipart/Form-Data;BOUNDARY=plexi-case'],
+  ];
+  for (const [label, contentType] of cases) {
+    const boundary = /boundary="([^"]*)"/i.exec(contentType)?.[1] ?? (/boundary=([^;]*)/i.exec(contentType)?.[1] as string);
+    const body = multipartBody(boundary, 'file', png);
+    const response = await fetch(`${srv.url}/users/@me/avatar`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${user.token}`, 'content-type': contentType },
+      body,
+    });
+    const answer = (await response.json()) as AvatarUploadResponse;
+    assert.equal(response.status, 200, `${label}: ${JSON.stringify(answer)}`);
+    assert.equal(answer.width, 256, label);
+  }
+  // Not a boundary RFC 2046 allows (empty, too long, unterminated quote): not multipart at all.
+  const refused = ['multipart/form-data; boundary=""', `multipart/form-data; boundary=${'b'.repeat(71)}`, 'multipart/form-data; boundary="open'];
+  for (const contentType of refused) {
+    const res = await srv.api.post<ErrorBody>('/users/@me/avatar', {
+      token: user.token,
+      raw: multipartBody('open', 'file', png),
+      headers: { 'content-type': contentType },
+    });
+    assert.equal(res.status, 415, contentType);
+    assert.equal(res.body.code, 'unsupported_media_type', contentType);
+  }
+});
+
+function multipartBody(boundary: string, field: string, bytes: Uint8Array): Uint8Array {
+  return Buffer.concat([
+    Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${field}"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n`),
+    bytes,
+    Buffer.from(`\r\n--${boundary}--\r\n`),
+  ]);
+}
+
 /** Peak resident memory of a process (VmHWM), in bytes. */
 function peakRss(pid: number): number {
   const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -434,10 +538,10 @@ function peakRss(pid: number): number {
 /**
  * Offers a `size`-byte avatar upload over a raw socket, declared by Content-Length or chunked.
  * Declared: only the headers are sent, so an answer proves the server refused before reading.
- * Chunked: the body is streamed (with backpressure) until `pauseAfter` bytes, more than the server
- * may accept, then the client waits for the answer; it does not keep writing into a socket the
- * server is closing, where a reset could swallow the answer. A server that kept reading would
- * never answer, and the test would time out.
+ * Chunked: exactly `pauseAfter` bytes of the body are streamed (with backpressure), more than the
+ * server may read, then the client waits for the answer. It does not keep writing into a socket
+ * the server is closing: bytes the server never read make its close a reset, which could swallow
+ * the answer. A server that kept reading would never answer, and the test would time out.
  */
 function offerUpload(url: string, token: string, size: number, chunked: boolean, pauseAfter: number): Promise<string> {
   const { hostname, port } = new URL(url);
@@ -454,10 +558,13 @@ function offerUpload(url: string, token: string, size: number, chunked: boolean,
       );
       if (!chunked) return;
       let sent = 0;
+      const total = Math.min(size, pauseAfter);
       const pump = () => {
-        while (response === '' && sent < Math.min(size, pauseAfter)) {
-          sent += chunk.length;
-          if (!socket.write(framed)) {
+        while (response === '' && sent < total) {
+          const n = Math.min(chunk.length, total - sent);
+          sent += n;
+          const bytes = n === chunk.length ? framed : Buffer.from(`${n.toString(16)}\r\n${'A'.repeat(n)}\r\n`);
+          if (!socket.write(bytes)) {
             socket.once('drain', pump);
             return;
           }

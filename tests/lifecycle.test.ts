@@ -63,7 +63,7 @@ test('close() lets a request in flight finish, then refuses connections', async 
   const socket = net.connect(Number(port), hostname);
   await once(socket, 'connect');
   const body = JSON.stringify({ allow_dms_from: 'none' });
-  socket.write(`PATCH /users/@me/messaging-settings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${user.token}\r\nContent-Length: ${body.length}\r\n\r\n`);
+  socket.write(`PATCH /users/@me/messaging-settings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${user.token}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
   socket.write(body.slice(0, 5));
   // A round trip on another connection: by its answer the server has read our first bytes.
   assert.equal((await srv.api.get('/health')).status, 200);

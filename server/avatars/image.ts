@@ -5,7 +5,15 @@ import type { Metadata } from 'sharp';
  * avatar upload, not at start-up (Node caches the module after that).
  */
 async function loadSharp(): Promise<(typeof import('sharp'))['default']> {
-  return (await import('sharp')).default;
+  const sharp = (await import('sharp')).default;
+  // Process-wide libvips settings, set on every load because they are cheap and idempotent:
+  // - no operation cache: every upload is a different image, so the cache never hits; it only
+  //   keeps up to 50 MB of earlier inputs and results alive after a burst;
+  // - one libvips thread per image (JobQueue already runs several at once): every extra thread
+  //   gets its own malloc arena, whose freed memory glibc rarely gives back.
+  sharp.cache(false);
+  sharp.concurrency(1);
+  return sharp;
 }
 import { AVATAR_SIZE } from '../../shared/schemas/avatars.ts';
 import { AppError } from '../http/app-error.ts';

@@ -1,9 +1,7 @@
 import { AppError } from '../http/app-error.ts';
 import { Reply, route, type Route } from '../http/route.ts';
+import { MULTIPART_OVERHEAD_BYTES } from '../config.ts';
 import type { AvatarsService } from './service.ts';
-
-/** Room for multipart boundaries and part headers around a file of the maximum size. */
-const MULTIPART_OVERHEAD_BYTES = 64 * 1024;
 
 /** `avatar_url` carries `?v=<hash prefix>`: a URL that names one image may be cached for good. */
 const IMMUTABLE = 'public, max-age=31536000, immutable';
