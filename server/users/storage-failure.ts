@@ -18,7 +18,7 @@ export function unavailableOnStorageFailure(logger: Logger, error: unknown, mess
 }
 
 /** The messages of those answers, one per kind of operation; each says what did not happen. */
-const FAILING = "the server's storage is failing or full right now (disk full, I/O error, or no file handle left to open it); try again later";
+const FAILING = "the server's storage is failing right now (disk full, I/O error or no file handle left); try again later";
 export const STORAGE_FAILURE = {
   read: `Could not read: ${FAILING}`,
   write: `The change was not saved: ${FAILING}`,
