@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { once } from 'node:events';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { Api, registerUser, spawnServer, startServer, tempDir } from './helpers/server.ts';
 import { notesChannelOf, openDevice, rawSocket, synced, until } from './helpers/sync.ts';
 import { mountTmpfs } from './fixtures/tmpfs.ts';
@@ -36,22 +36,9 @@ test('out of file descriptors: a request that needs another user file gets 503 w
     await once(first.child, 'exit');
 
     const limit = 100;
-    const child = spawn('prlimit', [`--nofile=${limit}:${limit}`, process.execPath, '--import', 'tsx', 'server/main.ts', '--port', '0', '--data-dir', dir, '--log-level', 'warn'], {
-      cwd: path.resolve(import.meta.dirname, '..'),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    t.after(() => child.kill('SIGKILL'));
-    let output = '';
-    const url = await new Promise<string>((resolve, reject) => {
-      const onData = (chunk: Buffer) => {
-        output += chunk.toString();
-        const match = /listening on (http:\/\/[^"\s]+)/.exec(output);
-        if (match) resolve(match[1] as string);
-      };
-      child.stdout.on('data', onData);
-      child.stderr.on('data', onData);
-      child.once('exit', (code) => reject(new Error(`server exited with ${code}: ${output}`)));
-    });
+    const server = await spawnServer(['--port', '0', '--data-dir', dir, '--log-level', 'warn'], {}, ['prlimit', `--nofile=${limit}:${limit}`]);
+    t.after(() => server.child.kill('SIGKILL'));
+    const { child, url } = server;
     const api = new Api(url);
     const descriptors = () => fs.readdirSync(`/proc/${child.pid}/fd`).length;
     // Each user online holds a socket and its user file (three descriptors): fill up to the limit.
@@ -79,7 +66,7 @@ test('out of file descriptors: a request that needs another user file gets 503 w
       assert.ok(answered === 200 || answered === 503, `answered ${answered}`);
     }
     assert.equal(answered, 200);
-    assert.doesNotMatch(output, /"level":50/, 'no error was logged (a bug would be)');
+    assert.doesNotMatch(server.output(), /"level":50/, 'no error was logged (a bug would be)');
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -2,7 +2,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as Y from 'yjs';
 import { startServer, registerUser, type TestServer } from './helpers/server.ts';
-import { openDevice, rawSocket, closeEvent, synced, until, frameOf } from './helpers/sync.ts';
+import { openDevice, rawSocket, closeEvent, synced, until, frameOf, whenStored } from './helpers/sync.ts';
 import { CLOSE_CODES, type ErrorBody, type Message, type NotesChannel, type UserSettings } from '../shared/index.ts';
 
 let srv: TestServer;
@@ -201,12 +201,7 @@ test('PATCH replaces the text of a note a device formatted or embedded into, exa
       text.insertEmbed(0, { image: 'cat.png' });
       text.format(1, 5, { bold: true });
     });
-    const witness = openDevice(srv.url, channel, user.token);
-    try {
-      await until(witness.doc, (d) => d.getMap('messages').has('9001'), 'the note is stored');
-    } finally {
-      witness.destroy();
-    }
+    await whenStored(srv.url, channel, user.token, (d) => d.getMap('messages').has('9001'), 'the note is stored');
     const edited = await srv.api.patch<Message>(`/channels/${channel}/messages/9001`, { token: user.token, json: { content: 'hello there' } });
     assert.equal(edited.status, 200);
     assert.equal(edited.body.content, 'hello there');

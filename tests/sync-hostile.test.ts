@@ -6,7 +6,7 @@ import { once } from 'node:events';
 import * as Y from 'yjs';
 import * as encoding from 'lib0/encoding';
 import { Api, registerUser, spawnServer, startServer, tempDir, type TestServer, type TestUser } from './helpers/server.ts';
-import { closeEvent, frameOf, notesChannelOf, openDevice, rawSocket, synced, until } from './helpers/sync.ts';
+import { closeEvent, frameOf, notesChannelOf, openDevice, rawSocket, synced, until, whenStored } from './helpers/sync.ts';
 import { countRows, forwardReferenceUpdate, orphanTextUpdate, storeRawUpdates, unknownDeletesUpdate } from './helpers/hostile.ts';
 import { readMessage } from '../shared/sync-codec.ts';
 import { CLOSE_CODES, insertNote, listNotes, type Message, type NotesChannel, type UserSettings } from '../shared/index.ts';
@@ -65,12 +65,7 @@ test('an update Yjs cannot apply closes only its sender with 4400: nothing store
     } finally {
       fresh.destroy();
     }
-    const witness = openDevice(srv.url, 'settings', other.token);
-    try {
-      await until(witness.doc, (d) => d.getMap('settings').get('theme') === 'dark', 'the bystander write is stored');
-    } finally {
-      witness.destroy();
-    }
+    await whenStored(srv.url, 'settings', other.token, (d) => d.getMap('settings').get('theme') === 'dark', 'the bystander write is stored');
     const settings = await srv.api.get<UserSettings>('/users/@me/settings', { token: other.token });
     assert.deepEqual(settings.body, { theme: 'dark' });
   } finally {
@@ -113,13 +108,7 @@ test('settings written over sync must be plain JSON within the limits: anything 
     await synced(device);
     device.doc.getMap('settings').set('deep', JSON.parse('['.repeat(32) + ']'.repeat(32)) as unknown);
     device.doc.getMap('settings').set('theme', 'dark');
-    await until(device.doc, () => true);
-    const witness = openDevice(srv.url, 'settings', user.token);
-    try {
-      await until(witness.doc, (d) => d.getMap('settings').get('theme') === 'dark', 'the valid writes are stored');
-    } finally {
-      witness.destroy();
-    }
+    await whenStored(srv.url, 'settings', user.token, (d) => d.getMap('settings').get('theme') === 'dark', 'the valid writes are stored');
   } finally {
     device.destroy();
   }
@@ -227,12 +216,7 @@ test('updates that would leave work pending for every later update are refused (
   try {
     await synced(device);
     for (let i = 0; i < 20; i += 1) device.doc.transact(() => insertNote(device.doc, { id: String(7200 + i), content: `n${i}`, created_at: i }));
-    const witness = openDevice(srv.url, channel, user.token);
-    try {
-      await until(witness.doc, (d) => listNotes(d).length === 20, 'all 20 notes arrive');
-    } finally {
-      witness.destroy();
-    }
+    await whenStored(srv.url, channel, user.token, (d) => listNotes(d).length === 20, 'all 20 notes arrive');
   } finally {
     device.destroy();
   }
@@ -264,12 +248,7 @@ test('deletions of 400,000 unknown clients do not stall other users', async () =
     try {
       await synced(device);
       for (let i = 0; i < 20; i += 1) device.doc.transact(() => insertNote(device.doc, { id: String(7300 + i), content: 'x', created_at: i }));
-      const witness = openDevice(server.url, channel, attacker.token);
-      try {
-        await until(witness.doc, (d) => listNotes(d).length === 20, 'all 20 notes arrive');
-      } finally {
-        witness.destroy();
-      }
+      await whenStored(server.url, channel, attacker.token, (d) => listNotes(d).length === 20, 'all 20 notes arrive');
     } finally {
       device.destroy();
     }

@@ -113,9 +113,13 @@ export interface ServerProcess {
   output: () => string;
 }
 
-/** Runs `server/main.ts` as its own process (for signals, kill -9 and start-up checks). */
-export async function spawnServer(args: string[], env: NodeJS.ProcessEnv = {}): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts', ...args], {
+/**
+ * Runs `server/main.ts` as its own process (for signals, kill -9 and start-up checks). `wrapper`
+ * is a command the server runs under, e.g. `['prlimit', '--nofile=100:100']`.
+ */
+export async function spawnServer(args: string[], env: NodeJS.ProcessEnv = {}, wrapper: string[] = []): Promise<ServerProcess> {
+  const command = [...wrapper, process.execPath, '--import', 'tsx', 'server/main.ts', ...args];
+  const child = spawn(command[0] as string, command.slice(1), {
     cwd: path.resolve(import.meta.dirname, '../..'),
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

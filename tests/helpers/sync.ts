@@ -66,6 +66,19 @@ export function until(doc: Y.Doc, predicate: (doc: Y.Doc) => boolean, label = 'c
   });
 }
 
+/**
+ * Waits until a fresh device, connected now, sees `predicate` hold. The server relays and serves
+ * only what it has stored, so what a new device receives is what is stored.
+ */
+export async function whenStored(baseUrl: string, docName: string, token: string, predicate: (doc: Y.Doc) => boolean, label: string): Promise<void> {
+  const witness = openDevice(baseUrl, docName, token);
+  try {
+    await until(witness.doc, predicate, label);
+  } finally {
+    witness.destroy();
+  }
+}
+
 export async function notesChannelOf(api: Api, user: TestUser): Promise<string> {
   const res = await api.get<NotesChannel>('/users/@me/notes', { token: user.token });
   if (res.status !== 200) throw new Error(`notes channel: ${res.status} ${res.text}`);
