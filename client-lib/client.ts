@@ -41,7 +41,10 @@ export interface ListMessagesRequest {
   before?: string;
 }
 
-export type FetchLike = (input: string, init: { method: string; headers: Record<string, string>; body?: string | Uint8Array | Blob | FormData }) => Promise<Response>;
+export type FetchLike = (
+  input: string,
+  init: { method: string; headers: Record<string, string>; body?: string | Uint8Array | Blob | FormData },
+) => Promise<Response>;
 
 export interface PlexichatClientOptions {
   /** e.g. https://chat.example.org (no trailing slash needed). */

@@ -103,9 +103,7 @@ export class Settings extends SyncedDoc<SettingsChange> {
       throw new RangeError(`Settings may hold at most ${SETTINGS_MAX_KEYS} keys and ${SETTINGS_TOTAL_MAX_BYTES} bytes of JSON`);
     }
     // Only real changes make an update: setting a key to what it already holds sends nothing.
-    const changes = entries.filter(([key, value]) =>
-      value === null ? map.has(key) : !map.has(key) || JSON.stringify(map.get(key)) !== JSON.stringify(value),
-    );
+    const changes = entries.filter(([key, value]) => (value === null ? map.has(key) : !map.has(key) || JSON.stringify(map.get(key)) !== JSON.stringify(value)));
     if (changes.length === 0) return;
     this.doc.transact(() => {
       for (const [key, value] of changes) {

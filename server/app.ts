@@ -1,6 +1,5 @@
 import type { Config } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
-import { AppError } from './http/app-error.ts';
 import { mountRoutes } from './http/dispatch.ts';
 import { route, type Route } from './http/route.ts';
 import { closeAllSockets, createApp, listen, stopListening } from './http/uws.ts';
@@ -129,7 +128,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     authenticate: (token) => authService.authenticate(token),
   });
 
-  let listening;
+  let listening: Awaited<ReturnType<typeof listen>>;
   try {
     listening = await listen(app, config.host, config.port);
   } catch (error) {
@@ -160,5 +159,3 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     },
   };
 }
-
-export { AppError };

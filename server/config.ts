@@ -39,47 +39,49 @@ type SettingName = keyof typeof SETTINGS;
 
 const intInRange = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 
-const configSchema = z.object({
-  port: intInRange(0, 65535).default(8080),
-  host: z.string().min(1).default('127.0.0.1'),
-  dataDir: z.string().min(1).default('./data'),
-  publicUrl: z
-    .url({ protocol: /^https?$/, message: 'must be an http(s) URL' })
-    .transform((url) => url.replace(/\/+$/, ''))
-    .optional(),
-  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  workerId: intInRange(0, MAX_WORKER_ID).default(0),
-  maxOpenUserFiles: intInRange(2, 100_000).default(256),
-  maxJsonBodyBytes: intInRange(1024, 64 * 1024 * 1024).default(1024 * 1024),
-  /** Login/register attempts per client address per minute (0 disables the limit). */
-  authRateLimit: intInRange(0, 1_000_000).default(30),
-  maxSyncMessageBytes: intInRange(1024, 1024 * 1024 * 1024).default(16 * 1024 * 1024),
-  maxSyncConnectionsPerUser: intInRange(1, 100_000).default(32),
-  maxSyncBackpressureBytes: intInRange(64 * 1024, 1024 * 1024 * 1024).default(32 * 1024 * 1024),
-  /** How long a document stays in memory after its last socket or REST call leaves. */
-  docUnloadDelayMs: intInRange(0, 3_600_000).default(5000),
-  /** Compaction folds the update log into a snapshot once it holds this many updates or bytes. */
-  compactAfterUpdates: intInRange(1, 100_000_000).default(1000),
-  compactAfterBytes: intInRange(1, 1024 * 1024 * 1024).default(1024 * 1024),
-  compactDebounceMs: intInRange(0, 3_600_000).default(2000),
-  compactMaxWaitMs: intInRange(0, 3_600_000).default(20_000),
-  /** Largest accepted avatar file (the uploaded bytes, before processing). */
-  maxAvatarBytes: intInRange(1024, 64 * 1024 * 1024).default(8 * 1024 * 1024),
-  /** Width × height × frames an avatar may decode to; checked from the header, before decoding. */
-  maxAvatarPixels: intInRange(256 * 256, 268_402_689).default(40_000_000),
-  maxAvatarFrames: intInRange(1, 10_000).default(200),
-  /** Avatar images processed at once; each may hold up to maxAvatarPixels × 4 bytes decoded. */
-  avatarJobs: intInRange(1, 64).default(2),
-  /**
-   * Upload bodies buffered at once, over all requests (each counted by its Content-Length, or the
-   * route's maximum when chunked); an upload that does not fit is answered 503 before it is read.
-   */
-  maxUploadMemoryBytes: intInRange(64 * 1024, 64 * 1024 * 1024 * 1024).default(64 * 1024 * 1024),
-}).refine((config) => config.maxUploadMemoryBytes >= config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES, {
-  // Smaller, and the largest avatar the server accepts could never be uploaded.
-  message: `must be at least --max-avatar-bytes + ${MULTIPART_OVERHEAD_BYTES} (room for one upload of the largest avatar)`,
-  path: ['maxUploadMemoryBytes'],
-});
+const configSchema = z
+  .object({
+    port: intInRange(0, 65535).default(8080),
+    host: z.string().min(1).default('127.0.0.1'),
+    dataDir: z.string().min(1).default('./data'),
+    publicUrl: z
+      .url({ protocol: /^https?$/, message: 'must be an http(s) URL' })
+      .transform((url) => url.replace(/\/+$/, ''))
+      .optional(),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    workerId: intInRange(0, MAX_WORKER_ID).default(0),
+    maxOpenUserFiles: intInRange(2, 100_000).default(256),
+    maxJsonBodyBytes: intInRange(1024, 64 * 1024 * 1024).default(1024 * 1024),
+    /** Login/register attempts per client address per minute (0 disables the limit). */
+    authRateLimit: intInRange(0, 1_000_000).default(30),
+    maxSyncMessageBytes: intInRange(1024, 1024 * 1024 * 1024).default(16 * 1024 * 1024),
+    maxSyncConnectionsPerUser: intInRange(1, 100_000).default(32),
+    maxSyncBackpressureBytes: intInRange(64 * 1024, 1024 * 1024 * 1024).default(32 * 1024 * 1024),
+    /** How long a document stays in memory after its last socket or REST call leaves. */
+    docUnloadDelayMs: intInRange(0, 3_600_000).default(5000),
+    /** Compaction folds the update log into a snapshot once it holds this many updates or bytes. */
+    compactAfterUpdates: intInRange(1, 100_000_000).default(1000),
+    compactAfterBytes: intInRange(1, 1024 * 1024 * 1024).default(1024 * 1024),
+    compactDebounceMs: intInRange(0, 3_600_000).default(2000),
+    compactMaxWaitMs: intInRange(0, 3_600_000).default(20_000),
+    /** Largest accepted avatar file (the uploaded bytes, before processing). */
+    maxAvatarBytes: intInRange(1024, 64 * 1024 * 1024).default(8 * 1024 * 1024),
+    /** Width × height × frames an avatar may decode to; checked from the header, before decoding. */
+    maxAvatarPixels: intInRange(256 * 256, 268_402_689).default(40_000_000),
+    maxAvatarFrames: intInRange(1, 10_000).default(200),
+    /** Avatar images processed at once; each may hold up to maxAvatarPixels × 4 bytes decoded. */
+    avatarJobs: intInRange(1, 64).default(2),
+    /**
+     * Upload bodies buffered at once, over all requests (each counted by its Content-Length, or the
+     * route's maximum when chunked); an upload that does not fit is answered 503 before it is read.
+     */
+    maxUploadMemoryBytes: intInRange(64 * 1024, 64 * 1024 * 1024 * 1024).default(64 * 1024 * 1024),
+  })
+  .refine((config) => config.maxUploadMemoryBytes >= config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES, {
+    // Smaller, and the largest avatar the server accepts could never be uploaded.
+    message: `must be at least --max-avatar-bytes + ${MULTIPART_OVERHEAD_BYTES} (room for one upload of the largest avatar)`,
+    path: ['maxUploadMemoryBytes'],
+  });
 
 export type Config = Omit<z.infer<typeof configSchema>, 'publicUrl'> & {
   /** Base of URLs the API returns; derived from host and port when not set. */
@@ -96,9 +98,7 @@ export class ConfigError extends Error {}
 
 /** Reads flags (argv without node and script) and environment; throws ConfigError with one line. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): Config {
-  const options = Object.fromEntries(
-    Object.values(SETTINGS).map((s) => [s.flag, { type: 'string' as const }]),
-  );
+  const options = Object.fromEntries(Object.values(SETTINGS).map((s) => [s.flag, { type: 'string' as const }]));
   let flags: Record<string, string | boolean | undefined>;
   try {
     flags = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean' } }, strict: true }).values;

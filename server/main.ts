@@ -1,10 +1,10 @@
-import { ConfigError, loadConfig, usage } from './config.ts';
+import { type Config, ConfigError, loadConfig, usage } from './config.ts';
 import { createLogger } from './log.ts';
-import { createServer } from './app.ts';
+import { createServer, type RunningServer } from './app.ts';
 
 /** Entry point: parse config, start, and shut down cleanly on SIGINT/SIGTERM. */
 async function main(): Promise<void> {
-  let config;
+  let config: Config;
   try {
     config = loadConfig(process.argv.slice(2));
   } catch (error) {
@@ -22,7 +22,7 @@ async function main(): Promise<void> {
     throw error;
   }
   const logger = createLogger(config.logLevel);
-  let server;
+  let server: RunningServer;
   try {
     server = await createServer(config, { logger });
   } catch (error) {

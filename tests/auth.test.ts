@@ -152,8 +152,8 @@ test('missing, malformed and unknown bearer tokens are 401 on every protected ro
     { authorization: 'Bearer' },
     { authorization: `Basic ${user.token}` },
     { authorization: `Bearer ${user.token}x` },
-    { authorization: 'Bearer pxc_' + 'A'.repeat(43) },
-    { authorization: 'Bearer ' + 'x'.repeat(600) },
+    { authorization: `Bearer pxc_${'A'.repeat(43)}` },
+    { authorization: `Bearer ${'x'.repeat(600)}` },
     { authorization: `Bearer ${user.token} extra` },
   ];
   const routes: [string, string][] = [
@@ -372,37 +372,33 @@ test('login and register on a full disk answer 503 with Retry-After, not 500; to
   }
 });
 
-test(
-  'a registration that cannot create its user file leaves no file behind',
-  { timeout: 30_000 },
-  async (t) => {
-    const mount = mountTmpfs({ sizeBytes: 8 * MiB, inodes: 2000 });
-    if ('skip' in mount) {
-      t.skip(mount.skip);
-      return;
-    }
-    const dataDir = path.join(mount.dir, 'data');
-    const full = await startServer({ dataDir });
-    try {
-      const user = await registerUser(full.api);
-      // A live sync socket pins the only other user file: closing idle files (which gives back
-      // their WAL and shared-memory inodes) cannot cure the shortage this time.
-      const { ws } = await rawSocket(`${full.url}/sync/settings?token=${user.token}`);
-      t.after(() => ws.terminate());
-      // Two inodes left: the new user file and its WAL can be created, its shared-memory file not.
-      // The directory still has room to grow, so the failure is in the user file alone.
-      const freeInodes = mount.fillInodes(2);
-      const res = await full.api.post<ErrorBody>('/auth/register', {
-        json: { username: 'NoInode', email: 'noinode@example.com', password: 'a fine passphrase' },
-      });
-      assert.equal(res.status, 503);
-      assert.equal(res.body.code, 'service_unavailable');
-      const leftovers = fs.readdirSync(path.join(dataDir, 'users')).filter((name) => !name.startsWith(`${user.id}.`));
-      assert.deepEqual(leftovers, [], 'files of an account that does not exist');
-      freeInodes();
-    } finally {
-      await full.close();
-      mount.unmount();
-    }
-  },
-);
+test('a registration that cannot create its user file leaves no file behind', { timeout: 30_000 }, async (t) => {
+  const mount = mountTmpfs({ sizeBytes: 8 * MiB, inodes: 2000 });
+  if ('skip' in mount) {
+    t.skip(mount.skip);
+    return;
+  }
+  const dataDir = path.join(mount.dir, 'data');
+  const full = await startServer({ dataDir });
+  try {
+    const user = await registerUser(full.api);
+    // A live sync socket pins the only other user file: closing idle files (which gives back
+    // their WAL and shared-memory inodes) cannot cure the shortage this time.
+    const { ws } = await rawSocket(`${full.url}/sync/settings?token=${user.token}`);
+    t.after(() => ws.terminate());
+    // Two inodes left: the new user file and its WAL can be created, its shared-memory file not.
+    // The directory still has room to grow, so the failure is in the user file alone.
+    const freeInodes = mount.fillInodes(2);
+    const res = await full.api.post<ErrorBody>('/auth/register', {
+      json: { username: 'NoInode', email: 'noinode@example.com', password: 'a fine passphrase' },
+    });
+    assert.equal(res.status, 503);
+    assert.equal(res.body.code, 'service_unavailable');
+    const leftovers = fs.readdirSync(path.join(dataDir, 'users')).filter((name) => !name.startsWith(`${user.id}.`));
+    assert.deepEqual(leftovers, [], 'files of an account that does not exist');
+    freeInodes();
+  } finally {
+    await full.close();
+    mount.unmount();
+  }
+});

@@ -180,8 +180,14 @@ test('a block either way refuses the DM both ways, with the same body as "none";
   }
 
   // The conversation's history stays listed on both sides.
-  assert.deepEqual((await list(a)).map((c) => c.id), [channel.id]);
-  assert.deepEqual((await list(b)).map((c) => c.id), [channel.id]);
+  assert.deepEqual(
+    (await list(a)).map((c) => c.id),
+    [channel.id],
+  );
+  assert.deepEqual(
+    (await list(b)).map((c) => c.id),
+    [channel.id],
+  );
 
   await unrelate(a, b.id);
   const reopened = await open(b, { recipient_id: a.id });
@@ -198,14 +204,18 @@ test('a block either way refuses the DM both ways, with the same body as "none";
 test('10 concurrent opens of one pair from both sides yield one channel', async () => {
   const a = await registerUser(srv.api);
   const b = await registerUser(srv.api);
-  const results = await Promise.all(
-    Array.from({ length: 10 }, (_, i) => (i % 2 === 0 ? open(a, { recipient_id: b.id }) : open(b, { recipient_id: a.id }))),
-  );
+  const results = await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 === 0 ? open(a, { recipient_id: b.id }) : open(b, { recipient_id: a.id }))));
   for (const res of results) assert.equal(res.status, 200);
   const ids = new Set(results.map((res) => res.body.id));
   assert.equal(ids.size, 1);
-  assert.deepEqual((await list(a)).map((c) => c.id), [...ids]);
-  assert.deepEqual((await list(b)).map((c) => c.id), [...ids]);
+  assert.deepEqual(
+    (await list(a)).map((c) => c.id),
+    [...ids],
+  );
+  assert.deepEqual(
+    (await list(b)).map((c) => c.id),
+    [...ids],
+  );
 });
 
 test('channels and relationships survive a restart', async () => {
@@ -220,10 +230,16 @@ test('channels and relationships survive a restart', async () => {
 
     const second = await startServer({ dataDir });
     try {
-      assert.deepEqual((await list(b, second)).map((c) => c.id), [channel.id]);
+      assert.deepEqual(
+        (await list(b, second)).map((c) => c.id),
+        [channel.id],
+      );
       assert.deepEqual((await open(b, { recipient_id: a.id }, second)).body, CANNOT_MESSAGE);
       const rels = await second.api.get<{ id: string; type: string }[]>('/users/@me/relationships', { token: a.token });
-      assert.deepEqual(rels.body.map((r) => [r.id, r.type]), [[b.id, 'block']]);
+      assert.deepEqual(
+        rels.body.map((r) => [r.id, r.type]),
+        [[b.id, 'block']],
+      );
     } finally {
       await second.close();
     }

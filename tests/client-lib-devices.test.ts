@@ -72,14 +72,18 @@ test('three devices, a seeded random schedule of edits, disconnects, restarts an
     for (const op of schedule) {
       switch (op.kind) {
         case 'add': {
-          const token = `t${(counter += 1)}`;
+          counter += 1;
+          const token = `t${counter}`;
           tokenNote.set(token, notes(op.device).add(token));
           break;
         }
         case 'append': {
-          const list = notes(op.device).list().filter((n) => !removed.has(n.id));
+          const list = notes(op.device)
+            .list()
+            .filter((n) => !removed.has(n.id));
           const target = list[op.pick % Math.max(list.length, 1)];
-          const token = `t${(counter += 1)}`;
+          counter += 1;
+          const token = `t${counter}`;
           if (!target) {
             tokenNote.set(token, notes(op.device).add(token));
             break;
@@ -148,7 +152,10 @@ test('three devices, a seeded random schedule of edits, disconnects, restarts an
           assert.equal(final.has(id), false, `note ${id} was removed`);
           continue;
         }
-        assert.ok(final.get(id)?.split(' ').includes(token), `${token} is missing from note ${id}${acknowledged.has(token) ? ' (it had been acknowledged)' : ''}`);
+        assert.ok(
+          final.get(id)?.split(' ').includes(token),
+          `${token} is missing from note ${id}${acknowledged.has(token) ? ' (it had been acknowledged)' : ''}`,
+        );
       }
       assert.ok(tokenNote.size > 100, `${tokenNote.size} edits made`);
       assert.ok(acknowledged.size > 0, 'some edits were acknowledged before the end');
@@ -156,7 +163,10 @@ test('three devices, a seeded random schedule of edits, disconnects, restarts an
       const rest = await freshClient.listMessages(fresh.channelId, { limit: 100 });
       assert.deepEqual(
         rest.map((m) => [m.id, m.content]),
-        fresh.list().slice(0, 100).map((n) => [n.id, n.content]),
+        fresh
+          .list()
+          .slice(0, 100)
+          .map((n) => [n.id, n.content]),
       );
     } finally {
       await fresh.close();

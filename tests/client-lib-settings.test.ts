@@ -115,10 +115,7 @@ test('a REST PATCH reaches a device as a remote change, and a device write is wh
     device.on('change', (change) => changes.push(change));
     await client.updateSettings({ locale: 'pt-BR', 'layout:compact': true });
     await device.waitFor(() => device.get('locale') === 'pt-BR' && device.get('layout:compact') === true, 'the PATCH arrives');
-    assert.deepEqual(
-      changes.flatMap((c) => c.keys).sort(),
-      ['layout:compact', 'locale'],
-    );
+    assert.deepEqual(changes.flatMap((c) => c.keys).sort(), ['layout:compact', 'locale']);
     assert.ok(changes.every((c) => !c.local));
 
     await client.updateSettings({ locale: null });

@@ -36,7 +36,11 @@ async function exerciseStore(openStore: () => Promise<LocalStore>): Promise<void
   assert.ok(state.updates.length < 60, `${state.updates.length} records left`);
   // Every unacknowledged local record is still its own record.
   const pending = records.filter((r) => r.local && r.seq > 30).map((r) => r.seq);
-  for (const seq of pending) assert.ok(state.updates.some((r) => r.seq === seq && r.local), `pending record ${seq} kept`);
+  for (const seq of pending)
+    assert.ok(
+      state.updates.some((r) => r.seq === seq && r.local),
+      `pending record ${seq} kept`,
+    );
   // And the whole document comes back.
   const restored = new Y.Doc();
   if (state.snapshot) Y.applyUpdate(restored, state.snapshot);
@@ -76,7 +80,10 @@ test('notes edited offline on the IndexedDB store are all there after an app res
   first.add('second');
   await first.close();
   const second = await client.openNotes({ store: await openIndexedDbStore('offline-notes', { indexedDB: factory }), WebSocket, connect: false });
-  assert.deepEqual(second.list().map((n) => n.content), ['second', 'draft, edited offline']);
+  assert.deepEqual(
+    second.list().map((n) => n.content),
+    ['second', 'draft, edited offline'],
+  );
   assert.equal(second.pending, 3);
   assert.equal(second.status, 'offline');
   await second.close();

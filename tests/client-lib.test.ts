@@ -17,7 +17,7 @@ import {
   type LocalStore,
 } from '../client-lib/index.ts';
 import { startServer, registerUser, tempDir, type TestServer } from './helpers/server.ts';
-import { TEST_BACKOFF, WireCounter, clientFor, converged } from './helpers/client.ts';
+import { TEST_BACKOFF, WireCounter, clientFor } from './helpers/client.ts';
 import { CLOSE_CODES } from '../shared/index.ts';
 import { makePng } from './helpers/images.ts';
 
@@ -47,7 +47,10 @@ test('REST: register, me, settings and notes round-trip through the typed client
   const channel = await client.notesChannel();
   const created = await client.createMessage(channel.id, { content: 'from REST' });
   assert.equal((await client.updateMessage(channel.id, created.id, { content: 'edited' })).content, 'edited');
-  assert.deepEqual((await client.listMessages(channel.id, { limit: 10 })).map((m) => m.content), ['edited']);
+  assert.deepEqual(
+    (await client.listMessages(channel.id, { limit: 10 })).map((m) => m.content),
+    ['edited'],
+  );
   await client.deleteMessage(channel.id, created.id);
   assert.deepEqual(await client.listMessages(channel.id), []);
   const other = await registerUser(srv.api);
@@ -131,7 +134,10 @@ test('two devices edit live and converge; pending drops to 0 once the server sto
     await b.waitFor(() => b.get(id)?.content === 'HELLO world', 'setText on B');
     // REST sees the same document.
     const rest = await client.listMessages(a.channelId);
-    assert.deepEqual(rest.map((m) => [m.id, m.content]), [[id, 'HELLO world']]);
+    assert.deepEqual(
+      rest.map((m) => [m.id, m.content]),
+      [[id, 'HELLO world']],
+    );
     assert.equal(b.remove(id), true);
     await a.waitFor(() => a.get(id) === null, 'removal on A');
     assert.throws(() => a.add('   '), /white space/);
@@ -172,13 +178,19 @@ test('offline edits survive an app restart (file store) and are sent when the co
 
   // The app restarts still offline: everything is there, still pending.
   const second = await open(client, await openFileStore(file), { connect: false });
-  assert.deepEqual(second.list().map((n) => n.content), ['written offline 2', 'written offline 1, edited']);
+  assert.deepEqual(
+    second.list().map((n) => n.content),
+    ['written offline 2', 'written offline 1, edited'],
+  );
   assert.equal(second.pending, 3);
   assert.deepEqual(await client.listMessages(second.channelId), []);
   second.connect();
   await second.whenSynced();
   assert.equal(second.pending, 0);
-  assert.deepEqual((await client.listMessages(second.channelId)).map((m) => m.content), ['written offline 2', 'written offline 1, edited']);
+  assert.deepEqual(
+    (await client.listMessages(second.channelId)).map((m) => m.content),
+    ['written offline 2', 'written offline 1, edited'],
+  );
   await second.close();
 
   // Acknowledged state is remembered too: a restart has nothing pending.
@@ -240,10 +252,13 @@ test('the file store compacts its own log and keeps unacknowledged edits apart',
 
   const reopened = await openFileStore(file, { maxRecords: 1 });
   const state = await reopened.load();
-  assert.ok(state.updates.some((r) => r.local && r.seq > state.acked), 'the pending edit is still its own record');
+  assert.ok(
+    state.updates.some((r) => r.local && r.seq > state.acked),
+    'the pending edit is still its own record',
+  );
   await reopened.close();
   const again = await open(client, await openFileStore(file, { maxRecords: 1 }), { connect: false });
-  assert.equal(again.get(id)?.content, 'x' + 'y'.repeat(300));
+  assert.equal(again.get(id)?.content, `x${'y'.repeat(300)}`);
   assert.equal(again.get(offline)?.content, 'offline, unacknowledged');
   assert.equal(again.pending, 1);
   again.connect();
@@ -265,7 +280,10 @@ test('a revoked session (4401) stops retrying until the token changes, then resy
     assert.equal(notes.status, 'offline', 'no retry with the revoked token');
     await client.login({ login: user.username, password: user.password });
     await notes.whenSynced();
-    assert.deepEqual((await client.listMessages(notes.channelId)).map((m) => m.content), ['written while signed out']);
+    assert.deepEqual(
+      (await client.listMessages(notes.channelId)).map((m) => m.content),
+      ['written while signed out'],
+    );
   } finally {
     await notes.close();
   }
@@ -326,7 +344,10 @@ test('reconnects after a server restart (1012) and keeps pending edits', async (
 
 test('backoff: full jitter under an exponential ceiling that stops at the cap', () => {
   const options = { baseMs: 100, capMs: 5_000 };
-  assert.deepEqual([0, 1, 2, 3, 5, 6, 20].map((n) => backoffCeiling(n, options)), [100, 200, 400, 800, 3200, 5000, 5000]);
+  assert.deepEqual(
+    [0, 1, 2, 3, 5, 6, 20].map((n) => backoffCeiling(n, options)),
+    [100, 200, 400, 800, 3200, 5000, 5000],
+  );
 });
 
 test('backoff: full-jitter draws after failures, "soon" after 1012/4503, a stop on 4401 until retry()', async () => {

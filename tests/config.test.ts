@@ -49,12 +49,24 @@ test('avatar limits: defaults, flags and environment, validated', () => {
   assert.equal(defaults.maxAvatarPixels, 40_000_000);
   assert.equal(defaults.maxAvatarFrames, 200);
   assert.equal(defaults.avatarJobs, 2);
-  const set = loadConfig(['--max-avatar-bytes', '1048576', '--avatar-jobs', '4'], { PLEXICHAT_MAX_AVATAR_PIXELS: '1000000', PLEXICHAT_MAX_AVATAR_FRAMES: '50' });
+  const set = loadConfig(['--max-avatar-bytes', '1048576', '--avatar-jobs', '4'], {
+    PLEXICHAT_MAX_AVATAR_PIXELS: '1000000',
+    PLEXICHAT_MAX_AVATAR_FRAMES: '50',
+  });
   assert.equal(set.maxAvatarBytes, 1_048_576);
   assert.equal(set.maxAvatarPixels, 1_000_000);
   assert.equal(set.maxAvatarFrames, 50);
   assert.equal(set.avatarJobs, 4);
-  for (const argv of [['--max-avatar-bytes', '10'], ['--max-avatar-pixels', 'lots'], ['--max-avatar-frames', '0'], ['--avatar-jobs', '0']]) {
-    assert.throws(() => loadConfig(argv, {}), (error: unknown) => error instanceof ConfigError && error.message.includes(argv[0] as string), argv.join(' '));
+  for (const argv of [
+    ['--max-avatar-bytes', '10'],
+    ['--max-avatar-pixels', 'lots'],
+    ['--max-avatar-frames', '0'],
+    ['--avatar-jobs', '0'],
+  ]) {
+    assert.throws(
+      () => loadConfig(argv, {}),
+      (error: unknown) => error instanceof ConfigError && error.message.includes(argv[0] as string),
+      argv.join(' '),
+    );
   }
 });

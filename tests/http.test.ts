@@ -118,14 +118,40 @@ test('30+ hostile bodies on every JSON route never produce a 500', async () => {
   let nested: unknown = {};
   for (let i = 0; i < 2000; i += 1) nested = { a: nested };
   const bodies: unknown[] = [
-    null, true, false, 0, -1, 1e308, 'string', [], [1, 2], [{}], {},
-    { username: null }, { username: ['a'] }, { username: { $ne: 1 } }, { username: huge }, { username: 'a\u0000b' },
-    { email: 123 }, { email: huge + '@x.com' }, { email: 'a@b\u0000.com' },
-    { password: null }, { password: huge }, { password: {} },
-    { current_password: 42 }, { login: null, password: null }, { login: huge, password: huge },
-    { allow_dms_from: 7 }, { read_receipts_enabled: 'true' }, JSON.parse('{"__proto__": {"admin": true}}'),
-    { constructor: { prototype: { admin: true } } }, { 'a.b': 1 }, nested, { username: '💥💥💥' },
-    { username: '\ud800' }, { recipient_id: 1 },
+    null,
+    true,
+    false,
+    0,
+    -1,
+    1e308,
+    'string',
+    [],
+    [1, 2],
+    [{}],
+    {},
+    { username: null },
+    { username: ['a'] },
+    { username: { $ne: 1 } },
+    { username: huge },
+    { username: 'a\u0000b' },
+    { email: 123 },
+    { email: `${huge}@x.com` },
+    { email: 'a@b\u0000.com' },
+    { password: null },
+    { password: huge },
+    { password: {} },
+    { current_password: 42 },
+    { login: null, password: null },
+    { login: huge, password: huge },
+    { allow_dms_from: 7 },
+    { read_receipts_enabled: 'true' },
+    JSON.parse('{"__proto__": {"admin": true}}'),
+    { constructor: { prototype: { admin: true } } },
+    { 'a.b': 1 },
+    nested,
+    { username: '💥💥💥' },
+    { username: '\ud800' },
+    { recipient_id: 1 },
   ];
   const routes: [string, string, string | undefined][] = [
     ['POST', '/auth/register', undefined],
@@ -188,7 +214,12 @@ function unserialisableRoutes(): Route[] {
 }
 
 test('a result that cannot be serialised is a 500 on every path, and the server keeps serving', { timeout: 10_000 }, async () => {
-  const paths = [['GET', '/test/bigint-sync'], ['GET', '/test/bigint-async'], ['GET', '/test/bigint-reply'], ['POST', '/test/bigint-body']] as const;
+  const paths = [
+    ['GET', '/test/bigint-sync'],
+    ['GET', '/test/bigint-async'],
+    ['GET', '/test/bigint-reply'],
+    ['POST', '/test/bigint-body'],
+  ] as const;
   for (const [method, path] of paths) {
     const res = await srv.api.request<ErrorBody>(method, path, method === 'POST' ? { json: {} } : {});
     assert.equal(res.status, 500, path);
@@ -222,7 +253,10 @@ test('a failed answer still ends its request: shutdown does not wait for it', { 
 
 test('two Content-Length headers, or one that is not a number, are 400 Bad request and close the connection', { timeout: 10_000 }, async () => {
   const expected = { error: 'Bad request', code: 'bad_request', message: 'A request must not have more than one Content-Length header' };
-  for (const lengths of [['3', '5'], ['2', '2']]) {
+  for (const lengths of [
+    ['3', '5'],
+    ['2', '2'],
+  ]) {
     const answer = await rawExchange(
       srv.url,
       `POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${lengths.map((n) => `Content-Length: ${n}\r\n`).join('')}\r\n`,
@@ -247,8 +281,7 @@ test('two Content-Length headers, or one that is not a number, are 400 Bad reque
   for (const front of ['GET /health', 'POST /auth/login']) {
     const answer = await rawExchange(
       srv.url,
-      `${front} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
-        `Content-Length: 2\r\nContent-Length: ${2 + smuggled.length}\r\n\r\n{}${smuggled}`,
+      `${front} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` + `Content-Length: 2\r\nContent-Length: ${2 + smuggled.length}\r\n\r\n{}${smuggled}`,
     );
     assert.doesNotMatch(answer, /smuggled/, front);
     assert.equal(smuggledCalls, 0, `${front}: the smuggled request never reached a handler`);

@@ -21,7 +21,10 @@ test('--help prints the usage on stdout and exits 0', async () => {
   assert.match(output, /^usage: npm start -- \[options\]/);
   for (const flag of ['--port', '--data-dir', '--log-level', '--auth-rate-limit', '--avatar-jobs']) assert.match(output, new RegExp(`\\n  ${flag} `));
   // runServerToExit merges the two streams: check separately that all of it was on stdout.
-  const streams = spawnSync(process.execPath, ['--import', 'tsx', 'server/main.ts', '--help'], { cwd: path.resolve(import.meta.dirname, '..'), encoding: 'utf8' });
+  const streams = spawnSync(process.execPath, ['--import', 'tsx', 'server/main.ts', '--help'], {
+    cwd: path.resolve(import.meta.dirname, '..'),
+    encoding: 'utf8',
+  });
   assert.equal(streams.status, 0);
   assert.equal(streams.stdout, output);
   assert.equal(streams.stderr, '');
@@ -63,7 +66,9 @@ test('close() lets a request in flight finish, then refuses connections', async 
   const socket = net.connect(Number(port), hostname);
   await once(socket, 'connect');
   const body = JSON.stringify({ allow_dms_from: 'none' });
-  socket.write(`PATCH /users/@me/messaging-settings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${user.token}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+  socket.write(
+    `PATCH /users/@me/messaging-settings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${user.token}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`,
+  );
   socket.write(body.slice(0, 5));
   // A round trip on another connection: by its answer the server has read our first bytes.
   assert.equal((await srv.api.get('/health')).status, 200);
@@ -75,7 +80,7 @@ test('close() lets a request in flight finish, then refuses connections', async 
   await closed;
   assert.match(response, /^HTTP\/1\.1 200 /);
   assert.match(response, /"allow_dms_from":"none"/);
-  await assert.rejects(fetch(srv.url + '/health'));
+  await assert.rejects(fetch(`${srv.url}/health`));
 });
 
 test('a restart, even after kill -9, keeps every acknowledged write', async () => {

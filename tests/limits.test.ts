@@ -20,7 +20,9 @@ function hasPrlimit(): boolean {
   }
 }
 
-test('out of file descriptors: a request that needs another user file gets 503 with Retry-After, never 500, and it recovers', { timeout: 60_000 }, async (t) => {
+test('out of file descriptors: a request that needs another user file gets 503 with Retry-After, never 500, and it recovers', {
+  timeout: 60_000,
+}, async (t) => {
   if (process.platform !== 'linux' || !hasPrlimit()) {
     t.skip('needs Linux and prlimit (util-linux) to run the server under a low descriptor limit');
     return;
@@ -72,7 +74,9 @@ test('out of file descriptors: a request that needs another user file gets 503 w
   }
 });
 
-test('a change that cannot be stored (full disk) changes nothing: REST answers 503, devices are closed with 1011 and resend later, compaction never stores it', { timeout: 60_000 }, async (t) => {
+test('a change that cannot be stored (full disk) changes nothing: REST answers 503, devices are closed with 1011 and resend later, compaction never stores it', {
+  timeout: 60_000,
+}, async (t) => {
   const mount = mountTmpfs({ sizeBytes: 16 * MiB, inodes: 4000 });
   if ('skip' in mount) {
     t.skip(mount.skip);
@@ -101,7 +105,11 @@ test('a change that cannot be stored (full disk) changes nothing: REST answers 5
       assert.equal(refused.body.code, 'service_unavailable');
       assert.ok(refused.headers.get('retry-after'));
       const listed = await srv.api.get<Message[]>(`/channels/${channel}/messages`, { token: user.token });
-      assert.deepEqual(listed.body.map((m) => m.content), ['kept'], 'what was not stored is not served either');
+      assert.deepEqual(
+        listed.body.map((m) => m.content),
+        ['kept'],
+        'what was not stored is not served either',
+      );
       // A device's update on the full disk: its socket is closed with 1011, nothing acknowledged.
       device.doc.transact(() => insertNote(device.doc, { id: '8001', content: 'from the device', created_at: 1 }));
       await failureTold;

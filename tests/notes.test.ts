@@ -35,9 +35,15 @@ test('messages: create, list newest first with limit/before, edit, delete; last_
     created.push(res.body);
   }
   const all = await srv.api.get<Message[]>(`/channels/${channel}/messages`, { token: user.token });
-  assert.deepEqual(all.body.map((m) => m.content), ['note 4', 'note 3', 'note 2', 'note 1', 'note 0']);
+  assert.deepEqual(
+    all.body.map((m) => m.content),
+    ['note 4', 'note 3', 'note 2', 'note 1', 'note 0'],
+  );
   const page = await srv.api.get<Message[]>(`/channels/${channel}/messages?limit=2&before=${created[3]!.id}`, { token: user.token });
-  assert.deepEqual(page.body.map((m) => m.content), ['note 2', 'note 1']);
+  assert.deepEqual(
+    page.body.map((m) => m.content),
+    ['note 2', 'note 1'],
+  );
 
   const info = await srv.api.get<NotesChannel>('/users/@me/notes', { token: user.token });
   assert.equal(info.body.last_message_id, created[4]!.id);
@@ -79,7 +85,7 @@ test('messages: documented errors (invalid content, bad query, unknown message)'
   }
 });
 
-test('another user\'s notes channel is a 404 that reveals nothing', async () => {
+test("another user's notes channel is a 404 that reveals nothing", async () => {
   const owner = await registerUser(srv.api);
   const intruder = await registerUser(srv.api);
   const channel = (await srv.api.get<NotesChannel>('/users/@me/notes', { token: owner.token })).body.id;
@@ -98,7 +104,10 @@ test('another user\'s notes channel is a 404 that reveals nothing', async () => 
     assert.deepEqual(res.body, expected);
   }
   const still = await srv.api.get<Message[]>(`/channels/${channel}/messages`, { token: owner.token });
-  assert.deepEqual(still.body.map((m) => m.content), ['private']);
+  assert.deepEqual(
+    still.body.map((m) => m.content),
+    ['private'],
+  );
   assert.equal((await srv.api.get(`/channels/${channel}/messages`)).status, 401);
 });
 
@@ -205,7 +214,11 @@ test('PATCH replaces the text of a note a device formatted or embedded into, exa
     const edited = await srv.api.patch<Message>(`/channels/${channel}/messages/9001`, { token: user.token, json: { content: 'hello there' } });
     assert.equal(edited.status, 200);
     assert.equal(edited.body.content, 'hello there');
-    await until(device.doc, (d) => ((d.getMap('messages').get('9001') as Y.Map<unknown>).get('content') as Y.Text).toString() === 'hello there', 'the device gets exactly the new text');
+    await until(
+      device.doc,
+      (d) => ((d.getMap('messages').get('9001') as Y.Map<unknown>).get('content') as Y.Text).toString() === 'hello there',
+      'the device gets exactly the new text',
+    );
   } finally {
     device.destroy();
   }

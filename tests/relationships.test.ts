@@ -189,7 +189,11 @@ test('errors: bad id, unknown user, yourself, bad body, no token', async () => {
     assert.equal(res.body.error, 'Invalid input');
     assert.equal(res.body.code, 'invalid_input');
   }
-  const bad = await srv.api.request<ErrorBody>('PUT', `/users/@me/relationships/${b.id}`, { token: a.token, raw: '{nope', headers: { 'content-type': 'application/json' } });
+  const bad = await srv.api.request<ErrorBody>('PUT', `/users/@me/relationships/${b.id}`, {
+    token: a.token,
+    raw: '{nope',
+    headers: { 'content-type': 'application/json' },
+  });
   assert.equal(bad.status, 400);
   assert.equal(bad.body.code, 'invalid_json');
   assert.deepEqual(await relationsOf(a), {}, 'no failed call wrote anything');
@@ -214,8 +218,7 @@ test('GET lists the most recently changed relationship first', async () => {
   await put(a, b.id, { type: 'friend' });
   await put(c, a.id, { type: 'friend' });
   await put(a, d.id, { type: 'block' });
-  const order = async () =>
-    (await srv.api.get<Relationship[]>('/users/@me/relationships', { token: a.token })).body.map((r) => [r.id, r.type]);
+  const order = async () => (await srv.api.get<Relationship[]>('/users/@me/relationships', { token: a.token })).body.map((r) => [r.id, r.type]);
   assert.deepEqual(await order(), [
     [d.id, 'block'],
     [c.id, 'incoming_request'],

@@ -58,14 +58,20 @@ test('user files: never more than the cap open; pinned handles stay; all pinned 
     assert.equal(pinned.file.db.prepare('SELECT 1 AS one').get()!.constructor, Object);
     // Every open file pinned: a fourth cannot be opened, and says so in a way callers retry.
     const more = [files.pin('5'), files.pin('6')];
-    assert.throws(() => files.get('2'), (error: unknown) => error instanceof StorageBusyError && isRetryableStorageError(error));
+    assert.throws(
+      () => files.get('2'),
+      (error: unknown) => error instanceof StorageBusyError && isRetryableStorageError(error),
+    );
     assert.equal(files.openCount, 3);
     for (const held of more) held.release();
     pinned.release();
     for (let i = 2; i <= 4; i += 1) files.get(String(i));
     assert.ok(!pinned.file.db.open, 'a released handle can be closed to make room');
     // use() holds the file for the call only.
-    assert.equal(files.use('1', (file) => file.pins), 1);
+    assert.equal(
+      files.use('1', (file) => file.pins),
+      1,
+    );
     assert.equal(files.use('1', (file) => file).pins, 0);
   } finally {
     files.closeAll();
@@ -77,9 +83,13 @@ test('user files: a failed initialisation leaves no file behind', () => {
   const dir = tempDir();
   const files = new UserFiles(dir, 3);
   try {
-    assert.throws(() => files.create('7', () => {
-      throw new Error('boom');
-    }), /boom/);
+    assert.throws(
+      () =>
+        files.create('7', () => {
+          throw new Error('boom');
+        }),
+      /boom/,
+    );
     assert.ok(!fs.existsSync(path.join(dir, 'users', '7.sqlite')));
   } finally {
     files.closeAll();

@@ -80,7 +80,12 @@ test('the first 20,000 txns of the automerge-paper trace reach a second device i
         });
       }
       assert.equal(text.toString(), expected);
-      await until(reader.doc, (d) => d.getText('trace').length === expected.length && d.getText('trace').toString() === expected, 'reader has the trace', 60_000);
+      await until(
+        reader.doc,
+        (d) => d.getText('trace').length === expected.length && d.getText('trace').toString() === expected,
+        'reader has the trace',
+        60_000,
+      );
     } finally {
       writer.destroy();
       reader.destroy();

@@ -60,7 +60,10 @@ test('an update Yjs cannot apply closes only its sender with 4400: nothing store
     const fresh = openDevice(srv.url, channel, user.token);
     try {
       await until(fresh.doc, (d) => noteText(d, '7002') === 'after', 'a fresh device sees the later note');
-      assert.deepEqual(listNotes(fresh.doc).map((n) => n.content), ['after', 'before']);
+      assert.deepEqual(
+        listNotes(fresh.doc).map((n) => n.content),
+        ['after', 'before'],
+      );
       assert.equal(fresh.doc.getMap('anything').size, 0);
     } finally {
       fresh.destroy();
@@ -90,7 +93,12 @@ test('settings written over sync must be plain JSON within the limits: anything 
     ['arrays 33 deep', (d) => d.getMap('settings').set('deep', JSON.parse('['.repeat(33) + ']'.repeat(33)) as unknown)],
     ['a bad key', (d) => d.getMap('settings').set('bad key!', 1)],
     ['a value over 16 KiB', (d) => d.getMap('settings').set('big', 'x'.repeat(17 * 1024))],
-    ['201 keys', (d) => { for (let i = 0; i < 201; i += 1) d.getMap('settings').set(`k${i}`, i); }],
+    [
+      '201 keys',
+      (d) => {
+        for (let i = 0; i < 201; i += 1) d.getMap('settings').set(`k${i}`, i);
+      },
+    ],
     ['another root', (d) => d.getText('elsewhere').insert(0, 'x')],
     ['a subdocument', (d) => d.getMap('settings').set('sub', new Y.Doc())],
   ];
@@ -191,7 +199,13 @@ test('a document written before the rules: reads skip what is not valid, PATCH a
     // Loaded again: clean, nothing more to set aside.
     server = await startServer({ dataDir, docUnloadDelayMs: 0 });
     const again = await server.api.get<Message[]>(`/channels/${channel}/messages`, { token: user.token });
-    assert.deepEqual(again.body.map((m) => [m.id, m.content]), [['7103', 'fixed'], ['7101', 'a real note']]);
+    assert.deepEqual(
+      again.body.map((m) => [m.id, m.content]),
+      [
+        ['7103', 'fixed'],
+        ['7101', 'a real note'],
+      ],
+    );
     assert.equal(countRows(dataDir, user.id, "SELECT count(*) AS n FROM doc_quarantine WHERE doc = 'notes'"), 1);
   } finally {
     await server.close();
@@ -270,7 +284,10 @@ test('?ack=1: acknowledgements go only to the sockets whose updates were stored'
   const a = await rawSocket(path);
   const b = await rawSocket(path);
   const seen = { a: [] as string[], b: [] as string[] };
-  for (const [name, ws] of [['a', a.ws], ['b', b.ws]] as const) {
+  for (const [name, ws] of [
+    ['a', a.ws],
+    ['b', b.ws],
+  ] as const) {
     ws.on('message', (data: ArrayBuffer) => {
       const message = readMessage(new Uint8Array(data));
       seen[name].push(message.type === 'ack' ? `ack ${message.count}` : message.type);
@@ -292,7 +309,11 @@ test('?ack=1: acknowledgements go only to the sockets whose updates were stored'
     const check = () => (seen.a.includes('ack 3') && seen.b.filter((t) => t === 'sync-update').length === 3 ? resolve() : setImmediate(check));
     check();
   });
-  assert.deepEqual(seen.b.filter((t) => t.startsWith('ack')), ['ack 1'], 'b sent nothing more, so it was told nothing more');
+  assert.deepEqual(
+    seen.b.filter((t) => t.startsWith('ack')),
+    ['ack 1'],
+    'b sent nothing more, so it was told nothing more',
+  );
   a.ws.close();
   b.ws.close();
 });
@@ -376,7 +397,8 @@ test('a reader that stops reading awareness is disconnected (4503) instead of gr
       const e = encoding.createEncoder();
       encoding.writeVarUint(e, 1);
       encoding.writeVarUint(e, 5);
-      encoding.writeVarUint(e, (clock += 1));
+      clock += 1;
+      encoding.writeVarUint(e, clock);
       encoding.writeVarString(e, JSON.stringify({ cursor: clock, pad: 'p'.repeat(15_000) }));
       sender.send(frameOf(1, null, encoding.toUint8Array(e)));
       await new Promise((resolve) => setImmediate(resolve));

@@ -70,7 +70,10 @@ test('REST writes reach connected devices and device writes show in REST', async
     const created = await srv.api.post<Message>(`/channels/${channel}/messages`, { token: user.token, json: { content: 'from REST' } });
     assert.equal(created.status, 201);
     await until(device.doc, (d) => noteText(d, created.body.id) === 'from REST', 'REST → device');
-    const edited = await srv.api.patch<Message>(`/channels/${channel}/messages/${created.body.id}`, { token: user.token, json: { content: 'from REST, edited' } });
+    const edited = await srv.api.patch<Message>(`/channels/${channel}/messages/${created.body.id}`, {
+      token: user.token,
+      json: { content: 'from REST, edited' },
+    });
     assert.equal(edited.status, 200);
     await until(device.doc, (d) => noteText(d, created.body.id) === 'from REST, edited', 'REST edit → device');
 
@@ -94,7 +97,7 @@ test('REST writes reach connected devices and device writes show in REST', async
   }
 });
 
-test('upgrade refuses a missing or bad token (401) and another user\'s document (404), never 101', async () => {
+test("upgrade refuses a missing or bad token (401) and another user's document (404), never 101", async () => {
   const alice = await registerUser(srv.api);
   const bob = await registerUser(srv.api);
   const channel = await notesChannelOf(srv.api, alice);
@@ -152,7 +155,12 @@ test('garbage and truncated frames close only that socket, and store nothing', a
     const fresh = openDevice(srv.url, channel, user.token);
     try {
       await until(fresh.doc, (d) => listNotes(d).length === 2, 'fresh device sees both notes');
-      assert.deepEqual(listNotes(fresh.doc).map((n) => n.content).sort(), ['keep me', 'still here']);
+      assert.deepEqual(
+        listNotes(fresh.doc)
+          .map((n) => n.content)
+          .sort(),
+        ['keep me', 'still here'],
+      );
     } finally {
       fresh.destroy();
     }
@@ -182,11 +190,14 @@ test('?ack=1 acknowledges each update once it is stored', async () => {
     ws.send(frameOf(0, 2, Y.encodeStateAsUpdate(doc, before)));
   }
   await gotThree;
-  assert.ok(acks.every((n, i) => i === 0 || n > acks[i - 1]!), `acks are cumulative: ${acks}`);
+  assert.ok(
+    acks.every((n, i) => i === 0 || n > acks[i - 1]!),
+    `acks are cumulative: ${acks}`,
+  );
   ws.close();
 });
 
-test('logout closes that session\'s sockets with 4401; other sessions stay', async () => {
+test("logout closes that session's sockets with 4401; other sessions stay", async () => {
   const user = await registerUser(srv.api);
   const other = await srv.api.post<{ token: string }>('/auth/login', { json: { login: user.username, password: user.password } });
   const { ws } = await rawSocket(`${srv.url}/sync/settings?token=${user.token}`);

@@ -48,7 +48,7 @@ test('PATCH /users/@me changes username, keeping display case, and enforces uniq
   // The old name is free again and the new one is searchable.
   const found = await srv.api.get<PublicUser>('/users/search?username=NEW.name_1', { token: b.token });
   assert.equal(found.body.id, a.id);
-  const old = await srv.api.get('/users/search?username=' + a.username, { token: b.token });
+  const old = await srv.api.get(`/users/search?username=${a.username}`, { token: b.token });
   assert.equal(old.status, 404);
 });
 
@@ -145,13 +145,13 @@ test('GET /users/search: exact, case-insensitive, public fields only, documented
 
   const usernameRequired = { error: 'Username required', code: 'username_required', message: 'The username query parameter is required' };
   for (const query of ['', '?username=', '?username=%20%20', '?other=x']) {
-    const res = await srv.api.get('/users/search' + query, { token: b.token });
+    const res = await srv.api.get(`/users/search${query}`, { token: b.token });
     assert.equal(res.status, 400, query);
     assert.deepEqual(res.body, usernameRequired);
   }
   const notFound = { error: 'User not found', code: 'user_not_found', message: 'No user with that username' };
   for (const name of ['search', 'search.me.too', 'x', 'a'.repeat(5000), '%00', 'Search.Me%00']) {
-    const res = await srv.api.get('/users/search?username=' + name, { token: b.token });
+    const res = await srv.api.get(`/users/search?username=${name}`, { token: b.token });
     assert.equal(res.status, 404, name.slice(0, 20));
     assert.deepEqual(res.body, notFound);
   }
@@ -177,7 +177,7 @@ test('GET /users/{user_id}: public object, documented errors', async () => {
   assert.deepEqual(missing.body, { error: 'User not found', code: 'user_not_found', message: 'No user with that id' });
 });
 
-test('users never see each other\'s private fields anywhere', async () => {
+test("users never see each other's private fields anywhere", async () => {
   const a = await registerUser(srv.api);
   const b = await registerUser(srv.api);
   const views = [

@@ -116,7 +116,7 @@ async function main(): Promise<number> {
 function print(notes: Notes): string[] {
   const list = notes.list();
   if (list.length === 0) console.log('(no notes)');
-  list.forEach((note, i) => console.log(`${String(i + 1).padStart(3)}. ${note.content}`));
+  for (const [i, note] of list.entries()) console.log(`${String(i + 1).padStart(3)}. ${note.content}`);
   return list.map((n) => n.id);
 }
 

@@ -41,8 +41,6 @@ export function deleteSession(directory: DirectoryFile, sessionId: string): bool
 
 /** Deletes every session of the user but `keepSessionId`; returns the ids it deleted. */
 export function deleteOtherSessions(directory: DirectoryFile, userId: string, keepSessionId: string): string[] {
-  const rows = directory
-    .stmt('DELETE FROM sessions WHERE user_id = ? AND id != ? RETURNING id')
-    .all(userId, keepSessionId) as { id: string }[];
+  const rows = directory.stmt('DELETE FROM sessions WHERE user_id = ? AND id != ? RETURNING id').all(userId, keepSessionId) as { id: string }[];
   return rows.map((row) => row.id);
 }

@@ -6,8 +6,7 @@ import type { AuthService } from './service.ts';
 export function authRoutes(auth: AuthService, options: { attemptsPerMinute: number }): Route[] {
   // One budget per client address shared by login and register: guessing passwords and
   // probing for taken usernames are the same attack.
-  const rateLimiter =
-    options.attemptsPerMinute > 0 ? new RateLimiterMemory({ points: options.attemptsPerMinute, duration: 60 }) : undefined;
+  const rateLimiter = options.attemptsPerMinute > 0 ? new RateLimiterMemory({ points: options.attemptsPerMinute, duration: 60 }) : undefined;
   return [
     route({
       method: 'POST',

@@ -4,7 +4,7 @@ import type { Metadata } from 'sharp';
  * sharp (libvips) costs tens of MB of resident memory once loaded: it is loaded on the first
  * avatar upload, not at start-up (Node caches the module after that).
  */
-async function loadSharp(): Promise<(typeof import('sharp'))['default']> {
+async function loadSharp(): Promise<typeof import('sharp')['default']> {
   const sharp = (await import('sharp')).default;
   // Process-wide libvips settings, set on every load because they are cheap and idempotent:
   // - no operation cache: every upload is a different image, so the cache never hits; it only
@@ -18,7 +18,7 @@ async function loadSharp(): Promise<(typeof import('sharp'))['default']> {
 import { AVATAR_SIZE } from '../../shared/schemas/avatars.ts';
 import { AppError } from '../http/app-error.ts';
 
-export type ImageFormat = 'png' | 'jpeg' | 'gif' | 'webp';
+type ImageFormat = 'png' | 'jpeg' | 'gif' | 'webp';
 
 export interface ImageLimits {
   /** Width × height × frames the input may decode to. */
@@ -50,7 +50,7 @@ const ACCEPTED = 'The file must be a PNG, JPEG, WebP or GIF image';
  * The format from the file's magic number, or null. This is the first gate: whatever the client
  * claims, only these four signatures ever reach a decoder (no SVG, no HEIF/TIFF/PDF loaders).
  */
-export function sniffFormat(bytes: Uint8Array): ImageFormat | null {
+function sniffFormat(bytes: Uint8Array): ImageFormat | null {
   const starts = (offset: number, signature: readonly number[]) =>
     bytes.length >= offset + signature.length && signature.every((byte, i) => bytes[offset + i] === byte);
   if (starts(0, [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return 'png';

@@ -87,7 +87,8 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
       headers.set(key, value);
     });
     const remoteAddress = addressDecoder.decode(res.getRemoteAddressAsText());
-    const requestId = `${bootId}-${(requestCounter += 1).toString(36)}`;
+    requestCounter += 1;
+    const requestId = `${bootId}-${requestCounter.toString(36)}`;
     const started = performance.now();
 
     const finish = (status: number, extra: Record<string, string>, payload: string | Uint8Array | undefined, close = false) => {
@@ -127,8 +128,7 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
       // (its close flag is reset by the next request), so the answer waits for the next turn of
       // the loop: by then uWS has closed the connection itself if such a request came, because
       // this one is still pending. Either way nothing after these headers is ever served.
-      const message =
-        contentLengthCount > 1 ? 'A request must not have more than one Content-Length header' : 'Content-Length must be a number of bytes';
+      const message = contentLengthCount > 1 ? 'A request must not have more than one Content-Length header' : 'Content-Length must be a number of bytes';
       setImmediate(() => fail(new AppError('bad_request', message), true));
       return;
     }
@@ -409,7 +409,7 @@ function parseQuery(raw: string): Record<string, string> {
 }
 
 function validate(route: Route, schema: z.ZodType, value: unknown, source: 'body' | 'query'): unknown {
-  let result;
+  let result: ReturnType<z.ZodType['safeParse']>;
   try {
     result = schema.safeParse(value);
   } catch {

@@ -7,5 +7,8 @@ import { randomBytes } from 'node:crypto';
 export function createRequestIds(): () => string {
   const bootId = randomBytes(3).toString('hex');
   let counter = 0;
-  return () => `${bootId}-${(counter += 1).toString(36)}`;
+  return () => {
+    counter += 1;
+    return `${bootId}-${counter.toString(36)}`;
+  };
 }

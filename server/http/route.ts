@@ -18,7 +18,7 @@ export interface RawBodySpec {
   tooLarge?: () => AppError;
 }
 
-export interface RequestContext<Body, Query, Auth> {
+interface RequestContext<Body, Query, Auth> {
   method: Method;
   path: string;
   params: Record<string, string>;
@@ -87,9 +87,7 @@ export interface Route {
 }
 
 /** Declares a route; the handler's context is typed from the schemas and the auth mode. */
-export function route<Body = undefined, Query = Record<string, string>, A extends AuthMode = 'required'>(
-  spec: RouteSpec<Body, Query, A>,
-): Route {
+export function route<Body = undefined, Query = Record<string, string>, A extends AuthMode = 'required'>(spec: RouteSpec<Body, Query, A>): Route {
   return {
     method: spec.method,
     path: spec.path,

@@ -6,10 +6,7 @@ interface Node {
   routes: Map<Method, Route>;
 }
 
-export type Match =
-  | { kind: 'found'; route: Route; params: Record<string, string> }
-  | { kind: 'method_not_allowed'; allowed: Method[] }
-  | { kind: 'not_found' };
+export type Match = { kind: 'found'; route: Route; params: Record<string, string> } | { kind: 'method_not_allowed'; allowed: Method[] } | { kind: 'not_found' };
 
 const newNode = (): Node => ({ statics: new Map(), param: undefined, routes: new Map() });
 
@@ -32,7 +29,10 @@ export class Router {
         node = node.param.node;
       } else {
         let next = node.statics.get(segment);
-        if (!next) node.statics.set(segment, (next = newNode()));
+        if (!next) {
+          next = newNode();
+          node.statics.set(segment, next);
+        }
         node = next;
       }
     }

@@ -1,13 +1,13 @@
 import uWS from 'uWebSockets.js';
 
-export type { HttpRequest, HttpResponse, TemplatedApp, WebSocket, us_listen_socket } from 'uWebSockets.js';
+export type { HttpRequest, HttpResponse, TemplatedApp, WebSocket } from 'uWebSockets.js';
 
 /**
  * The npm mirror of uWebSockets.js silently falls back to a slow pure-JS shim when its native
  * binary fails to load. Only the native module exports `getParts` and the compressor constants,
  * so their absence means we are on the shim and must not serve.
  */
-export function assertNativeUws(): void {
+function assertNativeUws(): void {
   const native = uWS as unknown as Record<string, unknown>;
   if (typeof native.getParts !== 'function' || typeof native.SHARED_COMPRESSOR !== 'number') {
     throw new Error(

@@ -106,7 +106,8 @@ export class NotesService {
   }
 
   private reporter(userId: string): OnInvalidNote {
-    return (id, problem) => this.deps.logger.warn({ userId, id: id.slice(0, 64), problem }, 'read past a notes entry that is not a valid message (written by a sync client)');
+    return (id, problem) =>
+      this.deps.logger.warn({ userId, id: id.slice(0, 64), problem }, 'read past a notes entry that is not a valid message (written by a sync client)');
   }
 }
 

@@ -35,9 +35,7 @@ export class RelationshipsService {
     // Taken outside the transaction: the id generator persists its high-water mark in this same
     // database, and a rollback must not undo that.
     const changed = this.nextId();
-    const type = this.directory.transaction(() =>
-      body.type === 'friend' ? this.befriend(userId, otherId, changed) : this.block(userId, otherId, changed),
-    );
+    const type = this.directory.transaction(() => (body.type === 'friend' ? this.befriend(userId, otherId, changed) : this.block(userId, otherId, changed)));
     return { id: otherId, type, user };
   }
 

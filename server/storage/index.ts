@@ -3,8 +3,7 @@ import { createIdGenerator, type IdGenerator } from './ids.ts';
 import { UserFiles } from './user-files.ts';
 
 export { DirectoryFile } from './directory.ts';
-export { UserFile, UserFiles, UserFileMissingError } from './user-files.ts';
-export type { IdGenerator } from './ids.ts';
+export { UserFile, UserFileMissingError } from './user-files.ts';
 
 export interface Storage {
   directory: DirectoryFile;

@@ -401,7 +401,7 @@ export class SyncDocument {
 
   /** Rebuilds the Y.Doc from storage after it took in something that is not stored. */
   private reload(): void {
-    let replayed;
+    let replayed: ReturnType<typeof replayDoc>;
     try {
       replayed = replayDoc(this.ctx.file, this.ctx.name, this.ctx.limits, this.ctx.logger);
     } catch (error) {
@@ -435,13 +435,13 @@ export class SyncDocument {
 
   /** Closes sockets that fell more than the limit behind (they reconnect and resync by state vector). */
   private closeSlowReaders(): void {
-    let slow: SyncSocket[] | undefined;
+    const slow: SyncSocket[] = [];
     for (const ws of this.sockets) {
       const conn = ws.getUserData();
-      if (!conn.closed && ws.getBufferedAmount() > this.ctx.limits.maxBackpressureBytes + conn.catchUp) (slow ??= []).push(ws);
+      if (!conn.closed && ws.getBufferedAmount() > this.ctx.limits.maxBackpressureBytes + conn.catchUp) slow.push(ws);
     }
     // Ended after the loop: a socket's close handler runs inside end() and leaves this set.
-    for (const ws of slow ?? []) ws.end(CLOSE_CODES.SLOW_READER, 'Too far behind; reconnect to resync');
+    for (const ws of slow) ws.end(CLOSE_CODES.SLOW_READER, 'Too far behind; reconnect to resync');
   }
 }
 
@@ -453,5 +453,10 @@ function isEmptyUpdate(update: Uint8Array): boolean {
 /** A close reason must fit a control frame (123 bytes). */
 function truncateReason(reason: string): string {
   const bytes = Buffer.from(reason);
-  return bytes.byteLength <= 120 ? reason : `${bytes.subarray(0, 117).toString().replace(/\uFFFD$/, '')}...`;
+  return bytes.byteLength <= 120
+    ? reason
+    : `${bytes
+        .subarray(0, 117)
+        .toString()
+        .replace(/\uFFFD$/, '')}...`;
 }

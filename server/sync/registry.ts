@@ -70,7 +70,10 @@ export class DocRegistry {
     conn.doc = doc;
     doc.addConnection(ws);
     let sessionSockets = this.socketsBySession.get(conn.sessionId);
-    if (!sessionSockets) this.socketsBySession.set(conn.sessionId, (sessionSockets = new Set()));
+    if (!sessionSockets) {
+      sessionSockets = new Set();
+      this.socketsBySession.set(conn.sessionId, sessionSockets);
+    }
     sessionSockets.add(ws);
     this.socketsPerUser.set(conn.userId, this.connectionsOf(conn.userId) + 1);
     return doc;

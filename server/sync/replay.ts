@@ -6,7 +6,7 @@ import type { DocName } from './repo.ts';
 import { pendingBytes } from './update-check.ts';
 
 /** Origin of updates replayed from storage. */
-export const STORED = Symbol('stored');
+const STORED = Symbol('stored');
 
 export interface PendingLimits {
   /** Bytes of structs waiting for what they depend on (kept, but merged again on later updates). */

@@ -2,7 +2,7 @@ import type { UserFile } from '../storage/index.ts';
 
 export type DocName = 'notes' | 'settings';
 
-export interface StoredUpdate {
+interface StoredUpdate {
   id: number;
   data: Uint8Array;
 }

@@ -1,7 +1,7 @@
 import * as Y from 'yjs';
 import type { Logger } from 'pino';
 import { ERROR_CATALOGUE, type ErrorCode } from '../../shared/errors.ts';
-import { MalformedMessageError, encodeAwareness, encodeSyncStep2, readMessage } from '../../shared/sync-codec.ts';
+import { MalformedMessageError, type SyncMessage, encodeAwareness, encodeSyncStep2, readMessage } from '../../shared/sync-codec.ts';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import { AppError } from '../http/app-error.ts';
 import type { Principal } from '../http/route.ts';
@@ -11,6 +11,7 @@ import { AwarenessRefused } from './awareness.ts';
 import type { Connection, SyncSocket } from './document.ts';
 import type { DocRegistry } from './registry.ts';
 import type { DocName } from './repo.ts';
+import type { DecodedUpdate } from './update-check.ts';
 
 export interface SyncSocketOptions {
   registry: DocRegistry;
@@ -123,7 +124,10 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
       refuse(res, requestId, 'service_unavailable', 'The server is shutting down');
       return;
     }
-    const offered = protocolHeader.split(',').map((p) => p.trim()).filter((p) => p !== '');
+    const offered = protocolHeader
+      .split(',')
+      .map((p) => p.trim())
+      .filter((p) => p !== '');
     const protocolToken = offered.find((p) => TOKEN_PATTERN.test(p));
     const bearer = /^Bearer[ ]+(\S+)$/i.exec(authorization)?.[1];
     const token = bearer ?? protocolToken ?? queryToken;
@@ -187,7 +191,7 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
     }
     // uWS reuses `message` after this callback: keep a copy (also what gets stored and relayed).
     const bytes = new Uint8Array(message.slice(0));
-    let incoming;
+    let incoming: SyncMessage;
     try {
       incoming = readMessage(bytes);
     } catch (error) {
@@ -197,7 +201,7 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
     }
     switch (incoming.type) {
       case 'sync-step1': {
-        let step2;
+        let step2: Uint8Array;
         try {
           step2 = encodeSyncStep2(doc.ydoc, incoming.stateVector);
         } catch (error) {
@@ -210,7 +214,7 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
       }
       case 'sync-step2':
       case 'sync-update': {
-        let decoded;
+        let decoded: DecodedUpdate;
         try {
           decoded = Y.decodeUpdate(incoming.update);
         } catch (error) {

@@ -27,25 +27,18 @@ export function uniqueConflict(error: unknown): 'username' | 'email' | null {
   return null;
 }
 
-export function indexUser(
-  directory: DirectoryFile,
-  user: { id: string; username: string; email: string; passwordHash: string; createdAt: number },
-): void {
+export function indexUser(directory: DirectoryFile, user: { id: string; username: string; email: string; passwordHash: string; createdAt: number }): void {
   directory
     .stmt('INSERT INTO users (id, username, username_lower, email_lower, password_hash, created_at) VALUES (?, ?, ?, ?, ?, ?)')
     .run(user.id, user.username, user.username.toLowerCase(), user.email.toLowerCase(), user.passwordHash, user.createdAt);
 }
 
 export function findIndexedByUsername(directory: DirectoryFile, username: string): IndexedUser | undefined {
-  return directory
-    .stmt('SELECT id, username, password_hash FROM users WHERE username_lower = ?')
-    .get(username.toLowerCase()) as IndexedUser | undefined;
+  return directory.stmt('SELECT id, username, password_hash FROM users WHERE username_lower = ?').get(username.toLowerCase()) as IndexedUser | undefined;
 }
 
 export function findIndexedByEmail(directory: DirectoryFile, email: string): IndexedUser | undefined {
-  return directory
-    .stmt('SELECT id, username, password_hash FROM users WHERE email_lower = ?')
-    .get(email.toLowerCase()) as IndexedUser | undefined;
+  return directory.stmt('SELECT id, username, password_hash FROM users WHERE email_lower = ?').get(email.toLowerCase()) as IndexedUser | undefined;
 }
 
 export function findIndexedById(directory: DirectoryFile, id: string): IndexedUser | undefined {
@@ -64,19 +57,16 @@ export function reindexPasswordHash(directory: DirectoryFile, id: string, passwo
   directory.stmt('UPDATE users SET password_hash = ? WHERE id = ?').run(passwordHash, id);
 }
 
-export function insertProfile(
-  file: UserFile,
-  profile: { id: string; username: string; email: string; passwordHash: string; createdAt: number },
-): void {
+export function insertProfile(file: UserFile, profile: { id: string; username: string; email: string; passwordHash: string; createdAt: number }): void {
   file
     .stmt('INSERT INTO profile (id, username, email, password_hash, created_at) VALUES (?, ?, ?, ?, ?)')
     .run(profile.id, profile.username, profile.email, profile.passwordHash, profile.createdAt);
 }
 
 export function readProfile(file: UserFile): ProfileRow {
-  const row = file
-    .stmt('SELECT id, username, email, password_hash, created_at, email_verified, totp_enabled, age_verified, badges FROM profile')
-    .get() as ProfileRow | undefined;
+  const row = file.stmt('SELECT id, username, email, password_hash, created_at, email_verified, totp_enabled, age_verified, badges FROM profile').get() as
+    | ProfileRow
+    | undefined;
   if (!row) throw new Error(`user file ${file.userId} has no profile row`);
   return row;
 }

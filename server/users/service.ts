@@ -146,11 +146,11 @@ export class UsersService {
       newPasswordHash = await this.deps.hasher.hash(body.password);
     }
 
-    const usernameChanged = body.username !== undefined && body.username !== before.username;
-    const emailChanged = body.email !== undefined && body.email !== before.email;
+    const newUsername = body.username !== undefined && body.username !== before.username ? body.username : undefined;
+    const newEmail = body.email !== undefined && body.email !== before.email ? body.email : undefined;
     this.assertAvailable(
-      usernameChanged && body.username!.toLowerCase() !== before.username.toLowerCase() ? body.username! : null,
-      emailChanged && body.email!.toLowerCase() !== before.email.toLowerCase() ? body.email! : null,
+      newUsername !== undefined && newUsername.toLowerCase() !== before.username.toLowerCase() ? newUsername : null,
+      newEmail !== undefined && newEmail.toLowerCase() !== before.email.toLowerCase() ? newEmail : null,
       principal.userId,
     );
 
@@ -162,14 +162,14 @@ export class UsersService {
       // transaction around it rolls back too.
       directory.transaction(() => {
         file.transaction(() => {
-          if (usernameChanged) {
-            repo.reindexUsername(directory, principal.userId, body.username!);
-            repo.updateProfileUsername(file, body.username!);
+          if (newUsername !== undefined) {
+            repo.reindexUsername(directory, principal.userId, newUsername);
+            repo.updateProfileUsername(file, newUsername);
           }
-          if (emailChanged) {
-            const sameAddress = body.email!.toLowerCase() === before.email.toLowerCase();
-            repo.reindexEmail(directory, principal.userId, body.email!);
-            repo.updateProfileEmail(file, body.email!, sameAddress && before.email_verified === 1);
+          if (newEmail !== undefined) {
+            const sameAddress = newEmail.toLowerCase() === before.email.toLowerCase();
+            repo.reindexEmail(directory, principal.userId, newEmail);
+            repo.updateProfileEmail(file, newEmail, sameAddress && before.email_verified === 1);
           }
           if (newPasswordHash !== undefined) {
             // current_password was checked against `before` while hashing (no lock held): if a

@@ -8,9 +8,7 @@ export const EMAIL_MAX_LENGTH = 254;
 
 export const snowflakeSchema = z.string().refine(isSnowflake, { message: 'Must be a snowflake id (decimal digits)' });
 
-export const usernameSchema = z
-  .string()
-  .regex(USERNAME_PATTERN, { message: 'Must be 3-32 characters: letters, digits, "_", "." or "-"' });
+export const usernameSchema = z.string().regex(USERNAME_PATTERN, { message: 'Must be 3-32 characters: letters, digits, "_", "." or "-"' });
 
 export const emailSchema = z.email({ message: 'Must be a valid email address' }).max(EMAIL_MAX_LENGTH);
 

@@ -33,6 +33,9 @@ export type UpdateMessageBody = z.infer<typeof updateMessageBodySchema>;
 
 export const listMessagesQuerySchema = z.object({
   limit: z.coerce.number().int().min(1).max(100).default(50),
-  before: z.string().regex(/^[1-9][0-9]{0,18}$/, { message: 'Must be a message id' }).optional(),
+  before: z
+    .string()
+    .regex(/^[1-9][0-9]{0,18}$/, { message: 'Must be a message id' })
+    .optional(),
 });
 export type ListMessagesQuery = z.infer<typeof listMessagesQuerySchema>;

@@ -11,7 +11,7 @@ import { MESSAGE_SYNC } from '../../shared/sync-protocol.ts';
  * client side costs the same whichever server it talks to). Hocuspocus frames the same messages
  * with the document name and wants an auth message first; that framing is the only difference.
  */
-export type Framing = 'y-websocket' | 'hocuspocus';
+type Framing = 'y-websocket' | 'hocuspocus';
 
 export interface SyncEndpoint {
   url: string;

@@ -61,7 +61,7 @@ export interface ServerProcess {
   kill(): Promise<void>;
 }
 
-export interface Stopped {
+interface Stopped {
   /** Milliseconds from SIGTERM to exit: for persisting servers, the time to flush what they queued. */
   ms: number;
   /** It did not exit within the grace period and was killed (whatever it still held is lost). */

@@ -10,12 +10,38 @@ interface MetricInfo {
 const m = (key: string, label: string, better: 'lower' | 'higher', digits: number): MetricInfo => ({ key, label, better, digits });
 
 /** The columns of each scenario, in print order. */
-export const METRICS: Record<ScenarioName, MetricInfo[]> = {
-  trace: [m('wall_s', 'wall s', 'lower', 2), m('settle_s', 'settle s', 'lower', 1), m('updates_per_s', 'updates/s', 'higher', 0), m('cpu_us_per_update', 'CPU µs/update', 'lower', 1), m('peak_rss_mb', 'peak RSS MB', 'lower', 0)],
-  fanout: [m('wall_s', 'wall s', 'lower', 2), m('settle_s', 'settle s', 'lower', 1), m('updates_per_s', 'updates/s', 'higher', 0), m('cpu_us_per_update', 'CPU µs/update', 'lower', 1), m('peak_rss_mb', 'peak RSS MB', 'lower', 0)],
-  cold: [m('stop_s', 'flush+exit s', 'lower', 2), m('wall_ms', 'wall ms', 'lower', 0), m('cpu_ms', 'CPU ms', 'lower', 0), m('peak_rss_mb', 'peak RSS MB', 'lower', 0)],
-  idle: [m('rss_mb_per_1000_conns', 'RSS MB/1000 conns', 'lower', 1), m('rss_mb_per_100_docs', 'RSS MB/100 docs', 'lower', 1), m('rss_mb', 'RSS MB', 'lower', 0)],
-  rest: [m('req_per_s', 'req/s', 'higher', 0), m('p99_ms', 'p99 ms', 'lower', 1), m('cpu_us_per_req', 'CPU µs/req', 'lower', 1), m('peak_rss_mb', 'peak RSS MB', 'lower', 0)],
+const METRICS: Record<ScenarioName, MetricInfo[]> = {
+  trace: [
+    m('wall_s', 'wall s', 'lower', 2),
+    m('settle_s', 'settle s', 'lower', 1),
+    m('updates_per_s', 'updates/s', 'higher', 0),
+    m('cpu_us_per_update', 'CPU µs/update', 'lower', 1),
+    m('peak_rss_mb', 'peak RSS MB', 'lower', 0),
+  ],
+  fanout: [
+    m('wall_s', 'wall s', 'lower', 2),
+    m('settle_s', 'settle s', 'lower', 1),
+    m('updates_per_s', 'updates/s', 'higher', 0),
+    m('cpu_us_per_update', 'CPU µs/update', 'lower', 1),
+    m('peak_rss_mb', 'peak RSS MB', 'lower', 0),
+  ],
+  cold: [
+    m('stop_s', 'flush+exit s', 'lower', 2),
+    m('wall_ms', 'wall ms', 'lower', 0),
+    m('cpu_ms', 'CPU ms', 'lower', 0),
+    m('peak_rss_mb', 'peak RSS MB', 'lower', 0),
+  ],
+  idle: [
+    m('rss_mb_per_1000_conns', 'RSS MB/1000 conns', 'lower', 1),
+    m('rss_mb_per_100_docs', 'RSS MB/100 docs', 'lower', 1),
+    m('rss_mb', 'RSS MB', 'lower', 0),
+  ],
+  rest: [
+    m('req_per_s', 'req/s', 'higher', 0),
+    m('p99_ms', 'p99 ms', 'lower', 1),
+    m('cpu_us_per_req', 'CPU µs/req', 'lower', 1),
+    m('peak_rss_mb', 'peak RSS MB', 'lower', 0),
+  ],
 };
 
 export interface Ratio {
@@ -29,7 +55,9 @@ export function ratios(results: readonly ScenarioResult[], ours: string): Ratio[
   const out: Ratio[] = [];
   for (const ourResult of results.filter((result) => result.server === ours && result.status === 'ok')) {
     // Our own variants (e.g. `plexichat-log`) are rows of their own, not baselines.
-    for (const other of results.filter((result) => result.scenario === ourResult.scenario && result.server !== ours && !result.server.startsWith(`${ours}-`) && result.status === 'ok')) {
+    for (const other of results.filter(
+      (result) => result.scenario === ourResult.scenario && result.server !== ours && !result.server.startsWith(`${ours}-`) && result.status === 'ok',
+    )) {
       const values: Record<string, number> = {};
       for (const metric of METRICS[ourResult.scenario]) {
         const mine = ourResult.metrics[metric.key];
@@ -45,7 +73,12 @@ export function ratios(results: readonly ScenarioResult[], ours: string): Ratio[
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length)));
   return rows
-    .map((row) => row.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join('  ').trimEnd())
+    .map((row) =>
+      row
+        .map((cell, column) => (column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!)))
+        .join('  ')
+        .trimEnd(),
+    )
     .join('\n');
 }
 
@@ -75,7 +108,10 @@ export function render(results: readonly ScenarioResult[], ours: string, titles:
     const ratioRows = allRatios.filter((ratio) => ratio.scenario === scenario);
     if (ratioRows.length > 0) {
       for (const ratio of ratioRows) {
-        body.push([`${ours} ÷ ${ratio.baseline}`, ...metrics.map((metric) => (ratio.ratios[metric.key] === undefined ? '—' : `${format(ratio.ratios[metric.key], 2)}×`))]);
+        body.push([
+          `${ours} ÷ ${ratio.baseline}`,
+          ...metrics.map((metric) => (ratio.ratios[metric.key] === undefined ? '—' : `${format(ratio.ratios[metric.key], 2)}×`)),
+        ]);
       }
     } else {
       notes.push(`  no ratio: ${ours} has no result in this scenario`);
@@ -86,7 +122,7 @@ export function render(results: readonly ScenarioResult[], ours: string, titles:
 }
 
 /** A goal of issue 7: ours ÷ baseline on one metric, at most (or at least) `bound`. */
-export interface Target {
+interface Target {
   scenario: ScenarioName;
   metric: string;
   baseline: string;
@@ -94,10 +130,16 @@ export interface Target {
   kind: 'max' | 'min';
 }
 
-const target = (scenario: ScenarioName, metric: string, baseline: string, kind: 'max' | 'min', bound: number): Target => ({ scenario, metric, baseline, kind, bound });
+const target = (scenario: ScenarioName, metric: string, baseline: string, kind: 'max' | 'min', bound: number): Target => ({
+  scenario,
+  metric,
+  baseline,
+  kind,
+  bound,
+});
 
 /** Benchmark goals, reported (never asserted by `npm test`). */
-export const TARGETS: readonly Target[] = [
+const TARGETS: readonly Target[] = [
   ...(['trace', 'fanout'] as const).flatMap((scenario) => [
     target(scenario, 'cpu_us_per_update', 'y-websocket', 'max', 1.0),
     target(scenario, 'cpu_us_per_update', 'y-websocket+leveldb', 'max', 0.5),

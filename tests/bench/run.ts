@@ -68,8 +68,7 @@ interface Unit {
 }
 
 const units: Unit[] = [];
-const add = (entry: ServerEntry, scenario: string, run: () => Promise<ScenarioResult[]>) =>
-  units.push({ label: `${scenario} · ${entry.name}`, run });
+const add = (entry: ServerEntry, scenario: string, run: () => Promise<ScenarioResult[]>) => units.push({ label: `${scenario} · ${entry.name}`, run });
 const wants = (entry: ServerEntry, scenario: ScenarioName) => wantedScenarios.has(scenario) && (entry.only === undefined || entry.only.includes(scenario));
 for (const entry of entries.filter((candidate) => candidate.sync)) {
   if (wants(entry, 'trace') || wants(entry, 'cold')) {
@@ -105,7 +104,17 @@ process.stdout.write(
   `${command} — ${machine}\n\n${render(results, OURS, titles)}\n\n${renderTargets(targets, OURS)}\n\ntotal ${Math.round((Date.now() - started) / 1000)} s\n`,
 );
 if (values.json !== undefined) {
-  const report = { date: new Date().toISOString(), command, machine, quick, params: { ...params, trace: { updates: trace.txns.length, of: trace.totalTxns } }, titles, results, ratios: allRatios, targets };
+  const report = {
+    date: new Date().toISOString(),
+    command,
+    machine,
+    quick,
+    params: { ...params, trace: { updates: trace.txns.length, of: trace.totalTxns } },
+    titles,
+    results,
+    ratios: allRatios,
+    targets,
+  };
   fs.writeFileSync(values.json, `${JSON.stringify(report, null, 2)}\n`);
 }
 process.exit(0);

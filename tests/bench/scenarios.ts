@@ -296,17 +296,22 @@ export async function fanout(entry: ServerEntry, params: Params): Promise<Scenar
         await withTimeout(Promise.all(clients.map((client) => until(client, (c) => c.content() !== undefined))), params.timeoutMs, 'note creation');
         const finalLength = perDoc * edits;
         const random = prng(7);
-        const run = await measured(server, async () => {
-          const converged = Promise.all(clients.map((client) => until(client, (c) => c.content()!.length === finalLength)));
-          for (let round = 0; round < edits; round++) {
-            for (const client of clients) {
-              const content = client.content()!;
-              content.insert(Math.floor(random() * (content.length + 1)), 'x');
+        const run = await measured(
+          server,
+          async () => {
+            const converged = Promise.all(clients.map((client) => until(client, (c) => c.content()!.length === finalLength)));
+            for (let round = 0; round < edits; round++) {
+              for (const client of clients) {
+                const content = client.content()!;
+                content.insert(Math.floor(random() * (content.length + 1)), 'x');
+              }
+              await yieldToLoop();
             }
-            await yieldToLoop();
-          }
-          await withTimeout(converged, params.timeoutMs, 'fanout convergence');
-        }, entry.persists, params.timeoutMs);
+            await withTimeout(converged, params.timeoutMs, 'fanout convergence');
+          },
+          entry.persists,
+          params.timeoutMs,
+        );
         const updates = docCount * perDoc * edits;
         return {
           scenario: 'fanout',
@@ -379,8 +384,7 @@ export async function rest(entry: ServerEntry, params: Params): Promise<Scenario
     return await withServer(entry, async (server): Promise<ScenarioResult> => {
       const target = await entry.restTarget!(server);
       if ('skip' in target) return { scenario: 'rest', server: entry.name, status: 'skipped', note: target.skip, metrics: {} };
-      const load = (durationS: number) =>
-        autocannon({ url: target.url, headers: target.headers, connections: params.rest.connections, duration: durationS });
+      const load = (durationS: number) => autocannon({ url: target.url, headers: target.headers, connections: params.rest.connections, duration: durationS });
       await load(1);
       const run = await measured(server, () => load(params.rest.durationS));
       const result = run.value;

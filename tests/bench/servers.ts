@@ -4,8 +4,8 @@ import { SyncClient, type SyncEndpoint } from './client.ts';
 import { spawnServer, type ServerProcess } from './proc.ts';
 
 /** What a scenario gets to talk to: one endpoint per document, or why this server sits it out. */
-export type SyncDocs = { endpoints: SyncEndpoint[] } | { skip: string };
-export type RestTarget = { url: string; headers: Record<string, string> } | { skip: string };
+type SyncDocs = { endpoints: SyncEndpoint[] } | { skip: string };
+type RestTarget = { url: string; headers: Record<string, string> } | { skip: string };
 
 export interface ServerEntry {
   name: string;
@@ -72,7 +72,23 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
     start: (dataDir) =>
       spawnServer({
         // Info level: the listening line is logged at info; requests only at debug.
-        args: [...nodeFlags, '--import', 'tsx', 'server/main.ts', '--port', '0', '--data-dir', dataDir, '--log-level', 'info', '--auth-rate-limit', '0', '--max-sync-connections-per-user', '100000', ...extraArgs],
+        args: [
+          ...nodeFlags,
+          '--import',
+          'tsx',
+          'server/main.ts',
+          '--port',
+          '0',
+          '--data-dir',
+          dataDir,
+          '--log-level',
+          'info',
+          '--auth-rate-limit',
+          '0',
+          '--max-sync-connections-per-user',
+          '100000',
+          ...extraArgs,
+        ],
         cwd: repoRoot,
         ready: READY,
       }),

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import zlib from 'node:zlib';
 
 /** One patch of a sequential editing trace: splice(pos, deleteCount, insertText). */
-export type Patch = readonly [number, number, string];
+type Patch = readonly [number, number, string];
 
 export interface Trace {
   /** Transactions replayed (each one update). */

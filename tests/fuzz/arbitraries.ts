@@ -9,7 +9,7 @@ import { MESSAGE_AUTH, MESSAGE_AWARENESS, MESSAGE_QUERY_AWARENESS, MESSAGE_SYNC 
  */
 
 /** A value as it will be written into a Yjs document (plain values through ContentAny, the rest as Y types). */
-export type ValueSpec =
+type ValueSpec =
   | { kind: 'plain'; value: unknown }
   | { kind: 'deep'; depth: number }
   | { kind: 'bytes'; value: Uint8Array }
@@ -33,7 +33,7 @@ const plain: fc.Arbitrary<unknown> = fc.letrec<{ value: unknown }>((tie) => ({
   ),
 })).value;
 
-export const valueSpec: fc.Arbitrary<ValueSpec> = fc.letrec<{ spec: ValueSpec }>((tie) => ({
+const valueSpec: fc.Arbitrary<ValueSpec> = fc.letrec<{ spec: ValueSpec }>((tie) => ({
   spec: fc.oneof(
     { depthSize: 'small', withCrossShrink: true },
     fc.record({ kind: fc.constant('plain' as const), value: plain }),
@@ -47,7 +47,7 @@ export const valueSpec: fc.Arbitrary<ValueSpec> = fc.letrec<{ spec: ValueSpec }>
 })).spec;
 
 /** Keys a client may use: message ids, almost-ids, paths, empty, long, anything. */
-export const hostileKey = fc.oneof(
+const hostileKey = fc.oneof(
   fc.bigInt({ min: 1n, max: (1n << 63n) - 1n }).map(String),
   fc.constantFrom('', '0', '01', '../../etc/passwd', '__proto__', 'constructor', '1'.repeat(26), '9'.repeat(19), 'theme', 'a b', 'x'.repeat(65)),
   fc.string({ maxLength: 24 }),
@@ -79,7 +79,7 @@ function plainValue(value: unknown): unknown {
 }
 
 /** Turns a spec into the Yjs value to store (building Y types where it asks for them). */
-export function buildValue(spec: ValueSpec): unknown {
+function buildValue(spec: ValueSpec): unknown {
   switch (spec.kind) {
     case 'plain':
       return plainValue(spec.value);
@@ -136,7 +136,7 @@ export function updateOf(writes: WriteSpec[], clientId: number): Uint8Array {
 }
 
 /** A change to the bytes of a valid update. */
-export type Mutation = { kind: 'set'; at: number; byte: number } | { kind: 'truncate'; at: number } | { kind: 'insert'; at: number; bytes: Uint8Array };
+type Mutation = { kind: 'set'; at: number; byte: number } | { kind: 'truncate'; at: number } | { kind: 'insert'; at: number; bytes: Uint8Array };
 
 const mutation: fc.Arbitrary<Mutation> = fc.oneof(
   { weight: 6, arbitrary: fc.record({ kind: fc.constant('set' as const), at: fc.nat(), byte: fc.integer({ min: 0, max: 255 }) }) },
@@ -144,7 +144,7 @@ const mutation: fc.Arbitrary<Mutation> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('insert' as const), at: fc.nat(), bytes: fc.uint8Array({ minLength: 1, maxLength: 4 }) }) },
 );
 
-export function mutate(update: Uint8Array, mutations: Mutation[]): Uint8Array {
+function mutate(update: Uint8Array, mutations: Mutation[]): Uint8Array {
   let bytes = update;
   for (const m of mutations) {
     if (bytes.length === 0) break;

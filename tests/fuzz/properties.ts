@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import fc from 'fast-check';
 import WebSocket from 'ws';
 import * as Y from 'yjs';
-import { readMessage } from '../../shared/sync-codec.ts';
+import { type SyncMessage, readMessage } from '../../shared/sync-codec.ts';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import { ERROR_CATALOGUE, isErrorCode, isSnowflake, type Message, type NotesChannel, type UserSettings } from '../../shared/index.ts';
 import { settingValueProblem } from '../../shared/settings-doc.ts';
@@ -117,7 +117,7 @@ export async function fuzzSyncFrames(run: FuzzRun): Promise<void> {
       fc.asyncProperty(fc.constantFrom('notes' as const, 'settings' as const), frameSpec, async (doc, spec: FrameSpec) => {
         const probe = await probeFor(doc);
         const frame = encodeFrame(spec);
-        let local;
+        let local: SyncMessage | null;
         try {
           local = readMessage(frame);
         } catch {
@@ -187,7 +187,8 @@ export async function fuzzDocumentShapes(run: FuzzRun): Promise<void> {
     let runs = 0;
     await fc.assert(
       fc.asyncProperty(fc.array(writeSpec, { minLength: 1, maxLength: 6 }), fc.integer({ min: 1, max: 2 ** 31 }), async (writes, clientId) => {
-        if ((runs += 1) % 10 === 0) {
+        runs += 1;
+        if (runs % 10 === 0) {
           user = await registerUser(srv.api);
           channel = await notesChannelOf(srv.api, user);
         }
@@ -286,13 +287,30 @@ const ROUTES: RouteCase[] = [
 const body = fc.oneof(
   fc.jsonValue({ maxDepth: 4 }),
   fc.dictionary(
-    fc.constantFrom('username', 'email', 'password', 'current_password', 'login', 'type', 'recipient_id', 'content', 'allow_dms_from', 'read_receipts_enabled', 'theme', '__proto__'),
+    fc.constantFrom(
+      'username',
+      'email',
+      'password',
+      'current_password',
+      'login',
+      'type',
+      'recipient_id',
+      'content',
+      'allow_dms_from',
+      'read_receipts_enabled',
+      'theme',
+      '__proto__',
+    ),
     fc.oneof(fc.jsonValue({ maxDepth: 3 }), fc.string(), fc.constantFrom('friend', 'block', 'friends', 'none', 'everyone', 'pw-correct-horse')),
     { maxKeys: 4 },
   ),
 );
 
-const pathParam = fc.oneof(fc.string({ maxLength: 30 }), fc.bigInt({ min: 0n, max: (1n << 64n) }).map(String), fc.constantFrom('', '@me', '..', '%00', '%E0%A4%A', '0', '01'));
+const pathParam = fc.oneof(
+  fc.string({ maxLength: 30 }),
+  fc.bigInt({ min: 0n, max: 1n << 64n }).map(String),
+  fc.constantFrom('', '@me', '..', '%00', '%E0%A4%A', '0', '01'),
+);
 
 /**
  * Property: any JSON body (and any path parameter) on every route answers a documented status

@@ -4,7 +4,7 @@ import sharp, { type Sharp } from 'sharp';
  * Test images, generated with sharp at run time (no committed binaries). `halves` paints the left
  * half red and the right half blue, so orientation and cropping can be checked from pixels.
  */
-export function halves(width: number, height: number, frames = 1): Buffer {
+function halves(width: number, height: number, frames = 1): Buffer {
   const raw = Buffer.alloc(width * height * frames * 3);
   for (let f = 0; f < frames; f += 1) {
     for (let y = 0; y < height; y += 1) {
@@ -28,9 +28,13 @@ export const makePng = (width = 320, height = 200) => fromRaw(width, height).png
 export const makeWebp = (width = 320, height = 200) => fromRaw(width, height).webp().toBuffer();
 export const makeGif = (width = 320, height = 200) => fromRaw(width, height).gif().toBuffer();
 export const makeAnimatedGif = (frames = 3, width = 300, height = 200) =>
-  fromRaw(width, height, frames).gif({ delay: Array.from({ length: frames }, (_, i) => 100 * (i + 1)), loop: 0 }).toBuffer();
+  fromRaw(width, height, frames)
+    .gif({ delay: Array.from({ length: frames }, (_, i) => 100 * (i + 1)), loop: 0 })
+    .toBuffer();
 export const makeAnimatedWebp = (frames = 3, width = 300, height = 200) =>
-  fromRaw(width, height, frames).webp({ delay: Array.from({ length: frames }, () => 80), loop: 0 }).toBuffer();
+  fromRaw(width, height, frames)
+    .webp({ delay: Array.from({ length: frames }, () => 80), loop: 0 })
+    .toBuffer();
 
 /** A JPEG stored sideways with EXIF orientation 6 (display rotated 90° clockwise), a GPS position and an owner. */
 export const makeJpegWithExif = (width = 400, height = 200) =>
@@ -51,7 +55,9 @@ export function makeNoisyJpeg(width: number, height: number, seed: number): Prom
     state = (state * 1103515245 + 12345) >>> 0;
     raw[i] = state >>> 24;
   }
-  return sharp(raw, { raw: { width, height, channels: 3 } }).jpeg({ quality: 90 }).toBuffer();
+  return sharp(raw, { raw: { width, height, channels: 3 } })
+    .jpeg({ quality: 90 })
+    .toBuffer();
 }
 
 /**
@@ -59,7 +65,11 @@ export function makeNoisyJpeg(width: number, height: number, seed: number): Prom
  * decoder believed it and allocated the pixels.
  */
 export async function makePngClaiming(width: number, height: number): Promise<Buffer> {
-  const png = Buffer.from(await sharp({ create: { width: 1, height: 1, channels: 3, background: 'white' } }).png().toBuffer());
+  const png = Buffer.from(
+    await sharp({ create: { width: 1, height: 1, channels: 3, background: 'white' } })
+      .png()
+      .toBuffer(),
+  );
   // Signature (8) + IHDR length (4) + "IHDR" (4), then width and height; the CRC covers type + data.
   png.writeUInt32BE(width, 16);
   png.writeUInt32BE(height, 20);

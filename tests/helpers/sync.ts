@@ -14,7 +14,7 @@ export interface Device {
 /** A device as apps build it with the stock y-websocket client, unchanged. */
 export function openDevice(baseUrl: string, docName: string, token: string, options: { connect?: boolean; doc?: Y.Doc } = {}): Device {
   const doc = options.doc ?? new Y.Doc();
-  const provider = new WebsocketProvider(baseUrl.replace(/^http/, 'ws') + '/sync', docName, doc, {
+  const provider = new WebsocketProvider(`${baseUrl.replace(/^http/, 'ws')}/sync`, docName, doc, {
     params: { token },
     WebSocketPolyfill: WebSocket as unknown as typeof globalThis.WebSocket,
     connect: options.connect ?? true,
