@@ -9,7 +9,7 @@ import { startServer, registerUser, spawnServer, tempDir, Api, type TestServer, 
 import { makeAnimatedGif, makeAnimatedWebp, makeGif, makeJpegWithExif, makeNoisyJpeg, makePng, makePngClaiming, makeWebp } from './helpers/images.ts';
 import type { AvatarUploadResponse, ErrorBody, PrivateUser, PublicUser } from '../shared/index.ts';
 import { JobQueue } from '../server/avatars/jobs.ts';
-import { AppError } from '../server/http/app-error.ts';
+import { AppError } from '../server/core/app-error.ts';
 
 let srv: TestServer;
 let user: TestUser;

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { AuthResponse, LoginBody, RegisterBody } from '../../shared/schemas/auth.ts';
-import { AppError } from '../http/app-error.ts';
-import type { Principal } from '../http/route.ts';
+import { AppError } from '../core/app-error.ts';
+import type { Principal } from '../core/principal.ts';
 import type { Storage } from '../storage/index.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
 import type { UsersService } from '../users/service.ts';

@@ -16,7 +16,7 @@ async function loadSharp(): Promise<typeof import('sharp')['default']> {
   return sharp;
 }
 import { AVATAR_SIZE } from '../../shared/schemas/avatars.ts';
-import { AppError } from '../http/app-error.ts';
+import { AppError } from '../core/app-error.ts';
 
 type ImageFormat = 'png' | 'jpeg' | 'gif' | 'webp';
 

@@ -1,5 +1,5 @@
 import pLimit, { type LimitFunction } from 'p-limit';
-import { AppError } from '../http/app-error.ts';
+import { AppError } from '../core/app-error.ts';
 
 /**
  * Runs image jobs at most `concurrency` at a time, with at most `maxWaiting` queued behind them.

@@ -1,4 +1,4 @@
-import { AppError } from '../http/app-error.ts';
+import { AppError } from '../core/app-error.ts';
 import { Reply, route, type Route } from '../http/route.ts';
 import { MULTIPART_OVERHEAD_BYTES } from '../config.ts';
 import type { AvatarsService } from './service.ts';

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { avatarUploadFormSchema, type AvatarUploadResponse } from '../../shared/schemas/avatars.ts';
 import { isSnowflake } from '../../shared/snowflake.ts';
-import { AppError } from '../http/app-error.ts';
+import { AppError } from '../core/app-error.ts';
 import { parseMultipart } from '../http/multipart.ts';
 import type { UsersService } from '../users/service.ts';
 import { encodeAvatar, probeImage, type ImageLimits } from './image.ts';

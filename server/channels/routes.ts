@@ -1,5 +1,5 @@
 import { RECIPIENT_ID_REQUIRED_MESSAGE, openDmBodySchema } from '../../shared/schemas/channels.ts';
-import { AppError } from '../http/app-error.ts';
+import { AppError } from '../core/app-error.ts';
 import { route, type Route } from '../http/route.ts';
 import type { ChannelsService } from './service.ts';
 

@@ -1,5 +1,5 @@
 import type { DmChannel, DmChannelListEntry } from '../../shared/schemas/channels.ts';
-import { AppError } from '../http/app-error.ts';
+import { AppError } from '../core/app-error.ts';
 import type { RelationshipsService } from '../relationships/service.ts';
 import type { MessagingSettingsService } from '../settings/messaging-service.ts';
 import type { Storage } from '../storage/index.ts';

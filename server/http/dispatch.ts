@@ -5,11 +5,12 @@ import { RateLimiterRes } from 'rate-limiter-flexible';
 import type { z } from 'zod';
 import type { FieldError } from '../../shared/errors.ts';
 import type { HttpRequest, HttpResponse, TemplatedApp } from './uws.ts';
-import { AppError } from './app-error.ts';
+import { AppError } from '../core/app-error.ts';
 import { InflightTracker } from './inflight.ts';
 import { MemoryBudget, type Reservation } from './memory-budget.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
-import { RawBytes, Reply, isRawBodySpec, type Method, type Principal, type Route } from './route.ts';
+import type { Principal } from '../core/principal.ts';
+import { RawBytes, Reply, isRawBodySpec, type Method, type Route } from './route.ts';
 import { Router } from './router.ts';
 
 export interface HttpOptions {

@@ -1,14 +1,9 @@
 import type { z } from 'zod';
 import type { RateLimiterAbstract } from 'rate-limiter-flexible';
-import type { AppError } from './app-error.ts';
+import type { AppError } from '../core/app-error.ts';
+import type { Principal } from '../core/principal.ts';
 
 export type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
-
-/** Who is calling: set by the HTTP layer from the bearer token on routes with `auth: 'required'`. */
-export interface Principal {
-  userId: string;
-  sessionId: string;
-}
 
 /** A raw request body (multipart uploads): the route says how much it may be. */
 export interface RawBodySpec {

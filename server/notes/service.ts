@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { insertNote, listNotes, newestNote, notesMap, readNote, replaceNoteText, type OnInvalidNote } from '../../shared/notes-doc.ts';
 import type { ListMessagesQuery, Message, NotesChannel } from '../../shared/schemas/notes.ts';
 import { compareSnowflakes, isSnowflake } from '../../shared/snowflake.ts';
-import { AppError } from '../http/app-error.ts';
+import { AppError } from '../core/app-error.ts';
 import type { Storage } from '../storage/index.ts';
 import type { DocRegistry } from '../sync/registry.ts';
 import type { DocName } from '../sync/repo.ts';

@@ -1,6 +1,6 @@
 import { putRelationshipBodySchema } from '../../shared/schemas/relationships.ts';
 import { isSnowflake } from '../../shared/snowflake.ts';
-import { AppError } from '../http/app-error.ts';
+import { AppError } from '../core/app-error.ts';
 import { Reply, route, type Route } from '../http/route.ts';
 import type { RelationshipsService } from './service.ts';
 

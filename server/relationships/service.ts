@@ -1,5 +1,5 @@
 import type { PutRelationshipBody, Relationship, RelationshipType } from '../../shared/schemas/relationships.ts';
-import { AppError } from '../http/app-error.ts';
+import { AppError } from '../core/app-error.ts';
 import type { Storage } from '../storage/index.ts';
 import type { UsersService } from '../users/service.ts';
 import * as repo from './repo.ts';

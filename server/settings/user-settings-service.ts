@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { readSettings, settingKeyProblem, settingValueProblem, settingsMap } from '../../shared/settings-doc.ts';
 import { SETTINGS_MAX_KEYS, SETTINGS_TOTAL_MAX_BYTES, jsonByteLength, type UpdateSettingsBody, type UserSettings } from '../../shared/schemas/settings.ts';
-import { AppError } from '../http/app-error.ts';
+import { AppError } from '../core/app-error.ts';
 import type { DocRegistry } from '../sync/registry.ts';
 
 /**

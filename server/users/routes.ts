@@ -1,7 +1,7 @@
 import { searchUsersQuerySchema, updateMeBodySchema } from '../../shared/schemas/users.ts';
 import { isSnowflake } from '../../shared/snowflake.ts';
 import { USERNAME_PATTERN } from '../../shared/schemas/common.ts';
-import { AppError } from '../http/app-error.ts';
+import { AppError } from '../core/app-error.ts';
 import { route, type Route } from '../http/route.ts';
 import type { UsersService } from './service.ts';
 

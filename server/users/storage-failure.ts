@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { AppError } from '../http/app-error.ts';
+import { AppError } from '../core/app-error.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
 
 /** What clients are told to wait (seconds) before retrying a request that hit a storage failure. */

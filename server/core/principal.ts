@@ -1,0 +1,5 @@
+/** Who is calling: the user and the session behind a verified bearer token. */
+export interface Principal {
+  userId: string;
+  sessionId: string;
+}
