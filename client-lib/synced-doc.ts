@@ -86,6 +86,7 @@ export abstract class SyncedDoc<Change extends { local: boolean }> {
   readonly #provider: SyncProvider;
   readonly #listeners: Listeners<Change> = { change: new Set(), status: new Set(), refused: new Set(), error: new Set() };
   readonly #unsubscribeToken: () => void;
+  /** The seq of the newest update in the doc, local or remote: each update takes the next one. */
   #lastSeq: number;
   #acked: number;
   #pending: number[];
@@ -105,7 +106,7 @@ export abstract class SyncedDoc<Change extends { local: boolean }> {
       url: () => init.host.syncUrl(init.docName),
       token: () => init.host.token,
       WebSocket: init.WebSocket,
-      lastLocalSeq: () => this.#lastSeq,
+      currentSeq: () => this.#lastSeq,
       onAck: (seq) => this.#acknowledge(seq),
       onStatus: () => this.#emitStatus(),
       onRefused: (code, reason) => this.#emit('refused', code, reason),
