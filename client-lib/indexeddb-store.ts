@@ -1,4 +1,4 @@
-import { DEFAULT_COMPACTION, compact, isSettled, type CompactionOptions, type LocalState, type LocalStore, type StoredUpdate } from './store.ts';
+import { CompactionTrigger, compact, sizeOf, type CompactionOptions, type LocalState, type LocalStore, type StoredUpdate } from './store.ts';
 
 /*
  * The slice of the IndexedDB API this store uses, typed here because the project compiles without
@@ -61,29 +61,26 @@ export async function openIndexedDbStore(name: string, options: IndexedDbStoreOp
     if (!db.objectStoreNames.contains(STATE)) db.createObjectStore(STATE);
   };
   const db = await settle(request);
-  const store = new IndexedDbStore(db, { ...DEFAULT_COMPACTION, ...options });
+  const store = new IndexedDbStore(db, options);
   await store.init();
   return store;
 }
 
 export class IndexedDbStore implements LocalStore {
   readonly #db: IdbDatabase;
-  readonly #limits: Required<CompactionOptions>;
+  readonly #trigger: CompactionTrigger;
   #acked = 0;
-  #settledCount = 0;
-  #settledBytes = 0;
 
-  constructor(db: IdbDatabase, limits: Required<CompactionOptions>) {
+  constructor(db: IdbDatabase, options: CompactionOptions) {
     this.#db = db;
-    this.#limits = limits;
+    this.#trigger = new CompactionTrigger(options);
   }
 
+  /** Reads what the database holds so far (`openIndexedDbStore` calls it once). */
   async init(): Promise<void> {
     const state = await this.load();
     this.#acked = state.acked;
-    const settled = state.updates.filter((r) => isSettled(r, state.acked));
-    this.#settledCount = settled.length;
-    this.#settledBytes = settled.reduce((sum, r) => sum + r.update.byteLength, 0);
+    this.#trigger.reset(state.updates.map(sizeOf), state.acked);
   }
 
   async load(): Promise<LocalState> {
@@ -113,11 +110,8 @@ export class IndexedDbStore implements LocalStore {
       tx.objectStore(STATE).put(Math.max(previous, record.seq), 'last_seq');
     };
     await done(tx);
-    if (!record.local) {
-      this.#settledCount += 1;
-      this.#settledBytes += record.update.byteLength;
-    }
-    if (this.#settledCount >= this.#limits.maxRecords || this.#settledBytes >= this.#limits.maxBytes) await this.#compact();
+    this.#trigger.appended(sizeOf(record));
+    if (this.#trigger.due) await this.#compact();
   }
 
   async setAcked(seq: number): Promise<void> {
@@ -126,7 +120,7 @@ export class IndexedDbStore implements LocalStore {
     const tx = this.#db.transaction([STATE], 'readwrite');
     tx.objectStore(STATE).put(seq, 'acked');
     await done(tx);
-    await this.init();
+    this.#trigger.acked(seq);
   }
 
   async setMeta(key: string, value: string): Promise<void> {
@@ -153,8 +147,7 @@ export class IndexedDbStore implements LocalStore {
     for (const r of state.updates) if (!keep.has(r.seq)) tx.objectStore(RECORDS).delete(r.seq);
     tx.objectStore(STATE).put(snapshot, 'snapshot');
     await done(tx);
-    this.#settledCount = 0;
-    this.#settledBytes = 0;
+    this.#trigger.reset(kept.map(sizeOf), this.#acked);
   }
 }
 

@@ -5,7 +5,16 @@ import path from 'node:path';
 import * as Y from 'yjs';
 import { IDBFactory } from 'fake-indexeddb';
 import WebSocket from 'ws';
-import { MemoryStore, PlexichatClient, openFileStore, openIndexedDbStore, type IdbFactoryLike, type LocalStore } from '../client-lib/index.ts';
+import {
+  MemoryStore,
+  PlexichatClient,
+  openFileStore,
+  openIndexedDbStore,
+  type CompactionOptions,
+  type IdbFactoryLike,
+  type LocalStore,
+  type StoredUpdate,
+} from '../client-lib/index.ts';
 import { insertNote, listNotes } from '../shared/index.ts';
 import { tempDir } from './helpers/server.ts';
 
@@ -87,4 +96,68 @@ test('notes edited offline on the IndexedDB store are all there after an app res
   assert.equal(second.pending, 3);
   assert.equal(second.status, 'offline');
   await second.close();
+});
+
+/** Remote (settled) records of a document of `count` notes, one note per record. */
+function noteRecords(count: number, local: (seq: number) => boolean = () => false): StoredUpdate[] {
+  const source = new Y.Doc();
+  const records: StoredUpdate[] = [];
+  source.on('update', (update: Uint8Array) => records.push({ seq: records.length + 1, local: local(records.length + 1), update }));
+  for (let i = 0; i < count; i += 1) source.transact(() => insertNote(source, { id: String(2000 + i), content: `note ${i}`, created_at: i }));
+  return records;
+}
+
+/**
+ * The one compaction trigger every store shares: it counts remote records and acknowledged local
+ * ones (an acknowledgement alone never compacts; the next append does), by number or by bytes.
+ */
+async function exerciseTrigger(openStore: (options: CompactionOptions) => Promise<LocalStore>): Promise<void> {
+  const records = noteRecords(5, (seq) => seq === 1 || seq === 2 || seq === 4);
+  const [l1, l2, r3, l4, r5] = records as [StoredUpdate, StoredUpdate, StoredUpdate, StoredUpdate, StoredUpdate];
+  const byCount = await openStore({ maxRecords: 4 });
+  try {
+    for (const r of [l1, l2, r3]) await byCount.append(r);
+    await byCount.setAcked(2);
+    assert.equal((await byCount.load()).updates.length, 3, 'an acknowledgement alone does not compact');
+    await byCount.append(l4);
+    assert.equal((await byCount.load()).updates.length, 4, 'three settled records and a pending one: not yet');
+    await byCount.append(r5);
+    const state = await byCount.load();
+    assert.deepEqual(
+      state.updates.map((r) => r.seq),
+      [4],
+      'the fourth settled record compacts; the pending one stays',
+    );
+    assert.ok(state.snapshot !== null);
+  } finally {
+    await byCount.close();
+  }
+
+  const remote = noteRecords(3);
+  const [first, second, third] = remote as [StoredUpdate, StoredUpdate, StoredUpdate];
+  const byBytes = await openStore({ maxBytes: first.update.byteLength + second.update.byteLength });
+  try {
+    await byBytes.append(first);
+    assert.equal((await byBytes.load()).updates.length, 1);
+    await byBytes.append(second);
+    assert.deepEqual((await byBytes.load()).updates, [], 'the byte limit reached: everything settled is folded');
+    await byBytes.append(third);
+    assert.equal((await byBytes.load()).updates.length, 1, 'and the count starts over');
+  } finally {
+    await byBytes.close();
+  }
+}
+
+test('every store compacts at the same point: the shared trigger, by records and by bytes', async () => {
+  await exerciseTrigger(async (options) => new MemoryStore(options));
+  const dir = tempDir('plexichat-store-');
+  try {
+    let n = 0;
+    await exerciseTrigger((options) => openFileStore(path.join(dir, `trigger-${n++}.sqlite`), options));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const factory = new IDBFactory() as unknown as IdbFactoryLike;
+  let n = 0;
+  await exerciseTrigger((options) => openIndexedDbStore(`trigger-${n++}`, { indexedDB: factory, ...options }));
 });
