@@ -138,16 +138,30 @@ export class IndexedDbStore implements LocalStore {
     this.#db.close();
   }
 
-  /** Read, merge and rewrite in one transaction, so a closed tab leaves either the old or new state. */
+  /**
+   * Reads, merges and rewrites in one readwrite transaction, so a closed tab leaves either the old
+   * or the new state, and no other write can come between the read and the rewrite: IndexedDB
+   * runs readwrite transactions over the same stores one at a time. A transaction takes new
+   * requests only while its callbacks run and commits once none is pending, so nothing here
+   * awaits: the merge and the writes happen in the last read's callback. Like the SQLite store,
+   * it folds by the `acked` read in the same transaction.
+   */
   async #compact(): Promise<void> {
-    const state = await this.load();
-    const { snapshot, kept } = compact(state.snapshot, state.updates, this.#acked);
-    const keep = new Set(kept.map((r) => r.seq));
     const tx = this.#db.transaction([RECORDS, STATE], 'readwrite');
-    for (const r of state.updates) if (!keep.has(r.seq)) tx.objectStore(RECORDS).delete(r.seq);
-    tx.objectStore(STATE).put(snapshot, 'snapshot');
+    const records = tx.objectStore(RECORDS).getAll();
+    const snapshot = tx.objectStore(STATE).get('snapshot');
+    const acked = tx.objectStore(STATE).get('acked');
+    // Requests of one transaction succeed in the order they were made: this one comes last.
+    acked.onsuccess = () => {
+      const rows = (records.result as RecordValue[]).sort((a, b) => a.seq - b.seq);
+      const result = compact(snapshot.result instanceof Uint8Array ? snapshot.result : null, rows, typeof acked.result === 'number' ? acked.result : 0);
+      const keep = new Set(result.kept.map((r) => r.seq));
+      for (const r of rows) if (!keep.has(r.seq)) tx.objectStore(RECORDS).delete(r.seq);
+      tx.objectStore(STATE).put(result.snapshot, 'snapshot');
+      // Counted from what this transaction read: appends made later are counted after it.
+      this.#trigger.reset(result.kept.map(sizeOf), this.#acked);
+    };
     await done(tx);
-    this.#trigger.reset(kept.map(sizeOf), this.#acked);
   }
 }
 
