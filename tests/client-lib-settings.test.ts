@@ -237,3 +237,23 @@ test('entries that are not settings read as unset and do not count towards the l
     await device.close();
   }
 });
+
+test('a listener that throws is reported as an error event; the change itself stands', async () => {
+  const client = new PlexichatClient({ baseUrl: 'http://127.0.0.1:9', token: 'unused' });
+  const device = await open(client, new MemoryStore(), false);
+  try {
+    const errors: unknown[] = [];
+    device.on('error', (error) => errors.push(error));
+    device.on('change', () => {
+      throw new Error('listener bug');
+    });
+    device.set('theme', 'dark');
+    assert.equal(device.get('theme'), 'dark');
+    assert.deepEqual(
+      errors.map((e) => (e instanceof Error ? e.message : String(e))),
+      ['listener bug'],
+    );
+  } finally {
+    await device.close();
+  }
+});
