@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { createServer, type RunningServer, type ServerOptions } from '../../server/app.ts';
 import { makeConfig, type Config } from '../../server/config.ts';
 import type { AuthResponse } from '../../shared/index.ts';
@@ -85,8 +86,6 @@ export class Api {
   }
 }
 
-let userCounter = 0;
-
 export interface TestUser {
   id: string;
   token: string;
@@ -97,8 +96,8 @@ export interface TestUser {
 
 /** Registers a fresh user with a unique name; fails the test if that does not answer 201. */
 export async function registerUser(api: Api, name?: string): Promise<TestUser> {
-  userCounter += 1;
-  const username = name ?? `user${process.pid}_${userCounter}`;
+  // 40 random bits: unique among the users of a run without a counter kept in the module.
+  const username = name ?? `user${process.pid}_${randomBytes(5).toString('hex')}`;
   const email = `${username.toLowerCase()}@example.com`;
   const password = `pw-${username}-secret`;
   const response = await api.post<AuthResponse>('/auth/register', { json: { username, email, password } });
