@@ -45,9 +45,10 @@ export interface SyncProviderOptions {
   WebSocket: WebSocketConstructor;
   /**
    * The seq of the newest update in the doc, local or remote (the device's update counter). A
-   * step 2 sent now holds the whole doc the server lacks, so it carries every local update with a
-   * seq up to this; its acknowledgement acknowledges them all. Remote seqs in that range are never
-   * pending, so covering them too changes nothing, and no separate count of local seqs is needed.
+   * step 2 sent now holds everything in the doc that the server's state vector lacks (the server
+   * holds in memory exactly what it has stored), so once it is acknowledged the server has stored
+   * every local update with a seq up to this. Remote seqs in that range are never pending, so
+   * covering them too changes nothing, and no separate count of local seqs is needed.
    */
   currentSeq: () => number;
   onAck: (seq: number) => void;
