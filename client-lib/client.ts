@@ -64,7 +64,11 @@ export interface AvatarImageResponse {
 /** Told when the token or the server address changes, so sync connections can retry at once. */
 type EndpointListener = () => void;
 
-/** Typed client for every REST route of the server. Every failure throws `ApiError`. */
+/**
+ * Typed client for every REST route of the server. An answer that is not 2xx throws `ApiError`;
+ * a request that gets no answer throws what `fetch` throws (a TypeError where the server is not
+ * reachable).
+ */
 export class PlexichatClient {
   #baseUrl: string;
   #token: string | undefined;
@@ -85,7 +89,10 @@ export class PlexichatClient {
     return this.#token;
   }
 
-  /** Replaces the session token; open sync connections stopped by an auth close code retry with it. */
+  /**
+   * Replaces the session token. Sync connections that are down (backing off, or stopped by a
+   * refusal) retry with it at once; one that is open or opening keeps its socket.
+   */
   setToken(token: string | undefined): void {
     this.#token = token;
     for (const listener of this.#endpointListeners) listener();

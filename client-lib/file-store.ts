@@ -1,5 +1,5 @@
 import type BetterSqlite3 from 'better-sqlite3';
-import { DEFAULT_COMPACTION, compact, type CompactionOptions, type LocalState, type LocalStore, type StoredUpdate } from './store.ts';
+import { CompactionTrigger, compact, sizeOf, type LocalState, type LocalStore, type CompactionOptions, type StoredUpdate } from './store.ts';
 
 export interface FileStoreOptions extends CompactionOptions {
   /**
@@ -27,14 +27,12 @@ export async function openFileStore(path: string, options: FileStoreOptions = {}
 
 export class FileStore implements LocalStore {
   readonly #db: BetterSqlite3.Database;
-  readonly #limits: Required<CompactionOptions>;
+  readonly #trigger: CompactionTrigger;
   #acked: number;
-  #settledCount = 0;
-  #settledBytes = 0;
 
   constructor(db: BetterSqlite3.Database, options: FileStoreOptions) {
     this.#db = db;
-    this.#limits = { maxRecords: options.maxRecords ?? DEFAULT_COMPACTION.maxRecords, maxBytes: options.maxBytes ?? DEFAULT_COMPACTION.maxBytes };
+    this.#trigger = new CompactionTrigger(options);
     db.pragma('journal_mode = WAL');
     db.pragma(`synchronous = ${options.durability === 'normal' ? 'NORMAL' : 'FULL'}`);
     db.exec(`
@@ -44,19 +42,15 @@ export class FileStore implements LocalStore {
       INSERT OR IGNORE INTO state (id, snapshot, acked, last_seq) VALUES (1, NULL, 0, 0);
     `);
     this.#acked = this.#state().acked;
-    this.#recount();
+    const sizes = this.#db.prepare('SELECT seq, local, length("update") AS bytes FROM records').all() as { seq: number; local: number; bytes: number }[];
+    this.#trigger.reset(
+      sizes.map((r) => ({ seq: r.seq, local: r.local === 1, bytes: r.bytes })),
+      this.#acked,
+    );
   }
 
   #state(): { snapshot: Buffer | null; acked: number; last_seq: number } {
     return this.#db.prepare('SELECT snapshot, acked, last_seq FROM state WHERE id = 1').get() as { snapshot: Buffer | null; acked: number; last_seq: number };
-  }
-
-  #recount(): void {
-    const row = this.#db
-      .prepare('SELECT count(*) AS n, coalesce(sum(length("update")), 0) AS bytes FROM records WHERE local = 0 OR seq <= ?')
-      .get(this.#acked) as { n: number; bytes: number };
-    this.#settledCount = row.n;
-    this.#settledBytes = row.bytes;
   }
 
   async load(): Promise<LocalState> {
@@ -78,18 +72,16 @@ export class FileStore implements LocalStore {
       this.#db.prepare('INSERT INTO records (seq, local, "update") VALUES (?, ?, ?)').run(record.seq, record.local ? 1 : 0, record.update);
       this.#db.prepare('UPDATE state SET last_seq = max(last_seq, ?) WHERE id = 1').run(record.seq);
     })();
-    if (!record.local) {
-      this.#settledCount += 1;
-      this.#settledBytes += record.update.byteLength;
-    }
-    if (this.#settledCount >= this.#limits.maxRecords || this.#settledBytes >= this.#limits.maxBytes) this.#compact();
+    this.#trigger.appended(sizeOf(record));
+    if (this.#trigger.due) this.#compact();
   }
 
   async setAcked(seq: number): Promise<void> {
     if (seq <= this.#acked) return;
-    this.#acked = seq;
+    // Stored first: a write that throws leaves the store as it was, so the same ack can come again.
     this.#db.prepare('UPDATE state SET acked = max(acked, ?) WHERE id = 1').run(seq);
-    this.#recount();
+    this.#acked = seq;
+    this.#trigger.acked(seq);
   }
 
   async setMeta(key: string, value: string): Promise<void> {
@@ -100,20 +92,24 @@ export class FileStore implements LocalStore {
     if (this.#db.open) this.#db.close();
   }
 
-  /** Folds settled records into the snapshot in one transaction: a crash leaves either state. */
+  /**
+   * Reads, folds settled records into the snapshot and rewrites, in one transaction: a crash leaves
+   * either state. It folds by the `acked` read in that transaction, so what it folds always agrees
+   * with the acknowledgement stored beside it (the one a restart goes by).
+   */
   #compact(): void {
-    this.#db.transaction(() => {
+    const kept = this.#db.transaction(() => {
       const state = this.#state();
       const rows = this.#db.prepare('SELECT seq, local, "update" FROM records ORDER BY seq').all() as RecordRow[];
       const records = rows.map((r) => ({ seq: r.seq, local: r.local === 1, update: new Uint8Array(r.update) }));
-      const { snapshot, kept } = compact(state.snapshot ? new Uint8Array(state.snapshot) : null, records, this.#acked);
-      const keep = new Set(kept.map((r) => r.seq));
+      const result = compact(state.snapshot ? new Uint8Array(state.snapshot) : null, records, state.acked);
+      const keep = new Set(result.kept.map((r) => r.seq));
       const remove = this.#db.prepare('DELETE FROM records WHERE seq = ?');
       for (const r of records) if (!keep.has(r.seq)) remove.run(r.seq);
-      this.#db.prepare('UPDATE state SET snapshot = ? WHERE id = 1').run(snapshot);
+      this.#db.prepare('UPDATE state SET snapshot = ? WHERE id = 1').run(result.snapshot);
+      return result.kept;
     })();
-    this.#settledCount = 0;
-    this.#settledBytes = 0;
+    this.#trigger.reset(kept.map(sizeOf), this.#acked);
   }
 
   /** Records not yet merged (for tests of compaction). */

@@ -1,4 +1,4 @@
-import { DEFAULT_COMPACTION, compact, isSettled, type CompactionOptions, type LocalState, type LocalStore, type StoredUpdate } from './store.ts';
+import { CompactionTrigger, compact, sizeOf, type CompactionOptions, type LocalState, type LocalStore, type StoredUpdate } from './store.ts';
 
 /*
  * The slice of the IndexedDB API this store uses, typed here because the project compiles without
@@ -61,29 +61,26 @@ export async function openIndexedDbStore(name: string, options: IndexedDbStoreOp
     if (!db.objectStoreNames.contains(STATE)) db.createObjectStore(STATE);
   };
   const db = await settle(request);
-  const store = new IndexedDbStore(db, { ...DEFAULT_COMPACTION, ...options });
+  const store = new IndexedDbStore(db, options);
   await store.init();
   return store;
 }
 
 export class IndexedDbStore implements LocalStore {
   readonly #db: IdbDatabase;
-  readonly #limits: Required<CompactionOptions>;
+  readonly #trigger: CompactionTrigger;
   #acked = 0;
-  #settledCount = 0;
-  #settledBytes = 0;
 
-  constructor(db: IdbDatabase, limits: Required<CompactionOptions>) {
+  constructor(db: IdbDatabase, options: CompactionOptions) {
     this.#db = db;
-    this.#limits = limits;
+    this.#trigger = new CompactionTrigger(options);
   }
 
+  /** Reads what the database holds so far (`openIndexedDbStore` calls it once). */
   async init(): Promise<void> {
     const state = await this.load();
     this.#acked = state.acked;
-    const settled = state.updates.filter((r) => isSettled(r, state.acked));
-    this.#settledCount = settled.length;
-    this.#settledBytes = settled.reduce((sum, r) => sum + r.update.byteLength, 0);
+    this.#trigger.reset(state.updates.map(sizeOf), state.acked);
   }
 
   async load(): Promise<LocalState> {
@@ -113,11 +110,8 @@ export class IndexedDbStore implements LocalStore {
       tx.objectStore(STATE).put(Math.max(previous, record.seq), 'last_seq');
     };
     await done(tx);
-    if (!record.local) {
-      this.#settledCount += 1;
-      this.#settledBytes += record.update.byteLength;
-    }
-    if (this.#settledCount >= this.#limits.maxRecords || this.#settledBytes >= this.#limits.maxBytes) await this.#compact();
+    this.#trigger.appended(sizeOf(record));
+    if (this.#trigger.due) await this.#compact();
   }
 
   async setAcked(seq: number): Promise<void> {
@@ -126,7 +120,7 @@ export class IndexedDbStore implements LocalStore {
     const tx = this.#db.transaction([STATE], 'readwrite');
     tx.objectStore(STATE).put(seq, 'acked');
     await done(tx);
-    await this.init();
+    this.#trigger.acked(seq);
   }
 
   async setMeta(key: string, value: string): Promise<void> {
@@ -144,17 +138,30 @@ export class IndexedDbStore implements LocalStore {
     this.#db.close();
   }
 
-  /** Read, merge and rewrite in one transaction, so a closed tab leaves either the old or new state. */
+  /**
+   * Reads, merges and rewrites in one readwrite transaction, so a closed tab leaves either the old
+   * or the new state, and no other write can come between the read and the rewrite: IndexedDB
+   * runs readwrite transactions over the same stores one at a time. A transaction takes new
+   * requests only while its callbacks run and commits once none is pending, so nothing here
+   * awaits: the merge and the writes happen in the last read's callback. Like the SQLite store,
+   * it folds by the `acked` read in the same transaction.
+   */
   async #compact(): Promise<void> {
-    const state = await this.load();
-    const { snapshot, kept } = compact(state.snapshot, state.updates, this.#acked);
-    const keep = new Set(kept.map((r) => r.seq));
     const tx = this.#db.transaction([RECORDS, STATE], 'readwrite');
-    for (const r of state.updates) if (!keep.has(r.seq)) tx.objectStore(RECORDS).delete(r.seq);
-    tx.objectStore(STATE).put(snapshot, 'snapshot');
+    const records = tx.objectStore(RECORDS).getAll();
+    const snapshot = tx.objectStore(STATE).get('snapshot');
+    const acked = tx.objectStore(STATE).get('acked');
+    // Requests of one transaction succeed in the order they were made: this one comes last.
+    acked.onsuccess = () => {
+      const rows = (records.result as RecordValue[]).sort((a, b) => a.seq - b.seq);
+      const result = compact(snapshot.result instanceof Uint8Array ? snapshot.result : null, rows, typeof acked.result === 'number' ? acked.result : 0);
+      const keep = new Set(result.kept.map((r) => r.seq));
+      for (const r of rows) if (!keep.has(r.seq)) tx.objectStore(RECORDS).delete(r.seq);
+      tx.objectStore(STATE).put(result.snapshot, 'snapshot');
+      // Counted from what this transaction read: appends made later are counted after it.
+      this.#trigger.reset(result.kept.map(sizeOf), this.#acked);
+    };
     await done(tx);
-    this.#settledCount = 0;
-    this.#settledBytes = 0;
   }
 }
 

@@ -1,5 +1,5 @@
 import type * as Y from 'yjs';
-import { settingsMap } from '../shared/settings-doc.ts';
+import { readSettings, settingKeyProblem, settingValueProblem, settingsMap } from '../shared/settings-doc.ts';
 import {
   SETTINGS_MAX_KEYS,
   SETTINGS_TOTAL_MAX_BYTES,
@@ -54,16 +54,22 @@ export class Settings extends SyncedDoc<SettingsChange> {
     settingsMap(this.doc);
   }
 
-  /** A copy of the value, or undefined if the key is not set. */
+  /**
+   * A copy of the value, or undefined if the key is not set. An entry that is not a setting (a bad
+   * name, a value that is not plain JSON, written by another client) reads as unset, as on the server.
+   */
   get(key: string): JsonValue | undefined {
     const map = settingsMap(this.doc);
-    return map.has(key) ? structuredClone(map.get(key) as JsonValue) : undefined;
+    if (!map.has(key)) return undefined;
+    const value = map.get(key);
+    if (settingKeyProblem(key) !== null || settingValueProblem(value) !== null) return undefined;
+    return structuredClone(value as JsonValue);
   }
 
-  /** Every key and value (a copy). */
+  /** Every setting (a copy), skipping entries that are not settings, as `GET /users/@me/settings` does. */
   all(): UserSettings {
     // fromEntries defines own keys, so a key like `__proto__` stays a plain key.
-    return Object.fromEntries([...settingsMap(this.doc)].map(([key, value]) => [key, structuredClone(value as JsonValue)]));
+    return Object.fromEntries(Object.entries(readSettings(this.doc)).map(([key, value]) => [key, structuredClone(value)]));
   }
 
   /** Sets one key (works offline). `null` removes the key, as in `PATCH /users/@me/settings`. */
@@ -93,18 +99,25 @@ export class Settings extends SyncedDoc<SettingsChange> {
       if (!parsed.success) throw new RangeError(`Invalid setting ${JSON.stringify(key)}: ${innermostMessage(parsed.error.issues)}`);
     }
     const map = settingsMap(this.doc);
-    const next = new Map(map.entries());
-    for (const [key, value] of entries) {
-      if (value === null) next.delete(key);
-      else next.set(key, value);
-    }
-    // fromEntries defines own keys, so a key like `__proto__` is measured like any other.
-    if (next.size > SETTINGS_MAX_KEYS || jsonByteLength(Object.fromEntries(next)) > SETTINGS_TOTAL_MAX_BYTES) {
-      throw new RangeError(`Settings may hold at most ${SETTINGS_MAX_KEYS} keys and ${SETTINGS_TOTAL_MAX_BYTES} bytes of JSON`);
-    }
-    // Only real changes make an update: setting a key to what it already holds sends nothing.
-    const changes = entries.filter(([key, value]) => (value === null ? map.has(key) : !map.has(key) || JSON.stringify(map.get(key)) !== JSON.stringify(value)));
+    // Only real changes make an update: setting a key to what it already holds sends nothing. A
+    // value that is not a setting is never what a valid one holds (and JSON cannot always show it).
+    const holds = (key: string, value: JsonValue) =>
+      map.has(key) && settingValueProblem(map.get(key)) === null && JSON.stringify(map.get(key)) === JSON.stringify(value);
+    const changes = entries.filter(([key, value]) => (value === null ? map.has(key) : !holds(key, value)));
     if (changes.length === 0) return;
+    // The server's rule: an update that sets a key must leave the settings within the limits,
+    // counted over the entries that are settings; one that only removes keys is always taken.
+    if (changes.some(([, value]) => value !== null)) {
+      const next = new Map(Object.entries(readSettings(this.doc)));
+      for (const [key, value] of changes) {
+        if (value === null) next.delete(key);
+        else next.set(key, value);
+      }
+      // fromEntries defines own keys, so a key like `__proto__` is measured like any other.
+      if (next.size > SETTINGS_MAX_KEYS || jsonByteLength(Object.fromEntries(next)) > SETTINGS_TOTAL_MAX_BYTES) {
+        throw new RangeError(`Settings may hold at most ${SETTINGS_MAX_KEYS} keys and ${SETTINGS_TOTAL_MAX_BYTES} bytes of JSON`);
+      }
+    }
     this.doc.transact(() => {
       for (const [key, value] of changes) {
         // A copy through JSON: Yjs keeps the object it is given, so later mutation by the app

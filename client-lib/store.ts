@@ -42,8 +42,19 @@ export interface CompactionOptions {
 
 export const DEFAULT_COMPACTION = { maxRecords: 500, maxBytes: 1 << 20 } as const;
 
+/** A record as the compaction trigger sees it: its size instead of its bytes. */
+export interface RecordSize {
+  seq: number;
+  local: boolean;
+  bytes: number;
+}
+
+export function sizeOf(record: StoredUpdate): RecordSize {
+  return { seq: record.seq, local: record.local, bytes: record.update.byteLength };
+}
+
 /** A record may be merged into the snapshot once it is no longer an unacknowledged local edit. */
-export function isSettled(record: StoredUpdate, acked: number): boolean {
+function isSettled(record: { seq: number; local: boolean }, acked: number): boolean {
   return !record.local || record.seq <= acked;
 }
 
@@ -52,6 +63,58 @@ export function compact(snapshot: Uint8Array | null, records: StoredUpdate[], ac
   const settled = records.filter((r) => isSettled(r, acked)).map((r) => r.update);
   const merged = Y.mergeUpdates(snapshot ? [snapshot, ...settled] : settled);
   return { snapshot: merged, kept: records.filter((r) => !isSettled(r, acked)) };
+}
+
+/**
+ * When a store should compact, the same for every store: once the records a compaction would fold
+ * (every remote one, and local ones once acknowledged) number `maxRecords` or hold `maxBytes`. It
+ * keeps the seq and size of each pending local record, so an acknowledgement moves them over
+ * without reading the store again.
+ */
+export class CompactionTrigger {
+  readonly #maxRecords: number;
+  readonly #maxBytes: number;
+  #acked = 0;
+  #settledRecords = 0;
+  #settledBytes = 0;
+  #pending: RecordSize[] = [];
+
+  constructor(options: CompactionOptions = {}) {
+    this.#maxRecords = options.maxRecords ?? DEFAULT_COMPACTION.maxRecords;
+    this.#maxBytes = options.maxBytes ?? DEFAULT_COMPACTION.maxBytes;
+  }
+
+  /** Counts from scratch what a store holds after its snapshot (when opened, after a compaction). */
+  reset(records: Iterable<RecordSize>, acked: number): void {
+    this.#acked = acked;
+    this.#settledRecords = 0;
+    this.#settledBytes = 0;
+    this.#pending = [];
+    for (const record of records) this.appended(record);
+  }
+
+  appended(record: RecordSize): void {
+    if (isSettled(record, this.#acked)) {
+      this.#settledRecords += 1;
+      this.#settledBytes += record.bytes;
+    } else {
+      this.#pending.push(record);
+    }
+  }
+
+  /** Every local record with seq <= `acked` is now settled. */
+  acked(acked: number): void {
+    if (acked <= this.#acked) return;
+    this.#acked = acked;
+    const pending = this.#pending;
+    this.#pending = [];
+    for (const record of pending) this.appended(record);
+  }
+
+  /** Enough could be folded that the store should compact now. */
+  get due(): boolean {
+    return this.#settledRecords >= this.#maxRecords || this.#settledBytes >= this.#maxBytes;
+  }
 }
 
 /**
@@ -64,10 +127,10 @@ export class MemoryStore implements LocalStore {
   #acked = 0;
   #lastSeq = 0;
   #meta: Record<string, string> = {};
-  readonly #limits: Required<CompactionOptions>;
+  readonly #trigger: CompactionTrigger;
 
   constructor(options: CompactionOptions = {}) {
-    this.#limits = { ...DEFAULT_COMPACTION, ...options };
+    this.#trigger = new CompactionTrigger(options);
   }
 
   async load(): Promise<LocalState> {
@@ -83,17 +146,18 @@ export class MemoryStore implements LocalStore {
   async append(record: StoredUpdate): Promise<void> {
     this.#updates.push({ ...record, update: record.update.slice() });
     this.#lastSeq = Math.max(this.#lastSeq, record.seq);
-    const settled = this.#updates.filter((r) => isSettled(r, this.#acked));
-    const bytes = settled.reduce((sum, r) => sum + r.update.byteLength, 0);
-    if (settled.length >= this.#limits.maxRecords || bytes >= this.#limits.maxBytes) {
+    this.#trigger.appended(sizeOf(record));
+    if (this.#trigger.due) {
       const { snapshot, kept } = compact(this.#snapshot, this.#updates, this.#acked);
       this.#snapshot = snapshot;
       this.#updates = kept;
+      this.#trigger.reset(kept.map(sizeOf), this.#acked);
     }
   }
 
   async setAcked(seq: number): Promise<void> {
     this.#acked = Math.max(this.#acked, seq);
+    this.#trigger.acked(this.#acked);
   }
 
   async setMeta(key: string, value: string): Promise<void> {

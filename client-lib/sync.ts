@@ -43,8 +43,14 @@ export interface SyncProviderOptions {
   url: () => string;
   token: () => string | undefined;
   WebSocket: WebSocketConstructor;
-  /** Highest seq of a local update already in the doc (what a sync step 2 covers). */
-  lastLocalSeq: () => number;
+  /**
+   * The seq of the newest update in the doc, local or remote (the device's update counter). A
+   * step 2 sent now holds everything in the doc that the server's state vector lacks (the server
+   * holds in memory exactly what it has stored), so once it is acknowledged the server has stored
+   * every local update with a seq up to this. Remote seqs in that range are never pending, so
+   * covering them too changes nothing, and no separate count of local seqs is needed.
+   */
+  currentSeq: () => number;
   onAck: (seq: number) => void;
   onStatus: () => void;
   /** A close code that retrying cannot fix (4400-4499): the provider waits for a new token. */
@@ -75,7 +81,10 @@ export class SyncProvider {
   #handshakeSent = false;
   /** The server's step 2 arrived on this socket. */
   #serverSynced = false;
-  /** coverage[i] = local seqs up to this are inside update-carrying message i+1 of this socket. */
+  /**
+   * coverage[i]: every local update with a seq up to this went out in the first i+1
+   * update-carrying messages of this socket, so an ack of i+1 messages acknowledges it.
+   */
   #coverage: number[] = [];
   #attempt = 0;
   #timer: unknown = null;
@@ -243,8 +252,7 @@ export class SyncProvider {
       }
       case 'sync-step1': {
         // Only what the server lacks, however long we were away.
-        const covered = this.#o.lastLocalSeq();
-        this.#sendCounted(encodeSyncStep2(this.#o.doc, message.stateVector), covered);
+        this.#sendCounted(encodeSyncStep2(this.#o.doc, message.stateVector), this.#o.currentSeq());
         this.#handshakeSent = true;
         return;
       }

@@ -31,7 +31,7 @@ export interface SyncedDocEvents<Change> {
   status: (status: SyncStatus, pending: number) => void;
   /** The server refused the connection for good (e.g. 4401 revoked session); set a new token. */
   refused: (code: number, reason: string) => void;
-  /** Writing to the local store failed. */
+  /** Writing to the local store failed, or a listener of another event threw. */
   error: (error: unknown) => void;
 }
 
@@ -62,7 +62,11 @@ export function resolveWebSocket(options: OpenSyncedDocOptions): WebSocketConstr
   return WebSocketImpl;
 }
 
-/** Replays the store into a fresh doc, in one transaction so it is not taken for new edits. */
+/**
+ * Replays the store into a fresh doc, in one transaction (one update event, not one per record).
+ * Nothing listens yet when it runs; its origin is LOAD_ORIGIN all the same, which a `SyncedDoc`
+ * never stores again or counts as an edit.
+ */
 export function loadDoc(state: LocalState): LoadedDoc {
   const doc = new Y.Doc();
   doc.transact(() => {
@@ -86,6 +90,7 @@ export abstract class SyncedDoc<Change extends { local: boolean }> {
   readonly #provider: SyncProvider;
   readonly #listeners: Listeners<Change> = { change: new Set(), status: new Set(), refused: new Set(), error: new Set() };
   readonly #unsubscribeToken: () => void;
+  /** The seq of the newest update in the doc, local or remote: each update takes the next one. */
   #lastSeq: number;
   #acked: number;
   #pending: number[];
@@ -105,7 +110,7 @@ export abstract class SyncedDoc<Change extends { local: boolean }> {
       url: () => init.host.syncUrl(init.docName),
       token: () => init.host.token,
       WebSocket: init.WebSocket,
-      lastLocalSeq: () => this.#lastSeq,
+      currentSeq: () => this.#lastSeq,
       onAck: (seq) => this.#acknowledge(seq),
       onStatus: () => this.#emitStatus(),
       onRefused: (code, reason) => this.#emit('refused', code, reason),

@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import WebSocket from 'ws';
+import * as Y from 'yjs';
 import { MemoryStore, PlexichatClient, openFileStore, type LocalStore, type Settings, type SettingsChange } from '../client-lib/index.ts';
+import { settingsMap } from '../shared/settings-doc.ts';
 import { SETTINGS_MAX_KEYS, SETTINGS_TOTAL_MAX_BYTES, SETTINGS_VALUE_MAX_BYTES } from '../shared/schemas/settings.ts';
 import { startServer, tempDir, type TestServer } from './helpers/server.ts';
 import { TEST_BACKOFF, clientFor, convergedBy } from './helpers/client.ts';
@@ -193,4 +195,65 @@ test('keys and sizes are checked on the device with the server limits, and a ref
     await device.close();
   }
   assert.throws(() => device.set('a', 1), /These settings are closed/);
+});
+
+test('entries that are not settings read as unset and do not count towards the limits; removing keys is allowed over the limits', async () => {
+  // A document as another client may have left it: bad names, values that are not plain JSON, and
+  // (two devices' offline writes merged) more keys than the limit. No server: all of it is local.
+  const seeded = new Y.Doc();
+  const map = settingsMap(seeded);
+  seeded.transact(() => {
+    map.set('ok', 1);
+    map.set('bad key', 2);
+    map.set('binary', new Uint8Array(SETTINGS_TOTAL_MAX_BYTES));
+    map.set('big', 10n);
+    for (let i = 0; i < SETTINGS_MAX_KEYS; i += 1) map.set(`k${i}`, i);
+  });
+  const store = new MemoryStore();
+  await store.append({ seq: 1, local: false, update: Y.encodeStateAsUpdate(seeded) });
+  const client = new PlexichatClient({ baseUrl: 'http://127.0.0.1:9', token: 'unused' });
+  const device = await open(client, store, false);
+  try {
+    assert.equal(device.get('ok'), 1);
+    assert.equal(device.get('bad key'), undefined);
+    assert.equal(device.get('binary'), undefined);
+    assert.equal(device.get('big'), undefined);
+    const all = device.all();
+    assert.equal(Object.keys(all).length, SETTINGS_MAX_KEYS + 1);
+    assert.ok(!('bad key' in all) && !('binary' in all) && !('big' in all));
+
+    // Over the key limit: setting is refused, removing is not (the server takes removals too).
+    assert.throws(() => device.set('theme', 'dark'), RangeError);
+    assert.equal(device.pending, 0);
+    for (const key of ['k0', 'k1', 'k2']) assert.equal(device.remove(key), true);
+    assert.equal(device.pending, 3);
+    // Back within the key limit; the binary entry, still there, would be over the byte limit if it counted.
+    device.set('theme', 'dark');
+    device.set('big', 1); // replaces a value that is not JSON: a change
+    assert.equal(device.get('big'), 1);
+    assert.equal(Object.keys(device.all()).length, SETTINGS_MAX_KEYS);
+    assert.equal(device.pending, 5);
+  } finally {
+    await device.close();
+  }
+});
+
+test('a listener that throws is reported as an error event; the change itself stands', async () => {
+  const client = new PlexichatClient({ baseUrl: 'http://127.0.0.1:9', token: 'unused' });
+  const device = await open(client, new MemoryStore(), false);
+  try {
+    const errors: unknown[] = [];
+    device.on('error', (error) => errors.push(error));
+    device.on('change', () => {
+      throw new Error('listener bug');
+    });
+    device.set('theme', 'dark');
+    assert.equal(device.get('theme'), 'dark');
+    assert.deepEqual(
+      errors.map((e) => (e instanceof Error ? e.message : String(e))),
+      ['listener bug'],
+    );
+  } finally {
+    await device.close();
+  }
 });

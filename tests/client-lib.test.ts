@@ -18,7 +18,8 @@ import {
 } from '../client-lib/index.ts';
 import { startServer, registerUser, tempDir, type TestServer } from './helpers/server.ts';
 import { TEST_BACKOFF, WireCounter, clientFor } from './helpers/client.ts';
-import { CLOSE_CODES } from '../shared/index.ts';
+import { CLOSE_CODES, encodeAck, encodeSyncStep1, encodeSyncStep2, encodeUpdate, readMessage } from '../shared/index.ts';
+import { settingsMap } from '../shared/settings-doc.ts';
 import { makePng } from './helpers/images.ts';
 
 let srv: TestServer;
@@ -377,7 +378,7 @@ test('backoff: full-jitter draws after failures, "soon" after 1012/4503, a stop 
     url: () => 'ws://unused',
     token: () => 'pxc_0123456789abcdef',
     WebSocket: FailingSocket,
-    lastLocalSeq: () => 0,
+    currentSeq: () => 0,
     onAck: () => {},
     onStatus: () => {},
     onRefused: (code) => {
@@ -396,7 +397,7 @@ test('backoff: full-jitter draws after failures, "soon" after 1012/4503, a stop 
   });
   provider.connect();
   await finished;
-  // connect timeouts are set too (5 s default); keep only the retry delays.
+  // connect timeouts are set too (DEFAULT_BACKOFF.connectTimeoutMs); keep only the retry delays.
   const retries = delays.filter((ms) => ms !== DEFAULT_BACKOFF.connectTimeoutMs);
   assert.deepEqual(retries, [99, 0, 399, 0, 999, 1, 999, 0, 49]);
   assert.equal(refusedWith, CLOSE_CODES.SESSION_REVOKED);
@@ -405,4 +406,72 @@ test('backoff: full-jitter draws after failures, "soon" after 1012/4503, a stop 
   provider.retry();
   assert.equal(opened, 11, 'a new token means one new attempt at once');
   provider.disconnect();
+});
+
+test('an ack of the sync step 2 covers every local edit made before it, also when the newest seq is remote', async () => {
+  // The server's side played by hand over a scripted socket, so the order of events is exact.
+  const sockets: ScriptedSocket[] = [];
+  class ScriptedSocket implements WebSocketLike {
+    binaryType = 'arraybuffer';
+    onopen: ((event: never) => void) | null = null;
+    onmessage: ((event: never) => void) | null = null;
+    onclose: ((event: never) => void) | null = null;
+    onerror: ((event: never) => void) | null = null;
+    readonly sent: Uint8Array[] = [];
+    constructor() {
+      sockets.push(this);
+    }
+    send(data: Uint8Array): void {
+      this.sent.push(data.slice());
+    }
+    close(): void {}
+    open(): void {
+      (this.onopen as ((event: object) => void) | null)?.({});
+    }
+    receive(frame: Uint8Array): void {
+      (this.onmessage as ((event: { data: unknown }) => void) | null)?.({ data: frame });
+    }
+  }
+  const store = new MemoryStore();
+  const client = new PlexichatClient({ baseUrl: 'http://127.0.0.1:9', token: 'pxc_unused_token_1234' });
+  const device = await client.openSettings({ store, WebSocket: ScriptedSocket, connect: false });
+  const server = new Y.Doc();
+  try {
+    device.set('offline', 1); // seq 1, local
+    device.connect();
+    const socket = sockets[0]!;
+    socket.open();
+    device.set('before.handshake', 2); // seq 2, local: not sent alone, our step 2 carries it
+    settingsMap(server).set('remote', 3);
+    socket.receive(encodeUpdate(Y.encodeStateAsUpdate(server))); // seq 3, remote: the newest seq
+    socket.receive(encodeSyncStep1(server)); // our step 2 answers it
+    const step2 = socket.sent.map((frame) => readMessage(frame)).find((message) => message.type === 'sync-step2');
+    assert.ok(step2 !== undefined && step2.type === 'sync-step2');
+    const received = new Y.Doc();
+    Y.applyUpdate(received, Y.encodeStateAsUpdate(server));
+    Y.applyUpdate(received, step2.update);
+    assert.deepEqual(settingsMap(received).toJSON(), { offline: 1, 'before.handshake': 2, remote: 3 });
+    assert.equal(device.pending, 2);
+    socket.receive(encodeAck(1));
+    assert.equal(device.pending, 0, 'the step 2 is stored: both local edits are acknowledged');
+
+    device.set('live', 4); // seq 4, local, sent on its own as message 2
+    assert.equal(device.pending, 1);
+    socket.receive(encodeAck(1));
+    assert.equal(device.pending, 1, 'an ack of the step 2 alone does not cover a later edit');
+    socket.receive(encodeAck(2));
+    assert.equal(device.pending, 0);
+    socket.receive(encodeSyncStep2(server, Y.encodeStateVector(device.doc)));
+    assert.equal(device.status, 'synced');
+  } finally {
+    await device.close();
+    server.destroy();
+  }
+  const state = await store.load();
+  assert.equal(state.acked, 4);
+  assert.deepEqual(
+    state.updates.filter((r) => r.local && r.seq > state.acked),
+    [],
+    'nothing is pending after a restart',
+  );
 });

@@ -5,7 +5,8 @@ import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import autocannon from 'autocannon';
 import * as Y from 'yjs';
 import { SyncClient, type SyncEndpoint } from './client.ts';
-import { resetPeak, sample, type ServerProcess } from './proc.ts';
+import type { ListeningServer } from '../helpers/process.ts';
+import { resetPeak, sample } from './proc.ts';
 import type { ServerEntry } from './servers.ts';
 import type { Trace } from './trace.ts';
 
@@ -57,7 +58,7 @@ const QUIET_POLL_MS = 250;
  * Hocuspocus' debounced stores) do that work after the clients converged, and it is part of what
  * an update costs them.
  */
-async function measured<T>(server: ServerProcess, fn: () => Promise<T>, settle = false, limitMs = 300_000): Promise<Measured<T>> {
+async function measured<T>(server: ListeningServer, fn: () => Promise<T>, settle = false, limitMs = 300_000): Promise<Measured<T>> {
   resetPeak(server.pid);
   const before = sample(server.pid);
   const started = performance.now();
@@ -129,7 +130,7 @@ async function connectMany(endpoints: readonly SyncEndpoint[], parallel = 16): P
   return clients;
 }
 
-async function withServer<T>(entry: ServerEntry, fn: (server: ServerProcess, dataDir: string) => Promise<T>): Promise<T> {
+async function withServer<T>(entry: ServerEntry, fn: (server: ListeningServer, dataDir: string) => Promise<T>): Promise<T> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), `plexichat-bench-${entry.name.replace(/[^a-z0-9]/gi, '-')}-`));
   try {
     const server = await entry.start(dataDir);

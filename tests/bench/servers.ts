@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { FASTIFY_BENCH_TOKEN } from './baselines/args.ts';
 import { SyncClient, type SyncEndpoint } from './client.ts';
-import { spawnServer, type ServerProcess } from './proc.ts';
+import { ourServerArgs, startListening, type ListeningServer } from '../helpers/process.ts';
 
 /** What a scenario gets to talk to: one endpoint per document, or why this server sits it out. */
 type SyncDocs = { endpoints: SyncEndpoint[] } | { skip: string };
@@ -16,28 +16,29 @@ export interface ServerEntry {
   persists: boolean;
   /** Serves `GET /users/@me` (rest). */
   rest: boolean;
-  start(dataDir: string): Promise<ServerProcess>;
+  start(dataDir: string): Promise<ListeningServer>;
   /** Only these scenarios (default: every scenario the flags above allow). */
   only?: readonly ('trace' | 'cold' | 'fanout' | 'idle' | 'rest')[];
   /** Stopped with kill -9 before the cold restart, so it restarts from exactly what was on disk. */
   crashBeforeCold?: boolean;
   /** After start: `count` documents to sync, with whatever accounts or tokens that takes. */
-  syncDocs?(server: ServerProcess, count: number): Promise<SyncDocs>;
-  restTarget?(server: ServerProcess): Promise<RestTarget>;
+  syncDocs?(server: ListeningServer, count: number): Promise<SyncDocs>;
+  restTarget?(server: ListeningServer): Promise<RestTarget>;
 }
 
-const READY = /listening on (http:\/\/[^\s"]+)/;
+/** A server that has not printed its port after this long is killed, and its scenarios fail. */
+const START_TIMEOUT_MS = 30_000;
 
-function baseline(repoRoot: string, nodeFlags: readonly string[], file: string, dataDir: string, env?: NodeJS.ProcessEnv): Promise<ServerProcess> {
-  return spawnServer({
+function baseline(repoRoot: string, nodeFlags: readonly string[], file: string, dataDir: string, env?: NodeJS.ProcessEnv): Promise<ListeningServer> {
+  return startListening({
     args: [...nodeFlags, '--import', 'tsx', path.join('tests', 'bench', 'baselines', file), '--port', '0', '--data-dir', dataDir],
     cwd: repoRoot,
-    ready: READY,
+    timeoutMs: START_TIMEOUT_MS,
     ...(env === undefined ? {} : { env }),
   });
 }
 
-function wsUrl(server: ServerProcess, pathname: string): string {
+function wsUrl(server: ListeningServer, pathname: string): string {
   return `ws://127.0.0.1:${server.port}${pathname}`;
 }
 
@@ -70,27 +71,14 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
   const plexichat = (name: string, extraArgs: readonly string[]): Omit<ServerEntry, 'ours' | 'sync' | 'persists' | 'rest'> => ({
     name,
     start: (dataDir) =>
-      spawnServer({
+      startListening({
         // Info level: the listening line is logged at info; requests only at debug.
-        args: [
-          ...nodeFlags,
-          '--import',
-          'tsx',
-          'server/main.ts',
-          '--port',
-          '0',
-          '--data-dir',
-          dataDir,
-          '--log-level',
-          'info',
-          '--auth-rate-limit',
-          '0',
-          '--max-sync-connections-per-user',
-          '100000',
-          ...extraArgs,
-        ],
+        args: ourServerArgs(
+          ['--port', '0', '--data-dir', dataDir, '--log-level', 'info', '--auth-rate-limit', '0', '--max-sync-connections-per-user', '100000', ...extraArgs],
+          nodeFlags,
+        ),
         cwd: repoRoot,
-        ready: READY,
+        timeoutMs: START_TIMEOUT_MS,
       }),
     syncDocs: (server, count) => plexichatDocs(server, count),
   });
@@ -182,7 +170,7 @@ interface Account {
 }
 
 /** Registers `count` users, two at a time (Argon2 hashing is the cost; the machine has 2 cores). */
-async function registerAccounts(server: ServerProcess, count: number): Promise<Account[]> {
+async function registerAccounts(server: ListeningServer, count: number): Promise<Account[]> {
   const accounts: Account[] = [];
   const runId = Date.now().toString(36);
   let next = 0;
@@ -214,7 +202,7 @@ async function registerAccounts(server: ServerProcess, count: number): Promise<A
  * channel (`GET /users/@me/notes` → `{id}`), reached at `/sync/<id>?token=<token>`. Until the
  * sync channel is on this build, the probe on the first account says so and the server sits out.
  */
-async function plexichatDocs(server: ServerProcess, count: number): Promise<SyncDocs> {
+async function plexichatDocs(server: ListeningServer, count: number): Promise<SyncDocs> {
   const [first] = await registerAccounts(server, 1);
   if (first === undefined) return { skip: 'registration failed' };
   const firstEndpoint = await notesEndpoint(server, first.token);
@@ -233,7 +221,7 @@ async function plexichatDocs(server: ServerProcess, count: number): Promise<Sync
   return { endpoints };
 }
 
-async function notesEndpoint(server: ServerProcess, token: string): Promise<SyncEndpoint | { skip: string }> {
+async function notesEndpoint(server: ListeningServer, token: string): Promise<SyncEndpoint | { skip: string }> {
   const response = await fetch(`${server.url}/users/@me/notes`, { headers: { authorization: `Bearer ${token}` } });
   if (response.status !== 200) {
     await response.body?.cancel();

@@ -1,11 +1,11 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
+import { randomBytes } from 'node:crypto';
 import { createServer, type RunningServer, type ServerOptions } from '../../server/app.ts';
 import { makeConfig, type Config } from '../../server/config.ts';
 import type { AuthResponse } from '../../shared/index.ts';
+import { ourServerArgs, runToExit, startListening, type ListeningServer } from './process.ts';
 
 export interface TestServer {
   url: string;
@@ -86,8 +86,6 @@ export class Api {
   }
 }
 
-let userCounter = 0;
-
 export interface TestUser {
   id: string;
   token: string;
@@ -98,8 +96,8 @@ export interface TestUser {
 
 /** Registers a fresh user with a unique name; fails the test if that does not answer 201. */
 export async function registerUser(api: Api, name?: string): Promise<TestUser> {
-  userCounter += 1;
-  const username = name ?? `user${process.pid}_${userCounter}`;
+  // 40 random bits: unique among the users of a run without a counter kept in the module.
+  const username = name ?? `user${process.pid}_${randomBytes(5).toString('hex')}`;
   const email = `${username.toLowerCase()}@example.com`;
   const password = `pw-${username}-secret`;
   const response = await api.post<AuthResponse>('/auth/register', { json: { username, email, password } });
@@ -107,47 +105,19 @@ export async function registerUser(api: Api, name?: string): Promise<TestUser> {
   return { id: response.body.user.id, token: response.body.token, username, email, password };
 }
 
-export interface ServerProcess {
-  child: ChildProcess;
-  url: string;
-  output: () => string;
-}
+/** A server process of `spawnServer`: `child`, `url` and `output()`, and more (see ListeningServer). */
+export type ServerProcess = ListeningServer;
 
 /**
- * Runs `server/main.ts` as its own process (for signals, kill -9 and start-up checks). `wrapper`
- * is a command the server runs under, e.g. `['prlimit', '--nofile=100:100']`.
+ * Runs `server/main.ts` as its own process (for signals, kill -9 and start-up checks); resolves
+ * once it listens. `env` is added to this process's environment. `wrapper` is a command the server
+ * runs under, e.g. `['prlimit', '--nofile=100:100']`.
  */
-export async function spawnServer(args: string[], env: NodeJS.ProcessEnv = {}, wrapper: string[] = []): Promise<ServerProcess> {
-  const command = [...wrapper, process.execPath, '--import', 'tsx', 'server/main.ts', ...args];
-  const child = spawn(command[0] as string, command.slice(1), {
-    cwd: path.resolve(import.meta.dirname, '../..'),
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  const url = await new Promise<string>((resolve, reject) => {
-    const onData = (chunk: Buffer) => {
-      output += chunk.toString();
-      const match = /listening on (http:\/\/[^"\s]+)/.exec(output);
-      if (match) resolve(match[1] as string);
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`server exited with ${code} before listening:\n${output}`)));
-  });
-  return { child, url, output: () => output };
+export function spawnServer(args: string[], env: NodeJS.ProcessEnv = {}, wrapper: string[] = []): Promise<ServerProcess> {
+  return startListening({ args: ourServerArgs(args), env: { ...process.env, ...env }, wrapper });
 }
 
 /** Runs main.ts expecting it to exit; resolves with its exit code and everything it printed. */
-export async function runServerToExit(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts', ...args], {
-    cwd: path.resolve(import.meta.dirname, '../..'),
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout.on('data', (c: Buffer) => (output += c.toString()));
-  child.stderr.on('data', (c: Buffer) => (output += c.toString()));
-  const [code] = (await once(child, 'exit')) as [number | null];
-  return { code, output };
+export function runServerToExit(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
+  return runToExit({ args: ourServerArgs(args), env: { ...process.env, ...env } });
 }
