@@ -33,11 +33,12 @@ test('out of file descriptors: a request that needs another user file gets 503 w
     const first = await spawnServer(['--port', '0', '--data-dir', dir, '--log-level', 'warn', '--auth-rate-limit', '0']);
     const firstApi = new Api(first.url);
     const users = [];
-    for (let i = 0; i < 24; i += 1) users.push(await registerUser(firstApi));
+    for (let i = 0; i < 32; i += 1) users.push(await registerUser(firstApi));
     first.child.kill('SIGTERM');
     await once(first.child, 'exit');
 
-    const limit = 100;
+    // Room for the runtime (tsx starts esbuild) and some users; each user online takes four more.
+    const limit = 128;
     const server = await spawnServer(['--port', '0', '--data-dir', dir, '--log-level', 'warn'], {}, ['prlimit', `--nofile=${limit}:${limit}`]);
     t.after(() => server.child.kill('SIGKILL'));
     const { child, url } = server;
