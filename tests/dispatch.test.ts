@@ -1,7 +1,7 @@
 /**
  * The dispatcher on its own (server/http/dispatch.ts): a bare uWS app on port 0 with test routes,
  * a stub authenticator and a logger the tests read. The full server's HTTP behaviour is pinned in
- * http.test.ts; this file pins what the request pipeline promises.
+ * http.test.ts; this file pins what the route descriptor and the request pipeline promise.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,8 +12,10 @@ import { z } from 'zod';
 import { mountRoutes } from '../server/http/dispatch.ts';
 import type { InflightTracker } from '../server/http/inflight.ts';
 import { createRequestIds } from '../server/http/request-id.ts';
+import { AppError } from '../server/core/app-error.ts';
 import { Reply, route, type Route } from '../server/http/route.ts';
 import { closeAllSockets, createApp, listen, stopListening } from '../server/http/uws.ts';
+import { userIdParamSchema } from '../shared/schemas/users.ts';
 import type { ErrorBody } from '../shared/index.ts';
 
 const MAX_JSON = 1024;
@@ -94,6 +96,31 @@ const routes: Route[] = [
     },
   }),
   route({ method: 'GET', path: '/t/bigint', auth: 'none', handler: () => Reply.json(200, { n: 1n }) }),
+  // Path parameters: one schema whose failure has its own code, a plain one, one with a route hook.
+  route({ method: 'GET', path: '/p/users/:user_id', auth: 'none', params: userIdParamSchema, handler: (ctx) => ({ id: ctx.params.user_id }) }),
+  route({
+    method: 'GET',
+    path: '/p/plain/:n',
+    auth: 'none',
+    params: z.object({ n: z.string().regex(/^[0-9]+$/, { message: 'Must be digits' }) }),
+    handler: (ctx) => ({ n: ctx.params.n }),
+  }),
+  route({
+    method: 'GET',
+    path: '/p/hooked/:n',
+    auth: 'none',
+    params: z.object({ n: z.string().regex(/^[0-9]+$/) }),
+    invalid: (_issues, source) => (source === 'params' ? new AppError('not_found', 'No such thing') : undefined),
+    handler: (ctx) => ({ n: ctx.params.n }),
+  }),
+  route({
+    method: 'PUT',
+    path: '/p/users/:user_id',
+    auth: 'none',
+    body: z.strictObject({ type: z.enum(['friend']) }),
+    params: userIdParamSchema,
+    handler: (ctx) => ({ id: ctx.params.user_id, type: ctx.body.type }),
+  }),
 ];
 
 let srv: Mounted;
@@ -125,6 +152,51 @@ async function waitFor(condition: () => boolean, what: string): Promise<void> {
 async function isIdle(inflight: InflightTracker): Promise<boolean> {
   return Promise.race([inflight.idle(60_000).then(() => true), new Promise<boolean>((resolve) => setImmediate(() => resolve(false)))]);
 }
+
+test('path parameters: typed and validated by the route, an id failure answered with its own code and message', async () => {
+  const good = await get('/p/users/123456789012345678');
+  assert.equal(good.status, 200);
+  assert.deepEqual(good.body, { id: '123456789012345678' });
+  const invalid = { error: 'Invalid user ID', code: 'invalid_user_id', message: 'user_id must be a snowflake id (decimal digits)' };
+  for (const id of ['abc', '0', '01', '-1', '99999999999999999999', '%20', '%E0%A4%A']) {
+    const res = await get(`/p/users/${id}`);
+    assert.equal(res.status, 400, id);
+    assert.deepEqual(res.body, invalid, id);
+  }
+  // Without a code of its own, a failure is invalid_input with a field error at the parameter.
+  const plain = await get('/p/plain/x');
+  assert.equal(plain.status, 400);
+  assert.deepEqual(plain.body, {
+    error: 'Invalid input',
+    code: 'invalid_input',
+    message: 'Validation failed',
+    errors: [{ path: 'n', message: 'Must be digits' }],
+  });
+  // The route's own hook decides first, and is told the failure is in the params.
+  const hooked = await get('/p/hooked/x');
+  assert.equal(hooked.status, 404);
+  assert.deepEqual(hooked.body, { error: 'Not found', code: 'not_found', message: 'No such thing' });
+  assert.equal((await get('/p/hooked/7')).status, 200);
+});
+
+test('path parameters are checked after the body, as handlers used to: a bad body wins over a bad id', async () => {
+  const put = (id: string, body: unknown) =>
+    get(`/p/users/${id}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const both = await put('abc', { type: 'enemy' });
+  assert.equal(both.status, 400);
+  assert.equal(both.body.code, 'invalid_input');
+  const idOnly = await put('abc', { type: 'friend' });
+  assert.deepEqual(idOnly.body, { error: 'Invalid user ID', code: 'invalid_user_id', message: 'user_id must be a snowflake id (decimal digits)' });
+  const fine = await put('42', { type: 'friend' });
+  assert.deepEqual(fine.body, { id: '42', type: 'friend' });
+});
+
+test('a params schema naming a parameter its path lacks is refused when the route is declared', () => {
+  assert.throws(
+    () => route({ method: 'GET', path: '/x/:id', params: userIdParamSchema, handler: ok }),
+    (error: unknown) => error instanceof Error && error.message === 'route GET /x/:id: its params schema names :user_id, which the path lacks',
+  );
+});
 
 test('request ids come from the source given in the options, so REST and sync upgrades can share one counter', async () => {
   const taken = srv.ids();
@@ -260,6 +332,7 @@ test('every request ends exactly once, however it ends: answered, refused, abort
       ['/t/auth', {}],
       ['/t/json', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"a":"b"}' }],
       ['/t/json', { method: 'POST', headers: { 'content-type': 'application/json' }, body: 'x'.repeat(MAX_JSON + 1) }],
+      ['/p/users/abc', {}],
     ];
     for (const [path, init] of fetches) {
       await fetch(own.url + path, init).then((response) => response.arrayBuffer());

@@ -378,7 +378,7 @@ async function runAfterBody(
 }
 
 /** Validates the inputs and calls the handler; synchronous up to whatever the handler returns. */
-function run(x: Exchange, route: Route, params: Record<string, string>, principal: Principal | null, rawBody: Buffer | undefined): unknown {
+function run(x: Exchange, route: Route, rawParams: Record<string, string>, principal: Principal | null, rawBody: Buffer | undefined): unknown {
   let body: unknown;
   if (isRawBodySpec(route.body)) {
     body = rawBody ?? EMPTY_BODY;
@@ -392,6 +392,8 @@ function run(x: Exchange, route: Route, params: Record<string, string>, principa
     body = validate(route, route.body, parseJson(raw), 'body');
   }
   const query = route.query ? validate(route, route.query, parseQuery(x.rawQuery), 'query') : parseQuery(x.rawQuery);
+  // Last, where handlers used to check them: which answer wins when several inputs are wrong stays.
+  const params = route.params ? validate(route, route.params, rawParams, 'params') : rawParams;
   return route.handler({
     method: x.method as Method,
     path: x.path,

@@ -1,9 +1,7 @@
 import type { z } from 'zod';
-import type { FieldError } from '../../shared/errors.ts';
+import { type FieldError, isErrorCode } from '../../shared/errors.ts';
 import { AppError } from '../core/app-error.ts';
-import type { Route } from './route.ts';
-
-type InputSource = 'body' | 'query';
+import type { InputSource, Route } from './route.ts';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -39,7 +37,9 @@ export function parseQuery(raw: string): Record<string, string> {
 
 /**
  * Parses `value` with `schema`, or throws the answer for its failure: the route's `invalid` hook
- * decides first; anything else is 400 `invalid_input` with one field error per issue.
+ * decides first; then an issue that carries its own error code (`params.code`, see `snowflakeParam`
+ * in shared/schemas/common.ts) answers with that code and its message; anything else is 400
+ * `invalid_input` with one field error per issue.
  */
 export function validate(route: Route, schema: z.ZodType, value: unknown, source: InputSource): unknown {
   let result: ReturnType<z.ZodType['safeParse']>;
@@ -52,8 +52,19 @@ export function validate(route: Route, schema: z.ZodType, value: unknown, source
   if (result.success) return result.data;
   const { issues } = result.error;
   throw (
-    route.invalid?.(issues, source) ?? new AppError('invalid_input', 'Validation failed', { errors: issues.flatMap((issue) => fieldErrors(issue, source)) })
+    route.invalid?.(issues, source) ??
+    codedError(issues) ??
+    new AppError('invalid_input', 'Validation failed', { errors: issues.flatMap((issue) => fieldErrors(issue, source)) })
   );
+}
+
+/** The first issue that names the error it stands for (a custom check with `params: { code }`). */
+function codedError(issues: z.core.$ZodIssue[]): AppError | undefined {
+  for (const issue of issues) {
+    const code: unknown = issue.code === 'custom' ? issue.params?.code : undefined;
+    if (isErrorCode(code)) return new AppError(code, issue.message);
+  }
+  return undefined;
 }
 
 function fieldErrors(issue: z.core.$ZodIssue, source: InputSource): FieldError[] {
