@@ -1,17 +1,16 @@
 import { STATUS_CODES } from 'node:http';
-import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { RateLimiterRes } from 'rate-limiter-flexible';
-import type { z } from 'zod';
-import type { FieldError } from '../../shared/errors.ts';
-import type { HttpRequest, HttpResponse, TemplatedApp } from './uws.ts';
 import { AppError } from '../core/app-error.ts';
-import { InflightTracker } from './inflight.ts';
-import { MemoryBudget, type Reservation } from './memory-budget.ts';
-import { isRetryableStorageError } from '../storage/errors.ts';
 import type { Principal } from '../core/principal.ts';
-import { RawBytes, Reply, isRawBodySpec, type Method, type Route } from './route.ts';
+import { isRetryableStorageError } from '../storage/errors.ts';
+import { InflightTracker } from './inflight.ts';
+import { isJsonMediaType, parseJson, parseQuery, validate } from './input.ts';
+import { MemoryBudget, type Reservation } from './memory-budget.ts';
+import { createRequestIds } from './request-id.ts';
+import { RawBytes, Reply, isRawBodySpec, type Method, type RawBodySpec, type Route } from './route.ts';
 import { Router } from './router.ts';
+import type { HttpRequest, HttpResponse, TemplatedApp } from './uws.ts';
 
 export interface HttpOptions {
   logger: Logger;
@@ -20,14 +19,59 @@ export interface HttpOptions {
   maxUploadMemoryBytes: number;
   /** Synchronous on purpose: a bad token is refused before any body byte is buffered. */
   authenticate: (token: string) => Principal | null;
+  /**
+   * Names each request (`X-Request-Id`, the logs). Pass the source the sync socket uses, so REST
+   * requests and sync upgrades share one counter; without it the routes get a source of their own.
+   */
+  nextRequestId?: () => string;
 }
 
-interface RequestState {
+/** What `mountRoutes` sets up once; every request reads it. */
+interface Server {
+  readonly router: Router;
+  readonly options: HttpOptions;
+  readonly logger: Logger;
+  readonly nextRequestId: () => string;
+  readonly inflight: InflightTracker;
+  readonly uploadMemory: MemoryBudget;
+  /** The drain bound of a route that takes a JSON body or none. */
+  readonly defaultDrainLimit: number;
+  /** Set at shutdown: new requests are refused, and every answer ends its connection. */
+  refusing: boolean;
+}
+
+/**
+ * Where the request body stands: none was sent; it is still on the wire; it was read to its end
+ * (kept or discarded); or reading stopped past the drain bound, with the rest of it unread.
+ */
+type BodyState = 'none' | 'unread' | 'read' | 'abandoned';
+
+/** One request and everything copied out of uWS for it (its `req` is gone once the callback returns). */
+interface Exchange {
+  readonly res: HttpResponse;
+  readonly method: string;
+  readonly path: string;
+  readonly rawQuery: string;
+  /** Lower-case names; a repeated header keeps its last value. */
+  readonly headers: Map<string, string>;
+  /** How many Content-Length headers came: more than one is refused (see `checkFraming`). */
+  readonly contentLengths: number;
+  readonly remoteAddress: string;
+  readonly requestId: string;
+  readonly started: number;
+  /** The body's declared length; undefined when it is chunked or absent (set by `checkFraming`). */
+  declared: number | undefined;
+  body: BodyState;
+  /** Bytes read in all (kept or discarded) before the rest of an unwanted body is given up on. */
+  drainLimit: number;
+  /** The framing cannot be trusted (see `checkFraming`): the answer must end the connection. */
+  untrustedFraming: boolean;
   aborted: boolean;
-  responded: boolean;
-  /** Set when body bytes are left unread: the answer must then end the connection. */
-  closeConnection: boolean;
+  /** `send` ran: the request has had its one answer (or lost it to an abort) and has ended. */
+  done: boolean;
+  /** Set while the body is being read, so an abort settles the read. */
   onAbort: (() => void) | undefined;
+  reservation: Reservation | undefined;
 }
 
 /**
@@ -40,8 +84,9 @@ const MIN_DRAIN_BYTES = 1024 * 1024;
 const drainLimitFor = (maxBytes: number) => maxBytes + Math.max(maxBytes, MIN_DRAIN_BYTES);
 /** How long a client told "too many uploads" should wait before trying again. */
 const UPLOAD_RETRY_AFTER_SECONDS = '2';
+/** What a route that takes a body gets when none was sent (never written to). */
+const EMPTY_BODY = Buffer.alloc(0);
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
 const addressDecoder = new TextDecoder();
 const BASE_HEADERS: Record<string, string> = {
   'Access-Control-Allow-Origin': '*',
@@ -63,254 +108,157 @@ const CORS_PREFLIGHT: Record<string, string> = {
 export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOptions): { inflight: InflightTracker; refuseNew(): void } {
   const router = new Router();
   for (const r of routes) router.add(r);
-  const inflight = new InflightTracker();
-  const uploadMemory = new MemoryBudget(options.maxUploadMemoryBytes);
-  const defaultDrainLimit = drainLimitFor(options.maxJsonBodyBytes);
-  const bootId = randomBytes(3).toString('hex');
-  let requestCounter = 0;
-  let refusing = false;
-  const { logger } = options;
-
-  app.any('/*', (res: HttpResponse, req: HttpRequest) => {
-    const state: RequestState = { aborted: false, responded: false, closeConnection: false, onAbort: undefined };
-    res.onAborted(() => {
-      state.aborted = true;
-      state.onAbort?.();
-    });
-    // Everything needed from `req` is copied now: it is invalid after this function returns.
-    const method = req.getCaseSensitiveMethod();
-    const path = req.getUrl();
-    const rawQuery = req.getQuery() ?? '';
-    const headers = new Map<string, string>();
-    let contentLengthCount = 0;
-    req.forEach((key, value) => {
-      if (key === 'content-length') contentLengthCount += 1;
-      headers.set(key, value);
-    });
-    const remoteAddress = addressDecoder.decode(res.getRemoteAddressAsText());
-    requestCounter += 1;
-    const requestId = `${bootId}-${requestCounter.toString(36)}`;
-    const started = performance.now();
-
-    const finish = (status: number, extra: Record<string, string>, payload: string | Uint8Array | undefined, close = false) => {
-      if (state.aborted || state.responded) return;
-      state.responded = true;
-      // While shutting down, each answer ends its connection gracefully (FIN after the bytes), so
-      // closing the remaining sockets afterwards cannot cut a response short.
-      if (refusing || state.closeConnection) close = true;
-      let ended = false;
-      try {
-        res.cork(() => {
-          res.writeStatus(`${status} ${STATUS_CODES[status] ?? ''}`);
-          res.writeHeader('X-Request-Id', requestId);
-          for (const [key, value] of Object.entries(extra)) res.writeHeader(key, value);
-          if (payload === undefined) res.endWithoutBody(0, close);
-          else res.end(payload, close);
-          ended = true;
-        });
-      } catch (error) {
-        // A write refused half-way (e.g. a header value uWS rejects) leaves a partial answer on the
-        // wire: no second answer can follow it, so the connection is dropped instead.
-        logger.error({ err: error, requestId, method, path, status }, 'could not write the response');
-        if (!ended && !state.aborted) res.close();
-        return;
-      }
-      logger.debug({ requestId, method, path, status, ms: Math.round(performance.now() - started) }, 'request');
-    };
-    const fail = (error: AppError, close = false) => {
-      finish(error.status, { ...JSON_HEADERS, ...error.headers }, JSON.stringify(error.toBody()), close);
-    };
-
-    const lengthHeader = headers.get('content-length');
-    if (contentLengthCount > 1 || (lengthHeader !== undefined && !/^[0-9]+$/.test(lengthHeader))) {
-      // uWS frames the body by the first value; a proxy in front may have used another, and then
-      // what it sent as body would be read here as a request of its own (request smuggling).
-      // Answering now would not stop uWS from serving a request that follows in the same packet
-      // (its close flag is reset by the next request), so the answer waits for the next turn of
-      // the loop: by then uWS has closed the connection itself if such a request came, because
-      // this one is still pending. Either way nothing after these headers is ever served.
-      const message = contentLengthCount > 1 ? 'A request must not have more than one Content-Length header' : 'Content-Length must be a number of bytes';
-      setImmediate(() => fail(new AppError('bad_request', message), true));
-      return;
-    }
-    /** The body's length when declared; undefined when chunked (or absent). */
-    const declared = lengthHeader === undefined ? undefined : Number(lengthHeader);
-    const hasBody = (declared ?? 0) > 0 || headers.has('transfer-encoding');
-
-    /**
-     * Answers `error` to a request whose body has not been read, without cutting off a client that
-     * is still sending it (see MIN_DRAIN_BYTES): a declared remainder is discarded by uWS itself
-     * after the answer; a chunked one is read and discarded here first, as it has no known end.
-     * A body past `drainLimit` is not waited for: the answer closes the connection.
-     */
-    const refuseUnread = (error: AppError, drainLimit: number) => {
-      if (!hasBody) {
-        fail(error);
-      } else if (declared !== undefined) {
-        fail(error, declared > drainLimit);
-      } else {
-        inflight.begin();
-        // Either way the answer is `error`: after the body ended, after it passed drainLimit (the
-        // reader then marked the connection for closing), or never, should the client go away.
-        void readBody(res, state, { declared, keepBytes: 0, drainLimit, tooLarge: error })
-          .then(
-            () => fail(error),
-            () => fail(error),
-          )
-          .finally(() => inflight.end());
-      }
-    };
-    if (refusing) {
-      fail(new AppError('service_unavailable', 'The server is shutting down'), true);
-      return;
-    }
-    if (method === 'OPTIONS') {
-      finish(204, CORS_PREFLIGHT, undefined);
-      return;
-    }
-    const match = router.match(method, path);
-    if (match.kind === 'not_found') {
-      refuseUnread(new AppError('not_found', `No route for ${method} ${path}`), defaultDrainLimit);
-      return;
-    }
-    if (match.kind === 'method_not_allowed') {
-      const allow = match.allowed.join(', ');
-      refuseUnread(new AppError('method_not_allowed', `${method} is not allowed here`, { headers: { Allow: allow } }), defaultDrainLimit);
-      return;
-    }
-    const { route, params } = match;
-    const spec = isRawBodySpec(route.body) ? route.body : undefined;
-    const maxBytes = spec ? spec.maxBytes : options.maxJsonBodyBytes;
-    const drainLimit = route.body === undefined ? defaultDrainLimit : drainLimitFor(maxBytes);
-
-    let principal: Principal | null = null;
-    if (route.auth === 'required') {
-      try {
-        principal = authenticateHeader(headers.get('authorization'), options.authenticate);
-      } catch (error) {
-        // Reading the session failed (storage): this request fails, never the process.
-        const retryable = isRetryableStorageError(error);
-        logger[retryable ? 'warn' : 'error']({ err: error, requestId, method, path }, 'could not check a token');
-        refuseUnread(
-          retryable
-            ? new AppError('service_unavailable', 'Storage is busy right now; retry later', { headers: { 'Retry-After': '5' } })
-            : new AppError('internal_error', `Something went wrong on our side (request ${requestId})`),
-          drainLimit,
-        );
-        return;
-      }
-      if (principal === null) {
-        refuseUnread(new AppError('unauthorized', 'A valid bearer token is required', { headers: { 'WWW-Authenticate': 'Bearer' } }), drainLimit);
-        return;
-      }
-    }
-
-    let bodyPromise: Promise<Buffer> | undefined;
-    let reservation: Reservation | undefined;
-    if (route.body !== undefined) {
-      const tooLarge = spec?.tooLarge?.() ?? new AppError('payload_too_large', `Request body exceeds ${maxBytes} bytes`);
-      if (declared !== undefined && declared > maxBytes) {
-        // Refused from its declared length: not one byte of it is kept.
-        refuseUnread(tooLarge, drainLimit);
-        return;
-      }
-      if (spec !== undefined && hasBody) {
-        // Decided before buffering: the declared length, or the route's maximum for a chunked body
-        // whose length is known only at its end.
-        reservation = uploadMemory.tryReserve(declared ?? maxBytes);
-        if (reservation === undefined) {
-          const busy = new AppError('service_unavailable', 'Too many uploads are in progress right now; retry shortly', {
-            headers: { 'Retry-After': UPLOAD_RETRY_AFTER_SECONDS },
-          });
-          refuseUnread(busy, drainLimit);
-          return;
-        }
-      }
-      bodyPromise = readBody(res, state, { declared, keepBytes: maxBytes, drainLimit, tooLarge, onDiscard: reservation?.release });
-    }
-
-    const respond = (result: unknown) => {
-      if (result instanceof Reply) {
-        if (result.body instanceof RawBytes) finish(result.status, { ...BASE_HEADERS, ...result.headers }, result.body.bytes);
-        else if (result.body === undefined) finish(result.status, { ...BASE_HEADERS, ...result.headers }, undefined);
-        else finish(result.status, { ...JSON_HEADERS, ...result.headers }, JSON.stringify(result.body));
-      } else if (result === undefined) {
-        finish(204, BASE_HEADERS, undefined);
-      } else {
-        finish(200, JSON_HEADERS, JSON.stringify(result));
-      }
-    };
-    const onError = (error: unknown) => {
-      if (error instanceof AppError) {
-        fail(error);
-      } else if (isRetryableStorageError(error)) {
-        // A full disk, no descriptor or user-file slot left: waiting helps, so say when to retry.
-        logger.warn({ err: error, requestId, method, path }, 'storage failure answered with 503');
-        fail(new AppError('service_unavailable', 'Storage is full or busy right now; nothing was changed; retry later', { headers: { 'Retry-After': '5' } }));
-      } else {
-        logger.error({ err: error, requestId, method, path }, 'unhandled error while serving a request');
-        fail(new AppError('internal_error', `Something went wrong on our side (request ${requestId})`));
-      }
-    };
-    /** Validates and calls the handler; synchronous up to whatever the handler returns. */
-    const run = (rawBody: Buffer | undefined): unknown => {
-      let body: unknown = rawBody;
-      if (route.body !== undefined && !isRawBodySpec(route.body)) {
-        const raw = rawBody ?? Buffer.alloc(0);
-        // A body is read as JSON only when the client says it is: a form or text/plain post (what
-        // a browser sends cross-origin without a preflight) is never parsed into an action.
-        if (raw.byteLength > 0 && !isJsonMediaType(headers.get('content-type'))) {
-          throw new AppError('unsupported_media_type', 'Send the body as JSON with the header Content-Type: application/json');
-        }
-        body = validate(route, route.body, parseJson(raw), 'body');
-      }
-      const query = route.query ? validate(route, route.query, parseQuery(rawQuery), 'query') : parseQuery(rawQuery);
-      return route.handler({ method: method as Method, path, params, query, body, principal, headers, remoteAddress, requestId });
-    };
-
-    /** Waits for the body and the rate limiter, then runs the handler. */
-    const runAfterBody = async (): Promise<unknown> => {
-      const pending = bodyPromise;
-      // The settled promise would keep the body alive for as long as this request's closures
-      // live; the handler gets it, and holds it only as long as it needs it.
-      bodyPromise = undefined;
-      const rawBody = pending ? await pending : undefined;
-      if (route.rateLimiter) await consumeRateLimit(route.rateLimiter, remoteAddress);
-      if (state.aborted) return undefined;
-      return run(rawBody);
-    };
-
-    /** Runs once per request, however it ended (answered, failed or aborted). */
-    const end = () => {
-      reservation?.release();
-      inflight.end();
-    };
-
-    // One error path for both ways a request completes: whatever throws (validation, the handler,
-    // or serialising its result in `respond`) ends in onError, and the request ends exactly once.
-    inflight.begin();
-    let outcome: unknown;
-    try {
-      // Fast path: nothing to wait for, so a synchronous handler answers inside this uWS callback,
-      // without a promise or a microtask per request.
-      outcome = bodyPromise === undefined && route.rateLimiter === undefined ? run(undefined) : runAfterBody();
-      if (!(outcome instanceof Promise)) respond(outcome);
-    } catch (error) {
-      onError(error);
-    }
-    if (outcome instanceof Promise) {
-      void outcome.then(respond).catch(onError).finally(end);
-    } else {
-      end();
-    }
-  });
-
+  const server: Server = {
+    router,
+    options,
+    logger: options.logger,
+    nextRequestId: options.nextRequestId ?? createRequestIds(),
+    inflight: new InflightTracker(),
+    uploadMemory: new MemoryBudget(options.maxUploadMemoryBytes),
+    defaultDrainLimit: drainLimitFor(options.maxJsonBodyBytes),
+    refusing: false,
+  };
+  app.any('/*', (res: HttpResponse, req: HttpRequest) => serve(server, res, req));
   return {
-    inflight,
+    inflight: server.inflight,
     refuseNew() {
-      refusing = true;
+      server.refusing = true;
     },
   };
+}
+
+/**
+ * One request, from the uWS callback to its answer. Every failure, thrown here or by anything that
+ * settles later, ends in `fail`; every request ends in exactly one `send`. Fast path: with nothing
+ * to wait for, a synchronous handler is answered inside this callback, without a promise or a
+ * microtask.
+ */
+function serve(server: Server, res: HttpResponse, req: HttpRequest): void {
+  const x = copyRequest(server, res, req);
+  let outcome: unknown;
+  try {
+    const framingError = checkFraming(x);
+    if (framingError !== undefined) {
+      deferBadRequest(server, x, framingError);
+      return;
+    }
+    if (server.refusing) throw new AppError('service_unavailable', 'The server is shutting down');
+    if (x.method === 'OPTIONS') {
+      send(server, x, 204, CORS_PREFLIGHT, undefined);
+      return;
+    }
+    outcome = handle(server, x);
+  } catch (error) {
+    fail(server, x, error);
+    return;
+  }
+  if (outcome instanceof Promise) {
+    outcome.then(
+      (result) => respond(server, x, result),
+      (error) => fail(server, x, error),
+    );
+  } else {
+    respond(server, x, outcome);
+  }
+}
+
+/** Copies everything needed from `req` (invalid once the callback returns) and counts the request in flight. */
+function copyRequest(server: Server, res: HttpResponse, req: HttpRequest): Exchange {
+  const headers = new Map<string, string>();
+  let contentLengths = 0;
+  req.forEach((key, value) => {
+    if (key === 'content-length') contentLengths += 1;
+    headers.set(key, value);
+  });
+  const x: Exchange = {
+    res,
+    method: req.getCaseSensitiveMethod(),
+    path: req.getUrl(),
+    rawQuery: req.getQuery() ?? '',
+    headers,
+    contentLengths,
+    remoteAddress: addressDecoder.decode(res.getRemoteAddressAsText()),
+    requestId: server.nextRequestId(),
+    started: performance.now(),
+    declared: undefined,
+    body: 'none',
+    drainLimit: server.defaultDrainLimit,
+    untrustedFraming: false,
+    aborted: false,
+    done: false,
+    onAbort: undefined,
+    reservation: undefined,
+  };
+  res.onAborted(() => {
+    x.aborted = true;
+    x.onAbort?.();
+  });
+  server.inflight.begin();
+  return x;
+}
+
+/**
+ * Reads how the body is framed: exactly one Content-Length of digits, or none (chunked or no body).
+ * Returns why the framing cannot be trusted, or undefined when it can.
+ */
+function checkFraming(x: Exchange): string | undefined {
+  if (x.contentLengths > 1) return 'A request must not have more than one Content-Length header';
+  const length = x.headers.get('content-length');
+  if (length !== undefined && !/^[0-9]+$/.test(length)) return 'Content-Length must be a number of bytes';
+  x.declared = length === undefined ? undefined : Number(length);
+  x.body = (x.declared ?? 0) > 0 || x.headers.has('transfer-encoding') ? 'unread' : 'none';
+  return undefined;
+}
+
+/**
+ * Answers a request whose framing cannot be trusted. uWS frames the body by the first
+ * Content-Length; a proxy in front may have used another, and then what it sent as body would be
+ * read here as a request of its own (request smuggling). Answering now would not stop uWS from
+ * serving a request that follows in the same packet (its close flag is reset by the next request),
+ * so the answer waits for the next turn of the loop: by then uWS has closed the connection itself
+ * if such a request came, because this one is still pending. Either way nothing after these
+ * headers is ever served, and the answer closes the connection.
+ */
+function deferBadRequest(server: Server, x: Exchange, message: string): void {
+  x.untrustedFraming = true;
+  setImmediate(() => fail(server, x, new AppError('bad_request', message)));
+}
+
+/**
+ * Routes, authenticates and starts on the body: returns the handler's result, or a promise of it
+ * when there is a body or a rate limit to wait for. Refusals (404, 405, 401, 413, a full upload
+ * budget) are thrown before a byte of the body is kept.
+ */
+function handle(server: Server, x: Exchange): unknown {
+  const match = server.router.match(x.method, x.path);
+  if (match.kind === 'not_found') throw new AppError('not_found', `No route for ${x.method} ${x.path}`);
+  if (match.kind === 'method_not_allowed') {
+    throw new AppError('method_not_allowed', `${x.method} is not allowed here`, { headers: { Allow: match.allowed.join(', ') } });
+  }
+  const { route, params } = match;
+  const raw = isRawBodySpec(route.body) ? route.body : undefined;
+  if (raw !== undefined) x.drainLimit = drainLimitFor(raw.maxBytes);
+  const principal = route.auth === 'required' ? authenticate(server, x) : null;
+  const body = startBody(server, x, route, raw);
+  // Fast path: nothing to wait for.
+  if (body === undefined && route.rateLimiter === undefined) return run(x, route, params, principal, undefined);
+  return runAfterBody(x, route, params, principal, body);
+}
+
+/** The caller of a route that requires auth; throws 401, or 503 when the session store is busy. */
+function authenticate(server: Server, x: Exchange): Principal {
+  let principal: Principal | null;
+  try {
+    principal = authenticateHeader(x.headers.get('authorization'), server.options.authenticate);
+  } catch (error) {
+    // Reading the session failed: a storage failure a retry can cure is answered as such; anything
+    // else is a bug, for `fail` to log and answer. Either way this request fails, never the process.
+    if (!isRetryableStorageError(error)) throw error;
+    server.logger.warn({ err: error, requestId: x.requestId, method: x.method, path: x.path }, 'could not check a token');
+    throw new AppError('service_unavailable', 'Storage is busy right now; retry later', { headers: { 'Retry-After': '5' } });
+  }
+  if (principal === null) throw new AppError('unauthorized', 'A valid bearer token is required', { headers: { 'WWW-Authenticate': 'Bearer' } });
+  return principal;
 }
 
 function authenticateHeader(header: string | undefined, authenticate: HttpOptions['authenticate']): Principal | null {
@@ -319,41 +267,75 @@ function authenticateHeader(header: string | undefined, authenticate: HttpOption
   return match ? authenticate(match[1] as string) : null;
 }
 
+/**
+ * Starts reading the body: returns a promise of it (rejected with the route's "too large" answer
+ * when it is), or undefined when there is nothing to wait for. A route that takes no body ignores
+ * one, but a chunked one is read and discarded first (up to the drain bound), so that no answer is
+ * given over a body of unknown length still on the wire (see `closesConnection`). Throws the
+ * refusals decided before reading.
+ */
+function startBody(server: Server, x: Exchange, route: Route, raw: RawBodySpec | undefined): Promise<Buffer | undefined> | undefined {
+  if (route.body === undefined) return x.body === 'unread' && x.declared === undefined ? readBody(x, 0) : undefined;
+  if (x.body === 'none') return undefined;
+  const maxBytes = raw === undefined ? server.options.maxJsonBodyBytes : raw.maxBytes;
+  // Refused from its declared length: not one byte of it is kept.
+  if (x.declared !== undefined && x.declared > maxBytes) throw tooLarge(raw, maxBytes);
+  if (raw !== undefined) {
+    // Decided before buffering: the declared length, or the route's maximum for a chunked body
+    // whose length is known only at its end.
+    x.reservation = server.uploadMemory.tryReserve(x.declared ?? maxBytes);
+    if (x.reservation === undefined) {
+      throw new AppError('service_unavailable', 'Too many uploads are in progress right now; retry shortly', {
+        headers: { 'Retry-After': UPLOAD_RETRY_AFTER_SECONDS },
+      });
+    }
+  }
+  return readBody(x, maxBytes, { tooLarge: () => tooLarge(raw, maxBytes), onDiscard: x.reservation?.release });
+}
+
+function tooLarge(raw: RawBodySpec | undefined, maxBytes: number): AppError {
+  return raw?.tooLarge?.() ?? new AppError('payload_too_large', `Request body exceeds ${maxBytes} bytes`);
+}
+
 interface ReadBodyOptions {
-  /** The declared Content-Length, if any (uWS delivers exactly that many bytes). */
-  declared: number | undefined;
-  /** Bytes kept at most; past them the body is too large. */
-  keepBytes: number;
-  /** Bytes read in all (kept or discarded) before giving up on the body and closing. */
-  drainLimit: number;
-  tooLarge: AppError;
-  /** Called when the kept bytes are dropped, i.e. when the body turns out too large. */
+  /** Rejects with this when the body is longer than `keepBytes`; without it, resolves with undefined. */
+  tooLarge?: () => AppError;
+  /** Called when the kept bytes are dropped, i.e. when the body turns out longer than `keepBytes`. */
   onDiscard?: () => void;
 }
 
 /**
- * Collects the body. A declared length gets one buffer of that size up front, so each chunk is
- * copied once (uWS reuses its memory) and never joined; a chunked body keeps copies of its chunks.
- * A body past `keepBytes` is dropped at once and only counted from then on: the promise rejects
- * with `tooLarge` when the body has ended (the connection stays usable) or passes `drainLimit`
- * (then the answer must close the connection, with the rest of the body unread).
+ * Collects the body, keeping at most `keepBytes` of it. A declared length gets one buffer of that
+ * size up front, so each chunk is copied once (uWS reuses its memory) and never joined; a chunked
+ * body keeps copies of its chunks. A body past `keepBytes` is dropped at once and only counted
+ * from then on, until it ends (the connection stays usable) or passes the drain bound (the rest
+ * stays unread, and the answer closes the connection): then the promise settles as `tooLarge`
+ * says. It also rejects when the client goes away. Only ever called inside the uWS callback, as
+ * uWS wants `onData` attached before it returns.
  */
-function readBody(res: HttpResponse, state: RequestState, options: ReadBodyOptions): Promise<Buffer> {
-  const { declared, keepBytes, drainLimit, tooLarge } = options;
+function readBody(x: Exchange, keepBytes: number, options: ReadBodyOptions = {}): Promise<Buffer | undefined> {
+  const { declared, drainLimit } = x;
   return new Promise((resolve, reject) => {
     let whole = declared !== undefined && declared <= keepBytes ? Buffer.allocUnsafe(declared) : undefined;
     const chunks: Buffer[] = [];
     let received = 0;
     let discarding = false;
     let settled = false;
-    const settle = (error: AppError | undefined, body?: Buffer) => {
+    const stop = () => {
       settled = true;
-      state.onAbort = undefined;
-      if (error) reject(error);
-      else resolve(body as Buffer);
+      x.onAbort = undefined;
     };
-    state.onAbort = () => settle(new AppError('invalid_input', 'Request aborted'));
-    res.onData((chunk, isLast) => {
+    const discarded = (state: 'read' | 'abandoned') => {
+      stop();
+      x.body = state;
+      if (options.tooLarge) reject(options.tooLarge());
+      else resolve(undefined);
+    };
+    x.onAbort = () => {
+      stop();
+      reject(new AppError('invalid_input', 'Request aborted'));
+    };
+    x.res.onData((chunk, isLast) => {
       if (settled) return;
       const offset = received;
       received += chunk.byteLength;
@@ -364,73 +346,65 @@ function readBody(res: HttpResponse, state: RequestState, options: ReadBodyOptio
         options.onDiscard?.();
       }
       if (discarding) {
-        if (received > drainLimit) {
-          state.closeConnection = true;
-          settle(tooLarge);
-        } else if (isLast) {
-          settle(tooLarge);
-        }
+        if (received > drainLimit) discarded('abandoned');
+        else if (isLast) discarded('read');
         return;
       }
       if (whole !== undefined) whole.set(new Uint8Array(chunk), offset);
       else chunks.push(Buffer.from(new Uint8Array(chunk)));
-      if (isLast) settle(undefined, whole ?? (chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, received)));
+      if (isLast) {
+        stop();
+        x.body = 'read';
+        resolve(whole ?? (chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, received)));
+      }
     });
   });
 }
 
-/** `application/json`, any case, with or without parameters such as `; charset=utf-8`. */
-function isJsonMediaType(contentType: string | undefined): boolean {
-  if (contentType === undefined) return false;
-  const semicolon = contentType.indexOf(';');
-  return (semicolon === -1 ? contentType : contentType.slice(0, semicolon)).trim().toLowerCase() === 'application/json';
+/** Waits for the body and the rate limiter, then runs the handler. */
+async function runAfterBody(
+  x: Exchange,
+  route: Route,
+  params: Record<string, string>,
+  principal: Principal | null,
+  pending: Promise<Buffer | undefined> | undefined,
+): Promise<unknown> {
+  // Only this frame holds the body's promise, and only until the handler is called: the handler
+  // gets the bytes and holds them as long as it needs them, no longer.
+  const rawBody = pending === undefined ? undefined : await pending;
+  if (route.rateLimiter) await consumeRateLimit(route.rateLimiter, x.remoteAddress);
+  if (x.aborted) return undefined;
+  return run(x, route, params, principal, route.body === undefined ? undefined : rawBody);
 }
 
-function parseJson(raw: Buffer): unknown {
-  if (raw.byteLength === 0) return {};
-  let text: string;
-  try {
-    text = utf8.decode(raw);
-  } catch {
-    throw new AppError('invalid_json', 'Request body is not valid UTF-8');
+/** Validates the inputs and calls the handler; synchronous up to whatever the handler returns. */
+function run(x: Exchange, route: Route, rawParams: Record<string, string>, principal: Principal | null, rawBody: Buffer | undefined): unknown {
+  let body: unknown;
+  if (isRawBodySpec(route.body)) {
+    body = rawBody ?? EMPTY_BODY;
+  } else if (route.body !== undefined) {
+    const raw = rawBody ?? EMPTY_BODY;
+    // A body is read as JSON only when the client says it is: a form or text/plain post (what
+    // a browser sends cross-origin without a preflight) is never parsed into an action.
+    if (raw.byteLength > 0 && !isJsonMediaType(x.headers.get('content-type'))) {
+      throw new AppError('unsupported_media_type', 'Send the body as JSON with the header Content-Type: application/json');
+    }
+    body = validate(route, route.body, parseJson(raw), 'body');
   }
-  try {
-    return JSON.parse(text);
-  } catch (error) {
-    throw new AppError('invalid_json', error instanceof Error ? error.message : 'Request body is not valid JSON');
-  }
-}
-
-/** First value per key; repeated keys do not turn into arrays a schema would not expect. */
-function parseQuery(raw: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  if (raw === '') return out;
-  for (const [key, value] of new URLSearchParams(raw)) if (!Object.hasOwn(out, key)) out[key] = value;
-  return out;
-}
-
-function validate(route: Route, schema: z.ZodType, value: unknown, source: 'body' | 'query'): unknown {
-  let result: ReturnType<z.ZodType['safeParse']>;
-  try {
-    result = schema.safeParse(value);
-  } catch {
-    // Recursive schemas can exhaust the stack on absurdly nested input: that is bad input, not a bug.
-    throw new AppError('invalid_input', 'Validation failed: the input is nested too deeply');
-  }
-  if (result.success) return result.data;
-  throw (
-    route.invalid?.(result.error.issues, source) ??
-    new AppError('invalid_input', 'Validation failed', { errors: result.error.issues.flatMap((issue) => fieldErrors(issue, source)) })
-  );
-}
-
-function fieldErrors(issue: z.core.$ZodIssue, source: 'body' | 'query'): FieldError[] {
-  const base = issue.path.map(String).join('.');
-  // An unknown key is reported at the key itself, so clients can point at the offending field.
-  if (issue.code === 'unrecognized_keys') {
-    return issue.keys.map((key) => ({ path: base ? `${base}.${key}` : key, message: 'Unknown field' }));
-  }
-  return [{ path: base || source, message: issue.message }];
+  const query = route.query ? validate(route, route.query, parseQuery(x.rawQuery), 'query') : parseQuery(x.rawQuery);
+  // Last, where handlers used to check them: which answer wins when several inputs are wrong stays.
+  const params = route.params ? validate(route, route.params, rawParams, 'params') : rawParams;
+  return route.handler({
+    method: x.method as Method,
+    path: x.path,
+    params,
+    query,
+    body,
+    principal,
+    headers: x.headers,
+    remoteAddress: x.remoteAddress,
+    requestId: x.requestId,
+  });
 }
 
 async function consumeRateLimit(limiter: NonNullable<Route['rateLimiter']>, key: string): Promise<void> {
@@ -442,5 +416,130 @@ async function consumeRateLimit(limiter: NonNullable<Route['rateLimiter']>, key:
       throw new AppError('too_many_requests', `Too many attempts; retry in ${seconds} s`, { headers: { 'Retry-After': String(seconds) } });
     }
     throw error;
+  }
+}
+
+/** Answers a handler's result; one that cannot be serialised takes the error path instead. */
+function respond(server: Server, x: Exchange, result: unknown): void {
+  let status: number;
+  let headers: Record<string, string>;
+  let payload: string | Uint8Array | undefined;
+  try {
+    if (result instanceof Reply) {
+      status = result.status;
+      if (result.body instanceof RawBytes) {
+        headers = { ...BASE_HEADERS, ...result.headers };
+        payload = result.body.bytes;
+      } else if (result.body === undefined) {
+        headers = { ...BASE_HEADERS, ...result.headers };
+      } else {
+        headers = { ...JSON_HEADERS, ...result.headers };
+        payload = JSON.stringify(result.body);
+      }
+    } else if (result === undefined) {
+      status = 204;
+      headers = BASE_HEADERS;
+    } else {
+      status = 200;
+      headers = JSON_HEADERS;
+      payload = JSON.stringify(result);
+    }
+  } catch (error) {
+    fail(server, x, error);
+    return;
+  }
+  send(server, x, status, headers, payload);
+}
+
+/**
+ * The one error path. Maps what was thrown to its answer: an AppError as it is; a storage failure
+ * a retry can cure (full disk, no descriptor or user-file slot left) to 503 with Retry-After;
+ * anything else is a bug, logged with the request id and answered 500. A refusal made before its
+ * chunked body was read waits for that body to end first (up to the drain bound), so a client
+ * still sending it can read the answer.
+ */
+function fail(server: Server, x: Exchange, error: unknown): void {
+  const answer = toAppError(server, x, error);
+  if (x.done) return;
+  const body = JSON.stringify(answer.toBody());
+  const headers = { ...JSON_HEADERS, ...answer.headers };
+  if (x.body === 'unread' && x.declared === undefined && !x.aborted && !server.refusing && !x.untrustedFraming) {
+    const answerNow = () => send(server, x, answer.status, headers, body);
+    readBody(x, 0).then(answerNow, answerNow);
+    return;
+  }
+  send(server, x, answer.status, headers, body);
+}
+
+function toAppError(server: Server, x: Exchange, error: unknown): AppError {
+  if (error instanceof AppError) return error;
+  const context = { err: error, requestId: x.requestId, method: x.method, path: x.path };
+  if (isRetryableStorageError(error)) {
+    server.logger.warn(context, 'storage failure answered with 503');
+    return new AppError('service_unavailable', 'Storage is full or busy right now; nothing was changed; retry later', { headers: { 'Retry-After': '5' } });
+  }
+  server.logger.error(context, x.done ? 'unhandled error after the request was answered' : 'unhandled error while serving a request');
+  return new AppError('internal_error', `Something went wrong on our side (request ${x.requestId})`);
+}
+
+/**
+ * The one rule for ending the connection with an answer. It ends when the server is shutting down
+ * (a graceful FIN after the bytes, so closing the remaining sockets later cannot cut an answer
+ * short), when the framing cannot be trusted, and when body bytes may be left on the wire that
+ * nobody will read: a body abandoned past its drain bound, a declared one left unread that is
+ * larger than the bound, a chunked one left unread (its length is unknown). A declared remainder
+ * within the bound is discarded by uWS, and the connection serves the next request.
+ */
+function closesConnection(server: Server, x: Exchange): boolean {
+  if (server.refusing || x.untrustedFraming) return true;
+  switch (x.body) {
+    case 'none':
+    case 'read':
+      return false;
+    case 'abandoned':
+      return true;
+    case 'unread':
+      return x.declared === undefined || x.declared > x.drainLimit;
+  }
+}
+
+/**
+ * Ends the request, exactly once: writes its answer unless the client has gone, then gives back
+ * its upload reservation and its place in `inflight`.
+ */
+function send(server: Server, x: Exchange, status: number, headers: Record<string, string>, payload: string | Uint8Array | undefined): void {
+  if (x.done) return;
+  x.done = true;
+  try {
+    if (!x.aborted) write(server, x, status, headers, payload);
+  } finally {
+    x.reservation?.release();
+    server.inflight.end();
+  }
+}
+
+/** Writes the answer, corked (it may come after an await); a write uWS refuses half-way drops the connection. */
+function write(server: Server, x: Exchange, status: number, headers: Record<string, string>, payload: string | Uint8Array | undefined): void {
+  const close = closesConnection(server, x);
+  const { res } = x;
+  let ended = false;
+  try {
+    res.cork(() => {
+      res.writeStatus(`${status} ${STATUS_CODES[status] ?? ''}`);
+      res.writeHeader('X-Request-Id', x.requestId);
+      for (const key in headers) res.writeHeader(key, headers[key] as string);
+      if (payload === undefined) res.endWithoutBody(0, close);
+      else res.end(payload, close);
+      ended = true;
+    });
+  } catch (error) {
+    // A write refused half-way (e.g. a header value uWS rejects) leaves a partial answer on the
+    // wire: no second answer can follow it, so the connection is dropped instead.
+    server.logger.error({ err: error, requestId: x.requestId, method: x.method, path: x.path, status }, 'could not write the response');
+    if (!ended && !x.aborted) res.close();
+    return;
+  }
+  if (server.logger.isLevelEnabled('debug')) {
+    server.logger.debug({ requestId: x.requestId, method: x.method, path: x.path, status, ms: Math.round(performance.now() - x.started) }, 'request');
   }
 }

@@ -1,9 +1,12 @@
-import type { z } from 'zod';
+import { z } from 'zod';
 import type { RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 
 export type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+
+/** Where an input the route validates comes from; field errors name it when the whole input is wrong. */
+export type InputSource = 'body' | 'query' | 'params';
 
 /** A raw request body (multipart uploads): the route says how much it may be. */
 export interface RawBodySpec {
@@ -13,10 +16,11 @@ export interface RawBodySpec {
   tooLarge?: () => AppError;
 }
 
-interface RequestContext<Body, Query, Auth> {
+interface RequestContext<Body, Query, Params, Auth> {
   method: Method;
   path: string;
-  params: Record<string, string>;
+  /** The path's `:name` segments, URL-decoded; validated by the route's `params` schema when it has one. */
+  params: Params;
   query: Query;
   body: Body;
   principal: Auth;
@@ -54,7 +58,7 @@ export class RawBytes {
 
 type AuthMode = 'required' | 'none';
 
-export interface RouteSpec<Body, Query, A extends AuthMode> {
+export interface RouteSpec<Body, Query, A extends AuthMode, Params> {
   method: Method;
   /** Segments; `:name` captures one segment into `params.name`. */
   path: string;
@@ -62,11 +66,21 @@ export interface RouteSpec<Body, Query, A extends AuthMode> {
   auth?: A;
   body?: z.ZodType<Body> | RawBodySpec;
   query?: z.ZodType<Query>;
-  /** Turns a failed body/query validation into a route-specific documented error. */
-  invalid?: (issues: z.core.$ZodIssue[], source: 'body' | 'query') => AppError | undefined;
+  /**
+   * Validates the path parameters (an object keyed by the path's `:names`). Checked after the body
+   * and the query, where handlers used to check them, so which answer wins when several inputs are
+   * wrong is unchanged.
+   */
+  params?: z.ZodType<Params>;
+  /**
+   * Turns a failed body/query/params validation into a route-specific documented error. Without
+   * one (or when it returns undefined), an issue that carries its own error code answers with it
+   * (see `snowflakeParam` in shared/schemas/common.ts), anything else is 400 `invalid_input`.
+   */
+  invalid?: (issues: z.core.$ZodIssue[], source: InputSource) => AppError | undefined;
   /** Limits attempts per client address (e.g. login), answered with 429 and Retry-After. */
   rateLimiter?: RateLimiterAbstract;
-  handler: (ctx: RequestContext<Body, Query, A extends 'none' ? null : Principal>) => unknown;
+  handler: (ctx: RequestContext<Body, Query, Params, A extends 'none' ? null : Principal>) => unknown;
 }
 
 /** A route with its types erased, as the dispatcher stores it. */
@@ -76,23 +90,44 @@ export interface Route {
   auth: AuthMode;
   body: z.ZodType | RawBodySpec | undefined;
   query: z.ZodType | undefined;
-  invalid: RouteSpec<unknown, unknown, AuthMode>['invalid'];
+  params: z.ZodType | undefined;
+  invalid: RouteSpec<unknown, unknown, AuthMode, unknown>['invalid'];
   rateLimiter: RateLimiterAbstract | undefined;
-  handler: (ctx: RequestContext<unknown, unknown, Principal | null>) => unknown;
+  handler: (ctx: RequestContext<unknown, unknown, unknown, Principal | null>) => unknown;
 }
 
-/** Declares a route; the handler's context is typed from the schemas and the auth mode. */
-export function route<Body = undefined, Query = Record<string, string>, A extends AuthMode = 'required'>(spec: RouteSpec<Body, Query, A>): Route {
+/**
+ * Declares a route; the handler's context is typed from the schemas and the auth mode. (`Params`
+ * comes last so that routes naming their body type, `route<Buffer>(…)`, keep compiling.)
+ */
+export function route<Body = undefined, Query = Record<string, string>, A extends AuthMode = 'required', Params = Record<string, string>>(
+  spec: RouteSpec<Body, Query, A, Params>,
+): Route {
+  if (spec.params !== undefined) assertParamsMatchPath(spec.method, spec.path, spec.params);
   return {
     method: spec.method,
     path: spec.path,
     auth: spec.auth ?? 'required',
     body: spec.body as Route['body'],
     query: spec.query as Route['query'],
+    params: spec.params as Route['params'],
     invalid: spec.invalid,
     rateLimiter: spec.rateLimiter,
     handler: spec.handler as Route['handler'],
   };
+}
+
+/**
+ * A params schema naming a parameter the path does not have would refuse every request with a
+ * "Required" field error: caught when the route is declared instead (object schemas only).
+ */
+function assertParamsMatchPath(method: Method, path: string, schema: z.ZodType): void {
+  if (!(schema instanceof z.ZodObject)) return;
+  const inPath = new Set(path.split('/').flatMap((segment) => (segment.startsWith(':') ? [segment.slice(1)] : [])));
+  const missing = Object.keys(schema.shape).filter((name) => !inPath.has(name));
+  if (missing.length > 0) {
+    throw new Error(`route ${method} ${path}: its params schema names ${missing.map((name) => `:${name}`).join(', ')}, which the path lacks`);
+  }
 }
 
 export function isRawBodySpec(body: Route['body']): body is RawBodySpec {

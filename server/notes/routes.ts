@@ -1,4 +1,10 @@
-import { createMessageBodySchema, listMessagesQuerySchema, updateMessageBodySchema } from '../../shared/schemas/notes.ts';
+import {
+  channelParamsSchema,
+  createMessageBodySchema,
+  listMessagesQuerySchema,
+  messageParamsSchema,
+  updateMessageBodySchema,
+} from '../../shared/schemas/notes.ts';
 import { Reply, route, type Route } from '../http/route.ts';
 import type { NotesService } from './service.ts';
 
@@ -13,25 +19,29 @@ export function notesRoutes(notes: NotesService): Route[] {
       method: 'GET',
       path: '/channels/:channel_id/messages',
       query: listMessagesQuerySchema,
-      handler: (ctx) => notes.list(ctx.principal.userId, ctx.params.channel_id ?? '', ctx.query),
+      params: channelParamsSchema,
+      handler: (ctx) => notes.list(ctx.principal.userId, ctx.params.channel_id, ctx.query),
     }),
     route({
       method: 'POST',
       path: '/channels/:channel_id/messages',
       body: createMessageBodySchema,
-      handler: (ctx) => Reply.json(201, notes.create(ctx.principal.userId, ctx.params.channel_id ?? '', ctx.body.content)),
+      params: channelParamsSchema,
+      handler: (ctx) => Reply.json(201, notes.create(ctx.principal.userId, ctx.params.channel_id, ctx.body.content)),
     }),
     route({
       method: 'PATCH',
       path: '/channels/:channel_id/messages/:message_id',
       body: updateMessageBodySchema,
-      handler: (ctx) => notes.update(ctx.principal.userId, ctx.params.channel_id ?? '', ctx.params.message_id ?? '', ctx.body.content),
+      params: messageParamsSchema,
+      handler: (ctx) => notes.update(ctx.principal.userId, ctx.params.channel_id, ctx.params.message_id, ctx.body.content),
     }),
     route({
       method: 'DELETE',
       path: '/channels/:channel_id/messages/:message_id',
+      params: messageParamsSchema,
       handler: (ctx) => {
-        notes.remove(ctx.principal.userId, ctx.params.channel_id ?? '', ctx.params.message_id ?? '');
+        notes.remove(ctx.principal.userId, ctx.params.channel_id, ctx.params.message_id);
         return Reply.noContent();
       },
     }),

@@ -1,14 +1,7 @@
 import { putRelationshipBodySchema } from '../../shared/schemas/relationships.ts';
-import { isSnowflake } from '../../shared/snowflake.ts';
-import { AppError } from '../core/app-error.ts';
+import { userIdParamSchema } from '../../shared/schemas/users.ts';
 import { Reply, route, type Route } from '../http/route.ts';
 import type { RelationshipsService } from './service.ts';
-
-function userIdParam(params: Record<string, string>): string {
-  const id = params.user_id ?? '';
-  if (!isSnowflake(id)) throw new AppError('invalid_user_id', 'user_id must be a snowflake id (decimal digits)');
-  return id;
-}
 
 export function relationshipsRoutes(relationships: RelationshipsService): Route[] {
   return [
@@ -21,13 +14,15 @@ export function relationshipsRoutes(relationships: RelationshipsService): Route[
       method: 'PUT',
       path: '/users/@me/relationships/:user_id',
       body: putRelationshipBodySchema,
-      handler: (ctx) => relationships.put(ctx.principal.userId, userIdParam(ctx.params), ctx.body),
+      params: userIdParamSchema,
+      handler: (ctx) => relationships.put(ctx.principal.userId, ctx.params.user_id, ctx.body),
     }),
     route({
       method: 'DELETE',
       path: '/users/@me/relationships/:user_id',
+      params: userIdParamSchema,
       handler: (ctx) => {
-        relationships.remove(ctx.principal.userId, userIdParam(ctx.params));
+        relationships.remove(ctx.principal.userId, ctx.params.user_id);
         return Reply.noContent();
       },
     }),

@@ -1,5 +1,4 @@
-import { searchUsersQuerySchema, updateMeBodySchema } from '../../shared/schemas/users.ts';
-import { isSnowflake } from '../../shared/snowflake.ts';
+import { searchUsersQuerySchema, updateMeBodySchema, userIdParamSchema } from '../../shared/schemas/users.ts';
 import { USERNAME_PATTERN } from '../../shared/schemas/common.ts';
 import { AppError } from '../core/app-error.ts';
 import { route, type Route } from '../http/route.ts';
@@ -33,11 +32,8 @@ export function usersRoutes(users: UsersService): Route[] {
     route({
       method: 'GET',
       path: '/users/:user_id',
-      handler: (ctx) => {
-        const id = ctx.params.user_id ?? '';
-        if (!isSnowflake(id)) throw new AppError('invalid_user_id', 'user_id must be a snowflake id (decimal digits)');
-        return users.publicUser(id);
-      },
+      params: userIdParamSchema,
+      handler: (ctx) => users.publicUser(ctx.params.user_id),
     }),
   ];
 }

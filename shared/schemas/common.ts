@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { ErrorCode } from '../errors.ts';
 import { isSnowflake } from '../snowflake.ts';
 
 export const USERNAME_PATTERN = /^[A-Za-z0-9_.-]{3,32}$/;
@@ -7,6 +8,15 @@ export const PASSWORD_MAX_LENGTH = 128;
 export const EMAIL_MAX_LENGTH = 254;
 
 export const snowflakeSchema = z.string().refine(isSnowflake, { message: 'Must be a snowflake id (decimal digits)' });
+
+/**
+ * A snowflake id in a path, whose failure is a documented error of its own rather than
+ * `invalid_input`: the issue carries `code` (in `params`), and the server answers that code with
+ * `message` (server/http/input.ts). One schema per kind of id, so its answer is written once.
+ */
+export function snowflakeParam(code: ErrorCode, message: string) {
+  return z.string().refine(isSnowflake, { error: message, params: { code } });
+}
 
 export const usernameSchema = z.string().regex(USERNAME_PATTERN, { message: 'Must be 3-32 characters: letters, digits, "_", "." or "-"' });
 

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { snowflakeParam, snowflakeSchema } from './common.ts';
 
 export const NOTE_CONTENT_MAX_LENGTH = 4000;
 
@@ -33,9 +34,19 @@ export type UpdateMessageBody = z.infer<typeof updateMessageBodySchema>;
 
 export const listMessagesQuerySchema = z.object({
   limit: z.coerce.number().int().min(1).max(100).default(50),
-  before: z
-    .string()
-    .regex(/^[1-9][0-9]{0,18}$/, { message: 'Must be a message id' })
-    .optional(),
+  before: snowflakeSchema.optional(),
 });
 export type ListMessagesQuery = z.infer<typeof listMessagesQuerySchema>;
+
+/**
+ * `/channels/{channel_id}/messages`: a channel id that is not a snowflake names no channel, so it is
+ * the same 404 as someone else's channel (which only the service can tell).
+ */
+export const channelParamsSchema = z.object({ channel_id: snowflakeParam('not_found', 'No such channel') });
+
+/**
+ * `/channels/{channel_id}/messages/{message_id}`. The message id is any segment here: the service
+ * answers a malformed one with 404 `No such message` only after it has found the channel to be the
+ * caller's, and a channel that is not theirs must stay `No such channel` whatever the message id.
+ */
+export const messageParamsSchema = channelParamsSchema.extend({ message_id: z.string() });

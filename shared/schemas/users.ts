@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { emailSchema, passwordSchema, usernameSchema } from './common.ts';
+import { emailSchema, passwordSchema, snowflakeParam, usernameSchema } from './common.ts';
 
 /** Full private user object: only ever returned for the caller (`/users/@me`). */
 export interface PrivateUser {
@@ -36,3 +36,8 @@ export const searchUsersQuerySchema = z.object({
   username: z.string().optional(),
 });
 export type SearchUsersQuery = z.infer<typeof searchUsersQuerySchema>;
+
+export const USER_ID_INVALID_MESSAGE = 'user_id must be a snowflake id (decimal digits)';
+
+/** A route's `:user_id` (`/users/{user_id}`, relationships, avatars): not a snowflake is 400 `invalid_user_id`. */
+export const userIdParamSchema = z.object({ user_id: snowflakeParam('invalid_user_id', USER_ID_INVALID_MESSAGE) });
