@@ -9,6 +9,7 @@ import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, unavailableOnStorageFailure } f
 import type { PasswordHasher } from './passwords.ts';
 import * as repo from './repo.ts';
 import { hashSessionToken, newSessionToken } from './tokens.ts';
+import { nowSeconds } from '../../shared/time.ts';
 
 /** Sessions are touched at most this often, so authenticating a request is normally a pure read. */
 const TOUCH_INTERVAL_S = 3600;
@@ -26,8 +27,6 @@ const SESSION_CACHE_MAX = 10_000;
 const LOGOUT_RETRY_FIRST_MS = 100;
 const LOGOUT_RETRY_MAX_MS = 10_000;
 const LOGOUT_RETRY_ATTEMPTS = 70;
-const nowSeconds = () => Math.floor(Date.now() / 1000);
-
 export interface AuthDeps {
   storage: Storage;
   hasher: PasswordHasher;

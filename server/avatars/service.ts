@@ -7,6 +7,7 @@ import type { UsersService } from '../users/service.ts';
 import { encodeAvatar, probeImage, type ImageLimits } from './image.ts';
 import { JobQueue } from './jobs.ts';
 import * as repo from './repo.ts';
+import { nowSeconds } from '../../shared/time.ts';
 
 export interface AvatarLimits extends ImageLimits {
   maxBytes: number;
@@ -22,8 +23,6 @@ export interface AvatarImage {
   contentType: string;
   bytes: Buffer;
 }
-
-const nowSeconds = () => Math.floor(Date.now() / 1000);
 
 export class AvatarsService {
   private readonly jobs: JobQueue;

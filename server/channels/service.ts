@@ -5,6 +5,7 @@ import type { MessagingSettingsService } from '../settings/messaging-service.ts'
 import type { Storage } from '../storage/index.ts';
 import type { UsersService } from '../users/service.ts';
 import * as repo from './repo.ts';
+import { nowSeconds } from '../../shared/time.ts';
 
 export interface ChannelsDeps {
   storage: Storage;
@@ -12,8 +13,6 @@ export interface ChannelsDeps {
   relationships: RelationshipsService;
   messaging: MessagingSettingsService;
 }
-
-const nowSeconds = () => Math.floor(Date.now() / 1000);
 
 /** DM channels: one per pair of users, opened only where neither a block nor the recipient's privacy refuses. */
 export class ChannelsService {

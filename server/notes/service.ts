@@ -9,8 +9,7 @@ import type { DocRegistry } from '../sync/registry.ts';
 import type { DocName } from '../sync/repo.ts';
 import type { UsersService } from '../users/service.ts';
 import * as repo from './repo.ts';
-
-const nowSeconds = () => Math.floor(Date.now() / 1000);
+import { nowSeconds } from '../../shared/time.ts';
 
 /**
  * The notes channel and its messages over REST. Messages live in the notes Yjs document, the same

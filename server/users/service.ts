@@ -9,6 +9,7 @@ import type { PasswordHasher } from '../auth/passwords.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
 import * as repo from './repo.ts';
 import { STORAGE_FAILURE, unavailableOnStorageFailure } from './storage-failure.ts';
+import { nowSeconds } from '../../shared/time.ts';
 
 export interface UsersDeps {
   storage: Storage;
@@ -22,8 +23,6 @@ export interface UsersDeps {
   onSessionsRevoked: (sessionIds: string[]) => void;
   revokeOtherSessions: (principal: Principal) => string[];
 }
-
-const nowSeconds = () => Math.floor(Date.now() / 1000);
 
 export class UsersService {
   constructor(private readonly deps: UsersDeps) {}
