@@ -137,3 +137,15 @@ export const USER_FILE_MIGRATIONS: readonly Migration[] = [
       ) STRICT;
     `),
 ];
+
+/** ids.sqlite: the id generator's reservation (see server/storage/ids.ts), and nothing else. */
+export const ID_FILE_MIGRATIONS: readonly Migration[] = [
+  (db) =>
+    db.exec(`
+      CREATE TABLE reservation (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        -- Every id issued so far encodes a millisecond below this one.
+        reserved_until_ms INTEGER NOT NULL
+      ) STRICT;
+    `),
+];
