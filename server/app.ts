@@ -26,7 +26,6 @@ import { ChannelsService } from './channels/service.ts';
 import { channelsRoutes } from './channels/routes.ts';
 import { AvatarsService } from './avatars/service.ts';
 import { avatarsRoutes } from './avatars/routes.ts';
-import { readAvatarHash } from './avatars/repo.ts';
 
 export interface RunningServer {
   port: number;
@@ -58,13 +57,23 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     for (const listener of revocationListeners) listener(sessionIds);
   };
 
+  const avatars = new AvatarsService({
+    storage,
+    logger,
+    publicUrl: () => publicUrl,
+    limits: {
+      maxBytes: config.maxAvatarBytes,
+      maxPixels: config.maxAvatarPixels,
+      maxFrames: config.maxAvatarFrames,
+      jobs: config.avatarJobs,
+    },
+  });
   const hasher = new PasswordHasher();
   const users = new UsersService({
     storage,
     hasher,
     logger,
-    publicUrl: () => publicUrl,
-    avatarHashOf: readAvatarHash,
+    avatars,
     onSessionsRevoked,
     revokeOtherSessions: (principal) => deleteOtherSessions(storage.directory, principal.userId, principal.sessionId),
   });
@@ -92,12 +101,6 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const userSettings = new UserSettingsService(registry, logger);
   const relationships = new RelationshipsService(storage, users);
   const channels = new ChannelsService({ storage, users, relationships, messaging });
-  const avatars = new AvatarsService(users, {
-    maxBytes: config.maxAvatarBytes,
-    maxPixels: config.maxAvatarPixels,
-    maxFrames: config.maxAvatarFrames,
-    jobs: config.avatarJobs,
-  });
 
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),

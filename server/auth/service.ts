@@ -5,7 +5,7 @@ import type { Principal } from '../core/principal.ts';
 import type { Storage } from '../storage/index.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
 import type { UsersService } from '../users/service.ts';
-import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, unavailableOnStorageFailure } from '../users/storage-failure.ts';
+import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, unavailableOnStorageFailure } from '../core/storage-failure.ts';
 import type { PasswordHasher } from './passwords.ts';
 import * as repo from './repo.ts';
 import { hashSessionToken, newSessionToken } from './tokens.ts';

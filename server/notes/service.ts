@@ -6,7 +6,6 @@ import { compareSnowflakes, isSnowflake } from '../../shared/snowflake.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Storage } from '../storage/index.ts';
 import type { DocRegistry } from '../sync/registry.ts';
-import type { DocName } from '../sync/repo.ts';
 import type { UsersService } from '../users/service.ts';
 import * as repo from './repo.ts';
 import { nowSeconds } from '../../shared/time.ts';
@@ -35,7 +34,7 @@ export class NotesService {
   }
 
   /** Which of the user's documents a `/sync/{doc}` name means: `settings`, or their notes channel id. */
-  syncDocOf(userId: string, docParam: string): DocName | null {
+  syncDocOf(userId: string, docParam: string): 'settings' | 'notes' | null {
     if (docParam === 'settings') return 'settings';
     return isSnowflake(docParam) && this.notesChannelId(userId) === docParam ? 'notes' : null;
   }

@@ -6,19 +6,18 @@ import { isSnowflake } from '../../shared/snowflake.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import type { PasswordHasher } from '../auth/passwords.ts';
-import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
+import type { Storage, UserFile } from '../storage/index.ts';
 import * as repo from './repo.ts';
-import { STORAGE_FAILURE, unavailableOnStorageFailure } from './storage-failure.ts';
+import { STORAGE_FAILURE, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
+import type { AvatarsService } from '../avatars/service.ts';
 import { nowSeconds } from '../../shared/time.ts';
 
 export interface UsersDeps {
   storage: Storage;
   hasher: PasswordHasher;
   logger: Logger;
-  /** Base for URLs the API returns (known only once the server listens). */
-  publicUrl: () => string;
-  /** The stored avatar's content hash, or null when the user has none. */
-  avatarHashOf: (file: UserFile) => string | null;
+  /** The avatars feature, which owns avatar images and the URLs that name them. */
+  avatars: Pick<AvatarsService, 'urlOf'>;
   /** Called when a password change revoked sessions, so live connections using them can close. */
   onSessionsRevoked: (sessionIds: string[]) => void;
   revokeOtherSessions: (principal: Principal) => string[];
@@ -66,12 +65,7 @@ export class UsersService {
   }
 
   file(userId: string): UserFile {
-    try {
-      return this.deps.storage.userFiles.get(userId);
-    } catch (error) {
-      if (error instanceof UserFileMissingError) throw new AppError('user_not_found', 'No user with that id');
-      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.read);
-    }
+    return openUserFile(this.deps.storage, this.deps.logger, userId);
   }
 
   privateUser(userId: string): PrivateUser {
@@ -200,7 +194,7 @@ export class UsersService {
   /** The profile row and avatar URL, memoised on the user file until its next write. */
   private profile(userId: string): { row: repo.ProfileRow; avatarUrl: string | null } {
     const file = this.file(userId);
-    return this.reading(() => file.memo('profile', () => ({ row: repo.readProfile(file), avatarUrl: this.avatarUrl(file) })));
+    return this.reading(() => file.memo('profile', () => ({ row: repo.readProfile(file), avatarUrl: this.deps.avatars.urlOf(file) })));
   }
 
   /** Runs a read, answering a storage failure a retry can cure with 503 instead of 500. */
@@ -210,11 +204,6 @@ export class UsersService {
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.read);
     }
-  }
-
-  private avatarUrl(file: UserFile): string | null {
-    const hash = this.deps.avatarHashOf(file);
-    return hash === null ? null : `${this.deps.publicUrl()}/avatars/users/${file.userId}?v=${hash.slice(0, 16)}`;
   }
 }
 
