@@ -4,9 +4,7 @@ import { mountRoutes } from './http/dispatch.ts';
 import { route, type Route } from './http/route.ts';
 import { closeAllSockets, createApp, listen, stopListening } from './http/uws.ts';
 import { openStorage } from './storage/index.ts';
-import { PasswordHasher } from './auth/passwords.ts';
 import { AuthService } from './auth/service.ts';
-import { deleteOtherSessions } from './auth/repo.ts';
 import { authRoutes } from './auth/routes.ts';
 import { UsersService } from './users/service.ts';
 import { usersRoutes } from './users/routes.ts';
@@ -52,10 +50,6 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const app = createApp();
   const storage = openStorage(config);
   let publicUrl = config.publicUrl ?? '';
-  const revocationListeners = new Set<(sessionIds: string[]) => void>();
-  const onSessionsRevoked = (sessionIds: string[]) => {
-    for (const listener of revocationListeners) listener(sessionIds);
-  };
 
   const avatars = new AvatarsService({
     storage,
@@ -68,18 +62,14 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       jobs: config.avatarJobs,
     },
   });
-  const hasher = new PasswordHasher();
-  const users = new UsersService({
-    storage,
-    hasher,
-    logger,
-    avatars,
-    onSessionsRevoked,
-    revokeOtherSessions: (principal) => deleteOtherSessions(storage.directory, principal.userId, principal.sessionId),
-  });
-  const authService = new AuthService({ storage, hasher, users, logger, onSessionsRevoked });
-  // First listener: the session cache must forget a token before anything else reacts.
-  revocationListeners.add((sessionIds) => authService.forgetSessions(sessionIds));
+  const users = new UsersService({ storage, logger, avatars });
+  try {
+    users.repairDirectoryIndex();
+  } catch (error) {
+    storage.close();
+    throw error;
+  }
+  const authService = new AuthService({ storage, users, logger });
   const messaging = new MessagingSettingsService(users);
   const registry = new DocRegistry({
     storage,
@@ -96,7 +86,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       compactMaxWaitMs: config.compactMaxWaitMs,
     },
   });
-  revocationListeners.add((sessionIds) => registry.revokeSessions(sessionIds));
+  authService.onSessionsRevoked((sessionIds) => registry.revokeSessions(sessionIds));
   const notes = new NotesService({ storage, users, registry, logger });
   const userSettings = new UserSettingsService(registry, logger);
   const relationships = new RelationshipsService(storage, users);
