@@ -63,6 +63,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     },
   });
   const users = new UsersService({ storage, logger, avatars });
+  // Before anything reads the users index: make it what the user files derive (storage/schema.ts).
   try {
     users.repairDirectoryIndex();
   } catch (error) {

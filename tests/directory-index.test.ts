@@ -225,7 +225,7 @@ test('a user file that cannot be read stops the rebuild, and the start, changing
     removeDirectory(dataDir);
     const broken = path.join(dataDir, 'users', '42.sqlite');
     fs.writeFileSync(broken, 'this is not a database, and it is longer than a header would be'.repeat(100));
-    await assert.rejects(startServer({ dataDir }), /not a database/);
+    await assert.rejects(startServer({ dataDir }), /cannot read the user file .*42\.sqlite: file is not a database/);
     assert.equal(
       withDirectory(dataDir, (db) => (db.prepare('SELECT count(*) AS n FROM users').get() as { n: number }).n),
       0,

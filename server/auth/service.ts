@@ -1,14 +1,14 @@
 import type { Logger } from 'pino';
 import type { AuthResponse, LoginBody, RegisterBody } from '../../shared/schemas/auth.ts';
+import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
+import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, unavailableOnStorageFailure } from '../core/storage-failure.ts';
 import type { Storage } from '../storage/index.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
 import type { UsersService } from '../users/service.ts';
-import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, unavailableOnStorageFailure } from '../core/storage-failure.ts';
 import * as repo from './repo.ts';
 import { hashSessionToken, newSessionToken } from './tokens.ts';
-import { nowSeconds } from '../../shared/time.ts';
 
 /** Sessions are touched at most this often, so authenticating a request is normally a pure read. */
 const TOUCH_INTERVAL_S = 3600;

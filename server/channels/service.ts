@@ -1,11 +1,11 @@
 import type { DmChannel, DmChannelListEntry } from '../../shared/schemas/channels.ts';
+import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import type { RelationshipsService } from '../relationships/service.ts';
 import type { MessagingSettingsService } from '../settings/messaging-service.ts';
 import type { Storage } from '../storage/index.ts';
 import type { UsersService } from '../users/service.ts';
 import * as repo from './repo.ts';
-import { nowSeconds } from '../../shared/time.ts';
 
 export interface ChannelsDeps {
   storage: Storage;

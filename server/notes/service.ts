@@ -3,12 +3,12 @@ import type { Logger } from 'pino';
 import { insertNote, listNotes, newestNote, notesMap, readNote, replaceNoteText, type OnInvalidNote } from '../../shared/notes-doc.ts';
 import type { ListMessagesQuery, Message, NotesChannel } from '../../shared/schemas/notes.ts';
 import { compareSnowflakes, isSnowflake } from '../../shared/snowflake.ts';
+import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Storage } from '../storage/index.ts';
 import type { DocRegistry } from '../sync/registry.ts';
 import type { UsersService } from '../users/service.ts';
 import * as repo from './repo.ts';
-import { nowSeconds } from '../../shared/time.ts';
 
 /**
  * The notes channel and its messages over REST. Messages live in the notes Yjs document, the same

@@ -30,7 +30,14 @@ export function rebuildDirectoryIndex(storage: Storage): IndexRebuild {
   const profiles = userFiles
     .list()
     .sort((a, b) => compareSnowflakes(b, a))
-    .map((id) => userFiles.use(id, entryOf));
+    .map((id) => {
+      try {
+        return userFiles.use(id, entryOf);
+      } catch (error) {
+        // Said with the file's path: an operator has to find it to repair it or move it aside.
+        throw new Error(`cannot read the user file ${userFiles.pathOf(id)}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+      }
+    });
   const holders = { username: new Map<string, string>(), email: new Map<string, string>() };
   const kept: repo.IndexEntry[] = [];
   const leftOut: IndexRebuild['leftOut'] = [];
