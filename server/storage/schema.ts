@@ -29,12 +29,14 @@ import type { Migration } from './sqlite.ts';
  *   is a new password stored beside sessions started with the old one.
  * - Username or email change: the directory first claims the new name and marks the row pending,
  *   then the profile is written. Stopped in between, the row is derived again from the user file
- *   (at once, or on the next start from the mark), so the index never keeps what the file lacks.
+ *   (at once, or on the next start from the mark): the index comes back to what the file says.
  * - Registration: the user file first, then the directory entry (with the first session). A user
  *   file nobody indexed is no account, and deleting it needs no free space, so a failure leaves
  *   nothing a retry would trip over.
  * A change holds its user file's write lock around the directory's commit, so two changes of one
  * user run one after the other, and of two password changes from the same password exactly one wins.
+ * (One server process per data folder: within it, a change's two commits follow each other in one
+ * synchronous step, so no request sees the state between them unless the second fails.)
  */
 export const DIRECTORY_MIGRATIONS: readonly Migration[] = [
   (db) =>
