@@ -2,6 +2,7 @@ import * as Y from 'yjs';
 import { SnowflakeGenerator, MAX_WORKER_ID } from '../shared/snowflake.ts';
 import { insertNote, listNotes, notesMap, readNote, replaceNoteText, type NoteMessage } from '../shared/notes-doc.ts';
 import { messageContentSchema } from '../shared/schemas/notes.ts';
+import { nowSeconds } from '../shared/time.ts';
 import { SyncedDoc, loadDoc, resolveWebSocket, type OpenSyncedDocOptions, type SyncHost, type SyncedDocEvents, type SyncedDocInit } from './synced-doc.ts';
 
 export type { NoteMessage };
@@ -94,7 +95,7 @@ export class Notes extends SyncedDoc<{ local: boolean }> {
     this.assertOpen();
     const content = messageContentSchema.parse(text);
     const id = this.#ids.next();
-    this.doc.transact(() => insertNote(this.doc, { id, content, created_at: Math.floor(Date.now() / 1000) }));
+    this.doc.transact(() => insertNote(this.doc, { id, content, created_at: nowSeconds() }));
     this.queueWrite((store) => store.setMeta(META_LAST_MS, String(this.#ids.lastTimestampMs)));
     return id;
   }
@@ -110,7 +111,7 @@ export class Notes extends SyncedDoc<{ local: boolean }> {
         entry.set('content', text);
       }
       fn(text as Y.Text);
-      entry.set('edited_at', Math.floor(Date.now() / 1000));
+      entry.set('edited_at', nowSeconds());
     });
   }
 

@@ -4,9 +4,7 @@ import { mountRoutes } from './http/dispatch.ts';
 import { route, type Route } from './http/route.ts';
 import { closeAllSockets, createApp, listen, stopListening } from './http/uws.ts';
 import { openStorage } from './storage/index.ts';
-import { PasswordHasher } from './auth/passwords.ts';
 import { AuthService } from './auth/service.ts';
-import { deleteOtherSessions } from './auth/repo.ts';
 import { authRoutes } from './auth/routes.ts';
 import { UsersService } from './users/service.ts';
 import { usersRoutes } from './users/routes.ts';
@@ -26,7 +24,6 @@ import { ChannelsService } from './channels/service.ts';
 import { channelsRoutes } from './channels/routes.ts';
 import { AvatarsService } from './avatars/service.ts';
 import { avatarsRoutes } from './avatars/routes.ts';
-import { readAvatarHash } from './avatars/repo.ts';
 
 export interface RunningServer {
   port: number;
@@ -53,24 +50,27 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const app = createApp();
   const storage = openStorage(config);
   let publicUrl = config.publicUrl ?? '';
-  const revocationListeners = new Set<(sessionIds: string[]) => void>();
-  const onSessionsRevoked = (sessionIds: string[]) => {
-    for (const listener of revocationListeners) listener(sessionIds);
-  };
 
-  const hasher = new PasswordHasher();
-  const users = new UsersService({
+  const avatars = new AvatarsService({
     storage,
-    hasher,
     logger,
     publicUrl: () => publicUrl,
-    avatarHashOf: readAvatarHash,
-    onSessionsRevoked,
-    revokeOtherSessions: (principal) => deleteOtherSessions(storage.directory, principal.userId, principal.sessionId),
+    limits: {
+      maxBytes: config.maxAvatarBytes,
+      maxPixels: config.maxAvatarPixels,
+      maxFrames: config.maxAvatarFrames,
+      jobs: config.avatarJobs,
+    },
   });
-  const authService = new AuthService({ storage, hasher, users, logger, onSessionsRevoked });
-  // First listener: the session cache must forget a token before anything else reacts.
-  revocationListeners.add((sessionIds) => authService.forgetSessions(sessionIds));
+  const users = new UsersService({ storage, logger, avatars });
+  // Before anything reads the users index: make it what the user files derive (storage/schema.ts).
+  try {
+    users.repairDirectoryIndex();
+  } catch (error) {
+    storage.close();
+    throw error;
+  }
+  const authService = new AuthService({ storage, users, logger });
   const messaging = new MessagingSettingsService(users);
   const registry = new DocRegistry({
     storage,
@@ -87,17 +87,11 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       compactMaxWaitMs: config.compactMaxWaitMs,
     },
   });
-  revocationListeners.add((sessionIds) => registry.revokeSessions(sessionIds));
+  authService.onSessionsRevoked((sessionIds) => registry.revokeSessions(sessionIds));
   const notes = new NotesService({ storage, users, registry, logger });
   const userSettings = new UserSettingsService(registry, logger);
   const relationships = new RelationshipsService(storage, users);
   const channels = new ChannelsService({ storage, users, relationships, messaging });
-  const avatars = new AvatarsService(users, {
-    maxBytes: config.maxAvatarBytes,
-    maxPixels: config.maxAvatarPixels,
-    maxFrames: config.maxAvatarFrames,
-    jobs: config.avatarJobs,
-  });
 
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
@@ -111,17 +105,20 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     ...(options.extraRoutes ?? []),
   ];
   // The sync socket is mounted first so its `/sync/*` pattern is never shadowed by the REST catch-all.
+  // One request-id source for REST and the sync upgrade: ids in the log never repeat across the two.
+  const nextRequestId = createRequestIds();
   mountSyncSocket(app, {
     registry,
     logger,
     authenticate: (token) => authService.authenticate(token),
     resolveDoc: (userId, docParam) => notes.syncDocOf(userId, docParam),
-    nextRequestId: createRequestIds(),
+    nextRequestId,
     maxMessageBytes: config.maxSyncMessageBytes,
     maxConnectionsPerUser: config.maxSyncConnectionsPerUser,
     maxBackpressureBytes: config.maxSyncBackpressureBytes,
   });
   const http = mountRoutes(app, routes, {
+    nextRequestId,
     logger,
     maxJsonBodyBytes: config.maxJsonBodyBytes,
     maxUploadMemoryBytes: config.maxUploadMemoryBytes,

@@ -6,24 +6,34 @@ export interface SessionRow {
   last_used_at: number;
 }
 
+/** How many times the user's credentials changed: 0 until the first change (no row). */
+export function readCredentialEpoch(directory: DirectoryFile, userId: string): number {
+  const row = directory.stmt('SELECT epoch FROM credential_epochs WHERE user_id = ?').get(userId) as { epoch: number } | undefined;
+  return row?.epoch ?? 0;
+}
+
+export function advanceCredentialEpoch(directory: DirectoryFile, userId: string): void {
+  directory.stmt('INSERT INTO credential_epochs (user_id, epoch) VALUES (?, 1) ON CONFLICT (user_id) DO UPDATE SET epoch = epoch + 1').run(userId);
+}
+
 /**
- * Inserts the session only if the user's password hash is still `verifiedHash`, the one the caller
- * checked the password against; returns whether it did. One statement, so the check and the insert
- * are one atomic step: a password change that commits while a login is hashing (Argon2 runs on the
- * thread pool) either comes first, and this inserts nothing, or comes after, and deletes the session.
+ * Inserts the session only if the user's credential epoch is still `epoch`, the one read before the
+ * password was verified; returns whether it did. One statement, so the check and the insert are one
+ * atomic step: a password change that commits while a login is verifying (Argon2 runs on the thread
+ * pool) either comes first, and this inserts nothing, or comes after, and deletes the session.
  */
-export function insertSessionIfCredential(
+export function insertSessionIfEpoch(
   directory: DirectoryFile,
   session: { id: string; tokenHash: Buffer; userId: string; now: number; userAgent: string | null },
-  verifiedHash: string,
+  epoch: number,
 ): boolean {
   return (
     directory
       .stmt(
         `INSERT INTO sessions (id, token_hash, user_id, created_at, last_used_at, user_agent)
-         SELECT ?, ?, id, ?, ?, ? FROM users WHERE id = ? AND password_hash = ?`,
+         SELECT ?, ?, ?, ?, ?, ? WHERE COALESCE((SELECT epoch FROM credential_epochs WHERE user_id = ?), 0) = ?`,
       )
-      .run(session.id, session.tokenHash, session.now, session.now, session.userAgent, session.userId, verifiedHash).changes === 1
+      .run(session.id, session.tokenHash, session.userId, session.now, session.now, session.userAgent, session.userId, epoch).changes === 1
   );
 }
 

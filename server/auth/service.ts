@@ -1,12 +1,12 @@
 import type { Logger } from 'pino';
 import type { AuthResponse, LoginBody, RegisterBody } from '../../shared/schemas/auth.ts';
+import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
+import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, unavailableOnStorageFailure } from '../core/storage-failure.ts';
 import type { Storage } from '../storage/index.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
 import type { UsersService } from '../users/service.ts';
-import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, unavailableOnStorageFailure } from '../users/storage-failure.ts';
-import type { PasswordHasher } from './passwords.ts';
 import * as repo from './repo.ts';
 import { hashSessionToken, newSessionToken } from './tokens.ts';
 
@@ -14,7 +14,7 @@ import { hashSessionToken, newSessionToken } from './tokens.ts';
 const TOUCH_INTERVAL_S = 3600;
 /**
  * Recently seen tokens skip the directory read. Revocations in this process drop entries at once
- * (`forgetSessions`); the TTL bounds how long a session deleted by anything else stays usable.
+ * (`sessionsEnded`); the TTL bounds how long a session deleted by anything else stays usable.
  */
 const SESSION_CACHE_TTL_MS = 30_000;
 const SESSION_CACHE_MAX = 10_000;
@@ -26,17 +26,18 @@ const SESSION_CACHE_MAX = 10_000;
 const LOGOUT_RETRY_FIRST_MS = 100;
 const LOGOUT_RETRY_MAX_MS = 10_000;
 const LOGOUT_RETRY_ATTEMPTS = 70;
-const nowSeconds = () => Math.floor(Date.now() / 1000);
 
 export interface AuthDeps {
   storage: Storage;
-  hasher: PasswordHasher;
   users: UsersService;
   logger: Logger;
-  /** Called with the ids of sessions that just ended, so open sockets using them close. */
-  onSessionsRevoked: (sessionIds: string[]) => void;
 }
 
+/**
+ * Sessions: starting them (register, login), checking tokens, and ending them (logout, password
+ * change). Auth owns the sessions and their credential epochs in the directory; the password itself
+ * is the users feature's, which auth asks to verify it.
+ */
 export class AuthService {
   private readonly sessionCache = new Map<string, { principal: Principal; expiresAt: number }>();
   /**
@@ -46,15 +47,30 @@ export class AuthService {
   private readonly refused = new Set<string>();
   /** The pending retry of each of those deletions. */
   private readonly retries = new Map<string, NodeJS.Timeout>();
+  private readonly revocationListeners = new Set<(sessionIds: string[]) => void>();
 
-  constructor(private readonly deps: AuthDeps) {}
+  constructor(private readonly deps: AuthDeps) {
+    // A password change ends every other session of the user: users announces it, auth ends them.
+    deps.users.onPasswordChange((principal) => this.endOtherSessions(principal));
+  }
+
+  /**
+   * Subscribes to ended sessions (logout, password change). Listeners get the ids synchronously,
+   * right after the end is decided (a logout's even before its deletion is stored), possibly inside
+   * the transaction of the change that caused it: they do in-memory work only, such as closing the
+   * sessions' sockets. Tokens are already refused by then.
+   */
+  onSessionsRevoked(listener: (sessionIds: string[]) => void): void {
+    this.revocationListeners.add(listener);
+  }
 
   async register(body: RegisterBody, userAgent: string | null): Promise<AuthResponse> {
+    const { directory } = this.deps.storage;
     // The first session is inserted in the transaction that creates the account: a registration
     // that fails leaves neither an account without a session nor a session without an account.
     const { id, result: token } = await this.deps.users.create(body, (user) => {
-      const started = this.startSession(user.id, user.passwordHash, userAgent);
-      if (started === null) throw new Error(`the password hash of user ${user.id} changed inside its own creation`);
+      const started = this.startSession(user.id, repo.readCredentialEpoch(directory, user.id), userAgent);
+      if (started === null) throw new Error(`the credential epoch of user ${user.id} changed inside its own creation`);
       return started;
     });
     return { token, user: this.deps.users.privateUser(id) };
@@ -62,22 +78,30 @@ export class AuthService {
 
   /** Same answer and about the same time whether the account is missing or the password wrong. */
   async login(body: LoginBody, userAgent: string | null): Promise<AuthResponse> {
-    const user = this.deps.users.findForLogin(body.login);
-    const ok = user ? await this.deps.hasher.verify(user.password_hash, body.password) : await this.deps.hasher.verifyDecoy(body.password);
-    if (!user || !ok) throw invalidCredentials();
+    const { users } = this.deps;
+    const userId = users.idForLogin(body.login);
+    if (userId === undefined) {
+      await users.verifyNoAccount(body.password);
+      throw invalidCredentials();
+    }
+    // Read before the password hash is (verifyPassword reads it before its first await): a password
+    // change moves the epoch on before it stores the new hash, so whatever change commits after
+    // this read makes the insert below refuse the session.
+    const epoch = this.readingForLogin(() => repo.readCredentialEpoch(this.deps.storage.directory, userId));
+    if (!(await users.verifyPassword(userId, body.password))) throw invalidCredentials();
     let token: string | null;
     try {
-      token = this.startSession(user.id, user.password_hash, userAgent);
+      token = this.startSession(userId, epoch, userAgent);
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.login);
     }
     if (token === null) {
       // The password changed while we were verifying the old one: that change signed out every
       // other session, so this login must not outlive it. Same answer as a wrong password.
-      this.deps.logger.info({ userId: user.id }, 'login refused: the password changed while it was being verified');
+      this.deps.logger.info({ userId }, 'login refused: the password changed while it was being verified');
       throw invalidCredentials();
     }
-    return { token, user: this.deps.users.privateUser(user.id) };
+    return { token, user: users.privateUser(userId) };
   }
 
   /**
@@ -89,7 +113,7 @@ export class AuthService {
   logout(principal: Principal): void {
     const { sessionId } = principal;
     this.refused.add(sessionId);
-    this.deps.onSessionsRevoked([sessionId]);
+    this.sessionsEnded([sessionId]);
     try {
       repo.deleteSession(this.deps.storage.directory, sessionId);
     } catch (error) {
@@ -135,12 +159,6 @@ export class AuthService {
     return principal;
   }
 
-  /** Drops ended sessions from the cache, so their tokens stop working immediately. */
-  forgetSessions(sessionIds: string[]): void {
-    const ended = new Set(sessionIds);
-    for (const [key, entry] of this.sessionCache) if (ended.has(entry.principal.sessionId)) this.sessionCache.delete(key);
-  }
-
   /**
    * Shutdown, before storage closes: one last try at every logout still waiting to be stored, and
    * no timer left behind. What still fails is logged: after a restart those sessions work again.
@@ -159,12 +177,33 @@ export class AuthService {
   }
 
   /**
-   * Inserts a session for a user whose password hash was verified as `verifiedHash`; returns its
-   * token, or null when the hash is no longer the user's (changed since it was verified).
+   * Password change (users' event, inside the change and before the new hash is stored): in one
+   * directory transaction the user's credential epoch moves on, so logins still verifying the old
+   * password get no session, and every other session of the user is deleted.
    */
-  private startSession(userId: string, verifiedHash: string, userAgent: string | null): string | null {
+  private endOtherSessions(principal: Principal): void {
+    const { directory } = this.deps.storage;
+    const ended = directory.transaction(() => {
+      repo.advanceCredentialEpoch(directory, principal.userId);
+      return repo.deleteOtherSessions(directory, principal.userId, principal.sessionId);
+    });
+    if (ended.length > 0) this.sessionsEnded(ended);
+  }
+
+  /** Ended sessions stop working at once: out of the cache first, then every listener is told. */
+  private sessionsEnded(sessionIds: string[]): void {
+    const ended = new Set(sessionIds);
+    for (const [key, entry] of this.sessionCache) if (ended.has(entry.principal.sessionId)) this.sessionCache.delete(key);
+    for (const listener of this.revocationListeners) listener(sessionIds);
+  }
+
+  /**
+   * Inserts a session for a user whose password was verified after `epoch` was read; returns its
+   * token, or null when a password change has moved the epoch on since.
+   */
+  private startSession(userId: string, epoch: number, userAgent: string | null): string | null {
     const token = newSessionToken();
-    const inserted = repo.insertSessionIfCredential(
+    const inserted = repo.insertSessionIfEpoch(
       this.deps.storage.directory,
       {
         id: this.deps.storage.nextId(),
@@ -173,9 +212,18 @@ export class AuthService {
         now: nowSeconds(),
         userAgent: userAgent === null ? null : userAgent.slice(0, 256),
       },
-      verifiedHash,
+      epoch,
     );
     return inserted ? token : null;
+  }
+
+  /** A read for a login: a storage failure a retry can cure answers 503, like the users' reads. */
+  private readingForLogin<T>(read: () => T): T {
+    try {
+      return read();
+    } catch (error) {
+      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.read);
+    }
   }
 
   private scheduleDeletion(sessionId: string, attempt: number): void {

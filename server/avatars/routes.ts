@@ -1,4 +1,7 @@
+import { userIdParamSchema } from '../../shared/schemas/users.ts';
+import { avatarUploadFormSchema } from '../../shared/schemas/avatars.ts';
 import { AppError } from '../core/app-error.ts';
+import { parseMultipart } from '../http/multipart.ts';
 import { Reply, route, type Route } from '../http/route.ts';
 import { MULTIPART_OVERHEAD_BYTES } from '../config.ts';
 import type { AvatarsService } from './service.ts';
@@ -15,7 +18,7 @@ export function avatarsRoutes(avatars: AvatarsService, options: { maxBytes: numb
       method: 'POST',
       path: '/users/@me/avatar',
       body: { kind: 'raw', maxBytes: options.maxBytes + MULTIPART_OVERHEAD_BYTES, tooLarge },
-      handler: (ctx) => avatars.upload(ctx.principal.userId, ctx.headers.get('content-type'), ctx.body),
+      handler: (ctx) => avatars.upload(ctx.principal.userId, uploadedFile(ctx.headers.get('content-type'), ctx.body)),
     }),
     route({
       method: 'DELETE',
@@ -29,8 +32,9 @@ export function avatarsRoutes(avatars: AvatarsService, options: { maxBytes: numb
       method: 'GET',
       path: '/avatars/users/:user_id',
       auth: 'none',
+      params: userIdParamSchema,
       handler: (ctx) => {
-        const image = avatars.image(ctx.params.user_id ?? '');
+        const image = avatars.image(ctx.params.user_id);
         const etag = `"${image.hash}"`;
         const headers = {
           ETag: etag,
@@ -44,6 +48,25 @@ export function avatarsRoutes(avatars: AvatarsService, options: { maxBytes: numb
       },
     }),
   ];
+}
+
+/**
+ * The image file of an upload: the transport's business (multipart framing, form fields), so the
+ * service sees only the file's bytes. The part's declared content type is ignored: the service
+ * judges the bytes themselves.
+ */
+function uploadedFile(contentType: string | undefined, body: Buffer): Uint8Array {
+  const parts = parseMultipart(body, contentType);
+  if (parts === null) {
+    throw new AppError('unsupported_media_type', 'Send the image as multipart/form-data in a file field named "file"');
+  }
+  const form = avatarUploadFormSchema.safeParse({ file: parts.find((part) => part.name === 'file')?.data });
+  if (!form.success) {
+    throw new AppError('invalid_input', 'Validation failed', {
+      errors: form.error.issues.map((issue) => ({ path: issue.path.join('.') || 'file', message: issue.message })),
+    });
+  }
+  return form.data.file;
 }
 
 /** RFC 9110 If-None-Match: a list of (possibly weak) tags, or `*`. */

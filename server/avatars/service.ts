@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto';
-import { avatarUploadFormSchema, type AvatarUploadResponse } from '../../shared/schemas/avatars.ts';
-import { isSnowflake } from '../../shared/snowflake.ts';
+import type { Logger } from 'pino';
+import type { AvatarUploadResponse } from '../../shared/schemas/avatars.ts';
+import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
-import { parseMultipart } from '../http/multipart.ts';
-import type { UsersService } from '../users/service.ts';
+import { openUserFile } from '../core/storage-failure.ts';
+import type { Storage, UserFile } from '../storage/index.ts';
 import { encodeAvatar, probeImage, type ImageLimits } from './image.ts';
 import { JobQueue } from './jobs.ts';
 import * as repo from './repo.ts';
@@ -12,6 +13,15 @@ export interface AvatarLimits extends ImageLimits {
   maxBytes: number;
   /** Image jobs run at once; the rest wait their turn. */
   jobs: number;
+}
+
+export interface AvatarsDeps {
+  /** The avatar is a row of the user's own file, so it moves with that file. */
+  storage: Storage;
+  logger: Logger;
+  /** Base of the URLs the API returns (known only once the server listens). */
+  publicUrl: () => string;
+  limits: AvatarLimits;
 }
 
 /** Uploads that may wait for a job slot, per slot (each holds up to maxBytes meanwhile). */
@@ -23,31 +33,21 @@ export interface AvatarImage {
   bytes: Buffer;
 }
 
-const nowSeconds = () => Math.floor(Date.now() / 1000);
-
+/**
+ * Avatars: one image per user, kept in the user's file, and the URLs that name them. Other features
+ * (a user object's `avatar_url`) ask this service for the URL; it needs nothing of theirs.
+ */
 export class AvatarsService {
   private readonly jobs: JobQueue;
+  private readonly limits: AvatarLimits;
 
-  constructor(
-    private readonly users: UsersService,
-    private readonly limits: AvatarLimits,
-  ) {
-    this.jobs = new JobQueue(limits.jobs, limits.jobs * WAITING_PER_JOB);
+  constructor(private readonly deps: AvatarsDeps) {
+    this.limits = deps.limits;
+    this.jobs = new JobQueue(deps.limits.jobs, deps.limits.jobs * WAITING_PER_JOB);
   }
 
-  /** Validates, processes and stores an uploaded avatar, replacing any previous one. */
-  async upload(userId: string, contentType: string | undefined, body: Buffer): Promise<AvatarUploadResponse> {
-    const parts = parseMultipart(body, contentType);
-    if (parts === null) {
-      throw new AppError('unsupported_media_type', 'Send the image as multipart/form-data in a file field named "file"');
-    }
-    const form = avatarUploadFormSchema.safeParse({ file: parts.find((part) => part.name === 'file')?.data });
-    if (!form.success) {
-      throw new AppError('invalid_input', 'Validation failed', {
-        errors: form.error.issues.map((issue) => ({ path: issue.path.join('.') || 'file', message: issue.message })),
-      });
-    }
-    const input = form.data.file;
+  /** Validates, processes and stores an uploaded image file, replacing any previous avatar. */
+  async upload(userId: string, input: Uint8Array): Promise<AvatarUploadResponse> {
     if (input.byteLength > this.limits.maxBytes) {
       throw new AppError('file_too_large', `The file is ${input.byteLength} bytes; the limit is ${this.limits.maxBytes}`);
     }
@@ -56,7 +56,7 @@ export class AvatarsService {
     const encoded = await this.jobs.run(() => encodeAvatar(input, probed, this.limits));
     const hash = createHash('sha256').update(encoded.bytes).digest('hex');
     // Looked up after the awaits: an unpinned handle may have been evicted meanwhile.
-    const file = this.users.file(userId);
+    const file = this.file(userId);
     file.transaction(() =>
       repo.saveAvatar(file, {
         hash,
@@ -68,11 +68,9 @@ export class AvatarsService {
         bytes: encoded.bytes,
       }),
     );
-    const avatarUrl = this.users.privateUser(userId).avatar_url;
-    if (avatarUrl === null) throw new Error('avatar stored but no avatar_url derived');
     return {
       success: true,
-      avatar_url: avatarUrl,
+      avatar_url: this.urlFor(userId, hash),
       width: encoded.width,
       height: encoded.height,
       size: encoded.bytes.byteLength,
@@ -82,20 +80,37 @@ export class AvatarsService {
 
   /** Removes the caller's avatar; removing none is not an error (the end state is the same). */
   remove(userId: string): void {
-    const file = this.users.file(userId);
+    const file = this.file(userId);
     file.transaction(() => repo.deleteAvatar(file));
   }
 
-  /** The public avatar of a user; the same 404 whether the user or only the avatar is missing. */
+  /** The public avatar of a user (a snowflake id: the route checks it); the same 404 whether the user or only the avatar is missing. */
   image(userId: string): AvatarImage {
-    if (!isSnowflake(userId)) throw new AppError('invalid_user_id', 'user_id must be a snowflake id (decimal digits)');
     let avatar: repo.StoredAvatar | undefined;
     try {
-      avatar = repo.readAvatar(this.users.file(userId));
+      avatar = repo.readAvatar(this.file(userId));
     } catch (error) {
       if (!(error instanceof AppError && error.code === 'user_not_found')) throw error;
     }
     if (avatar === undefined) throw new AppError('avatar_not_found', 'This user has no avatar');
     return { hash: avatar.hash, contentType: avatar.content_type, bytes: avatar.bytes };
+  }
+
+  /**
+   * The `avatar_url` of the user whose file this is, or null without an avatar. Called for every
+   * user object, so it reads the hash only, never the image.
+   */
+  urlOf(file: UserFile): string | null {
+    const hash = repo.readAvatarHash(file);
+    return hash === null ? null : this.urlFor(file.userId, hash);
+  }
+
+  /** `?v=` names the image, so a URL may be cached for good (see the GET route). */
+  private urlFor(userId: string, hash: string): string {
+    return `${this.deps.publicUrl()}/avatars/users/${userId}?v=${hash.slice(0, 16)}`;
+  }
+
+  private file(userId: string): UserFile {
+    return openUserFile(this.deps.storage, this.deps.logger, userId);
   }
 }

@@ -21,13 +21,13 @@ function findDmChannelId(directory: DirectoryFile, low: string, high: string): s
  * the ordered pair settles races (also between processes sharing the directory): a losing insert
  * does nothing and the select finds the winner's channel.
  */
-export function openDmChannel(directory: DirectoryFile, userId: string, recipientId: string, newId: () => string, nowSeconds: number): string {
+export function openDmChannel(directory: DirectoryFile, userId: string, recipientId: string, newId: () => string, createdAt: number): string {
   const [low, high] = orderedPair(userId, recipientId);
   const existing = findDmChannelId(directory, low, high);
   if (existing !== undefined) return existing;
   directory
     .stmt('INSERT INTO dm_channels (id, user_low, user_high, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (user_low, user_high) DO NOTHING')
-    .run(newId(), low, high, nowSeconds);
+    .run(newId(), low, high, createdAt);
   const id = findDmChannelId(directory, low, high);
   if (id === undefined) throw new Error(`DM channel of ${low} and ${high} missing right after its insert`);
   return id;

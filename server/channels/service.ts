@@ -1,4 +1,5 @@
 import type { DmChannel, DmChannelListEntry } from '../../shared/schemas/channels.ts';
+import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import type { RelationshipsService } from '../relationships/service.ts';
 import type { MessagingSettingsService } from '../settings/messaging-service.ts';
@@ -12,8 +13,6 @@ export interface ChannelsDeps {
   relationships: RelationshipsService;
   messaging: MessagingSettingsService;
 }
-
-const nowSeconds = () => Math.floor(Date.now() / 1000);
 
 /** DM channels: one per pair of users, opened only where neither a block nor the recipient's privacy refuses. */
 export class ChannelsService {

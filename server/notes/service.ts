@@ -3,14 +3,12 @@ import type { Logger } from 'pino';
 import { insertNote, listNotes, newestNote, notesMap, readNote, replaceNoteText, type OnInvalidNote } from '../../shared/notes-doc.ts';
 import type { ListMessagesQuery, Message, NotesChannel } from '../../shared/schemas/notes.ts';
 import { compareSnowflakes, isSnowflake } from '../../shared/snowflake.ts';
+import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Storage } from '../storage/index.ts';
 import type { DocRegistry } from '../sync/registry.ts';
-import type { DocName } from '../sync/repo.ts';
 import type { UsersService } from '../users/service.ts';
 import * as repo from './repo.ts';
-
-const nowSeconds = () => Math.floor(Date.now() / 1000);
 
 /**
  * The notes channel and its messages over REST. Messages live in the notes Yjs document, the same
@@ -36,7 +34,7 @@ export class NotesService {
   }
 
   /** Which of the user's documents a `/sync/{doc}` name means: `settings`, or their notes channel id. */
-  syncDocOf(userId: string, docParam: string): DocName | null {
+  syncDocOf(userId: string, docParam: string): 'settings' | 'notes' | null {
     if (docParam === 'settings') return 'settings';
     return isSnowflake(docParam) && this.notesChannelId(userId) === docParam ? 'notes' : null;
   }

@@ -32,10 +32,10 @@ export class RelationshipsService {
   put(userId: string, otherId: string, body: PutRelationshipBody): Relationship {
     if (otherId === userId) throw new AppError('cannot_relate_to_self', 'You cannot befriend or block yourself');
     const user = this.users.publicUser(otherId);
-    // Taken outside the transaction: the id generator persists its high-water mark in this same
-    // database, and a rollback must not undo that.
-    const changed = this.nextId();
-    const type = this.directory.transaction(() => (body.type === 'friend' ? this.befriend(userId, otherId, changed) : this.block(userId, otherId, changed)));
+    const type = this.directory.transaction(() => {
+      const changed = this.nextId();
+      return body.type === 'friend' ? this.befriend(userId, otherId, changed) : this.block(userId, otherId, changed);
+    });
     return { id: otherId, type, user };
   }
 

@@ -1,28 +1,85 @@
+import path from 'node:path';
 import { SnowflakeGenerator } from '../../shared/snowflake.ts';
 import type { DirectoryFile } from './directory.ts';
-import { readMeta, writeMeta } from './meta-repo.ts';
+import { deleteMeta, readMeta } from './meta-repo.ts';
+import { ID_FILE_MIGRATIONS } from './schema.ts';
+import { StatementCache, openDatabase, type Db } from './sqlite.ts';
 
-const HIGH_WATER_KEY = 'snowflake_high_water_ms';
-/** How far ahead a persisted reservation reaches: at most one directory write per second of ids. */
+/** Where servers before `ids.sqlite` kept the reservation: the directory's `meta` table. */
+const LEGACY_HIGH_WATER_KEY = 'snowflake_high_water_ms';
+/** How far ahead a reservation reaches: at most one write per second of ids. */
 const LEASE_MS = 1000;
 
 export type IdGenerator = () => string;
 
 /**
- * Snowflakes that stay monotonic across restarts, even if the clock stepped back while the server
- * was down: a high-water mark a little ahead of the last id is persisted, and a restarted server
+ * `<dataDir>/ids.sqlite`: how far the id generator has reserved time ahead. A file of its own
+ * because the reservation must outlive every transaction: ids are taken inside directory and
+ * user-file transactions that may roll back, and a reservation written there would roll back with
+ * them, leaving ids already handed out above the persisted mark. Nothing else writes here, so each
+ * write is a transaction of its own that nobody can undo.
+ */
+export class IdReservationFile {
+  private readonly db: Db;
+  private readonly statements: StatementCache;
+
+  constructor(dataDir: string) {
+    this.db = openDatabase(path.join(dataDir, 'ids.sqlite'), { migrations: ID_FILE_MIGRATIONS });
+    this.statements = new StatementCache(this.db);
+  }
+
+  /** The reserved millisecond every issued id is below, or undefined before the first reservation. */
+  read(): number | undefined {
+    const row = this.statements.get('SELECT reserved_until_ms FROM reservation').get() as { reserved_until_ms: number } | undefined;
+    return row?.reserved_until_ms;
+  }
+
+  /** Moves the reservation up to `untilMs`; never down (a stale value cannot shrink it). */
+  raise(untilMs: number): void {
+    this.statements
+      .get(
+        `INSERT INTO reservation (singleton, reserved_until_ms) VALUES (1, ?)
+         ON CONFLICT (singleton) DO UPDATE SET reserved_until_ms = max(reserved_until_ms, excluded.reserved_until_ms)`,
+      )
+      .run(untilMs);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
+
+/**
+ * Carries the reservation of a data folder written by an older server (in the directory) over to
+ * `ids.sqlite`, once: the key is deleted after it is copied, so it is never read again. Copied
+ * first, deleted second: a failure in between leaves both, and the copy is a no-op the next time.
+ */
+export function adoptLegacyReservation(directory: DirectoryFile, reservations: IdReservationFile): void {
+  const legacy = readMeta(directory, LEGACY_HIGH_WATER_KEY);
+  if (legacy === undefined) return;
+  const value = Number(legacy);
+  if (Number.isSafeInteger(value)) reservations.raise(value);
+  deleteMeta(directory, LEGACY_HIGH_WATER_KEY);
+}
+
+/**
+ * Snowflakes that stay unique and monotonic across restarts, even if the clock stepped back while
+ * the server was down: before an id past the reservation is handed out, the reservation is moved a
+ * little ahead of it, so every id ever issued is below the stored mark, and a restarted server
  * never issues an id below it.
  */
-export function createIdGenerator(directory: DirectoryFile, workerId: number, now: () => number = Date.now): IdGenerator {
-  const stored = Number(readMeta(directory, HIGH_WATER_KEY) ?? '0');
+export function createIdGenerator(reservations: IdReservationFile, workerId: number, now: () => number = Date.now): IdGenerator {
+  const stored = reservations.read() ?? 0;
   // Every earlier id is below `stored`, so starting at `stored + 1` can never repeat one.
-  const generator = new SnowflakeGenerator({ workerId, notBeforeMs: Number.isFinite(stored) ? stored + 1 : 0, now });
+  const generator = new SnowflakeGenerator({ workerId, notBeforeMs: stored + 1, now });
   let reservedUntil = stored;
   return () => {
     const id = generator.next();
     if (generator.lastTimestampMs >= reservedUntil) {
+      // Stored before the id is returned: if the write fails, the id is never seen (and the next
+      // call tries again).
+      reservations.raise(generator.lastTimestampMs + LEASE_MS);
       reservedUntil = generator.lastTimestampMs + LEASE_MS;
-      writeMeta(directory, HIGH_WATER_KEY, String(reservedUntil));
     }
     return id;
   };

@@ -1,5 +1,5 @@
 import { DirectoryFile } from './directory.ts';
-import { createIdGenerator, type IdGenerator } from './ids.ts';
+import { IdReservationFile, adoptLegacyReservation, createIdGenerator, type IdGenerator } from './ids.ts';
 import { UserFiles } from './user-files.ts';
 
 export { DirectoryFile } from './directory.ts';
@@ -8,19 +8,37 @@ export { UserFile, UserFileMissingError } from './user-files.ts';
 export interface Storage {
   directory: DirectoryFile;
   userFiles: UserFiles;
+  /** A fresh snowflake. Safe inside any transaction: its reservation is written apart (ids.ts). */
   nextId: IdGenerator;
   close(): void;
 }
 
-export function openStorage(options: { dataDir: string; maxOpenUserFiles: number; workerId: number }): Storage {
+export interface StorageOptions {
+  dataDir: string;
+  maxOpenUserFiles: number;
+  workerId: number;
+  /** The id generator's clock (tests step it back to play a restart after a clock change). */
+  clock?: () => number;
+}
+
+export function openStorage(options: StorageOptions): Storage {
   const directory = new DirectoryFile(options.dataDir);
+  let reservations: IdReservationFile;
+  try {
+    reservations = new IdReservationFile(options.dataDir);
+    adoptLegacyReservation(directory, reservations);
+  } catch (error) {
+    directory.close();
+    throw error;
+  }
   const userFiles = new UserFiles(options.dataDir, options.maxOpenUserFiles);
   return {
     directory,
     userFiles,
-    nextId: createIdGenerator(directory, options.workerId),
+    nextId: createIdGenerator(reservations, options.workerId, options.clock),
     close() {
       userFiles.closeAll();
+      reservations.close();
       directory.close();
     },
   };

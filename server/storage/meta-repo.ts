@@ -6,6 +6,6 @@ export function readMeta(directory: DirectoryFile, key: string): string | undefi
   return row?.value;
 }
 
-export function writeMeta(directory: DirectoryFile, key: string, value: string): void {
-  directory.stmt('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, value);
+export function deleteMeta(directory: DirectoryFile, key: string): void {
+  directory.stmt('DELETE FROM meta WHERE key = ?').run(key);
 }

@@ -1,10 +1,42 @@
 import type { Migration } from './sqlite.ts';
 
 /**
- * Schemas of the two kinds of files. Append migrations; never edit one that has shipped.
+ * Schemas of the three kinds of files. Append migrations; never edit one that has shipped.
  *
- * directory.sqlite: what crosses users. The users index duplicates the user files (rebuildable
- * from them); sessions and meta live only here.
+ * Where data lives, and which copy is the truth:
+ *
+ * - users/<id>.sqlite is the source of truth for everything of one user, credentials included: the
+ *   password hash exists only in its `profile` row. A user's data is that one file, so it can be
+ *   exported, imported or deleted as a whole.
+ * - directory.sqlite holds what crosses users. Its `users` table is an index derived from the user
+ *   files (id, display username, lower-cased username and email, creation time), kept to find
+ *   accounts by name and to keep names unique; it holds nothing a user file does not, and
+ *   `rebuildDirectoryIndex` (server/users/directory-index.ts) derives it again from the files (the
+ *   server does so on start when the index is empty but user files exist). Sessions, credential
+ *   epochs, relationships and DM channels live only here: they are the directory's own data.
+ * - ids.sqlite holds the id generator's reservation, written outside every other transaction.
+ *
+ * Credentials. A session is inserted only if the user's credential epoch (directory, owned by auth)
+ * is still the one read before the password was verified, checked in the insert statement itself;
+ * a password change moves the epoch on and deletes the other sessions, in one directory
+ * transaction, before the new hash is stored. So no session started with an old password survives
+ * a change, and the epoch is not a copy of anything: it is the sessions' own guard.
+ *
+ * Writes that touch both files go in the one order in which a failure between them is safe: first
+ * the write that may stand alone, then the other.
+ * - Password change: sessions end first (directory), the new hash is stored second (user file).
+ *   Stopped in between, the other sessions are signed out and the old password still works; never
+ *   is a new password stored beside sessions started with the old one.
+ * - Username or email change: the directory first claims the new name and marks the row pending,
+ *   then the profile is written. Stopped in between, the row is derived again from the user file
+ *   (at once, or on the next start from the mark): the index comes back to what the file says.
+ * - Registration: the user file first, then the directory entry (with the first session). A user
+ *   file nobody indexed is no account, and deleting it needs no free space, so a failure leaves
+ *   nothing a retry would trip over.
+ * A change holds its user file's write lock around the directory's commit, so two changes of one
+ * user run one after the other, and of two password changes from the same password exactly one wins.
+ * (One server process per data folder: within it, a change's two commits follow each other in one
+ * synchronous step, so no request sees the state between them unless the second fails.)
  */
 export const DIRECTORY_MIGRATIONS: readonly Migration[] = [
   (db) =>
@@ -54,6 +86,26 @@ export const DIRECTORY_MIGRATIONS: readonly Migration[] = [
         CHECK (user_low < user_high)
       ) STRICT;
       CREATE INDEX dm_channels_by_high ON dm_channels(user_high);
+    `),
+  // Credentials live only in the user files now: the index's copy of the login hash goes. (Where
+  // the two copies disagreed — a password change whose directory write failed after its user-file
+  // write — the user file's stays: the one current_password was checked against.) Sessions are
+  // guarded by a per-user credential epoch instead: no row means 0, no change yet.
+  (db) =>
+    db.exec(`
+      ALTER TABLE users DROP COLUMN password_hash;
+      CREATE TABLE credential_epochs (
+        user_id TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        epoch INTEGER NOT NULL
+      ) STRICT, WITHOUT ROWID;
+    `),
+  // Index rows a change wrote ahead of its user file; each is derived again from the file once the
+  // file's write is over (or on the next start, if the server stopped in between).
+  (db) =>
+    db.exec(`
+      CREATE TABLE users_index_pending (
+        user_id TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE
+      ) STRICT, WITHOUT ROWID;
     `),
 ];
 
@@ -134,6 +186,18 @@ export const USER_FILE_MIGRATIONS: readonly Migration[] = [
         data BLOB NOT NULL,
         reason TEXT NOT NULL,
         quarantined_at INTEGER NOT NULL
+      ) STRICT;
+    `),
+];
+
+/** ids.sqlite: the id generator's reservation (see server/storage/ids.ts), and nothing else. */
+export const ID_FILE_MIGRATIONS: readonly Migration[] = [
+  (db) =>
+    db.exec(`
+      CREATE TABLE reservation (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        -- Every id issued so far encodes a millisecond below this one.
+        reserved_until_ms INTEGER NOT NULL
       ) STRICT;
     `),
 ];

@@ -91,6 +91,16 @@ export class UserFiles {
     this.closingListeners.add(listener);
   }
 
+  /** The ids of every user file there is, opened or not (names that are not snowflakes are skipped). */
+  list(): string[] {
+    const ids: string[] = [];
+    for (const name of fs.readdirSync(this.dir)) {
+      const match = /^([0-9]+)\.sqlite$/.exec(name);
+      if (match !== null && isSnowflake(match[1])) ids.push(match[1]);
+    }
+    return ids;
+  }
+
   /** Opens an existing user file; throws UserFileMissingError when there is none. */
   get(userId: string): UserFile {
     const cached = this.open.get(userId);

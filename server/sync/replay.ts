@@ -1,6 +1,7 @@
 import * as Y from 'yjs';
 import type { Logger } from 'pino';
 import type { UserFile } from '../storage/index.ts';
+import { nowSeconds } from '../../shared/time.ts';
 import * as repo from './repo.ts';
 import type { DocName } from './repo.ts';
 import { pendingBytes } from './update-check.ts';
@@ -23,8 +24,6 @@ export interface ReplayedDoc {
 
 /** Past this many unreadable updates in one log, a rebuild stops trying them one by one. */
 const MAX_REBUILD_ROUNDS = 100;
-
-const nowSeconds = () => Math.floor(Date.now() / 1000);
 
 /**
  * Rebuilds a document from its stored snapshot and update log. The live path refuses updates that

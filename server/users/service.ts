@@ -3,76 +3,90 @@ import { passwordWeakness } from '../../shared/schemas/common.ts';
 import type { PrivateUser, PublicUser, UpdateMeBody } from '../../shared/schemas/users.ts';
 import type { RegisterBody } from '../../shared/schemas/auth.ts';
 import { isSnowflake } from '../../shared/snowflake.ts';
+import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
-import type { PasswordHasher } from '../auth/passwords.ts';
+import { STORAGE_FAILURE, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
+import type { AvatarsService } from '../avatars/service.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
+import { rebuildDirectoryIndex, rederiveIndexEntry } from './directory-index.ts';
+import { PasswordHasher } from './passwords.ts';
 import * as repo from './repo.ts';
-import { STORAGE_FAILURE, unavailableOnStorageFailure } from './storage-failure.ts';
 
 export interface UsersDeps {
   storage: Storage;
-  hasher: PasswordHasher;
   logger: Logger;
-  /** Base for URLs the API returns (known only once the server listens). */
-  publicUrl: () => string;
-  /** The stored avatar's content hash, or null when the user has none. */
-  avatarHashOf: (file: UserFile) => string | null;
-  /** Called when a password change revoked sessions, so live connections using them can close. */
-  onSessionsRevoked: (sessionIds: string[]) => void;
-  revokeOtherSessions: (principal: Principal) => string[];
+  /** The avatars feature, which owns avatar images and the URLs that name them. */
+  avatars: Pick<AvatarsService, 'urlOf'>;
 }
 
-const nowSeconds = () => Math.floor(Date.now() / 1000);
+/**
+ * Runs inside a password change, once the change is decided and before the new password is stored;
+ * if it throws, the password does not change.
+ */
+export type PasswordChangeHandler = (principal: Principal) => void;
 
+/**
+ * Accounts: the profile in each user's file (credentials included: the password hash has no other
+ * copy) and the directory's index of names derived from it. See storage/schema.ts for where data
+ * lives and the order of writes across the two files.
+ */
 export class UsersService {
+  private readonly hasher = new PasswordHasher();
+  private passwordChangeHandler: PasswordChangeHandler | undefined;
+
   constructor(private readonly deps: UsersDeps) {}
+
+  /**
+   * Sets what a password change does to sessions (auth: it ends every other session of the user).
+   * An event users announces rather than a call into auth, because auth depends on users
+   * (registration and login need accounts) and a call back would make the two a cycle. It runs
+   * synchronously in the change, under the user file's write lock, before the new hash is stored
+   * (the order storage/schema.ts explains). There is exactly one: a change without one would leave
+   * old sessions alive, so it fails instead.
+   */
+  onPasswordChange(handler: PasswordChangeHandler): void {
+    if (this.passwordChangeHandler !== undefined) throw new Error('a password-change handler is already set');
+    this.passwordChangeHandler = handler;
+  }
 
   /**
    * Creates the user file and indexes it; 409 if the username or email is taken (race-safe).
    * `inSameTransaction` runs in the directory transaction that indexes the user (registration
    * creates the first session there): if it throws, the account is not created at all.
    */
-  async create<T>(
-    body: RegisterBody,
-    inSameTransaction: (user: { id: string; passwordHash: string }) => T,
-  ): Promise<{ id: string; file: UserFile; result: T }> {
+  async create<T>(body: RegisterBody, inSameTransaction: (user: { id: string }) => T): Promise<{ id: string; result: T }> {
     const weakness = passwordWeakness(body.password, body);
     if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
     const { directory, userFiles } = this.deps.storage;
     try {
       // Fast answer for the common case; the unique index below settles races.
       this.assertAvailable(body.username, body.email, null);
-      const passwordHash = await this.deps.hasher.hash(body.password);
+      const passwordHash = await this.hasher.hash(body.password);
       const id = this.deps.storage.nextId();
-      const user = { id, username: body.username, email: body.email, passwordHash, createdAt: nowSeconds() };
-      // The user file is written first: the directory entry is what makes the account exist, so a
-      // crash in between leaves only an orphan file, never an index entry without data.
-      const file = userFiles.create(id, (f) => repo.insertProfile(f, user));
+      const user = { id, username: body.username, email: body.email, createdAt: nowSeconds() };
+      // The user file first, then the index entry that makes the account exist: a failure in
+      // between leaves only a file nobody indexed, removed here (storage/schema.ts).
+      userFiles.create(id, (f) => repo.insertProfile(f, { ...user, passwordHash }));
       let result: T;
       try {
         result = directory.transaction(() => {
           repo.indexUser(directory, user);
-          return inSameTransaction({ id, passwordHash });
+          return inSameTransaction({ id });
         });
       } catch (error) {
         userFiles.remove(id);
         throw conflictError(error) ?? error;
       }
       this.deps.logger.info({ userId: id }, 'user registered');
-      return { id, file, result };
+      return { id, result };
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.register);
     }
   }
 
   file(userId: string): UserFile {
-    try {
-      return this.deps.storage.userFiles.get(userId);
-    } catch (error) {
-      if (error instanceof UserFileMissingError) throw new AppError('user_not_found', 'No user with that id');
-      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.read);
-    }
+    return openUserFile(this.deps.storage, this.deps.logger, userId);
   }
 
   privateUser(userId: string): PrivateUser {
@@ -111,10 +125,31 @@ export class UsersService {
     return this.publicUser(indexed.id);
   }
 
-  /** Login lookup: a username, or an email when it contains "@"; any case. */
-  findForLogin(login: string): repo.IndexedUser | undefined {
+  /** The account a login names: a username, or an email when it contains "@"; any case. */
+  idForLogin(login: string): string | undefined {
     const { directory } = this.deps.storage;
-    return this.reading(() => (login.includes('@') ? repo.findIndexedByEmail(directory, login) : repo.findIndexedByUsername(directory, login)));
+    return this.reading(() => (login.includes('@') ? repo.findIndexedByEmail(directory, login) : repo.findIndexedByUsername(directory, login)))?.id;
+  }
+
+  /**
+   * Whether `password` is the user's. The hash is read from the user file before the first await,
+   * so whatever a caller read before this call, it read before the hash. An indexed account whose
+   * file is gone matches no password, in the same time as a wrong one.
+   */
+  verifyPassword(userId: string, password: string): Promise<boolean> {
+    let passwordHash: string;
+    try {
+      passwordHash = this.reading(() => repo.readProfile(this.deps.storage.userFiles.get(userId)).password_hash);
+    } catch (error) {
+      if (error instanceof UserFileMissingError) return this.hasher.verifyDecoy(password);
+      throw error;
+    }
+    return this.hasher.verify(passwordHash, password);
+  }
+
+  /** Spends the time of a password verification and fails: for logins that name no account. */
+  verifyNoAccount(password: string): Promise<false> {
+    return this.hasher.verifyDecoy(password);
   }
 
   async updateMe(principal: Principal, body: UpdateMeBody): Promise<PrivateUser> {
@@ -126,9 +161,35 @@ export class UsersService {
     return this.privateUser(principal.userId);
   }
 
+  /**
+   * At start: makes the directory's users index what the user files derive. An empty index beside
+   * user files (the directory was lost, or moved aside because it was damaged) is rebuilt whole;
+   * rows a change left pending (the server stopped between its two writes) are derived again.
+   * A rebuild that fails stops the start: a server with an empty index would refuse every login.
+   */
+  repairDirectoryIndex(): void {
+    const { storage, logger } = this.deps;
+    if (repo.countIndexed(storage.directory) === 0 && storage.userFiles.list().length > 0) {
+      const rebuilt = rebuildDirectoryIndex(storage);
+      logger.warn({ indexed: rebuilt.indexed }, "rebuilt the directory's users index from the user files (it was empty)");
+      for (const left of rebuilt.leftOut) {
+        logger.error(left, `a user file was left out of the rebuilt index: a newer account has the same ${left.field}; rename or remove that file`);
+      }
+      return;
+    }
+    for (const userId of repo.listIndexPending(storage.directory)) {
+      try {
+        rederiveIndexEntry(storage, userId);
+        logger.warn({ userId }, 'derived a directory index entry again from its user file (a change had stopped half-way)');
+      } catch (error) {
+        logger.error({ err: error, userId }, 'could not derive a directory index entry from its user file; it stays pending');
+      }
+    }
+  }
+
   private async applyUpdate(principal: Principal, body: UpdateMeBody): Promise<void> {
-    const { directory } = this.deps.storage;
-    const before = repo.readProfile(this.file(principal.userId));
+    const { userId } = principal;
+    const before = repo.readProfile(this.file(userId));
 
     let newPasswordHash: string | undefined;
     if (body.password !== undefined) {
@@ -142,8 +203,12 @@ export class UsersService {
         email: body.email ?? before.email,
       });
       if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
-      if (!(await this.deps.hasher.verify(before.password_hash, body.current_password))) throw invalidCurrentPassword();
-      newPasswordHash = await this.deps.hasher.hash(body.password);
+      if (!(await this.hasher.verify(before.password_hash, body.current_password))) throw invalidCurrentPassword();
+      newPasswordHash = await this.hasher.hash(body.password);
+    }
+    const endOtherSessions = newPasswordHash === undefined ? undefined : this.passwordChangeHandler;
+    if (newPasswordHash !== undefined && endOtherSessions === undefined) {
+      throw new Error('a password change with no handler to end the other sessions');
     }
 
     const newUsername = body.username !== undefined && body.username !== before.username ? body.username : undefined;
@@ -151,43 +216,60 @@ export class UsersService {
     this.assertAvailable(
       newUsername !== undefined && newUsername.toLowerCase() !== before.username.toLowerCase() ? newUsername : null,
       newEmail !== undefined && newEmail.toLowerCase() !== before.email.toLowerCase() ? newEmail : null,
-      principal.userId,
+      userId,
     );
 
+    const { directory } = this.deps.storage;
     // Fetched after the awaits above: an unpinned handle may have been evicted meanwhile.
-    const file = this.file(principal.userId);
-    let revoked: string[] = [];
+    const file = this.file(userId);
+    let indexAhead = false;
     try {
-      // Directory and user file change together: if the user file write fails, the directory
-      // transaction around it rolls back too.
-      directory.transaction(() => {
-        file.transaction(() => {
-          if (newUsername !== undefined) {
-            repo.reindexUsername(directory, principal.userId, newUsername);
-            repo.updateProfileUsername(file, newUsername);
-          }
-          if (newEmail !== undefined) {
-            const sameAddress = newEmail.toLowerCase() === before.email.toLowerCase();
-            repo.reindexEmail(directory, principal.userId, newEmail);
-            repo.updateProfileEmail(file, newEmail, sameAddress && before.email_verified === 1);
-          }
-          if (newPasswordHash !== undefined) {
-            // current_password was checked against `before` while hashing (no lock held): if a
-            // concurrent change committed since, it no longer proves anything. Checked inside the
-            // transaction, so of two changes racing from the same old password exactly one wins.
-            if (repo.findIndexedById(directory, principal.userId)?.password_hash !== before.password_hash) {
-              throw invalidCurrentPassword();
-            }
-            repo.reindexPasswordHash(directory, principal.userId, newPasswordHash);
-            repo.updateProfilePasswordHash(file, newPasswordHash);
-            revoked = this.deps.revokeOtherSessions(principal);
-          }
-        });
+      // The user file's write lock is held from the check below to the profile's commit; the
+      // directory's writes commit inside it, first (storage/schema.ts has the rule and why).
+      file.transaction(() => {
+        // current_password was checked against `before` while hashing (no lock held): if another
+        // change committed since, it no longer proves anything. Checked under the lock, so of two
+        // changes racing from the same old password exactly one wins.
+        if (newPasswordHash !== undefined && repo.readProfile(file).password_hash !== before.password_hash) {
+          throw invalidCurrentPassword();
+        }
+        if (newUsername !== undefined || newEmail !== undefined) {
+          directory.transaction(() => {
+            repo.markIndexPending(directory, userId);
+            if (newUsername !== undefined) repo.reindexUsername(directory, userId, newUsername);
+            if (newEmail !== undefined) repo.reindexEmail(directory, userId, newEmail);
+          });
+          indexAhead = true;
+        }
+        // Before the new hash is stored: stopped in between, sessions are over and the old password
+        // still works; never the other way round.
+        endOtherSessions?.(principal);
+        if (newUsername !== undefined) repo.updateProfileUsername(file, newUsername);
+        if (newEmail !== undefined) {
+          const sameAddress = newEmail.toLowerCase() === before.email.toLowerCase();
+          repo.updateProfileEmail(file, newEmail, sameAddress && before.email_verified === 1);
+        }
+        if (newPasswordHash !== undefined) repo.updateProfilePasswordHash(file, newPasswordHash);
       });
     } catch (error) {
+      // The index may now be ahead of a profile that was not written: derive it from the file again.
+      if (indexAhead) this.settleIndexEntry(userId);
       throw conflictError(error) ?? error;
     }
-    if (revoked.length > 0) this.deps.onSessionsRevoked(revoked);
+    if (indexAhead) this.settleIndexEntry(userId);
+  }
+
+  /**
+   * Derives the user's index row from their file (the truth, whether or not the profile write
+   * landed) and clears its pending mark. If even that fails, the mark stays and the next start
+   * derives it; until then the row may name what the file does not.
+   */
+  private settleIndexEntry(userId: string): void {
+    try {
+      rederiveIndexEntry(this.deps.storage, userId);
+    } catch (error) {
+      this.deps.logger.error({ err: error, userId }, 'could not derive a directory index entry from its user file; the next start will');
+    }
   }
 
   private assertAvailable(username: string | null, email: string | null, selfId: string | null): void {
@@ -201,7 +283,7 @@ export class UsersService {
   /** The profile row and avatar URL, memoised on the user file until its next write. */
   private profile(userId: string): { row: repo.ProfileRow; avatarUrl: string | null } {
     const file = this.file(userId);
-    return this.reading(() => file.memo('profile', () => ({ row: repo.readProfile(file), avatarUrl: this.avatarUrl(file) })));
+    return this.reading(() => file.memo('profile', () => ({ row: repo.readProfile(file), avatarUrl: this.deps.avatars.urlOf(file) })));
   }
 
   /** Runs a read, answering a storage failure a retry can cure with 503 instead of 500. */
@@ -211,11 +293,6 @@ export class UsersService {
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.read);
     }
-  }
-
-  private avatarUrl(file: UserFile): string | null {
-    const hash = this.deps.avatarHashOf(file);
-    return hash === null ? null : `${this.deps.publicUrl()}/avatars/users/${file.userId}?v=${hash.slice(0, 16)}`;
   }
 }
 

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
-import { AppError } from '../core/app-error.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
+import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
+import { AppError } from './app-error.ts';
 
 /** What clients are told to wait (seconds) before retrying a request that hit a storage failure. */
 export const STORAGE_RETRY_AFTER_S = 5;
@@ -25,3 +26,17 @@ export const STORAGE_FAILURE = {
   register: `The account was not created: ${FAILING}`,
   login: `Not signed in: ${FAILING}`,
 } as const;
+
+/**
+ * A user's file, for any feature that keeps data in it: 404 `user_not_found` when there is none,
+ * 503 when it cannot be opened for a reason a retry can cure. The handle stays open only until
+ * another user file is opened (see UserFiles): use it at once, or look it up again after an await.
+ */
+export function openUserFile(storage: Storage, logger: Logger, userId: string): UserFile {
+  try {
+    return storage.userFiles.get(userId);
+  } catch (error) {
+    if (error instanceof UserFileMissingError) throw new AppError('user_not_found', 'No user with that id');
+    throw unavailableOnStorageFailure(logger, error, STORAGE_FAILURE.read);
+  }
+}
