@@ -119,6 +119,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   });
   const http = mountRoutes(app, routes, {
     nextRequestId,
+    trustedProxies: new Set(config.trustProxy),
     logger,
     maxJsonBodyBytes: config.maxJsonBodyBytes,
     maxUploadMemoryBytes: config.maxUploadMemoryBytes,

@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import path from 'node:path';
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { MAX_WORKER_ID } from '../shared/snowflake.ts';
 
@@ -30,6 +31,7 @@ const SETTINGS = {
   maxAvatarFrames: { flag: 'max-avatar-frames', env: 'PLEXICHAT_MAX_AVATAR_FRAMES' },
   avatarJobs: { flag: 'avatar-jobs', env: 'PLEXICHAT_AVATAR_JOBS' },
   maxUploadMemoryBytes: { flag: 'max-upload-memory-bytes', env: 'PLEXICHAT_MAX_UPLOAD_MEMORY_BYTES' },
+  trustProxy: { flag: 'trust-proxy', env: 'PLEXICHAT_TRUST_PROXY' },
 } as const;
 
 /** Room for multipart boundaries and part headers around an avatar file of the maximum size. */
@@ -76,6 +78,21 @@ const configSchema = z
      * route's maximum when chunked); an upload that does not fit is answered 503 before it is read.
      */
     maxUploadMemoryBytes: intInRange(64 * 1024, 64 * 1024 * 1024 * 1024).default(64 * 1024 * 1024),
+    /**
+     * Peer addresses of reverse proxies whose `X-Forwarded-For` names the client (comma-separated
+     * IPs). Empty by default: the header is then ignored, so clients cannot choose the address their
+     * rate limits count against.
+     */
+    trustProxy: z
+      .string()
+      .default('')
+      .transform((list) =>
+        list
+          .split(',')
+          .map((address) => address.trim())
+          .filter((address) => address !== ''),
+      )
+      .refine((addresses) => addresses.every((address) => isIP(address) !== 0), { message: 'must be a comma-separated list of IP addresses' }),
   })
   .refine((config) => config.maxUploadMemoryBytes >= config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES, {
     // Smaller, and the largest avatar the server accepts could never be uploaded.
@@ -90,7 +107,9 @@ export type Config = Omit<z.infer<typeof configSchema>, 'publicUrl'> & {
 
 /** Config for embedding (tests, tools): defaults plus the given overrides, validated the same way. */
 export function makeConfig(overrides: Partial<Config> = {}): Config {
-  const parsed = configSchema.parse(Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)));
+  // Overrides are the parsed form; the list of proxies goes back to the text the schema reads.
+  const input = { ...overrides, trustProxy: overrides.trustProxy?.join(',') };
+  const parsed = configSchema.parse(Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)));
   return { ...parsed, dataDir: path.resolve(parsed.dataDir), publicUrl: parsed.publicUrl };
 }
 

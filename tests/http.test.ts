@@ -417,3 +417,29 @@ function rawExchange(url: string, request: string, timeoutMs = 5000): Promise<st
     });
   });
 }
+
+test('X-Forwarded-For names the client only when the peer is a trusted proxy (--trust-proxy)', async () => {
+  const limited = async (trustProxy: string[]) => {
+    const own = await startServer({ authRateLimit: 2, trustProxy });
+    const attempt = (forwardedFor: string) =>
+      own.api.post('/auth/login', { json: { login: 'nobody', password: 'wrong password' }, headers: { 'x-forwarded-for': forwardedFor } });
+    // Two attempts use up one address's budget; a third from another forwarded address...
+    const statuses = [await attempt('203.0.113.1'), await attempt('203.0.113.1'), await attempt('203.0.113.2'), await attempt('203.0.113.1')].map(
+      (r) => r.status,
+    );
+    const blocked = await attempt('203.0.113.1');
+    await own.close();
+    return { statuses, blocked };
+  };
+  // Without trusted proxies the header is ignored: all attempts count against the real peer.
+  const ignored = await limited([]);
+  assert.deepEqual(ignored.statuses, [401, 401, 429, 429]);
+  assert.equal(ignored.blocked.status, 429);
+  assert.ok(Number(ignored.blocked.headers.get('retry-after')) > 0);
+  assert.equal(ignored.blocked.headers.get('x-ratelimit-limit'), '2');
+  assert.equal(ignored.blocked.headers.get('x-ratelimit-remaining'), '0');
+  assert.ok(Number(ignored.blocked.headers.get('x-ratelimit-reset')) > Date.now() / 1000);
+  // Loopback trusted: each forwarded client has its own budget.
+  const believed = await limited(['127.0.0.1']);
+  assert.deepEqual(believed.statuses, [401, 401, 401, 429]);
+});

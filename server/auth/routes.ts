@@ -1,12 +1,12 @@
-import { RateLimiterMemory } from 'rate-limiter-flexible';
 import { loginBodySchema, registerBodySchema } from '../../shared/schemas/auth.ts';
+import { Throttle } from '../core/throttle.ts';
 import { Reply, route, type Route } from '../http/route.ts';
 import type { AuthService } from './service.ts';
 
 export function authRoutes(auth: AuthService, options: { attemptsPerMinute: number }): Route[] {
   // One budget per client address shared by login and register: guessing passwords and
   // probing for taken usernames are the same attack.
-  const rateLimiter = options.attemptsPerMinute > 0 ? new RateLimiterMemory({ points: options.attemptsPerMinute, duration: 60 }) : undefined;
+  const rateLimiter = new Throttle({ name: 'auth-address', points: options.attemptsPerMinute, durationSeconds: 60 });
   return [
     route({
       method: 'POST',

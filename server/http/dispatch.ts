@@ -1,10 +1,10 @@
 import { STATUS_CODES } from 'node:http';
 import type { Logger } from 'pino';
-import { RateLimiterRes } from 'rate-limiter-flexible';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
 import { InflightTracker } from './inflight.ts';
+import { clientAddress } from './client-address.ts';
 import { isJsonMediaType, parseJson, parseQuery, validate } from './input.ts';
 import { MemoryBudget, type Reservation } from './memory-budget.ts';
 import { createRequestIds } from './request-id.ts';
@@ -24,6 +24,8 @@ export interface HttpOptions {
    * requests and sync upgrades share one counter; without it the routes get a source of their own.
    */
   nextRequestId?: () => string;
+  /** Peer addresses of reverse proxies whose `X-Forwarded-For` is believed (`--trust-proxy`). */
+  trustedProxies?: ReadonlySet<string>;
 }
 
 /** What `mountRoutes` sets up once; every request reads it. */
@@ -32,6 +34,7 @@ interface Server {
   readonly options: HttpOptions;
   readonly logger: Logger;
   readonly nextRequestId: () => string;
+  readonly trustedProxies: ReadonlySet<string>;
   readonly inflight: InflightTracker;
   readonly uploadMemory: MemoryBudget;
   /** The drain bound of a route that takes a JSON body or none. */
@@ -113,6 +116,7 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
     options,
     logger: options.logger,
     nextRequestId: options.nextRequestId ?? createRequestIds(),
+    trustedProxies: options.trustedProxies ?? new Set(),
     inflight: new InflightTracker(),
     uploadMemory: new MemoryBudget(options.maxUploadMemoryBytes),
     defaultDrainLimit: drainLimitFor(options.maxJsonBodyBytes),
@@ -177,7 +181,7 @@ function copyRequest(server: Server, res: HttpResponse, req: HttpRequest): Excha
     rawQuery: req.getQuery() ?? '',
     headers,
     contentLengths,
-    remoteAddress: addressDecoder.decode(res.getRemoteAddressAsText()),
+    remoteAddress: clientAddress(addressDecoder.decode(res.getRemoteAddressAsText()), headers.get('x-forwarded-for'), server.trustedProxies),
     requestId: server.nextRequestId(),
     started: performance.now(),
     declared: undefined,
@@ -372,7 +376,7 @@ async function runAfterBody(
   // Only this frame holds the body's promise, and only until the handler is called: the handler
   // gets the bytes and holds them as long as it needs them, no longer.
   const rawBody = pending === undefined ? undefined : await pending;
-  if (route.rateLimiter) await consumeRateLimit(route.rateLimiter, x.remoteAddress);
+  if (route.rateLimiter) await route.rateLimiter.consume(x.remoteAddress);
   if (x.aborted) return undefined;
   return run(x, route, params, principal, route.body === undefined ? undefined : rawBody);
 }
@@ -405,18 +409,6 @@ function run(x: Exchange, route: Route, rawParams: Record<string, string>, princ
     remoteAddress: x.remoteAddress,
     requestId: x.requestId,
   });
-}
-
-async function consumeRateLimit(limiter: NonNullable<Route['rateLimiter']>, key: string): Promise<void> {
-  try {
-    await limiter.consume(key);
-  } catch (error) {
-    if (error instanceof RateLimiterRes) {
-      const seconds = Math.max(1, Math.ceil(error.msBeforeNext / 1000));
-      throw new AppError('too_many_requests', `Too many attempts; retry in ${seconds} s`, { headers: { 'Retry-After': String(seconds) } });
-    }
-    throw error;
-  }
 }
 
 /** Answers a handler's result; one that cannot be serialised takes the error path instead. */

@@ -1,7 +1,7 @@
 import { z } from 'zod';
-import type { RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
+import type { Throttle } from '../core/throttle.ts';
 
 export type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -79,7 +79,7 @@ export interface RouteSpec<Body, Query, A extends AuthMode, Params> {
    */
   invalid?: (issues: z.core.$ZodIssue[], source: InputSource) => AppError | undefined;
   /** Limits attempts per client address (e.g. login), answered with 429 and Retry-After. */
-  rateLimiter?: RateLimiterAbstract;
+  rateLimiter?: Throttle;
   handler: (ctx: RequestContext<Body, Query, Params, A extends 'none' ? null : Principal>) => unknown;
 }
 
@@ -92,7 +92,7 @@ export interface Route {
   query: z.ZodType | undefined;
   params: z.ZodType | undefined;
   invalid: RouteSpec<unknown, unknown, AuthMode, unknown>['invalid'];
-  rateLimiter: RateLimiterAbstract | undefined;
+  rateLimiter: Throttle | undefined;
   handler: (ctx: RequestContext<unknown, unknown, unknown, Principal | null>) => unknown;
 }
 
