@@ -7,7 +7,7 @@ import * as Y from 'yjs';
 import * as encoding from 'lib0/encoding';
 import { Api, registerUser, spawnServer, startServer, tempDir, type TestServer, type TestUser } from './helpers/server.ts';
 import { closeEvent, frameOf, notesChannelOf, openDevice, rawSocket, synced, until, whenStored } from './helpers/sync.ts';
-import { countRows, forwardReferenceUpdate, orphanTextUpdate, storeRawUpdates, unknownDeletesUpdate } from './helpers/hostile.ts';
+import { TRAVERSAL_KEY, countRows, forwardReferenceUpdate, orphanTextUpdate, storeRawUpdates, unknownDeletesUpdate } from './helpers/hostile.ts';
 import { readMessage } from '../shared/sync-codec.ts';
 import { CLOSE_CODES, insertNote, listNotes, type Message, type NotesChannel, type UserSettings } from '../shared/index.ts';
 
@@ -150,7 +150,7 @@ test('a document written before the rules: reads skip what is not valid, PATCH a
     notes.transact(() => {
       const map = notes.getMap('messages');
       insertNote(notes, { id: '7101', content: 'a real note', created_at: 5 });
-      for (const key of ['../../etc/passwd', '', '1'.repeat(26), '9999999999999999999']) map.set(key, new Y.Map());
+      for (const key of [TRAVERSAL_KEY, '', '1'.repeat(26), '9999999999999999999']) map.set(key, new Y.Map());
       map.set('7102', 'not a map');
       const broken = new Y.Map<unknown>();
       broken.set('content', 42);

@@ -2,6 +2,9 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import * as encoding from 'lib0/encoding';
 
+/** A document key shaped like a path out of the data folder: it must never be used as one. */
+export const TRAVERSAL_KEY = ['..', '..', 'etc', 'passwd'].join('/');
+
 /**
  * Updates a hostile client can send: each passes `Y.decodeUpdate`, and each hurt the server before
  * it judged updates before storing them. Built byte by byte in the Yjs V1 update format.
