@@ -70,3 +70,22 @@ test('avatar limits: defaults, flags and environment, validated', () => {
     );
   }
 });
+
+test('session expiry: defaults, flags and environment, validated', () => {
+  const defaults = loadConfig([], {});
+  assert.equal(defaults.sessionIdleSeconds, 30 * 86_400);
+  assert.equal(defaults.sessionLifetimeSeconds, 365 * 86_400);
+  const set = loadConfig(['--session-idle-seconds', '3600'], { PLEXICHAT_SESSION_LIFETIME_SECONDS: '86400', PLEXICHAT_SESSION_IDLE_SECONDS: '999999' });
+  assert.equal(set.sessionIdleSeconds, 3600, 'the flag wins over the environment');
+  assert.equal(set.sessionLifetimeSeconds, 86_400);
+  for (const argv of [
+    ['--session-idle-seconds', '299'],
+    ['--session-lifetime-seconds', '1.5'],
+  ]) {
+    assert.throws(
+      () => loadConfig(argv, {}),
+      (error: unknown) => error instanceof ConfigError && error.message.includes(argv[0] as string) && !error.message.includes('\n'),
+      argv.join(' '),
+    );
+  }
+});
