@@ -66,7 +66,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       jobs: config.avatarJobs,
     },
   });
-  const users = new UsersService({ storage, logger, avatars });
+  const users = new UsersService({ storage, logger, avatars, currentPasswordLimit: config.loginFailureLimit });
   // Before anything reads the users index: make it what the user files derive (storage/schema.ts).
   try {
     users.repairDirectoryIndex();
@@ -79,6 +79,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     users,
     logger,
     sessions: { idleSeconds: config.sessionIdleSeconds, lifetimeSeconds: config.sessionLifetimeSeconds },
+    login: { failuresPerAddress: config.loginFailureLimit, perAccount: config.loginAccountLimit },
     clock: options.clock,
     sweepIntervalMs: options.sessionSweepIntervalMs,
   });
@@ -107,7 +108,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
     ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit }),
-    ...usersRoutes(users),
+    ...usersRoutes(users, { searchesPerMinute: config.searchRateLimit }),
     ...settingsRoutes(messaging, userSettings),
     ...notesRoutes(notes),
     ...relationshipsRoutes(relationships),

@@ -89,3 +89,23 @@ test('session expiry: defaults, flags and environment, validated', () => {
     );
   }
 });
+
+test('brute-force budgets: defaults, flags and environment, validated', () => {
+  const defaults = loadConfig([], {});
+  assert.equal(defaults.authRateLimit, 30);
+  assert.equal(defaults.loginFailureLimit, 10);
+  assert.equal(defaults.loginAccountLimit, 100);
+  assert.equal(defaults.searchRateLimit, 30);
+  const set = loadConfig(['--login-failure-limit', '0', '--search-rate-limit=5'], { PLEXICHAT_LOGIN_ACCOUNT_LIMIT: '1000', PLEXICHAT_SEARCH_RATE_LIMIT: '7' });
+  assert.equal(set.loginFailureLimit, 0);
+  assert.equal(set.loginAccountLimit, 1000);
+  assert.equal(set.searchRateLimit, 5, 'the flag wins over the environment');
+  for (const argv of [['--login-failure-limit=-1'], ['--login-account-limit', 'many'], ['--search-rate-limit', '2.5']]) {
+    const flag = (argv[0] as string).split('=')[0] as string;
+    assert.throws(
+      () => loadConfig(argv, {}),
+      (error: unknown) => error instanceof ConfigError && error.message.includes(flag) && !error.message.includes('\n'),
+      argv.join(' '),
+    );
+  }
+});

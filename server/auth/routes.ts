@@ -23,7 +23,7 @@ export function authRoutes(auth: AuthService, options: { attemptsPerMinute: numb
       auth: 'none',
       body: loginBodySchema,
       rateLimiter,
-      handler: (ctx) => auth.login(ctx.body, { userAgent: ctx.headers.get('user-agent') ?? null }),
+      handler: (ctx) => auth.login(ctx.body, { userAgent: ctx.headers.get('user-agent') ?? null, address: ctx.remoteAddress }),
     }),
     route({
       method: 'POST',

@@ -8,6 +8,7 @@ import type { Storage } from '../storage/index.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
 import type { UsersService } from '../users/service.ts';
 import { deviceNameFromUserAgent } from './device-name.ts';
+import { LoginGuard, type LoginLimits } from './login-guard.ts';
 import * as repo from './repo.ts';
 import { hashSessionToken, newSessionToken } from './tokens.ts';
 
@@ -45,6 +46,8 @@ interface SessionLimits {
 /** Who is signing in, as the HTTP edge saw them. */
 export interface LoginClient {
   userAgent: string | null;
+  /** The client address (`--trust-proxy` decides whether X-Forwarded-For names it). */
+  address: string;
 }
 
 export interface AuthDeps {
@@ -52,6 +55,7 @@ export interface AuthDeps {
   users: UsersService;
   logger: Logger;
   sessions: SessionLimits;
+  login: LoginLimits;
   /** The time sessions are measured by, in ms since the epoch (default `Date.now`; tests move it on). */
   clock?: () => number;
   /** How often expired sessions are swept (default hourly; tests shorten it). */
@@ -59,7 +63,7 @@ export interface AuthDeps {
 }
 
 /**
- * Sessions: starting them (register, login), checking tokens,
+ * Sessions: starting them (register, login, with login's brute-force budgets), checking tokens,
  * listing them as devices, and ending them (logout, one by id, all but the caller's, password
  * change, expiry). Auth owns the sessions and their credential epochs in the directory; the
  * password itself is the users feature's, which auth asks to verify it.
@@ -74,10 +78,12 @@ export class AuthService {
   /** The pending retry of each of those deletions. */
   private readonly retries = new Map<string, NodeJS.Timeout>();
   private readonly revocationListeners = new Set<(sessionIds: string[]) => void>();
+  private readonly loginGuard: LoginGuard;
   private readonly clock: () => number;
   private readonly sweepTimer: NodeJS.Timeout;
 
   constructor(private readonly deps: AuthDeps) {
+    this.loginGuard = new LoginGuard(deps.login);
     this.clock = deps.clock ?? Date.now;
     // A password change ends every other session of the user: users announces it, auth ends them.
     deps.users.onPasswordChange((principal) => this.endPasswordChangedSessions(principal));
@@ -109,9 +115,14 @@ export class AuthService {
     return { token, user: this.deps.users.privateUser(id) };
   }
 
-  /** Same answer and about the same time whether the account is missing or the password wrong. */
+  /**
+   * Same answer and about the same time whether the account is missing or the password wrong. The
+   * attempt is counted against the login's brute-force budgets first (LoginGuard): over one, 429
+   * before any password is verified.
+   */
   async login(body: LoginBody, client: LoginClient): Promise<AuthResponse> {
     const { users } = this.deps;
+    await this.loginGuard.attempt(body.login, client.address);
     const userId = users.idForLogin(body.login);
     if (userId === undefined) {
       await users.verifyNoAccount(body.password);
@@ -122,6 +133,7 @@ export class AuthService {
     // this read makes the insert below refuse the session.
     const epoch = this.reading(() => repo.readCredentialEpoch(this.deps.storage.directory, userId));
     if (!(await users.verifyPassword(userId, body.password))) throw invalidCredentials();
+    await this.loginGuard.succeeded(body.login, client.address);
     let token: string | null;
     try {
       token = this.startSession(userId, epoch, { userAgent: client.userAgent, deviceName: body.device_name });
