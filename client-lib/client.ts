@@ -10,6 +10,7 @@ import type {
   PrivateUser,
   PublicUser,
   Relationship,
+  Session,
   UserSettings,
   createMessageBodySchema,
   loginBodySchema,
@@ -119,7 +120,10 @@ export class PlexichatClient {
     return answer;
   }
 
-  /** Signs in (by username or email) and keeps the session token for later calls. */
+  /**
+   * Signs in (by username or email) and keeps the session token for later calls. `device_name`
+   * names the session in `listSessions()`; without it the server derives one from the User-Agent.
+   */
   async login(body: LoginRequest): Promise<AuthResponse> {
     const answer = await this.#json<AuthResponse>('POST', '/auth/login', body, false);
     this.setToken(answer.token);
@@ -138,6 +142,25 @@ export class PlexichatClient {
       if (!(error instanceof ApiError && error.status === 401)) throw error;
     }
     this.setToken(undefined);
+  }
+
+  /** The account's sessions (signed-in devices), most recently used first; `current` marks this one. */
+  listSessions(): Promise<Session[]> {
+    return this.#json('GET', '/auth/sessions');
+  }
+
+  /**
+   * Ends one session: its token stops working and its sync sockets close at once. Someone else's
+   * session, or one already ended, throws `ApiError` 404 `not_found`. Ending this client's own
+   * session is a logout on the server, but the client keeps its token: prefer `logout()` for that.
+   */
+  async deleteSession(sessionId: string): Promise<void> {
+    await this.#request('DELETE', `/auth/sessions/${encodeURIComponent(sessionId)}`);
+  }
+
+  /** Ends every session of the account but this client's. */
+  async revokeOtherSessions(): Promise<void> {
+    await this.#request('POST', '/auth/sessions/revoke-others');
   }
 
   health(): Promise<{ status: 'ok' }> {

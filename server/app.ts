@@ -39,6 +39,10 @@ export interface ServerOptions {
   logger?: Logger;
   /** Routes mounted beside the built-in ones (embedding, diagnostics, tests). */
   extraRoutes?: Route[];
+  /** The time sessions are measured by, in ms since the epoch (default `Date.now`; tests move it on to expire them). */
+  clock?: () => number;
+  /** How often expired sessions are deleted and their sockets closed (default hourly; tests shorten it). */
+  sessionSweepIntervalMs?: number;
 }
 
 /** How long shutdown waits for in-flight requests before closing their connections anyway. */
@@ -62,7 +66,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       jobs: config.avatarJobs,
     },
   });
-  const users = new UsersService({ storage, logger, avatars });
+  const users = new UsersService({ storage, logger, avatars, currentPasswordLimit: config.loginFailureLimit });
   // Before anything reads the users index: make it what the user files derive (storage/schema.ts).
   try {
     users.repairDirectoryIndex();
@@ -70,7 +74,15 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     storage.close();
     throw error;
   }
-  const authService = new AuthService({ storage, users, logger });
+  const authService = new AuthService({
+    storage,
+    users,
+    logger,
+    sessions: { idleSeconds: config.sessionIdleSeconds, lifetimeSeconds: config.sessionLifetimeSeconds },
+    login: { failuresPerAddress: config.loginFailureLimit, perAccount: config.loginAccountLimit },
+    clock: options.clock,
+    sweepIntervalMs: options.sessionSweepIntervalMs,
+  });
   const messaging = new MessagingSettingsService(users);
   const registry = new DocRegistry({
     storage,
@@ -96,7 +108,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
     ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit }),
-    ...usersRoutes(users),
+    ...usersRoutes(users, { searchesPerMinute: config.searchRateLimit }),
     ...settingsRoutes(messaging, userSettings),
     ...notesRoutes(notes),
     ...relationshipsRoutes(relationships),
@@ -130,6 +142,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   try {
     listening = await listen(app, config.host, config.port);
   } catch (error) {
+    // No sweep may run against a storage that is closed.
+    authService.close();
     storage.close();
     throw error;
   }

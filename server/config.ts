@@ -18,6 +18,11 @@ const SETTINGS = {
   maxOpenUserFiles: { flag: 'max-open-user-files', env: 'PLEXICHAT_MAX_OPEN_USER_FILES' },
   maxJsonBodyBytes: { flag: 'max-json-body-bytes', env: 'PLEXICHAT_MAX_JSON_BODY_BYTES' },
   authRateLimit: { flag: 'auth-rate-limit', env: 'PLEXICHAT_AUTH_RATE_LIMIT' },
+  loginFailureLimit: { flag: 'login-failure-limit', env: 'PLEXICHAT_LOGIN_FAILURE_LIMIT' },
+  loginAccountLimit: { flag: 'login-account-limit', env: 'PLEXICHAT_LOGIN_ACCOUNT_LIMIT' },
+  searchRateLimit: { flag: 'search-rate-limit', env: 'PLEXICHAT_SEARCH_RATE_LIMIT' },
+  sessionIdleSeconds: { flag: 'session-idle-seconds', env: 'PLEXICHAT_SESSION_IDLE_SECONDS' },
+  sessionLifetimeSeconds: { flag: 'session-lifetime-seconds', env: 'PLEXICHAT_SESSION_LIFETIME_SECONDS' },
   maxSyncMessageBytes: { flag: 'max-sync-message-bytes', env: 'PLEXICHAT_MAX_SYNC_MESSAGE_BYTES' },
   maxSyncConnectionsPerUser: { flag: 'max-sync-connections-per-user', env: 'PLEXICHAT_MAX_SYNC_CONNECTIONS_PER_USER' },
   maxSyncBackpressureBytes: { flag: 'max-sync-backpressure-bytes', env: 'PLEXICHAT_MAX_SYNC_BACKPRESSURE_BYTES' },
@@ -56,6 +61,22 @@ const configSchema = z
     maxJsonBodyBytes: intInRange(1024, 64 * 1024 * 1024).default(1024 * 1024),
     /** Login/register attempts per client address per minute (0 disables the limit). */
     authRateLimit: intInRange(0, 1_000_000).default(30),
+    /**
+     * Wrong passwords in a row (15 minutes) for one login name from one client address before that
+     * address is refused for it; also wrong `current_password`s in a row per account. 0 disables.
+     */
+    loginFailureLimit: intInRange(0, 1_000_000).default(10),
+    /**
+     * Login attempts per login name per hour, from all addresses together, beyond each address's first
+     * few: past it only addresses that have not been failing at that name are let through. 0 disables.
+     */
+    loginAccountLimit: intInRange(0, 1_000_000).default(100),
+    /** Username searches per account per minute (and ten times that per client address). 0 disables. */
+    searchRateLimit: intInRange(0, 1_000_000).default(30),
+    /** A session unused this long ends (30 days); at least 5 minutes, well above how often use is recorded. */
+    sessionIdleSeconds: intInRange(300, 10 * 365 * 86_400).default(30 * 86_400),
+    /** A session ends this long after its login whatever its use (365 days). */
+    sessionLifetimeSeconds: intInRange(300, 100 * 365 * 86_400).default(365 * 86_400),
     maxSyncMessageBytes: intInRange(1024, 1024 * 1024 * 1024).default(16 * 1024 * 1024),
     maxSyncConnectionsPerUser: intInRange(1, 100_000).default(32),
     maxSyncBackpressureBytes: intInRange(64 * 1024, 1024 * 1024 * 1024).default(32 * 1024 * 1024),

@@ -164,6 +164,9 @@ test('missing, malformed and unknown bearer tokens are 401 on every protected ro
     ['GET', '/users/search?username=x'],
     [`GET`, `/users/${user.id}`],
     ['POST', '/auth/logout'],
+    ['GET', '/auth/sessions'],
+    ['DELETE', '/auth/sessions/123456789012345678'],
+    ['POST', '/auth/sessions/revoke-others'],
   ];
   for (const [method, path] of routes) {
     for (const headers of variants) {

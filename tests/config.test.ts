@@ -70,3 +70,42 @@ test('avatar limits: defaults, flags and environment, validated', () => {
     );
   }
 });
+
+test('session expiry: defaults, flags and environment, validated', () => {
+  const defaults = loadConfig([], {});
+  assert.equal(defaults.sessionIdleSeconds, 30 * 86_400);
+  assert.equal(defaults.sessionLifetimeSeconds, 365 * 86_400);
+  const set = loadConfig(['--session-idle-seconds', '3600'], { PLEXICHAT_SESSION_LIFETIME_SECONDS: '86400', PLEXICHAT_SESSION_IDLE_SECONDS: '999999' });
+  assert.equal(set.sessionIdleSeconds, 3600, 'the flag wins over the environment');
+  assert.equal(set.sessionLifetimeSeconds, 86_400);
+  for (const argv of [
+    ['--session-idle-seconds', '299'],
+    ['--session-lifetime-seconds', '1.5'],
+  ]) {
+    assert.throws(
+      () => loadConfig(argv, {}),
+      (error: unknown) => error instanceof ConfigError && error.message.includes(argv[0] as string) && !error.message.includes('\n'),
+      argv.join(' '),
+    );
+  }
+});
+
+test('brute-force budgets: defaults, flags and environment, validated', () => {
+  const defaults = loadConfig([], {});
+  assert.equal(defaults.authRateLimit, 30);
+  assert.equal(defaults.loginFailureLimit, 10);
+  assert.equal(defaults.loginAccountLimit, 100);
+  assert.equal(defaults.searchRateLimit, 30);
+  const set = loadConfig(['--login-failure-limit', '0', '--search-rate-limit=5'], { PLEXICHAT_LOGIN_ACCOUNT_LIMIT: '1000', PLEXICHAT_SEARCH_RATE_LIMIT: '7' });
+  assert.equal(set.loginFailureLimit, 0);
+  assert.equal(set.loginAccountLimit, 1000);
+  assert.equal(set.searchRateLimit, 5, 'the flag wins over the environment');
+  for (const argv of [['--login-failure-limit=-1'], ['--login-account-limit', 'many'], ['--search-rate-limit', '2.5']]) {
+    const flag = (argv[0] as string).split('=')[0] as string;
+    assert.throws(
+      () => loadConfig(argv, {}),
+      (error: unknown) => error instanceof ConfigError && error.message.includes(flag) && !error.message.includes('\n'),
+      argv.join(' '),
+    );
+  }
+});

@@ -188,9 +188,11 @@ test('a data folder of the previous schema keeps working: the hash copy leaves t
     old
       .prepare('INSERT INTO users (id, username, username_lower, email_lower, password_hash, created_at) VALUES (?, ?, ?, ?, ?, ?)')
       .run(id, 'OldTimer', 'oldtimer', 'old@example.com', passwordHash, 1_700_000_000);
+    // Used yesterday: sessions expire after 30 idle days now, and this one is meant to survive.
+    const yesterday = Math.floor(Date.now() / 1000) - 86_400;
     old
       .prepare('INSERT INTO sessions (id, token_hash, user_id, created_at, last_used_at, user_agent) VALUES (?, ?, ?, ?, ?, NULL)')
-      .run('123456789012345679', hashSessionToken(token), id, 1_700_000_000, 1_700_000_000);
+      .run('123456789012345679', hashSessionToken(token), id, yesterday, yesterday);
     old.close();
     const files = new UserFiles(dataDir, 2);
     files.create(id, (file) =>

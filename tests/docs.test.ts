@@ -49,6 +49,8 @@ test('every example of docs/api.md runs as written, in order, against a real ser
         const answer = JSON.parse(body) as { token: string; user: { id: string } };
         env.TOKEN = answer.token;
         env.USER_ID = answer.user.id;
+      } else if (command.includes('/auth/sessions') && !command.includes('-X ')) {
+        env.SESSION = (JSON.parse(body) as { id: string; current: boolean }[]).find((session) => !session.current)?.id ?? '';
       } else if (command.includes('/users/@me/notes')) {
         env.CHANNEL = (JSON.parse(body) as { id: string }).id;
       } else if (command.includes('-X POST') && command.includes('/messages')) {

@@ -3,6 +3,17 @@ import type { DirectoryFile } from '../storage/index.ts';
 export interface SessionRow {
   id: string;
   user_id: string;
+  created_at: number;
+  last_used_at: number;
+}
+
+/** A session as its user's list shows it. */
+export interface DeviceSessionRow {
+  id: string;
+  /** NULL for sessions started before devices were named: the name is derived from `user_agent`. */
+  device_name: string | null;
+  user_agent: string | null;
+  created_at: number;
   last_used_at: number;
 }
 
@@ -24,21 +35,28 @@ export function advanceCredentialEpoch(directory: DirectoryFile, userId: string)
  */
 export function insertSessionIfEpoch(
   directory: DirectoryFile,
-  session: { id: string; tokenHash: Buffer; userId: string; now: number; userAgent: string | null },
+  session: { id: string; tokenHash: Buffer; userId: string; now: number; userAgent: string | null; deviceName: string },
   epoch: number,
 ): boolean {
   return (
     directory
       .stmt(
-        `INSERT INTO sessions (id, token_hash, user_id, created_at, last_used_at, user_agent)
-         SELECT ?, ?, ?, ?, ?, ? WHERE COALESCE((SELECT epoch FROM credential_epochs WHERE user_id = ?), 0) = ?`,
+        `INSERT INTO sessions (id, token_hash, user_id, created_at, last_used_at, user_agent, device_name)
+         SELECT ?, ?, ?, ?, ?, ?, ? WHERE COALESCE((SELECT epoch FROM credential_epochs WHERE user_id = ?), 0) = ?`,
       )
-      .run(session.id, session.tokenHash, session.userId, session.now, session.now, session.userAgent, session.userId, epoch).changes === 1
+      .run(session.id, session.tokenHash, session.userId, session.now, session.now, session.userAgent, session.deviceName, session.userId, epoch).changes === 1
   );
 }
 
 export function findSessionByTokenHash(directory: DirectoryFile, tokenHash: Buffer): SessionRow | undefined {
-  return directory.stmt('SELECT id, user_id, last_used_at FROM sessions WHERE token_hash = ?').get(tokenHash) as SessionRow | undefined;
+  return directory.stmt('SELECT id, user_id, created_at, last_used_at FROM sessions WHERE token_hash = ?').get(tokenHash) as SessionRow | undefined;
+}
+
+/** The user's sessions, most recently used first. */
+export function listUserSessions(directory: DirectoryFile, userId: string): DeviceSessionRow[] {
+  return directory
+    .stmt('SELECT id, device_name, user_agent, created_at, last_used_at FROM sessions WHERE user_id = ? ORDER BY last_used_at DESC, id DESC')
+    .all(userId) as DeviceSessionRow[];
 }
 
 export function touchSession(directory: DirectoryFile, sessionId: string, now: number): void {
@@ -47,6 +65,22 @@ export function touchSession(directory: DirectoryFile, sessionId: string, now: n
 
 export function deleteSession(directory: DirectoryFile, sessionId: string): boolean {
   return directory.stmt('DELETE FROM sessions WHERE id = ?').run(sessionId).changes > 0;
+}
+
+/** Deletes the session only if it is the user's; returns whether it did. */
+export function deleteUserSession(directory: DirectoryFile, userId: string, sessionId: string): boolean {
+  return directory.stmt('DELETE FROM sessions WHERE id = ? AND user_id = ?').run(sessionId, userId).changes > 0;
+}
+
+/**
+ * Deletes every session last used at or before `idleBefore` or created at or before `createdBefore`
+ * (both Unix seconds); returns the ids it deleted.
+ */
+export function deleteExpiredSessions(directory: DirectoryFile, idleBefore: number, createdBefore: number): string[] {
+  const rows = directory.stmt('DELETE FROM sessions WHERE last_used_at <= ? OR created_at <= ? RETURNING id').all(idleBefore, createdBefore) as {
+    id: string;
+  }[];
+  return rows.map((row) => row.id);
 }
 
 /** Deletes every session of the user but `keepSessionId`; returns the ids it deleted. */

@@ -1,11 +1,12 @@
 import { loginBodySchema, registerBodySchema } from '../../shared/schemas/auth.ts';
+import { sessionIdParamSchema } from '../../shared/schemas/sessions.ts';
 import { Throttle } from '../core/throttle.ts';
 import { Reply, route, type Route } from '../http/route.ts';
 import type { AuthService } from './service.ts';
 
 export function authRoutes(auth: AuthService, options: { attemptsPerMinute: number }): Route[] {
   // One budget per client address shared by login and register: guessing passwords and
-  // probing for taken usernames are the same attack.
+  // probing for taken usernames are the same attack. Login's per-account budgets are the service's.
   const rateLimiter = new Throttle({ name: 'auth-address', points: options.attemptsPerMinute, durationSeconds: 60 });
   return [
     route({
@@ -22,13 +23,35 @@ export function authRoutes(auth: AuthService, options: { attemptsPerMinute: numb
       auth: 'none',
       body: loginBodySchema,
       rateLimiter,
-      handler: (ctx) => auth.login(ctx.body, ctx.headers.get('user-agent') ?? null),
+      handler: (ctx) => auth.login(ctx.body, { userAgent: ctx.headers.get('user-agent') ?? null, address: ctx.remoteAddress }),
     }),
     route({
       method: 'POST',
       path: '/auth/logout',
       handler: (ctx) => {
         auth.logout(ctx.principal);
+        return Reply.noContent();
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/auth/sessions',
+      handler: (ctx) => auth.listSessions(ctx.principal),
+    }),
+    route({
+      method: 'POST',
+      path: '/auth/sessions/revoke-others',
+      handler: (ctx) => {
+        auth.endOtherSessions(ctx.principal);
+        return Reply.noContent();
+      },
+    }),
+    route({
+      method: 'DELETE',
+      path: '/auth/sessions/:session_id',
+      params: sessionIdParamSchema,
+      handler: (ctx) => {
+        auth.endSession(ctx.principal, ctx.params.session_id);
         return Reply.noContent();
       },
     }),

@@ -1,20 +1,26 @@
 import type { Logger } from 'pino';
 import type { AuthResponse, LoginBody, RegisterBody } from '../../shared/schemas/auth.ts';
-import { nowSeconds } from '../../shared/time.ts';
+import { SESSION_NOT_FOUND_MESSAGE, type Session } from '../../shared/schemas/sessions.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, unavailableOnStorageFailure } from '../core/storage-failure.ts';
 import type { Storage } from '../storage/index.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
 import type { UsersService } from '../users/service.ts';
+import { deviceNameFromUserAgent } from './device-name.ts';
+import { LoginGuard, type LoginLimits } from './login-guard.ts';
 import * as repo from './repo.ts';
 import { hashSessionToken, newSessionToken } from './tokens.ts';
 
-/** Sessions are touched at most this often, so authenticating a request is normally a pure read. */
-const TOUCH_INTERVAL_S = 3600;
+/**
+ * Sessions are touched at most this often, so authenticating a request is normally a pure read
+ * and `last_used_at` costs at most one write a minute per session.
+ */
+const TOUCH_INTERVAL_S = 60;
 /**
  * Recently seen tokens skip the directory read. Revocations in this process drop entries at once
- * (`sessionsEnded`); the TTL bounds how long a session deleted by anything else stays usable.
+ * (`sessionsEnded`); the TTL bounds how long a session deleted by anything else stays usable. An
+ * entry never outlives its session's expiry.
  */
 const SESSION_CACHE_TTL_MS = 30_000;
 const SESSION_CACHE_MAX = 10_000;
@@ -26,17 +32,41 @@ const SESSION_CACHE_MAX = 10_000;
 const LOGOUT_RETRY_FIRST_MS = 100;
 const LOGOUT_RETRY_MAX_MS = 10_000;
 const LOGOUT_RETRY_ATTEMPTS = 70;
+/** Expired sessions are deleted this often (and at start), and their sync sockets closed. */
+const DEFAULT_SWEEP_INTERVAL_MS = 60 * 60 * 1000;
+
+/** How long a session lasts (`--session-idle-seconds`, `--session-lifetime-seconds`). */
+interface SessionLimits {
+  /** A session unused this long ends. */
+  idleSeconds: number;
+  /** A session ends this long after its login, however much it is used. */
+  lifetimeSeconds: number;
+}
+
+/** Who is signing in, as the HTTP edge saw them. */
+export interface LoginClient {
+  userAgent: string | null;
+  /** The client address (`--trust-proxy` decides whether X-Forwarded-For names it). */
+  address: string;
+}
 
 export interface AuthDeps {
   storage: Storage;
   users: UsersService;
   logger: Logger;
+  sessions: SessionLimits;
+  login: LoginLimits;
+  /** The time sessions are measured by, in ms since the epoch (default `Date.now`; tests move it on). */
+  clock?: () => number;
+  /** How often expired sessions are swept (default hourly; tests shorten it). */
+  sweepIntervalMs?: number;
 }
 
 /**
- * Sessions: starting them (register, login), checking tokens, and ending them (logout, password
- * change). Auth owns the sessions and their credential epochs in the directory; the password itself
- * is the users feature's, which auth asks to verify it.
+ * Sessions: starting them (register, login, with login's brute-force budgets), checking tokens,
+ * listing them as devices, and ending them (logout, one by id, all but the caller's, password
+ * change, expiry). Auth owns the sessions and their credential epochs in the directory; the
+ * password itself is the users feature's, which auth asks to verify it.
  */
 export class AuthService {
   private readonly sessionCache = new Map<string, { principal: Principal; expiresAt: number }>();
@@ -48,10 +78,19 @@ export class AuthService {
   /** The pending retry of each of those deletions. */
   private readonly retries = new Map<string, NodeJS.Timeout>();
   private readonly revocationListeners = new Set<(sessionIds: string[]) => void>();
+  private readonly loginGuard: LoginGuard;
+  private readonly clock: () => number;
+  private readonly sweepTimer: NodeJS.Timeout;
 
   constructor(private readonly deps: AuthDeps) {
+    this.loginGuard = new LoginGuard(deps.login);
+    this.clock = deps.clock ?? Date.now;
     // A password change ends every other session of the user: users announces it, auth ends them.
-    deps.users.onPasswordChange((principal) => this.endOtherSessions(principal));
+    deps.users.onPasswordChange((principal) => this.endPasswordChangedSessions(principal));
+    this.sweepExpired();
+    this.sweepTimer = setInterval(() => this.sweepExpired(), deps.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS);
+    // The sweep is housekeeping: it must not keep a process alive that has nothing else to do.
+    this.sweepTimer.unref();
   }
 
   /**
@@ -69,16 +108,21 @@ export class AuthService {
     // The first session is inserted in the transaction that creates the account: a registration
     // that fails leaves neither an account without a session nor a session without an account.
     const { id, result: token } = await this.deps.users.create(body, (user) => {
-      const started = this.startSession(user.id, repo.readCredentialEpoch(directory, user.id), userAgent);
+      const started = this.startSession(user.id, repo.readCredentialEpoch(directory, user.id), { userAgent });
       if (started === null) throw new Error(`the credential epoch of user ${user.id} changed inside its own creation`);
       return started;
     });
     return { token, user: this.deps.users.privateUser(id) };
   }
 
-  /** Same answer and about the same time whether the account is missing or the password wrong. */
-  async login(body: LoginBody, userAgent: string | null): Promise<AuthResponse> {
+  /**
+   * Same answer and about the same time whether the account is missing or the password wrong. The
+   * attempt is counted against the login's brute-force budgets first (LoginGuard): over one, 429
+   * before any password is verified.
+   */
+  async login(body: LoginBody, client: LoginClient): Promise<AuthResponse> {
     const { users } = this.deps;
+    await this.loginGuard.attempt(body.login, client.address);
     const userId = users.idForLogin(body.login);
     if (userId === undefined) {
       await users.verifyNoAccount(body.password);
@@ -87,11 +131,12 @@ export class AuthService {
     // Read before the password hash is (verifyPassword reads it before its first await): a password
     // change moves the epoch on before it stores the new hash, so whatever change commits after
     // this read makes the insert below refuse the session.
-    const epoch = this.readingForLogin(() => repo.readCredentialEpoch(this.deps.storage.directory, userId));
+    const epoch = this.reading(() => repo.readCredentialEpoch(this.deps.storage.directory, userId));
     if (!(await users.verifyPassword(userId, body.password))) throw invalidCredentials();
+    await this.loginGuard.succeeded(body.login, client.address);
     let token: string | null;
     try {
-      token = this.startSession(userId, epoch, userAgent);
+      token = this.startSession(userId, epoch, { userAgent: client.userAgent, deviceName: body.device_name });
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.login);
     }
@@ -130,21 +175,30 @@ export class AuthService {
     this.refused.delete(sessionId);
   }
 
-  /** The session a bearer token belongs to, or null. Synchronous: one indexed read. */
+  /**
+   * The session a bearer token belongs to, or null. Synchronous: one indexed read. An expired
+   * session is null like an unknown one, and deleted on the way.
+   */
   authenticate(token: string): Principal | null {
     const tokenHash = hashSessionToken(token);
     const key = tokenHash.toString('base64');
     const cached = this.sessionCache.get(key);
-    const nowMs = Date.now();
+    const nowMs = this.clock();
     if (cached && cached.expiresAt > nowMs) return cached.principal;
     if (cached) this.sessionCache.delete(key);
     const { directory } = this.deps.storage;
     const session = repo.findSessionByTokenHash(directory, tokenHash);
     if (!session || this.refused.has(session.id)) return null;
-    const now = nowSeconds();
-    if (now - session.last_used_at >= TOUCH_INTERVAL_S) {
+    const now = Math.floor(nowMs / 1000);
+    if (now >= this.expiresAt(session)) {
+      this.endExpired(session.id);
+      return null;
+    }
+    let lastUsedAt = session.last_used_at;
+    if (now - lastUsedAt >= TOUCH_INTERVAL_S) {
       try {
         repo.touchSession(directory, session.id, now);
+        lastUsedAt = now;
       } catch (error) {
         // `last_used_at` is informational: a full disk must not turn every request into an error.
         this.deps.logger.warn({ err: error, sessionId: session.id }, 'could not record the use of a session');
@@ -155,8 +209,53 @@ export class AuthService {
       const oldest = this.sessionCache.keys().next().value;
       if (oldest !== undefined) this.sessionCache.delete(oldest);
     }
-    this.sessionCache.set(key, { principal, expiresAt: nowMs + SESSION_CACHE_TTL_MS });
+    const expiresAtMs = this.expiresAt({ created_at: session.created_at, last_used_at: lastUsedAt }) * 1000;
+    this.sessionCache.set(key, { principal, expiresAt: Math.min(nowMs + SESSION_CACHE_TTL_MS, expiresAtMs) });
     return principal;
+  }
+
+  /** The caller's sessions (devices), most recently used first; expired ones are not listed. */
+  listSessions(principal: Principal): Session[] {
+    const rows = this.reading(() => repo.listUserSessions(this.deps.storage.directory, principal.userId));
+    const now = Math.floor(this.clock() / 1000);
+    return rows.flatMap((row) => {
+      const expiresAt = this.expiresAt(row);
+      if (now >= expiresAt || this.refused.has(row.id)) return [];
+      return [
+        {
+          id: row.id,
+          device_name: row.device_name ?? deviceNameFromUserAgent(row.user_agent),
+          created_at: row.created_at,
+          last_used_at: row.last_used_at,
+          expires_at: expiresAt,
+          current: row.id === principal.sessionId,
+        },
+      ];
+    });
+  }
+
+  /**
+   * Ends one of the caller's sessions: its token is refused and its sync sockets closed at once. The
+   * caller's own session is a logout. Someone else's session, or one that does not exist, is 404.
+   */
+  endSession(principal: Principal, sessionId: string): void {
+    if (sessionId === principal.sessionId) {
+      this.logout(principal);
+      return;
+    }
+    const ended = this.writing(() => repo.deleteUserSession(this.deps.storage.directory, principal.userId, sessionId));
+    // A session already signed out, whose deletion is still being retried, is not listed either.
+    if (!ended || this.refused.has(sessionId)) throw new AppError('not_found', SESSION_NOT_FOUND_MESSAGE);
+    this.sessionsEnded([sessionId]);
+  }
+
+  /**
+   * Ends every session of the caller but this one. Unlike a password change it does not move the
+   * credential epoch: whoever signs in with the password after this keeps their session.
+   */
+  endOtherSessions(principal: Principal): void {
+    const ended = this.writing(() => repo.deleteOtherSessions(this.deps.storage.directory, principal.userId, principal.sessionId));
+    if (ended.length > 0) this.sessionsEnded(ended);
   }
 
   /**
@@ -164,6 +263,7 @@ export class AuthService {
    * no timer left behind. What still fails is logged: after a restart those sessions work again.
    */
   close(): void {
+    clearInterval(this.sweepTimer);
     for (const [sessionId, timer] of this.retries) {
       clearTimeout(timer);
       try {
@@ -181,7 +281,7 @@ export class AuthService {
    * directory transaction the user's credential epoch moves on, so logins still verifying the old
    * password get no session, and every other session of the user is deleted.
    */
-  private endOtherSessions(principal: Principal): void {
+  private endPasswordChangedSessions(principal: Principal): void {
     const { directory } = this.deps.storage;
     const ended = directory.transaction(() => {
       repo.advanceCredentialEpoch(directory, principal.userId);
@@ -197,11 +297,43 @@ export class AuthService {
     for (const listener of this.revocationListeners) listener(sessionIds);
   }
 
+  /** When a session ends unless it is used again: the idle timeout, capped by the lifetime. */
+  private expiresAt(session: { created_at: number; last_used_at: number }): number {
+    const { idleSeconds, lifetimeSeconds } = this.deps.sessions;
+    return Math.min(session.last_used_at + idleSeconds, session.created_at + lifetimeSeconds);
+  }
+
+  /** An expired session met by a token check: deleted (or left to the sweep if that fails), and ended. */
+  private endExpired(sessionId: string): void {
+    try {
+      repo.deleteSession(this.deps.storage.directory, sessionId);
+    } catch (error) {
+      this.deps.logger.warn({ err: error, sessionId }, 'could not delete an expired session; the sweep will');
+    }
+    this.sessionsEnded([sessionId]);
+  }
+
+  /** Deletes every expired session and closes their sync sockets; a failure waits for the next sweep. */
+  private sweepExpired(): void {
+    const now = Math.floor(this.clock() / 1000);
+    const { idleSeconds, lifetimeSeconds } = this.deps.sessions;
+    let ended: string[];
+    try {
+      ended = repo.deleteExpiredSessions(this.deps.storage.directory, now - idleSeconds, now - lifetimeSeconds);
+    } catch (error) {
+      this.deps.logger.warn({ err: error }, 'could not delete expired sessions; retrying at the next sweep');
+      return;
+    }
+    if (ended.length === 0) return;
+    this.deps.logger.info({ sessions: ended.length }, 'deleted expired sessions');
+    this.sessionsEnded(ended);
+  }
+
   /**
    * Inserts a session for a user whose password was verified after `epoch` was read; returns its
    * token, or null when a password change has moved the epoch on since.
    */
-  private startSession(userId: string, epoch: number, userAgent: string | null): string | null {
+  private startSession(userId: string, epoch: number, device: { userAgent: string | null; deviceName?: string | undefined }): string | null {
     const token = newSessionToken();
     const inserted = repo.insertSessionIfEpoch(
       this.deps.storage.directory,
@@ -209,20 +341,30 @@ export class AuthService {
         id: this.deps.storage.nextId(),
         tokenHash: hashSessionToken(token),
         userId,
-        now: nowSeconds(),
-        userAgent: userAgent === null ? null : userAgent.slice(0, 256),
+        now: Math.floor(this.clock() / 1000),
+        userAgent: device.userAgent === null ? null : device.userAgent.slice(0, 256),
+        deviceName: device.deviceName ?? deviceNameFromUserAgent(device.userAgent),
       },
       epoch,
     );
     return inserted ? token : null;
   }
 
-  /** A read for a login: a storage failure a retry can cure answers 503, like the users' reads. */
-  private readingForLogin<T>(read: () => T): T {
+  /** A read: a storage failure a retry can cure answers 503, like the users' reads. */
+  private reading<T>(read: () => T): T {
     try {
       return read();
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.read);
+    }
+  }
+
+  /** A write: a storage failure a retry can cure answers 503 saying nothing changed. */
+  private writing<T>(write: () => T): T {
+    try {
+      return write();
+    } catch (error) {
+      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.write);
     }
   }
 

@@ -107,6 +107,16 @@ export const DIRECTORY_MIGRATIONS: readonly Migration[] = [
         user_id TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE
       ) STRICT, WITHOUT ROWID;
     `),
+  // Sessions are devices the user can see and end: each keeps the name it was given at login, or
+  // one derived from its User-Agent (NULL for sessions started before this: derived when listed).
+  // They expire after an idle timeout or an absolute lifetime, both measured from these columns
+  // with the limits of the running configuration; the indexes serve the periodic sweep.
+  (db) =>
+    db.exec(`
+      ALTER TABLE sessions ADD COLUMN device_name TEXT;
+      CREATE INDEX sessions_by_last_used ON sessions(last_used_at);
+      CREATE INDEX sessions_by_created ON sessions(created_at);
+    `),
 ];
 
 /** users/<id>.sqlite: the source of truth for one user's data. */

@@ -1,10 +1,18 @@
 import { searchUsersQuerySchema, updateMeBodySchema, userIdParamSchema } from '../../shared/schemas/users.ts';
 import { USERNAME_PATTERN } from '../../shared/schemas/common.ts';
 import { AppError } from '../core/app-error.ts';
+import { Throttle } from '../core/throttle.ts';
 import { route, type Route } from '../http/route.ts';
 import type { UsersService } from './service.ts';
 
-export function usersRoutes(users: UsersService): Route[] {
+/** A client address may search this many times what one account may: several accounts can share one (NAT, an office). */
+const SEARCH_ADDRESS_FACTOR = 10;
+
+export function usersRoutes(users: UsersService, options: { searchesPerMinute: number }): Route[] {
+  // Search tells whether a username exists: it is budgeted per account and per client address, so
+  // neither one account nor many accounts from one address can enumerate the users.
+  const searchPerAccount = new Throttle({ name: 'search-account', points: options.searchesPerMinute, durationSeconds: 60 });
+  const searchPerAddress = new Throttle({ name: 'search-address', points: options.searchesPerMinute * SEARCH_ADDRESS_FACTOR, durationSeconds: 60 });
   return [
     route({
       method: 'GET',
@@ -21,7 +29,9 @@ export function usersRoutes(users: UsersService): Route[] {
       method: 'GET',
       path: '/users/search',
       query: searchUsersQuerySchema,
-      handler: (ctx) => {
+      rateLimiter: searchPerAddress,
+      handler: async (ctx) => {
+        await searchPerAccount.consume(ctx.principal.userId);
         const username = ctx.query.username?.trim();
         if (!username) throw new AppError('username_required', 'The username query parameter is required');
         // A name no account can have cannot match: answer without a lookup.

@@ -7,6 +7,7 @@ import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import { STORAGE_FAILURE, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
+import { Throttle } from '../core/throttle.ts';
 import type { AvatarsService } from '../avatars/service.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
 import { rebuildDirectoryIndex, rederiveIndexEntry } from './directory-index.ts';
@@ -18,7 +19,14 @@ export interface UsersDeps {
   logger: Logger;
   /** The avatars feature, which owns avatar images and the URLs that name them. */
   avatars: Pick<AvatarsService, 'urlOf'>;
+  /**
+   * Wrong `current_password`s in a row per account (15 minutes) before password changes are refused
+   * with 429; `--login-failure-limit`, like login's per-address count. 0 disables.
+   */
+  currentPasswordLimit: number;
 }
+
+const CURRENT_PASSWORD_WINDOW_S = 15 * 60;
 
 /**
  * Runs inside a password change, once the change is decided and before the new password is stored;
@@ -34,8 +42,19 @@ export type PasswordChangeHandler = (principal: Principal) => void;
 export class UsersService {
   private readonly hasher = new PasswordHasher();
   private passwordChangeHandler: PasswordChangeHandler | undefined;
+  /**
+   * `current_password` proves the password, so a stolen token must not make it guessable: counted
+   * per account (whatever session or address asks), before each check, cleared by a right one.
+   */
+  private readonly currentPasswordThrottle: Throttle;
 
-  constructor(private readonly deps: UsersDeps) {}
+  constructor(private readonly deps: UsersDeps) {
+    this.currentPasswordThrottle = new Throttle({
+      name: 'current-password',
+      points: deps.currentPasswordLimit,
+      durationSeconds: CURRENT_PASSWORD_WINDOW_S,
+    });
+  }
 
   /**
    * Sets what a password change does to sessions (auth: it ends every other session of the user).
@@ -203,7 +222,9 @@ export class UsersService {
         email: body.email ?? before.email,
       });
       if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
+      await this.currentPasswordThrottle.consume(userId);
       if (!(await this.hasher.verify(before.password_hash, body.current_password))) throw invalidCurrentPassword();
+      await this.currentPasswordThrottle.reset(userId);
       newPasswordHash = await this.hasher.hash(body.password);
     }
     const endOtherSessions = newPasswordHash === undefined ? undefined : this.passwordChangeHandler;

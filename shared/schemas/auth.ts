@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { emailSchema, passwordSchema, usernameSchema } from './common.ts';
+import { deviceNameSchema } from './sessions.ts';
 import type { PrivateUser } from './users.ts';
 
 export const registerBodySchema = z.strictObject({
@@ -13,6 +14,8 @@ export const loginBodySchema = z.strictObject({
   /** Username or email, any case. */
   login: z.string().min(1).max(254),
   password: z.string().min(1).max(1024),
+  /** Names the session in `GET /auth/sessions`; without it the name is derived from the User-Agent. */
+  device_name: deviceNameSchema.optional(),
 });
 export type LoginBody = z.infer<typeof loginBodySchema>;
 

@@ -19,11 +19,17 @@ export function tempDir(prefix = 'plexichat-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
+/**
+ * The brute-force budgets, off in test servers (suites register and sign in many times from one
+ * address); the suites about them turn them on.
+ */
+const NO_THROTTLES = { authRateLimit: 0, loginFailureLimit: 0, loginAccountLimit: 0, searchRateLimit: 0 } as const satisfies Partial<Config>;
+
 /** A real server on port 0 with a fresh data folder (or the given one), removed on close. */
 export async function startServer(overrides: Partial<Config> = {}, options: ServerOptions = {}): Promise<TestServer> {
   const ownDir = overrides.dataDir === undefined;
   const dataDir = overrides.dataDir ?? tempDir();
-  const server = await createServer(makeConfig({ port: 0, logLevel: 'silent', authRateLimit: 0, ...overrides, dataDir }), options);
+  const server = await createServer(makeConfig({ port: 0, logLevel: 'silent', ...NO_THROTTLES, ...overrides, dataDir }), options);
   return {
     url: server.url,
     dataDir,
