@@ -24,6 +24,8 @@ import { ChannelsService } from './channels/service.ts';
 import { channelsRoutes } from './channels/routes.ts';
 import { AvatarsService } from './avatars/service.ts';
 import { avatarsRoutes } from './avatars/routes.ts';
+import { MfaService } from './mfa/service.ts';
+import { mfaRoutes } from './mfa/routes.ts';
 
 export interface RunningServer {
   port: number;
@@ -39,6 +41,8 @@ export interface ServerOptions {
   logger?: Logger;
   /** Routes mounted beside the built-in ones (embedding, diagnostics, tests). */
   extraRoutes?: Route[];
+  /** Milliseconds since the epoch for time-bound credentials (TOTP steps, sign-in tickets); tests move it. Defaults to Date.now. */
+  clock?: () => number;
 }
 
 /** How long shutdown waits for in-flight requests before closing their connections anyway. */
@@ -62,7 +66,20 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       jobs: config.avatarJobs,
     },
   });
-  const users = new UsersService({ storage, logger, avatars });
+  // Users ask mfa whether 2FA is on (`totp_enabled`); mfa asks users to check a password. The
+  // second is given as functions, so neither feature imports the other (no cycle); they are only
+  // called once both exist.
+  const mfa: MfaService = new MfaService({
+    storage,
+    logger,
+    accounts: {
+      verifyPassword: (userId, password) => users.verifyPassword(userId, password),
+      accountName: (userId) => users.privateUser(userId).username,
+    },
+    attemptsPerAccount: config.totpAccountRateLimit,
+    clock: options.clock ?? Date.now,
+  });
+  const users: UsersService = new UsersService({ storage, logger, avatars, mfa });
   // Before anything reads the users index: make it what the user files derive (storage/schema.ts).
   try {
     users.repairDirectoryIndex();
@@ -70,7 +87,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     storage.close();
     throw error;
   }
-  const authService = new AuthService({ storage, users, logger });
+  const authService = new AuthService({ storage, users, logger, secondFactor: mfa });
   const messaging = new MessagingSettingsService(users);
   const registry = new DocRegistry({
     storage,
@@ -102,6 +119,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     ...relationshipsRoutes(relationships),
     ...channelsRoutes(channels),
     ...avatarsRoutes(avatars, { maxBytes: config.maxAvatarBytes }),
+    ...mfaRoutes(mfa, { attemptsPerAddress: config.totpAddressRateLimit }),
     ...(options.extraRoutes ?? []),
   ];
   // The sync socket is mounted first so its `/sync/*` pattern is never shadowed by the REST catch-all.

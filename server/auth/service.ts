@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { AuthResponse, LoginBody, RegisterBody } from '../../shared/schemas/auth.ts';
+import type { AuthResponse, LoginBody, LoginResponse, MfaRequiredResponse, RegisterBody } from '../../shared/schemas/auth.ts';
 import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
@@ -27,10 +27,21 @@ const LOGOUT_RETRY_FIRST_MS = 100;
 const LOGOUT_RETRY_MAX_MS = 10_000;
 const LOGOUT_RETRY_ATTEMPTS = 70;
 
+/**
+ * What a login asks once the password is right (server/mfa: TOTP). null: the account has no second
+ * factor, the session starts now. Otherwise the answer to give instead (a ticket); `start` starts
+ * the session exactly as the login would have, and is called once the second factor is satisfied.
+ */
+interface SecondFactor {
+  challenge(userId: string, start: () => AuthResponse): MfaRequiredResponse | null;
+}
+
 export interface AuthDeps {
   storage: Storage;
   users: UsersService;
   logger: Logger;
+  /** Required, not optional: a server wired without it would sign 2FA accounts in on a password. */
+  secondFactor: SecondFactor;
 }
 
 /**
@@ -77,7 +88,7 @@ export class AuthService {
   }
 
   /** Same answer and about the same time whether the account is missing or the password wrong. */
-  async login(body: LoginBody, userAgent: string | null): Promise<AuthResponse> {
+  async login(body: LoginBody, userAgent: string | null): Promise<LoginResponse> {
     const { users } = this.deps;
     const userId = users.idForLogin(body.login);
     if (userId === undefined) {
@@ -89,6 +100,15 @@ export class AuthService {
     // this read makes the insert below refuse the session.
     const epoch = this.readingForLogin(() => repo.readCredentialEpoch(this.deps.storage.directory, userId));
     if (!(await users.verifyPassword(userId, body.password))) throw invalidCredentials();
+    // 2FA is asked in the same synchronous step as the session would start, so a second factor
+    // turned on while the password was verified is asked for. `start` keeps the epoch read above:
+    // a session started after a code, minutes later, still never outlives a password change.
+    const start = () => this.startLoginSession(userId, epoch, userAgent);
+    return this.deps.secondFactor.challenge(userId, start) ?? start();
+  }
+
+  /** The end of a login whose credentials all checked out (at once, or after a second factor). */
+  private startLoginSession(userId: string, epoch: number, userAgent: string | null): AuthResponse {
     let token: string | null;
     try {
       token = this.startSession(userId, epoch, userAgent);
@@ -96,12 +116,13 @@ export class AuthService {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.login);
     }
     if (token === null) {
-      // The password changed while we were verifying the old one: that change signed out every
-      // other session, so this login must not outlive it. Same answer as a wrong password.
+      // The password changed while we were verifying the old one (or, with 2FA, before the code
+      // came): that change signed out every other session, so this login must not outlive it.
+      // Same answer as a wrong password.
       this.deps.logger.info({ userId }, 'login refused: the password changed while it was being verified');
       throw invalidCredentials();
     }
-    return { token, user: users.privateUser(userId) };
+    return { token, user: this.deps.users.privateUser(userId) };
   }
 
   /**
