@@ -7,6 +7,7 @@ import Database from 'better-sqlite3';
 import { Secret, TOTP } from 'otpauth';
 import { startServer, registerUser, type Api, type TestServer, type TestUser } from './helpers/server.ts';
 import { ApiError, PlexichatClient } from '../client-lib/index.ts';
+import { ConfigError, loadConfig } from '../server/config.ts';
 import type { AuthResponse, BackupCodesResponse, ErrorBody, LoginResponse, PrivateUser, TotpSetupResponse } from '../shared/index.ts';
 
 /**
@@ -339,7 +340,8 @@ test('disable: the password and a TOTP or backup code; then login asks the passw
   }
   assert.equal((await me(srv.api, user.token)).totp_enabled, true, 'nothing changed');
 
-  const disabled = await srv.api.post('/users/@me/totp/disable', { token: user.token, json: { password: user.password, code: backupCodes[0] } });
+  clock.now += STEP_MS;
+  const disabled = await srv.api.post('/users/@me/totp/disable', { token: user.token, json: { password: user.password, code: codeAt(secret, clock.now) } });
   assert.equal(disabled.status, 204, disabled.text);
   assert.equal(disabled.text, '');
   assert.equal((await me(srv.api, user.token)).totp_enabled, false);
@@ -523,9 +525,10 @@ test('client-lib: setupTotp, enableTotp, the mfa_required login, loginTotp, rege
     await assert.rejects(client.setupTotp({ password: 'wrong password' }), (error: unknown) => error instanceof ApiError && error.code === 'invalid_password');
     const { secret, otpauth_url } = await client.setupTotp({ password: user.password });
     assert.ok(otpauth_url.includes(secret));
-    // Codes of the real clock; the server accepts the step before and after too, so a step boundary
-    // passing between here and there does not matter. Each code is of a newer step than the last.
-    const { backup_codes } = await client.enableTotp({ code: codeAt(secret, Date.now() - STEP_MS) });
+    // Codes of the real clock, of the current step or the next: a step boundary passing between
+    // here and the server turns them into the previous or the current one, both accepted. Each
+    // TOTP code used is of a newer step than the last one (the second is of the next step).
+    const { backup_codes } = await client.enableTotp({ code: codeAt(secret, Date.now()) });
     assert.equal(backup_codes.length, 10);
     assert.equal((await client.me()).totp_enabled, true);
 
@@ -536,7 +539,7 @@ test('client-lib: setupTotp, enableTotp, the mfa_required login, loginTotp, rege
     await assert.rejects(device.loginTotp({ ticket: first.ticket, code: wrongCodeAt(secret, Date.now()) }), (error: unknown) => {
       return error instanceof ApiError && error.status === 401 && error.code === 'invalid_second_factor';
     });
-    const signedIn = await device.loginTotp({ ticket: first.ticket, code: codeAt(secret, Date.now()) });
+    const signedIn = await device.loginTotp({ ticket: first.ticket, code: codeAt(secret, Date.now() + STEP_MS) });
     assert.equal(device.token, signedIn.token);
     assert.equal((await device.me()).id, user.id);
 
@@ -545,11 +548,30 @@ test('client-lib: setupTotp, enableTotp, the mfa_required login, loginTotp, rege
     await device.loginTotp({ ticket: second.ticket, backup_code: backup_codes[0] as string });
     const renewed = await client.regenerateBackupCodes({ password: user.password, code: backup_codes[1] as string });
     assert.equal(renewed.backup_codes.length, 10);
-    await client.disableTotp({ password: user.password, code: codeAt(secret, Date.now() + STEP_MS) });
+    await client.disableTotp({ password: user.password, code: renewed.backup_codes[0] as string });
     assert.equal((await client.me()).totp_enabled, false);
     const plain = await device.login({ login: user.username, password: user.password });
     assert.ok('token' in plain && device.token === plain.token, 'without 2FA, login keeps the token as before');
   } finally {
     await real.close();
+  }
+});
+
+test('the 2FA budgets: 10 per account and 30 per address by default, set by flag or environment, validated', () => {
+  const defaults = loadConfig([], {});
+  assert.equal(defaults.totpAccountRateLimit, 10);
+  assert.equal(defaults.totpAddressRateLimit, 30);
+  const set = loadConfig(['--totp-account-rate-limit', '5'], { PLEXICHAT_TOTP_ACCOUNT_RATE_LIMIT: '7', PLEXICHAT_TOTP_ADDRESS_RATE_LIMIT: '0' });
+  assert.equal(set.totpAccountRateLimit, 5, 'the flag wins');
+  assert.equal(set.totpAddressRateLimit, 0, 'off');
+  for (const argv of [
+    ['--totp-account-rate-limit', '-1'],
+    ['--totp-address-rate-limit', 'many'],
+  ]) {
+    assert.throws(
+      () => loadConfig(argv, {}),
+      (error: unknown) => error instanceof ConfigError && error.message.includes(argv[0] as string),
+      argv.join(' '),
+    );
   }
 });
