@@ -2,8 +2,10 @@ import type { z } from 'zod';
 import type {
   AuthResponse,
   AvatarUploadResponse,
+  BackupCodesResponse,
   DmChannel,
   DmChannelListEntry,
+  LoginResponse,
   Message,
   MessagingSettings,
   NotesChannel,
@@ -11,12 +13,17 @@ import type {
   PublicUser,
   Relationship,
   Session,
+  TotpSetupResponse,
   UserSettings,
   createMessageBodySchema,
   loginBodySchema,
+  loginTotpBodySchema,
   openDmBodySchema,
   putRelationshipBodySchema,
   registerBodySchema,
+  totpConfirmBodySchema,
+  totpEnableBodySchema,
+  totpSetupBodySchema,
   updateMeBodySchema,
   updateMessageBodySchema,
   updateMessagingSettingsBodySchema,
@@ -29,6 +36,12 @@ import { openSettings, type OpenSettingsOptions, type Settings } from './setting
 /** Request bodies are what the server's zod schemas accept (their input side). */
 export type RegisterRequest = z.input<typeof registerBodySchema>;
 export type LoginRequest = z.input<typeof loginBodySchema>;
+/** The ticket `login()` answered, with a TOTP `code` or a `backup_code` (exactly one, as the schema checks). */
+export type LoginTotpRequest = z.input<typeof loginTotpBodySchema> & ({ code: string; backup_code?: undefined } | { backup_code: string; code?: undefined });
+export type SetupTotpRequest = z.input<typeof totpSetupBodySchema>;
+export type EnableTotpRequest = z.input<typeof totpEnableBodySchema>;
+/** `code` is a TOTP code or a backup code. */
+export type ConfirmTotpRequest = z.input<typeof totpConfirmBodySchema>;
 export type UpdateMeRequest = z.input<typeof updateMeBodySchema>;
 export type UpdateSettingsRequest = z.input<typeof updateSettingsBodySchema>;
 export type UpdateMessagingSettingsRequest = z.input<typeof updateMessagingSettingsBodySchema>;
@@ -123,9 +136,22 @@ export class PlexichatClient {
   /**
    * Signs in (by username or email) and keeps the session token for later calls. `device_name`
    * names the session in `listSessions()`; without it the server derives one from the User-Agent.
+   * An account with 2FA answers `{ mfa_required: true, ticket }` instead, and no token: finish with
+   * `loginTotp`.
    */
-  async login(body: LoginRequest): Promise<AuthResponse> {
-    const answer = await this.#json<AuthResponse>('POST', '/auth/login', body, false);
+  async login(body: LoginRequest): Promise<LoginResponse> {
+    const answer = await this.#json<LoginResponse>('POST', '/auth/login', body, false);
+    if ('token' in answer) this.setToken(answer.token);
+    return answer;
+  }
+
+  /**
+   * The second step of a 2FA login: the ticket `login()` answered and a TOTP or backup code; keeps
+   * the session token. A 401 `invalid_second_factor` means a wrong code or a ticket that can no
+   * longer be used (5 minutes, 5 attempts): ask for the code again, or sign in again.
+   */
+  async loginTotp(body: LoginTotpRequest): Promise<AuthResponse> {
+    const answer = await this.#json<AuthResponse>('POST', '/auth/login/totp', body, false);
     this.setToken(answer.token);
     return answer;
   }
@@ -183,6 +209,27 @@ export class PlexichatClient {
 
   searchUser(username: string): Promise<PublicUser> {
     return this.#json('GET', `/users/search?username=${encodeURIComponent(username)}`);
+  }
+
+  // --- two-factor authentication (TOTP) -----------------------------------------------------
+
+  /** Starts (or restarts) a 2FA setup: the secret to show (QR code of `otpauth_url`), pending until enabled. */
+  setupTotp(body: SetupTotpRequest): Promise<TotpSetupResponse> {
+    return this.#json('POST', '/users/@me/totp/setup', body);
+  }
+
+  /** A code of the pending secret turns 2FA on; the backup codes are shown to the user once. */
+  enableTotp(body: EnableTotpRequest): Promise<BackupCodesResponse> {
+    return this.#json('POST', '/users/@me/totp/enable', body);
+  }
+
+  async disableTotp(body: ConfirmTotpRequest): Promise<void> {
+    await this.#request('POST', '/users/@me/totp/disable', JSON.stringify(body), true, true);
+  }
+
+  /** A new set of backup codes; every older one stops working. */
+  regenerateBackupCodes(body: ConfirmTotpRequest): Promise<BackupCodesResponse> {
+    return this.#json('POST', '/users/@me/totp/backup-codes', body);
   }
 
   // --- settings -----------------------------------------------------------------------------

@@ -24,6 +24,8 @@ import { ChannelsService } from './channels/service.ts';
 import { channelsRoutes } from './channels/routes.ts';
 import { AvatarsService } from './avatars/service.ts';
 import { avatarsRoutes } from './avatars/routes.ts';
+import { MfaService } from './mfa/service.ts';
+import { mfaRoutes } from './mfa/routes.ts';
 
 export interface RunningServer {
   port: number;
@@ -39,7 +41,7 @@ export interface ServerOptions {
   logger?: Logger;
   /** Routes mounted beside the built-in ones (embedding, diagnostics, tests). */
   extraRoutes?: Route[];
-  /** The time sessions are measured by, in ms since the epoch (default `Date.now`; tests move it on to expire them). */
+  /** Milliseconds since the epoch for everything time-bound (session expiry, TOTP steps, sign-in tickets); tests move it. Defaults to Date.now. */
   clock?: () => number;
   /** How often expired sessions are deleted and their sockets closed (default hourly; tests shorten it). */
   sessionSweepIntervalMs?: number;
@@ -66,7 +68,20 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       jobs: config.avatarJobs,
     },
   });
-  const users = new UsersService({ storage, logger, avatars, currentPasswordLimit: config.loginFailureLimit });
+  // Users ask mfa whether 2FA is on (`totp_enabled`); mfa asks users to check a password. The
+  // second is given as functions, so neither feature imports the other (no cycle); they are only
+  // called once both exist.
+  const mfa: MfaService = new MfaService({
+    storage,
+    logger,
+    accounts: {
+      verifyPassword: (userId, password) => users.verifyPassword(userId, password),
+      accountName: (userId) => users.privateUser(userId).username,
+    },
+    attemptsPerAccount: config.totpAccountRateLimit,
+    clock: options.clock ?? Date.now,
+  });
+  const users: UsersService = new UsersService({ storage, logger, avatars, mfa, currentPasswordLimit: config.loginFailureLimit });
   // Before anything reads the users index: make it what the user files derive (storage/schema.ts).
   try {
     users.repairDirectoryIndex();
@@ -81,6 +96,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     sessions: { idleSeconds: config.sessionIdleSeconds, lifetimeSeconds: config.sessionLifetimeSeconds },
     login: { failuresPerAddress: config.loginFailureLimit, perAccount: config.loginAccountLimit },
     clock: options.clock,
+    secondFactor: mfa,
     sweepIntervalMs: options.sessionSweepIntervalMs,
   });
   const messaging = new MessagingSettingsService(users);
@@ -114,6 +130,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     ...relationshipsRoutes(relationships),
     ...channelsRoutes(channels),
     ...avatarsRoutes(avatars, { maxBytes: config.maxAvatarBytes }),
+    ...mfaRoutes(mfa, { attemptsPerAddress: config.totpAddressRateLimit }),
     ...(options.extraRoutes ?? []),
   ];
   // The sync socket is mounted first so its `/sync/*` pattern is never shadowed by the REST catch-all.

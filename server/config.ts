@@ -37,6 +37,8 @@ const SETTINGS = {
   avatarJobs: { flag: 'avatar-jobs', env: 'PLEXICHAT_AVATAR_JOBS' },
   maxUploadMemoryBytes: { flag: 'max-upload-memory-bytes', env: 'PLEXICHAT_MAX_UPLOAD_MEMORY_BYTES' },
   trustProxy: { flag: 'trust-proxy', env: 'PLEXICHAT_TRUST_PROXY' },
+  totpAccountRateLimit: { flag: 'totp-account-rate-limit', env: 'PLEXICHAT_TOTP_ACCOUNT_RATE_LIMIT' },
+  totpAddressRateLimit: { flag: 'totp-address-rate-limit', env: 'PLEXICHAT_TOTP_ADDRESS_RATE_LIMIT' },
 } as const;
 
 /** Room for multipart boundaries and part headers around an avatar file of the maximum size. */
@@ -114,6 +116,14 @@ const configSchema = z
           .filter((address) => address !== ''),
       )
       .refine((addresses) => addresses.every((address) => isIP(address) !== 0), { message: 'must be a comma-separated list of IP addresses' }),
+    /**
+     * Second-factor attempts (a TOTP or backup code, or the password the 2FA routes ask for) per
+     * account per 10 minutes, wherever they come from. Three codes are valid at a time, so 10
+     * keep a guesser who already has the password near 0.4% a day (0 disables the limit).
+     */
+    totpAccountRateLimit: intInRange(0, 1_000_000).default(10),
+    /** The same attempts per client address per 10 minutes, over every account (0 disables the limit). */
+    totpAddressRateLimit: intInRange(0, 1_000_000).default(30),
   })
   .refine((config) => config.maxUploadMemoryBytes >= config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES, {
     // Smaller, and the largest avatar the server accepts could never be uploaded.

@@ -46,6 +46,19 @@ export const ERROR_CATALOGUE = {
   image_too_large: { status: 400, error: 'File too large' },
   too_many_frames: { status: 400, error: 'File too large' },
   avatar_not_found: { status: 404, error: 'Not found' },
+  // Two-factor authentication (TOTP). On the 2FA routes a wrong password or code is a validation
+  // failure of the body (400 `Invalid input`, like invalid_current_password), never a 401: the
+  // session is fine, and a client must not sign the user out over a typo.
+  invalid_password: { status: 400, error: 'Invalid input' },
+  // Wrong, already used (replayed), or older than the last code used: one answer for all three.
+  invalid_totp_code: { status: 400, error: 'Invalid input' },
+  totp_not_set_up: { status: 400, error: 'Invalid input' },
+  totp_not_enabled: { status: 400, error: 'Invalid input' },
+  totp_already_enabled: { status: 409, error: 'Already exists' },
+  // The second step of a login: one body for a wrong, replayed or old code, a used or unknown
+  // backup code, and a ticket that is forged, used, expired or out of attempts, so a ticket cannot
+  // be probed. The text is login's: this is a login that failed.
+  invalid_second_factor: { status: 401, error: 'Invalid credentials' },
 } as const satisfies Record<string, { status: number; error: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOGUE;

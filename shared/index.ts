@@ -13,3 +13,4 @@ export * from './notes-doc.ts';
 export * from './schemas/relationships.ts';
 export * from './schemas/channels.ts';
 export * from './schemas/avatars.ts';
+export * from './schemas/mfa.ts';

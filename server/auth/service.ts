@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { AuthResponse, LoginBody, RegisterBody } from '../../shared/schemas/auth.ts';
+import type { AuthResponse, LoginBody, LoginResponse, MfaRequiredResponse, RegisterBody } from '../../shared/schemas/auth.ts';
 import { SESSION_NOT_FOUND_MESSAGE, type Session } from '../../shared/schemas/sessions.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
@@ -43,11 +43,26 @@ interface SessionLimits {
   lifetimeSeconds: number;
 }
 
+/** What names a new session: the name the client gave, else its User-Agent. */
+interface SessionDevice {
+  userAgent: string | null;
+  deviceName?: string | undefined;
+}
+
 /** Who is signing in, as the HTTP edge saw them. */
 export interface LoginClient {
   userAgent: string | null;
   /** The client address (`--trust-proxy` decides whether X-Forwarded-For names it). */
   address: string;
+}
+
+/**
+ * What a login asks once the password is right (server/mfa: TOTP). null: the account has no second
+ * factor, the session starts now. Otherwise the answer to give instead (a ticket); `start` starts
+ * the session exactly as the login would have, and is called once the second factor is satisfied.
+ */
+interface SecondFactor {
+  challenge(userId: string, start: () => AuthResponse): MfaRequiredResponse | null;
 }
 
 export interface AuthDeps {
@@ -60,6 +75,8 @@ export interface AuthDeps {
   clock?: () => number;
   /** How often expired sessions are swept (default hourly; tests shorten it). */
   sweepIntervalMs?: number;
+  /** Required, not optional: a server wired without it would sign 2FA accounts in on a password. */
+  secondFactor: SecondFactor;
 }
 
 /**
@@ -120,7 +137,7 @@ export class AuthService {
    * attempt is counted against the login's brute-force budgets first (LoginGuard): over one, 429
    * before any password is verified.
    */
-  async login(body: LoginBody, client: LoginClient): Promise<AuthResponse> {
+  async login(body: LoginBody, client: LoginClient): Promise<LoginResponse> {
     const { users } = this.deps;
     await this.loginGuard.attempt(body.login, client.address);
     const userId = users.idForLogin(body.login);
@@ -134,19 +151,30 @@ export class AuthService {
     const epoch = this.reading(() => repo.readCredentialEpoch(this.deps.storage.directory, userId));
     if (!(await users.verifyPassword(userId, body.password))) throw invalidCredentials();
     await this.loginGuard.succeeded(body.login, client.address);
+    // 2FA is asked in the same synchronous step as the session would start, so a second factor
+    // turned on while the password was verified is asked for. `start` keeps the epoch read above:
+    // a session started after a code, minutes later, still never outlives a password change.
+    const device = { userAgent: client.userAgent, deviceName: body.device_name };
+    const start = () => this.startLoginSession(userId, epoch, device);
+    return this.deps.secondFactor.challenge(userId, start) ?? start();
+  }
+
+  /** The end of a login whose credentials all checked out (at once, or after a second factor). */
+  private startLoginSession(userId: string, epoch: number, device: SessionDevice): AuthResponse {
     let token: string | null;
     try {
-      token = this.startSession(userId, epoch, { userAgent: client.userAgent, deviceName: body.device_name });
+      token = this.startSession(userId, epoch, device);
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.login);
     }
     if (token === null) {
-      // The password changed while we were verifying the old one: that change signed out every
-      // other session, so this login must not outlive it. Same answer as a wrong password.
+      // The password changed while we were verifying the old one (or, with 2FA, before the code
+      // came): that change signed out every other session, so this login must not outlive it.
+      // Same answer as a wrong password.
       this.deps.logger.info({ userId }, 'login refused: the password changed while it was being verified');
       throw invalidCredentials();
     }
-    return { token, user: users.privateUser(userId) };
+    return { token, user: this.deps.users.privateUser(userId) };
   }
 
   /**
@@ -333,7 +361,7 @@ export class AuthService {
    * Inserts a session for a user whose password was verified after `epoch` was read; returns its
    * token, or null when a password change has moved the epoch on since.
    */
-  private startSession(userId: string, epoch: number, device: { userAgent: string | null; deviceName?: string | undefined }): string | null {
+  private startSession(userId: string, epoch: number, device: SessionDevice): string | null {
     const token = newSessionToken();
     const inserted = repo.insertSessionIfEpoch(
       this.deps.storage.directory,

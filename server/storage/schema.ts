@@ -6,8 +6,9 @@ import type { Migration } from './sqlite.ts';
  * Where data lives, and which copy is the truth:
  *
  * - users/<id>.sqlite is the source of truth for everything of one user, credentials included: the
- *   password hash exists only in its `profile` row. A user's data is that one file, so it can be
- *   exported, imported or deleted as a whole.
+ *   password hash exists only in its `profile` row, the second factor (TOTP secret, the last time
+ *   step used, backup-code digests) only in the `totp` tables the mfa feature owns. A user's data is
+ *   that one file, so it can be exported, imported or deleted as a whole.
  * - directory.sqlite holds what crosses users. Its `users` table is an index derived from the user
  *   files (id, display username, lower-cased username and email, creation time), kept to find
  *   accounts by name and to keep names unique; it holds nothing a user file does not, and
@@ -197,6 +198,24 @@ export const USER_FILE_MIGRATIONS: readonly Migration[] = [
         reason TEXT NOT NULL,
         quarantined_at INTEGER NOT NULL
       ) STRICT;
+    `),
+  // Two-factor authentication (server/mfa), a credential like the password hash, so here. One row
+  // while 2FA is on (`secret`) or a setup waits for its first code (`pending_secret`), never both.
+  // `last_step` is the newest TOTP step a code was accepted for: no code of it or an older step is
+  // accepted again. Backup codes are kept only as SHA-256 digests, and deleted when used.
+  (db) =>
+    db.exec(`
+      CREATE TABLE totp (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        secret BLOB,
+        pending_secret BLOB,
+        enabled_at INTEGER,
+        last_step INTEGER NOT NULL DEFAULT 0,
+        CHECK ((secret IS NULL) <> (pending_secret IS NULL))
+      ) STRICT;
+      CREATE TABLE totp_backup_codes (
+        digest BLOB PRIMARY KEY
+      ) STRICT, WITHOUT ROWID;
     `),
 ];
 

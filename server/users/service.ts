@@ -9,6 +9,7 @@ import type { Principal } from '../core/principal.ts';
 import { STORAGE_FAILURE, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
 import { Throttle } from '../core/throttle.ts';
 import type { AvatarsService } from '../avatars/service.ts';
+import type { MfaService } from '../mfa/service.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
 import { rebuildDirectoryIndex, rederiveIndexEntry } from './directory-index.ts';
 import { PasswordHasher } from './passwords.ts';
@@ -24,6 +25,8 @@ export interface UsersDeps {
    * with 429; `--login-failure-limit`, like login's per-address count. 0 disables.
    */
   currentPasswordLimit: number;
+  /** The mfa feature, which owns the second factor and so whether it is on (`totp_enabled`). */
+  mfa: Pick<MfaService, 'totpEnabledOf'>;
 }
 
 const CURRENT_PASSWORD_WINDOW_S = 15 * 60;
@@ -109,7 +112,7 @@ export class UsersService {
   }
 
   privateUser(userId: string): PrivateUser {
-    const { row, avatarUrl } = this.profile(userId);
+    const { row, avatarUrl, totpEnabled } = this.profile(userId);
     return {
       id: row.id,
       username: row.username,
@@ -117,7 +120,7 @@ export class UsersService {
       avatar_url: avatarUrl,
       created_at: row.created_at,
       email_verified: row.email_verified === 1,
-      totp_enabled: row.totp_enabled === 1,
+      totp_enabled: totpEnabled,
       age_verified: row.age_verified === 1,
       badges: parseBadges(row.badges),
     };
@@ -301,10 +304,16 @@ export class UsersService {
     if (byEmail && byEmail.id !== selfId) throw conflictFor('email');
   }
 
-  /** The profile row and avatar URL, memoised on the user file until its next write. */
-  private profile(userId: string): { row: repo.ProfileRow; avatarUrl: string | null } {
+  /**
+   * The profile row, avatar URL and 2FA state, memoised on the user file until its next write.
+   * (The profile's own `totp_enabled` column predates the mfa feature and is never set: mfa's
+   * tables are the one source of that fact.)
+   */
+  private profile(userId: string): { row: repo.ProfileRow; avatarUrl: string | null; totpEnabled: boolean } {
     const file = this.file(userId);
-    return this.reading(() => file.memo('profile', () => ({ row: repo.readProfile(file), avatarUrl: this.deps.avatars.urlOf(file) })));
+    return this.reading(() =>
+      file.memo('profile', () => ({ row: repo.readProfile(file), avatarUrl: this.deps.avatars.urlOf(file), totpEnabled: this.deps.mfa.totpEnabledOf(file) })),
+    );
   }
 
   /** Runs a read, answering a storage failure a retry can cure with 503 instead of 500. */

@@ -23,3 +23,15 @@ export interface AuthResponse {
   token: string;
   user: PrivateUser;
 }
+
+/**
+ * `POST /auth/login` for an account with 2FA: no session yet. `ticket` goes to `POST /auth/login/totp`
+ * with a code; it is single-use, lasts 5 minutes and allows 5 attempts.
+ */
+export interface MfaRequiredResponse {
+  mfa_required: true;
+  ticket: string;
+}
+
+/** What `POST /auth/login` answers: a session, or (2FA) a ticket for the second step. */
+export type LoginResponse = AuthResponse | MfaRequiredResponse;
