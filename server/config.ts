@@ -32,12 +32,17 @@ const SETTINGS = {
   avatarJobs: { flag: 'avatar-jobs', env: 'PLEXICHAT_AVATAR_JOBS' },
   maxUploadMemoryBytes: { flag: 'max-upload-memory-bytes', env: 'PLEXICHAT_MAX_UPLOAD_MEMORY_BYTES' },
   trustProxy: { flag: 'trust-proxy', env: 'PLEXICHAT_TRUST_PROXY' },
+  smtpUrl: { flag: 'smtp-url', env: 'PLEXICHAT_SMTP_URL' },
+  mailFrom: { flag: 'mail-from', env: 'PLEXICHAT_MAIL_FROM' },
 } as const;
 
 /** Room for multipart boundaries and part headers around an avatar file of the maximum size. */
 export const MULTIPART_OVERHEAD_BYTES = 64 * 1024;
 
 type SettingName = keyof typeof SETTINGS;
+
+/** One address, bare or after a display name; no line breaks, which would start a new mail header. */
+const MAIL_FROM_PATTERN = /^(?:[^<>@\r\n]*<[^<>@\s]+@[^<>@\s]+>|[^<>@\s]+@[^<>@\s]+)$/;
 
 const intInRange = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 
@@ -93,6 +98,13 @@ const configSchema = z
           .filter((address) => address !== ''),
       )
       .refine((addresses) => addresses.every((address) => isIP(address) !== 0), { message: 'must be a comma-separated list of IP addresses' }),
+    /**
+     * Where mails go: an SMTP server (`smtp://user:pass@host:587`, STARTTLS when offered, or
+     * `smtps://…:465`). Unset, each mail is written to `<data-dir>/outbox/` instead.
+     */
+    smtpUrl: z.url({ protocol: /^smtps?$/, message: 'must be an smtp:// or smtps:// URL' }).optional(),
+    /** The sender of every mail: `name@domain` or `Name <name@domain>`. */
+    mailFrom: z.string().max(320).regex(MAIL_FROM_PATTERN, { message: 'must be an address, name@domain or "Name <name@domain>"' }).default('noreply@localhost'),
   })
   .refine((config) => config.maxUploadMemoryBytes >= config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES, {
     // Smaller, and the largest avatar the server accepts could never be uploaded.
