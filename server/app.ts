@@ -1,3 +1,4 @@
+import path from 'node:path';
 import type { Config } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
 import { mountRoutes } from './http/dispatch.ts';
@@ -24,6 +25,9 @@ import { ChannelsService } from './channels/service.ts';
 import { channelsRoutes } from './channels/routes.ts';
 import { AvatarsService } from './avatars/service.ts';
 import { avatarsRoutes } from './avatars/routes.ts';
+import { createMailer, type Mailer } from './mail/mailer.ts';
+import { RecoveryService } from './recovery/service.ts';
+import { recoveryRoutes } from './recovery/routes.ts';
 
 export interface RunningServer {
   port: number;
@@ -71,6 +75,14 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     throw error;
   }
   const authService = new AuthService({ storage, users, logger });
+  let mailer: Mailer;
+  try {
+    mailer = createMailer({ smtpUrl: config.smtpUrl, from: config.mailFrom, outboxDir: path.join(config.dataDir, 'outbox'), logger });
+  } catch (error) {
+    storage.close();
+    throw error;
+  }
+  const recovery = new RecoveryService({ storage, users, auth: authService, mailer, logger, publicUrl: () => publicUrl });
   const messaging = new MessagingSettingsService(users);
   const registry = new DocRegistry({
     storage,
@@ -96,6 +108,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
     ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit }),
+    ...recoveryRoutes(recovery, { attemptsPerMinute: config.authRateLimit }),
     ...usersRoutes(users),
     ...settingsRoutes(messaging, userSettings),
     ...notesRoutes(notes),
@@ -130,9 +143,13 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   try {
     listening = await listen(app, config.host, config.port);
   } catch (error) {
+    mailer.close();
     storage.close();
     throw error;
   }
+  // In the background: a mail server slow to answer must not delay serving. It logs one line,
+  // an error line saying why when mails cannot go out.
+  void mailer.check();
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${listening.port}`;
   publicUrl = config.publicUrl ?? url;
 
@@ -146,6 +163,9 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         http.refuseNew();
         stopListening(listening.socket);
         await http.inflight.idle(DRAIN_TIMEOUT_MS);
+        // Mails still going out in the background (they may store a token first).
+        await recovery.close(DRAIN_TIMEOUT_MS);
+        mailer.close();
         registry.closeAll();
         authService.close();
         // uWS flushes corked writes when the loop turns; closing first would cut the last answers.
