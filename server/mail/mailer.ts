@@ -52,7 +52,7 @@ export function createMailer(options: MailerOptions): Mailer {
 }
 
 /** What the log may say of an SMTP URL: everything but the credentials. */
-export function smtpUrlForLog(url: string): string {
+function smtpUrlForLog(url: string): string {
   const parsed = new URL(url);
   parsed.username = '';
   parsed.password = '';

@@ -9,10 +9,8 @@ import { emailSchema, passwordSchema } from './common.ts';
 const mailTokenSchema = z.string().min(1).max(256);
 
 export const verifyEmailBodySchema = z.strictObject({ token: mailTokenSchema });
-export type VerifyEmailBody = z.infer<typeof verifyEmailBodySchema>;
 
 export const forgotPasswordBodySchema = z.strictObject({ email: emailSchema });
-export type ForgotPasswordBody = z.infer<typeof forgotPasswordBodySchema>;
 
 /** `password` follows the rules of a password change (strength judged by `passwordWeakness`). */
 export const resetPasswordBodySchema = z.strictObject({ token: mailTokenSchema, password: passwordSchema });
