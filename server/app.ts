@@ -152,6 +152,10 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   void mailer.check();
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${listening.port}`;
   publicUrl = config.publicUrl ?? url;
+  if (config.smtpUrl !== undefined && config.publicUrl === undefined) {
+    // Mails leave the machine, their links must reach it: the listening address rarely does.
+    logger.warn({ url }, 'no --public-url: links in mails lead to the address the server listens on; set --public-url to the one users reach');
+  }
 
   let closing: Promise<void> | undefined;
   return {

@@ -129,6 +129,7 @@ test('with --smtp-url: checked at start (credentials kept out of the log), mails
     assert.equal((await srv.api.get<PrivateUser>('/users/@me', { token: user.token })).body.email_verified, true);
     assert.ok(!JSON.stringify(log.records).includes('s3cret'), 'the SMTP password is never logged');
     assert.equal(fs.existsSync(path.join(srv.dataDir, 'outbox')), false, 'no outbox when mails go over SMTP');
+    assert.equal(log.count('no --public-url: links in mails lead to the address the server listens on; set --public-url to the one users reach'), 1);
   } finally {
     await srv.close();
     await smtp.close();
