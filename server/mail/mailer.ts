@@ -74,7 +74,7 @@ class SmtpMailer implements Mailer {
   }
 
   async send(mail: OutgoingMail): Promise<void> {
-    const info = await this.transport.sendMail({ to: mail.to, subject: mail.subject, text: mail.text, html: mail.html });
+    const info = await this.transport.sendMail(messageOf(mail));
     this.logger.info({ kind: mail.kind, to: mail.to, messageId: info.messageId }, 'mail sent');
   }
 
@@ -108,7 +108,7 @@ class OutboxMailer implements Mailer {
   }
 
   async send(mail: OutgoingMail): Promise<void> {
-    const info = await this.composer.sendMail({ to: mail.to, subject: mail.subject, text: mail.text, html: mail.html });
+    const info = await this.composer.sendMail(messageOf(mail));
     if (!Buffer.isBuffer(info.message)) throw new Error('the mail composer returned a stream instead of the whole message');
     // Sortable by time; the random part keeps two mails of one millisecond apart.
     const name = `${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(4).toString('hex')}.eml`;
@@ -131,6 +131,22 @@ class OutboxMailer implements Mailer {
   close(): void {
     this.composer.close();
   }
+}
+
+/** RFC 5322's bound on a line; a 7bit body may use all of it. */
+const MAX_LINE = 998;
+
+/**
+ * What nodemailer is given. The plain-text body goes as it is (7bit) whenever it can: nodemailer
+ * would otherwise encode any body with a line over 76 characters (every link is one) as
+ * quoted-printable, which breaks links and codes over several lines, and a self-hoster reading
+ * the outbox with `less` or `grep` would see them broken. Text that is not ASCII is left to it.
+ */
+function messageOf(mail: OutgoingMail) {
+  const lines = mail.text.split('\n');
+  const plain = /^[\x20-\x7e\n]*$/.test(mail.text) && lines.every((line) => line.length <= MAX_LINE);
+  const text = plain ? { raw: `Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n\r\n${lines.join('\r\n')}` } : mail.text;
+  return { to: mail.to, subject: mail.subject, text, html: mail.html };
 }
 
 /**
