@@ -22,7 +22,7 @@ const RESET_PASSWORD_TTL_MINUTES = 30;
  * by someone else costs the owner little, since every one of those requests mailed the owner a
  * working link.
  */
-const FORGOT_PER_ADDRESS = { name: 'forgot-password-account', points: 5, durationSeconds: 3600 };
+const FORGOT_PER_EMAIL = { name: 'forgot-password-account', points: 5, durationSeconds: 3600 };
 const RESEND_PER_ACCOUNT = { name: 'resend-verification-account', points: 5, durationSeconds: 3600 };
 /** Attempts with one account's valid reset token (e.g. passwords refused as weak). */
 const RESET_PER_ACCOUNT = { name: 'reset-password-account', points: 10, durationSeconds: 3600 };
@@ -53,7 +53,7 @@ export interface RecoveryDeps {
 export class RecoveryService {
   /** Background deliveries still running: shutdown waits for them. */
   private readonly pending = new Set<Promise<void>>();
-  private readonly forgotPerAddress = new Throttle(FORGOT_PER_ADDRESS);
+  private readonly forgotPerEmail = new Throttle(FORGOT_PER_EMAIL);
   private readonly resendPerAccount = new Throttle(RESEND_PER_ACCOUNT);
   private readonly resetPerAccount = new Throttle(RESET_PER_ACCOUNT);
 
@@ -105,13 +105,13 @@ export class RecoveryService {
 
   /**
    * `POST /auth/password/forgot`: the same answer, after the same work, whether or not an account
-   * has the address. Only the per-address budget is spent before answering; finding the account,
+   * has the address. Only the budget of the address asked for is spent before answering; finding the account,
    * storing a token and mailing it happen after the answer, so neither the answer nor its timing
    * depends on them. A failure there is logged.
    */
   async forgotPassword(email: string): Promise<void> {
     const address = email.toLowerCase();
-    await this.forgotPerAddress.consume(address);
+    await this.forgotPerEmail.consume(address);
     this.later(async () => {
       const userId = this.deps.users.idForLogin(address);
       if (userId === undefined) {
