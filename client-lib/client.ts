@@ -29,6 +29,7 @@ import type {
   updateMessagingSettingsBodySchema,
   updateSettingsBodySchema,
 } from '../shared/index.ts';
+import type { forgotPasswordBodySchema, resetPasswordBodySchema, verifyEmailBodySchema } from '../shared/schemas/recovery.ts';
 import { ApiError } from './errors.ts';
 import { openNotes, type Notes, type OpenNotesOptions } from './notes.ts';
 import { openSettings, type OpenSettingsOptions, type Settings } from './settings.ts';
@@ -49,6 +50,9 @@ export type PutRelationshipRequest = z.input<typeof putRelationshipBodySchema>;
 export type OpenDmRequest = z.input<typeof openDmBodySchema>;
 export type CreateMessageRequest = z.input<typeof createMessageBodySchema>;
 export type UpdateMessageRequest = z.input<typeof updateMessageBodySchema>;
+export type VerifyEmailRequest = z.input<typeof verifyEmailBodySchema>;
+export type ForgotPasswordRequest = z.input<typeof forgotPasswordBodySchema>;
+export type ResetPasswordRequest = z.input<typeof resetPasswordBodySchema>;
 /** `limit` 1-100 (default 50), `before` a message id: the page of messages older than it. */
 export interface ListMessagesRequest {
   limit?: number;
@@ -187,6 +191,34 @@ export class PlexichatClient {
   /** Ends every session of the account but this client's. */
   async revokeOtherSessions(): Promise<void> {
     await this.#request('POST', '/auth/sessions/revoke-others');
+  }
+
+  // --- email verification and password reset -----------------------------------------------
+
+  /** Verifies the address a verification mail went to, with the token from it (no session needed). */
+  async verifyEmail(body: VerifyEmailRequest): Promise<void> {
+    await this.#request('POST', '/auth/verify-email', JSON.stringify(body), false, true);
+  }
+
+  /**
+   * Mails the signed-in user a new verification link (older ones stop working). Throws `ApiError`
+   * 409 `email_already_verified`, 429 past five an hour, 503 `mail_not_sent` when the mail could not go.
+   */
+  async resendVerification(): Promise<void> {
+    await this.#request('POST', '/auth/verify-email/resend');
+  }
+
+  /** Asks for a password-reset mail. Succeeds the same whether or not an account has the address. */
+  async forgotPassword(body: ForgotPasswordRequest): Promise<void> {
+    await this.#request('POST', '/auth/password/forgot', JSON.stringify(body), false, true);
+  }
+
+  /**
+   * Sets a new password with the token from a reset mail. Every session of that account ends,
+   * this client's too if it was signed in as it: sign in again with the new password.
+   */
+  async resetPassword(body: ResetPasswordRequest): Promise<void> {
+    await this.#request('POST', '/auth/password/reset', JSON.stringify(body), false, true);
   }
 
   health(): Promise<{ status: 'ok' }> {

@@ -1,3 +1,4 @@
+import path from 'node:path';
 import type { Config } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
 import { mountRoutes } from './http/dispatch.ts';
@@ -26,6 +27,9 @@ import { AvatarsService } from './avatars/service.ts';
 import { avatarsRoutes } from './avatars/routes.ts';
 import { MfaService } from './mfa/service.ts';
 import { mfaRoutes } from './mfa/routes.ts';
+import { createMailer, type Mailer } from './mail/mailer.ts';
+import { RecoveryService } from './recovery/service.ts';
+import { recoveryRoutes } from './recovery/routes.ts';
 
 export interface RunningServer {
   port: number;
@@ -99,6 +103,14 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     secondFactor: mfa,
     sweepIntervalMs: options.sessionSweepIntervalMs,
   });
+  let mailer: Mailer;
+  try {
+    mailer = createMailer({ smtpUrl: config.smtpUrl, from: config.mailFrom, outboxDir: path.join(config.dataDir, 'outbox'), logger });
+  } catch (error) {
+    storage.close();
+    throw error;
+  }
+  const recovery = new RecoveryService({ storage, users, auth: authService, mailer, logger, publicUrl: () => publicUrl });
   const messaging = new MessagingSettingsService(users);
   const registry = new DocRegistry({
     storage,
@@ -124,6 +136,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
     ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit }),
+    ...recoveryRoutes(recovery, { attemptsPerMinute: config.authRateLimit }),
     ...usersRoutes(users, { searchesPerMinute: config.searchRateLimit }),
     ...settingsRoutes(messaging, userSettings),
     ...notesRoutes(notes),
@@ -161,11 +174,19 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   } catch (error) {
     // No sweep may run against a storage that is closed.
     authService.close();
+    mailer.close();
     storage.close();
     throw error;
   }
+  // In the background: a mail server slow to answer must not delay serving. It logs one line,
+  // an error line saying why when mails cannot go out.
+  void mailer.check();
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${listening.port}`;
   publicUrl = config.publicUrl ?? url;
+  if (config.smtpUrl !== undefined && config.publicUrl === undefined) {
+    // Mails leave the machine, their links must reach it: the listening address rarely does.
+    logger.warn({ url }, 'no --public-url: links in mails lead to the address the server listens on; set --public-url to the one users reach');
+  }
 
   let closing: Promise<void> | undefined;
   return {
@@ -177,6 +198,9 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         http.refuseNew();
         stopListening(listening.socket);
         await http.inflight.idle(DRAIN_TIMEOUT_MS);
+        // Mails still going out in the background (they may store a token first).
+        await recovery.close(DRAIN_TIMEOUT_MS);
+        mailer.close();
         registry.closeAll();
         authService.close();
         // uWS flushes corked writes when the loop turns; closing first would cut the last answers.

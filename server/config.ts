@@ -39,12 +39,17 @@ const SETTINGS = {
   trustProxy: { flag: 'trust-proxy', env: 'PLEXICHAT_TRUST_PROXY' },
   totpAccountRateLimit: { flag: 'totp-account-rate-limit', env: 'PLEXICHAT_TOTP_ACCOUNT_RATE_LIMIT' },
   totpAddressRateLimit: { flag: 'totp-address-rate-limit', env: 'PLEXICHAT_TOTP_ADDRESS_RATE_LIMIT' },
+  smtpUrl: { flag: 'smtp-url', env: 'PLEXICHAT_SMTP_URL' },
+  mailFrom: { flag: 'mail-from', env: 'PLEXICHAT_MAIL_FROM' },
 } as const;
 
 /** Room for multipart boundaries and part headers around an avatar file of the maximum size. */
 export const MULTIPART_OVERHEAD_BYTES = 64 * 1024;
 
 type SettingName = keyof typeof SETTINGS;
+
+/** One address, bare or after a display name; no line breaks, which would start a new mail header. */
+const MAIL_FROM_PATTERN = /^(?:[^<>@\r\n]*<[^<>@\s]+@[^<>@\s]+>|[^<>@\s]+@[^<>@\s]+)$/;
 
 const intInRange = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 
@@ -124,6 +129,13 @@ const configSchema = z
     totpAccountRateLimit: intInRange(0, 1_000_000).default(10),
     /** The same attempts per client address per 10 minutes, over every account (0 disables the limit). */
     totpAddressRateLimit: intInRange(0, 1_000_000).default(30),
+    /**
+     * Where mails go: an SMTP server (`smtp://user:pass@host:587`, STARTTLS when offered, or
+     * `smtps://…:465`). Unset, each mail is written to `<data-dir>/outbox/` instead.
+     */
+    smtpUrl: z.url({ protocol: /^smtps?$/, message: 'must be an smtp:// or smtps:// URL' }).optional(),
+    /** The sender of every mail: `name@domain` or `Name <name@domain>`. */
+    mailFrom: z.string().max(320).regex(MAIL_FROM_PATTERN, { message: 'must be an address, name@domain or "Name <name@domain>"' }).default('noreply@localhost'),
   })
   .refine((config) => config.maxUploadMemoryBytes >= config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES, {
     // Smaller, and the largest avatar the server accepts could never be uploaded.

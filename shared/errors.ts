@@ -59,6 +59,13 @@ export const ERROR_CATALOGUE = {
   // backup code, and a ticket that is forged, used, expired or out of attempts, so a ticket cannot
   // be probed. The text is login's: this is a login that failed.
   invalid_second_factor: { status: 401, error: 'Invalid credentials' },
+  // Email verification and password reset. One answer for a token that is unknown, expired, spent,
+  // of the other kind, or mailed to an address the account no longer has: telling them apart helps
+  // only someone trying tokens. The undocumented cases reuse the nearest documented texts.
+  invalid_mail_token: { status: 400, error: 'Invalid input' },
+  email_already_verified: { status: 409, error: 'Already exists' },
+  // A mail the caller asked for (a resend) that the mail server or the outbox did not take.
+  mail_not_sent: { status: 503, error: 'Service unavailable' },
 } as const satisfies Record<string, { status: number; error: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOGUE;

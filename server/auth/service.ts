@@ -318,6 +318,22 @@ export class AuthService {
     if (ended.length > 0) this.sessionsEnded(ended);
   }
 
+  /**
+   * Ends every session of the user (a password reset: whoever knew the old password is out): in
+   * one directory transaction the credential epoch moves on, so logins still verifying the old
+   * password get no session, and every session is deleted; their sockets are closed with 4401.
+   * Inside a caller's directory transaction it is part of it (a savepoint).
+   */
+  endAllSessions(userId: string): void {
+    const { directory } = this.deps.storage;
+    const ended = directory.transaction(() => {
+      repo.advanceCredentialEpoch(directory, userId);
+      // No session has the empty id: all of them go.
+      return repo.deleteOtherSessions(directory, userId, '');
+    });
+    if (ended.length > 0) this.sessionsEnded(ended);
+  }
+
   /** Ended sessions stop working at once: out of the cache first, then every listener is told. */
   private sessionsEnded(sessionIds: string[]): void {
     const ended = new Set(sessionIds);

@@ -14,7 +14,8 @@ import type { Migration } from './sqlite.ts';
  *   accounts by name and to keep names unique; it holds nothing a user file does not, and
  *   `rebuildDirectoryIndex` (server/users/directory-index.ts) derives it again from the files (the
  *   server does so on start when the index is empty but user files exist). Sessions, credential
- *   epochs, relationships and DM channels live only here: they are the directory's own data.
+ *   epochs, relationships, DM channels and mailed tokens live only here: they are the directory's
+ *   own data.
  * - ids.sqlite holds the id generator's reservation, written outside every other transaction.
  *
  * Credentials. A session is inserted only if the user's credential epoch (directory, owned by auth)
@@ -34,6 +35,13 @@ import type { Migration } from './sqlite.ts';
  * - Registration: the user file first, then the directory entry (with the first session). A user
  *   file nobody indexed is no account, and deleting it needs no free space, so a failure leaves
  *   nothing a retry would trip over.
+ * - Password reset (server/recovery): the mailed token is used up and every session of the user
+ *   ends, in one directory transaction, then the new hash is stored. Stopped in between, the user
+ *   is signed out everywhere and the old password still works; the token is spent (a new mail
+ *   is one request away), so it never resets a password twice.
+ * - Email verification: `email_verified` is set in the user file first (only if the profile still
+ *   has the address the token was mailed to), then the token is deleted. Stopped in between, the
+ *   token can only verify that same address again.
  * A change holds its user file's write lock around the directory's commit, so two changes of one
  * user run one after the other, and of two password changes from the same password exactly one wins.
  * (One server process per data folder: within it, a change's two commits follow each other in one
@@ -117,6 +125,22 @@ export const DIRECTORY_MIGRATIONS: readonly Migration[] = [
       ALTER TABLE sessions ADD COLUMN device_name TEXT;
       CREATE INDEX sessions_by_last_used ON sessions(last_used_at);
       CREATE INDEX sessions_by_created ON sessions(created_at);
+    `),
+  // Tokens mailed to users (verify an address, reset a password), owned by server/recovery. Here,
+  // not in the user file: a token arrives alone and must find its account. Only a SHA-256 of each
+  // is kept, with the address it was mailed to, which is all it can ever prove.
+  (db) =>
+    db.exec(`
+      CREATE TABLE mail_tokens (
+        token_hash BLOB PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        purpose TEXT NOT NULL CHECK (purpose IN ('verify_email', 'reset_password')),
+        email_lower TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+      ) STRICT, WITHOUT ROWID;
+      CREATE INDEX mail_tokens_by_user ON mail_tokens(user_id, purpose);
+      CREATE INDEX mail_tokens_by_expiry ON mail_tokens(expires_at);
     `),
 ];
 

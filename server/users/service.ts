@@ -37,6 +37,21 @@ const CURRENT_PASSWORD_WINDOW_S = 15 * 60;
  */
 export type PasswordChangeHandler = (principal: Principal) => void;
 
+/** A new account, announced once it exists (its file and index entry committed). */
+export interface RegisteredUser {
+  id: string;
+  username: string;
+  email: string;
+}
+
+/** An account's address changed (announced once the profile holds the new one). */
+export interface EmailChange {
+  userId: string;
+  username: string;
+  previousEmail: string;
+  email: string;
+}
+
 /**
  * Accounts: the profile in each user's file (credentials included: the password hash has no other
  * copy) and the directory's index of names derived from it. See storage/schema.ts for where data
@@ -50,6 +65,8 @@ export class UsersService {
    * per account (whatever session or address asks), before each check, cleared by a right one.
    */
   private readonly currentPasswordThrottle: Throttle;
+  private readonly registeredListeners = new Set<(user: RegisteredUser) => void>();
+  private readonly emailChangeListeners = new Set<(change: EmailChange) => void>();
 
   constructor(private readonly deps: UsersDeps) {
     this.currentPasswordThrottle = new Throttle({
@@ -57,6 +74,24 @@ export class UsersService {
       points: deps.currentPasswordLimit,
       durationSeconds: CURRENT_PASSWORD_WINDOW_S,
     });
+  }
+
+  /**
+   * Subscribes to new accounts (recovery mails a verification link). Announced after the account
+   * is committed, synchronously, before the registration is answered; a listener that throws is
+   * logged and changes nothing: the account exists either way.
+   */
+  onRegistered(listener: (user: RegisteredUser) => void): void {
+    this.registeredListeners.add(listener);
+  }
+
+  /**
+   * Subscribes to address changes (recovery mails the new address a verification link and tells
+   * the old one). Announced after the profile holds the new address, only when it is another
+   * address (not the same one in other case); a listener that throws is logged and changes nothing.
+   */
+  onEmailChanged(listener: (change: EmailChange) => void): void {
+    this.emailChangeListeners.add(listener);
   }
 
   /**
@@ -101,6 +136,7 @@ export class UsersService {
         throw conflictError(error) ?? error;
       }
       this.deps.logger.info({ userId: id }, 'user registered');
+      this.announce(this.registeredListeners, { id, username: body.username, email: body.email }, 'a registration');
       return { id, result };
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.register);
@@ -175,12 +211,54 @@ export class UsersService {
   }
 
   async updateMe(principal: Principal, body: UpdateMeBody): Promise<PrivateUser> {
+    let emailChange: EmailChange | undefined;
     try {
-      await this.applyUpdate(principal, body);
+      emailChange = await this.applyUpdate(principal, body);
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.write);
     }
+    if (emailChange !== undefined) this.announce(this.emailChangeListeners, emailChange, 'an email change');
     return this.privateUser(principal.userId);
+  }
+
+  /**
+   * Marks the address verified, if the profile still has `address` (any case); returns whether
+   * it does. A token mailed to an address the account has since left verifies nothing.
+   */
+  markEmailVerified(userId: string, address: string): boolean {
+    const file = this.file(userId);
+    return file.transaction(() => {
+      const profile = repo.readProfile(file);
+      if (!sameAddress(profile.email, address)) return false;
+      if (profile.email_verified !== 1) repo.updateProfileEmail(file, profile.email, true);
+      return true;
+    });
+  }
+
+  /**
+   * Sets a new password without the current one, for an account whose address a mailed token
+   * proved (a password reset); the same strength rules as a change (400 `weak_password`). Returns
+   * false, changing nothing, when the profile no longer has `address`. `inChange` runs under the
+   * user file's write lock, after that check and before the new hash is stored (sessions end
+   * first: storage/schema.ts); if it throws, nothing changes. The reset also marks the address
+   * verified: the mail reached it.
+   */
+  async resetPassword(userId: string, address: string, password: string, inChange: () => void): Promise<boolean> {
+    const before = this.reading(() => repo.readProfile(this.file(userId)));
+    if (!sameAddress(before.email, address)) return false;
+    const weakness = passwordWeakness(password, { username: before.username, email: before.email });
+    if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
+    const passwordHash = await this.hasher.hash(password);
+    // Fetched after the await: an unpinned handle may have been evicted meanwhile.
+    const file = this.file(userId);
+    return file.transaction(() => {
+      const profile = repo.readProfile(file);
+      if (!sameAddress(profile.email, address)) return false;
+      inChange();
+      repo.updateProfilePasswordHash(file, passwordHash);
+      if (profile.email_verified !== 1) repo.updateProfileEmail(file, profile.email, true);
+      return true;
+    });
   }
 
   /**
@@ -209,7 +287,8 @@ export class UsersService {
     }
   }
 
-  private async applyUpdate(principal: Principal, body: UpdateMeBody): Promise<void> {
+  /** Applies the change; returns the address change to announce, if the address changed. */
+  private async applyUpdate(principal: Principal, body: UpdateMeBody): Promise<EmailChange | undefined> {
     const { userId } = principal;
     const before = repo.readProfile(this.file(userId));
 
@@ -269,10 +348,7 @@ export class UsersService {
         // still works; never the other way round.
         endOtherSessions?.(principal);
         if (newUsername !== undefined) repo.updateProfileUsername(file, newUsername);
-        if (newEmail !== undefined) {
-          const sameAddress = newEmail.toLowerCase() === before.email.toLowerCase();
-          repo.updateProfileEmail(file, newEmail, sameAddress && before.email_verified === 1);
-        }
+        if (newEmail !== undefined) repo.updateProfileEmail(file, newEmail, sameAddress(newEmail, before.email) && before.email_verified === 1);
         if (newPasswordHash !== undefined) repo.updateProfilePasswordHash(file, newPasswordHash);
       });
     } catch (error) {
@@ -281,6 +357,19 @@ export class UsersService {
       throw conflictError(error) ?? error;
     }
     if (indexAhead) this.settleIndexEntry(userId);
+    if (newEmail === undefined || sameAddress(newEmail, before.email)) return undefined;
+    return { userId, username: newUsername ?? before.username, previousEmail: before.email, email: newEmail };
+  }
+
+  /** Tells each listener; one that throws is logged, and neither the others nor the caller are stopped. */
+  private announce<T>(listeners: ReadonlySet<(event: T) => void>, event: T, what: string): void {
+    for (const listener of listeners) {
+      try {
+        listener(event);
+      } catch (error) {
+        this.deps.logger.error({ err: error }, `a listener of ${what} failed`);
+      }
+    }
   }
 
   /**
@@ -339,6 +428,11 @@ function conflictFor(field: 'username' | 'email'): AppError {
 function conflictError(error: unknown): AppError | null {
   const field = repo.uniqueConflict(error);
   return field ? conflictFor(field) : null;
+}
+
+/** Addresses are unique case-insensitively (the index): two spellings of one are the same address. */
+function sameAddress(a: string, b: string): boolean {
+  return a.toLowerCase() === b.toLowerCase();
 }
 
 function parseBadges(json: string): string[] {

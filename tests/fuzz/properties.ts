@@ -268,6 +268,10 @@ interface RouteCase {
 const ROUTES: RouteCase[] = [
   { method: 'POST', path: () => '/auth/register', allowed: [201, 400, 409] },
   { method: 'POST', path: () => '/auth/login', allowed: [400, 401] },
+  { method: 'POST', path: () => '/auth/verify-email', allowed: [400] },
+  { method: 'POST', path: () => '/auth/verify-email/resend', allowed: [204, 429] },
+  { method: 'POST', path: () => '/auth/password/forgot', allowed: [204, 400, 429] },
+  { method: 'POST', path: () => '/auth/password/reset', allowed: [400] },
   { method: 'PATCH', path: () => '/users/@me', allowed: [200, 400, 409] },
   { method: 'PATCH', path: () => '/users/@me/messaging-settings', allowed: [200, 400] },
   { method: 'PATCH', path: () => '/users/@me/settings', allowed: [200, 400] },
@@ -298,6 +302,7 @@ const body = fc.oneof(
       'password',
       'current_password',
       'login',
+      'token',
       'type',
       'recipient_id',
       'content',

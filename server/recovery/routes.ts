@@ -1,0 +1,66 @@
+import { forgotPasswordBodySchema, resetPasswordBodySchema, verifyEmailBodySchema } from '../../shared/schemas/recovery.ts';
+import { Throttle } from '../core/throttle.ts';
+import { Reply, route, type Route } from '../http/route.ts';
+import { RESET_PASSWORD_PATH, VERIFY_EMAIL_PATH } from './mails.ts';
+import { RESET_PASSWORD_PAGE, VERIFY_EMAIL_PAGE, type Page } from './pages.ts';
+import type { RecoveryService } from './service.ts';
+
+export function recoveryRoutes(recovery: RecoveryService, options: { attemptsPerMinute: number }): Route[] {
+  // One budget per client address over the four: trying tokens, asking for mails to many
+  // addresses and resending are one kind of abuse. The per-account budgets are the service's.
+  const rateLimiter = new Throttle({ name: 'recovery-address', points: options.attemptsPerMinute, durationSeconds: 60 });
+  return [
+    route({ method: 'GET', path: VERIFY_EMAIL_PATH, auth: 'none', handler: () => pageReply(VERIFY_EMAIL_PAGE) }),
+    route({
+      method: 'POST',
+      path: VERIFY_EMAIL_PATH,
+      auth: 'none',
+      body: verifyEmailBodySchema,
+      rateLimiter,
+      handler: (ctx) => {
+        recovery.verifyEmail(ctx.body.token);
+        return Reply.noContent();
+      },
+    }),
+    route({
+      method: 'POST',
+      path: '/auth/verify-email/resend',
+      rateLimiter,
+      handler: async (ctx) => {
+        await recovery.resendVerification(ctx.principal.userId);
+        return Reply.noContent();
+      },
+    }),
+    route({
+      method: 'POST',
+      path: '/auth/password/forgot',
+      auth: 'none',
+      body: forgotPasswordBodySchema,
+      rateLimiter,
+      handler: async (ctx) => {
+        await recovery.forgotPassword(ctx.body.email);
+        return Reply.noContent();
+      },
+    }),
+    route({ method: 'GET', path: RESET_PASSWORD_PATH, auth: 'none', handler: () => pageReply(RESET_PASSWORD_PAGE) }),
+    route({
+      method: 'POST',
+      path: RESET_PASSWORD_PATH,
+      auth: 'none',
+      body: resetPasswordBodySchema,
+      rateLimiter,
+      handler: async (ctx) => {
+        await recovery.resetPassword(ctx.body);
+        return Reply.noContent();
+      },
+    }),
+  ];
+}
+
+function pageReply(page: Page): Reply {
+  return Reply.bytes(200, page.html, 'text/html; charset=utf-8', {
+    'Content-Security-Policy': page.csp,
+    'Referrer-Policy': 'no-referrer',
+    'X-Content-Type-Options': 'nosniff',
+  });
+}
