@@ -128,6 +128,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     },
   });
   authService.onSessionsRevoked((sessionIds) => registry.revokeSessions(sessionIds));
+  authService.countAsInUse(() => registry.sessionsWithSockets());
   const notes = new NotesService({ storage, users, registry, logger });
   const userSettings = new UserSettingsService(registry, logger);
   const relationships = new RelationshipsService(storage, users);

@@ -14,3 +14,4 @@ export * from './schemas/relationships.ts';
 export * from './schemas/channels.ts';
 export * from './schemas/avatars.ts';
 export * from './schemas/mfa.ts';
+export * from './schemas/recovery.ts';

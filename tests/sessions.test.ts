@@ -49,6 +49,24 @@ function storedSessionIds(dataDir: string, userId: string): string[] {
   }
 }
 
+function lastUsedAt(dataDir: string, userId: string): number {
+  const db = new Database(path.join(dataDir, 'directory.sqlite'), { readonly: true });
+  try {
+    return (db.prepare('SELECT max(last_used_at) AS t FROM sessions WHERE user_id = ?').get(userId) as { t: number }).t;
+  } finally {
+    db.close();
+  }
+}
+
+/** Resolves once the sweep (every few ms here) has recorded a use of the user's session at `seconds` or later. */
+async function sweptAt(dataDir: string, userId: string, seconds: number): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (lastUsedAt(dataDir, userId) < seconds) {
+    assert.ok(Date.now() < deadline, 'the sweep never recorded the open socket as a use');
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
 test('each login is a device: named by the client, else from its User-Agent; the list marks the current one', async () => {
   const user = await registerUser(srv.api);
   const named = await login(srv.api, user, { device_name: '  Work laptop  ', userAgent: FIREFOX_LINUX });
@@ -287,7 +305,7 @@ test('absolute lifetime: a session in constant use still ends, and expires_at sa
 });
 
 test('expired sessions are swept: their rows deleted and their open sync sockets closed with 4401', async () => {
-  const { server, advance } = await clockedServer({ idle: 3600, lifetime: 7200 }, 20);
+  const { server, advance, seconds } = await clockedServer({ idle: 3600, lifetime: 7200 }, 20);
   try {
     const user = await registerUser(server.api);
     const other = await registerUser(server.api);
@@ -296,10 +314,35 @@ test('expired sessions are swept: their rows deleted and their open sync sockets
     const closed = closeEvent(ws);
     advance(3000);
     assert.equal((await server.api.get('/users/@me', { token: other.token })).status, 200, 'used: the other session lives on');
+    // An open socket is use: past the idle timeout the connected session lives on...
     advance(601);
+    await sweptAt(server.dataDir, user.id, seconds());
+    assert.equal((await server.api.get('/users/@me', { token: user.token })).status, 200, 'the connected device was kept');
+    // ...but not past its lifetime, however it is used.
+    advance(3600);
     assert.deepEqual(await closed, { code: CLOSE_CODES.SESSION_REVOKED, reason: 'Session revoked' });
     assert.deepEqual(storedSessionIds(server.dataDir, user.id), []);
-    assert.equal(storedSessionIds(server.dataDir, other.id).length, 1);
+    assert.deepEqual(storedSessionIds(server.dataDir, other.id), [], 'the other one too');
+  } finally {
+    await server.close();
+  }
+});
+
+test('a device whose sync socket stays open is in use: the idle timeout does not sign it out', async () => {
+  const { server, advance, seconds } = await clockedServer({ idle: 3600, lifetime: 365 * 86400 }, 20);
+  try {
+    const user = await registerUser(server.api);
+    const idle = await registerUser(server.api);
+    const { ws } = await rawSocket(`${server.url}/sync/settings?token=${user.token}`);
+    // Three idle periods with no REST call from the connected device: each sweep records its use.
+    for (let i = 0; i < 3; i += 1) {
+      advance(3000);
+      await sweptAt(server.dataDir, user.id, seconds());
+    }
+    assert.equal(ws.readyState, ws.OPEN);
+    assert.equal((await server.api.get('/users/@me', { token: user.token })).status, 200);
+    assert.equal((await server.api.get('/users/@me', { token: idle.token })).status, 401, 'a session with no socket and no use ended');
+    ws.close();
   } finally {
     await server.close();
   }

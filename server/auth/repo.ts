@@ -76,6 +76,12 @@ export function deleteUserSession(directory: DirectoryFile, userId: string, sess
  * Deletes every session last used at or before `idleBefore` or created at or before `createdBefore`
  * (both Unix seconds); returns the ids it deleted.
  */
+/** Records a use of these sessions (in the caller's transaction). */
+export function touchSessions(directory: DirectoryFile, sessionIds: Iterable<string>, now: number): void {
+  const touch = directory.stmt('UPDATE sessions SET last_used_at = ? WHERE id = ?');
+  for (const id of sessionIds) touch.run(now, id);
+}
+
 export function deleteExpiredSessions(directory: DirectoryFile, idleBefore: number, createdBefore: number): string[] {
   const rows = directory.stmt('DELETE FROM sessions WHERE last_used_at <= ? OR created_at <= ? RETURNING id').all(idleBefore, createdBefore) as {
     id: string;

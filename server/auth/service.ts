@@ -98,6 +98,8 @@ export class AuthService {
   private readonly loginGuard: LoginGuard;
   private readonly clock: () => number;
   private readonly sweepTimer: NodeJS.Timeout;
+  /** Sessions some other part of the server is using right now (open sync sockets). */
+  private sessionsInUse: () => Iterable<string> = () => [];
 
   constructor(private readonly deps: AuthDeps) {
     this.loginGuard = new LoginGuard(deps.login);
@@ -116,6 +118,14 @@ export class AuthService {
    * the transaction of the change that caused it: they do in-memory work only, such as closing the
    * sessions' sockets. Tokens are already refused by then.
    */
+  /**
+   * Tells the sweep which sessions are in use without making requests (a device's open sync socket):
+   * they count as used now, so the idle timeout does not end them.
+   */
+  countAsInUse(sessions: () => Iterable<string>): void {
+    this.sessionsInUse = sessions;
+  }
+
   onSessionsRevoked(listener: (sessionIds: string[]) => void): void {
     this.revocationListeners.add(listener);
   }
@@ -361,9 +371,15 @@ export class AuthService {
   private sweepExpired(): void {
     const now = Math.floor(this.clock() / 1000);
     const { idleSeconds, lifetimeSeconds } = this.deps.sessions;
+    const { directory } = this.deps.storage;
     let ended: string[];
     try {
-      ended = repo.deleteExpiredSessions(this.deps.storage.directory, now - idleSeconds, now - lifetimeSeconds);
+      ended = directory.transaction(() => {
+        // A session whose sync socket stayed open all along is in use, REST calls or not: recorded
+        // first, so the idle timeout never ends a connected device (the lifetime still does).
+        repo.touchSessions(directory, this.sessionsInUse(), now);
+        return repo.deleteExpiredSessions(directory, now - idleSeconds, now - lifetimeSeconds);
+      });
     } catch (error) {
       this.deps.logger.warn({ err: error }, 'could not delete expired sessions; retrying at the next sweep');
       return;

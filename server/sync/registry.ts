@@ -58,6 +58,11 @@ export class DocRegistry {
     return this.closing;
   }
 
+  /** Sessions with at least one open sync socket: in use, whether or not they make REST calls. */
+  sessionsWithSockets(): Iterable<string> {
+    return this.socketsBySession.keys();
+  }
+
   connectionsOf(userId: string): number {
     return this.socketsPerUser.get(userId) ?? 0;
   }
