@@ -353,12 +353,15 @@ test('export and import move an account between two running instances; a clash i
       ['travels along'],
     );
 
-    const [twice, clash] = await Promise.all([
+    const notUserFile = path.join(from.dataDir, 'directory.sqlite');
+    const [twice, clash, wrongKind] = await Promise.all([
       runCommand(['admin', 'user', 'import', exported, '--data-dir', to.dataDir]),
       runCommand(['admin', 'user', 'import', exportedClash, '--data-dir', to.dataDir]),
+      runCommand(['admin', 'user', 'import', notUserFile, '--data-dir', to.dataDir]),
     ]);
     assert.deepEqual([twice.code, twice.stderr], [1, `plexichat: An account with the id ${erin.id} exists here already\n`]);
     assert.deepEqual([clash.code, clash.stderr], [1, 'plexichat: That username is already taken\n']);
+    assert.deepEqual([wrongKind.code, wrongKind.stderr], [1, `plexichat: ${notUserFile} is not a Plexichat user file (no such table: profile)\n`]);
     assert.deepEqual(
       fs.readdirSync(path.join(to.dataDir, 'users')).filter((name) => name.includes(clashing.id) || name.startsWith('.import')),
       [],

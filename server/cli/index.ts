@@ -31,10 +31,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   try {
     await program.parseAsync([...argv], { from: 'user' });
   } catch (error) {
-    if (error instanceof CommanderError) {
-      // Help asked for is no error; commander printed it on stdout. Its errors it printed already.
-      return error.code === 'commander.helpDisplayed' || error.code === 'commander.version' ? 0 : error.exitCode === 0 ? 0 : 1;
-    }
+    // Help asked for is no error (commander printed it on stdout); its errors it printed already, one line each.
+    if (error instanceof CommanderError) return error.exitCode === 0 ? 0 : 1;
     if (error instanceof CliExit) return error.code;
     if (error instanceof CliError || error instanceof ConfigError || error instanceof AppError) return fail(io, error.message);
     if (error instanceof Error) return fail(io, error.message);
@@ -59,8 +57,6 @@ function buildProgram(io: CliIo, onServing: () => void): Command {
       // One line, in the form every other error has.
       outputError: (text, write) => write(`plexichat: ${text.replace(/^error: /, '').trimEnd()}\n`),
     });
-  // Every subcommand reports through the same streams and exit path.
-  program.configureHelp({ sortSubcommands: false });
 
   const serve = program
     .command('serve', { isDefault: true })
@@ -80,11 +76,9 @@ function buildProgram(io: CliIo, onServing: () => void): Command {
   const withDataDir = (command: Command): Command =>
     command.addOption(new Option(`--${dataDir.flag} <dir>`, `the data folder [${dataDir.env}, default ${dataDir.default}]`));
   const configFor = (command: Command) => resolveConfig(settingsFrom(command, command.opts()), io.env);
+  // Subcommands take the exit override and the output settings from the program as they are made.
   addAdminCommands(program, io, configFor, withDataDir);
   addMaintenanceCommands(program, io, configFor, withDataDir);
-  for (const command of allCommands(program)) {
-    command.exitOverride().configureOutput(program.configureOutput());
-  }
   return program;
 }
 
@@ -107,8 +101,4 @@ function optionLines(command: Command): string {
     .filter((option) => option.long !== '--help')
     .map((option) => `  ${help.optionTerm(option).padEnd(width)}  ${help.optionDescription(option)}`)
     .join('\n');
-}
-
-function allCommands(command: Command): Command[] {
-  return command.commands.flatMap((sub) => [sub, ...allCommands(sub)]);
 }

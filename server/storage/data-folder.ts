@@ -58,8 +58,6 @@ export interface FileHealth {
   schemaVersion: number | undefined;
   /** Empty when the file is sound; otherwise one line each (integrity errors are capped). */
   problems: string[];
-  /** A user file whose account was deleted (a deletion that stopped before the file went). */
-  markedDeleted: boolean;
 }
 
 /** Integrity errors reported per file at most; SQLite may list thousands for one bad page. */
@@ -72,7 +70,7 @@ const MAX_INTEGRITY_LINES = 5;
  */
 export function inspectDataFile(dataDir: string, file: DataFile): FileHealth {
   const full = path.join(dataDir, file.path);
-  const health: FileHealth = { file, bytes: sizeOf(full), schemaVersion: undefined, problems: [], markedDeleted: false };
+  const health: FileHealth = { file, bytes: sizeOf(full), schemaVersion: undefined, problems: [] };
   let db: ReturnType<typeof openExistingForReading>;
   try {
     db = openExistingForReading(full);
@@ -88,7 +86,6 @@ export function inspectDataFile(dataDir: string, file: DataFile): FileHealth {
     const lines = (db.prepare('PRAGMA integrity_check').pluck().all() as string[]).filter((line) => line !== 'ok');
     for (const line of lines.slice(0, MAX_INTEGRITY_LINES)) health.problems.push(`integrity check: ${line}`);
     if (lines.length > MAX_INTEGRITY_LINES) health.problems.push(`integrity check: … and ${lines.length - MAX_INTEGRITY_LINES} more`);
-    if (file.kind === 'user' && lines.length === 0) health.markedDeleted = isMarkedDeleted(db);
   } catch (error) {
     // Damage SQLite meets before its check can run: "file is not a database", "malformed".
     health.problems.push(`cannot be read: ${messageOf(error)}`);

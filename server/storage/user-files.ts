@@ -241,6 +241,7 @@ export class UserFiles {
    */
   async exportTo(userId: string, destination: string): Promise<void> {
     if (fs.existsSync(destination)) throw new Error(`${destination} already exists`);
+    if (!fs.existsSync(path.dirname(path.resolve(destination)))) throw new Error(`the folder of ${destination} does not exist`);
     const { file, release } = this.pin(userId);
     try {
       // All pages in one step: one read transaction, so a busy writer cannot restart it.
@@ -266,11 +267,15 @@ export class UserFiles {
     const temporary = path.join(this.dir, `.import-${randomBytes(8).toString('hex')}.sqlite`);
     let adopted: T;
     try {
-      const reader = openExistingForReading(source);
       try {
-        await reader.backup(temporary, { progress: () => 0x7fffffff });
-      } finally {
-        reader.close();
+        const reader = openExistingForReading(source);
+        try {
+          await reader.backup(temporary, { progress: () => 0x7fffffff });
+        } finally {
+          reader.close();
+        }
+      } catch (error) {
+        throw new Error(`${source} cannot be read as a user file: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
       }
       const db = openDatabase(temporary, { migrations: USER_FILE_MIGRATIONS, mustExist: true });
       try {

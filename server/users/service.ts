@@ -431,7 +431,12 @@ export class UsersService {
   async importAccount(source: string): Promise<{ id: string; username: string; email: string }> {
     const { directory, userFiles } = this.deps.storage;
     const entry = await userFiles.adopt(source, (file) => {
-      const profile = repo.readProfile(file);
+      let profile: repo.ProfileRow;
+      try {
+        profile = repo.readProfile(file);
+      } catch (error) {
+        throw new AppError('invalid_input', `${source} is not a Plexichat user file (${error instanceof Error ? error.message : String(error)})`);
+      }
       const found = { userId: profile.id, username: profile.username, email: profile.email, createdAt: profile.created_at };
       if (isSnowflake(found.userId) && repo.findIndexedById(directory, found.userId)) {
         throw new AppError('already_exists', `An account with the id ${found.userId} exists here already`);
