@@ -109,6 +109,9 @@ export const SETTINGS = {
   smtpUrl: { flag: 'smtp-url', env: 'PLEXICHAT_SMTP_URL', help: 'SMTP server for mails (unset: .eml files in <data-dir>/outbox/)', default: '(none)' },
   mailFrom: { flag: 'mail-from', env: 'PLEXICHAT_MAIL_FROM', help: 'sender of every mail', default: 'noreply@localhost' },
   featuresFile: { flag: 'features-file', env: 'PLEXICHAT_FEATURES_FILE', help: 'JSON file of feature flags (see README)', default: '(none)' },
+  redisUrl: { flag: 'redis-url', env: 'PLEXICHAT_REDIS_URL', help: 'cluster mode: the Redis every node shares (docs/cluster.md)', default: '(none: one node)' },
+  nodeId: { flag: 'node-id', env: 'PLEXICHAT_NODE_ID', help: 'cluster mode: this node\'s unique name', default: '<hostname>-<port>' },
+  leaseMs: { flag: 'lease-ms', env: 'PLEXICHAT_LEASE_MS', help: 'cluster mode: a dead node\'s users move after this long', default: '5000' },
 } as const satisfies Record<string, { flag: string; env: string; help: string; default: string }>;
 
 /** Room for multipart boundaries and part headers around an avatar file of the maximum size. */
@@ -206,6 +209,19 @@ const configSchema = z
     mailFrom: z.string().max(320).regex(MAIL_FROM_PATTERN, { message: 'must be an address, name@domain or "Name <name@domain>"' }).default('noreply@localhost'),
     /** Feature flags (JSON, `shared/schemas/features.ts`), read and validated once, at start. */
     featuresFile: z.string().min(1).optional(),
+    /** Cluster mode (docs/cluster.md): `redis://[user:pass@]host:port[/db]` or `rediss://…`. Unset: one node. */
+    redisUrl: z.url({ protocol: /^rediss?$/, message: 'must be a redis:// or rediss:// URL' }).optional(),
+    /** Names this node to the others (leases, forwarding); unique per cluster. Derived when unset. */
+    nodeId: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{1,64}$/, { message: 'must be 1-64 letters, digits, ".", "_" or "-"' })
+      .optional(),
+    /**
+     * How long a node's claim on a user lasts without renewal (renewed every third of it): a node
+     * that dies leaves its users to the others after this long; one cut off from Redis stops
+     * writing before it ends.
+     */
+    leaseMs: intInRange(1000, 600_000).default(5000),
   })
   .refine((config) => config.maxUploadMemoryBytes >= config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES, {
     // Smaller, and the largest avatar the server accepts could never be uploaded.
