@@ -2,6 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Config } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
+import { connectRedis } from './cluster/redis.ts';
+import { createThrottles } from './core/throttle.ts';
 import { mountRoutes } from './http/dispatch.ts';
 import { route, type Route } from './http/route.ts';
 import { closeAllSockets, createApp, listen, stopListening } from './http/uws.ts';
@@ -67,19 +69,30 @@ const DEFAULT_EXTERNAL_CHANGE_POLL_MS = 1000;
 /** Builds and starts a complete server. Holds no global state: several can run in one process. */
 export async function createServer(config: Config, options: ServerOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? createLogger(config.logLevel);
+  // Cluster mode: first, so that an address where no Redis answers fails the start before
+  // anything else is opened. One client for everything the nodes share.
+  const redis = config.redisUrl === undefined ? undefined : await connectRedis(config.redisUrl, logger);
+  // Where every brute-force budget is counted: this process's memory, or Redis for all nodes.
+  const throttles = createThrottles(redis === undefined ? undefined : { redis, logger });
   // Admin commands on this data folder tell the server through this socket when they commit
   // (storage/coordination.ts). Listening comes first: a second server on the folder is refused
   // before it touches a file.
-  fs.mkdirSync(config.dataDir, { recursive: true });
   let external: ExternalChangeWatch | undefined;
-  const notices = await listenForNotices(config.dataDir, () => {
-    try {
-      external?.check();
-    } catch (error) {
-      logger.error({ err: error }, 'looking at changes of another process failed');
-      throw error;
-    }
-  });
+  let notices: Awaited<ReturnType<typeof listenForNotices>>;
+  try {
+    fs.mkdirSync(config.dataDir, { recursive: true });
+    notices = await listenForNotices(config.dataDir, () => {
+      try {
+        external?.check();
+      } catch (error) {
+        logger.error({ err: error }, 'looking at changes of another process failed');
+        throw error;
+      }
+    });
+  } catch (error) {
+    redis?.disconnect();
+    throw error;
+  }
   if (notices.socketPath === undefined) {
     logger.warn({ dataDir: config.dataDir }, 'the data folder path is too long for a notice socket: admin commands take effect within a second');
   }
@@ -89,6 +102,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     storage = openStorage(config);
   } catch (error) {
     await notices.close();
+    redis?.disconnect();
     throw error;
   }
   let publicUrl = config.publicUrl ?? '';
@@ -115,15 +129,17 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       accountName: (userId) => users.privateUser(userId).username,
     },
     attemptsPerAccount: config.totpAccountRateLimit,
+    throttles,
     clock: options.clock ?? Date.now,
   });
-  const users: UsersService = new UsersService({ storage, logger, avatars, mfa, currentPasswordLimit: config.loginFailureLimit });
+  const users: UsersService = new UsersService({ storage, logger, avatars, mfa, currentPasswordLimit: config.loginFailureLimit, throttles });
   // Before anything reads the users index: make it what the user files derive (storage/schema.ts).
   try {
     users.repairDirectoryIndex();
   } catch (error) {
     storage.close();
     await notices.close();
+    redis?.disconnect();
     throw error;
   }
   const authService = new AuthService({
@@ -132,6 +148,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     logger,
     sessions: { idleSeconds: config.sessionIdleSeconds, lifetimeSeconds: config.sessionLifetimeSeconds },
     login: { failuresPerAddress: config.loginFailureLimit, perAccount: config.loginAccountLimit },
+    throttles,
     clock: options.clock,
     secondFactor: mfa,
     sweepIntervalMs: options.sessionSweepIntervalMs,
@@ -144,9 +161,10 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     authService.close();
     storage.close();
     await notices.close();
+    redis?.disconnect();
     throw error;
   }
-  const recovery = new RecoveryService({ storage, users, auth: authService, mailer, logger, publicUrl: () => publicUrl });
+  const recovery = new RecoveryService({ storage, users, auth: authService, mailer, logger, publicUrl: () => publicUrl, throttles });
   const messaging = new MessagingSettingsService(users);
   const registry = new DocRegistry({
     storage,
@@ -187,16 +205,16 @@ export async function createServer(config: Config, options: ServerOptions = {}):
 
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
-    ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit }),
-    ...recoveryRoutes(recovery, { attemptsPerMinute: config.authRateLimit }),
-    ...usersRoutes(users, { searchesPerMinute: config.searchRateLimit }),
+    ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit, throttles }),
+    ...recoveryRoutes(recovery, { attemptsPerMinute: config.authRateLimit, throttles }),
+    ...usersRoutes(users, { searchesPerMinute: config.searchRateLimit, throttles }),
     ...featuresRoutes(features),
     ...settingsRoutes(messaging, userSettings),
     ...notesRoutes(notes),
     ...relationshipsRoutes(relationships),
     ...channelsRoutes(channels),
     ...avatarsRoutes(avatars, { maxBytes: config.maxAvatarBytes }),
-    ...mfaRoutes(mfa, { attemptsPerAddress: config.totpAddressRateLimit }),
+    ...mfaRoutes(mfa, { attemptsPerAddress: config.totpAddressRateLimit, throttles }),
     ...(options.extraRoutes ?? []),
   ];
   // The sync socket is mounted first so its `/sync/*` pattern is never shadowed by the REST catch-all.
@@ -231,6 +249,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     mailer.close();
     storage.close();
     await notices.close();
+    redis?.disconnect();
     throw error;
   }
   // In the background: a mail server slow to answer must not delay serving. It logs one line,
@@ -264,6 +283,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         await new Promise((resolve) => setImmediate(resolve));
         closeAllSockets(app);
         storage.close();
+        // Last: nothing that counts attempts runs any more (requests drained, sockets closed).
+        redis?.disconnect();
       })();
       return closing;
     },

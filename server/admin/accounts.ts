@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.ts';
 import { AuthService } from '../auth/service.ts';
+import { createThrottles } from '../core/throttle.ts';
 import { MfaService } from '../mfa/service.ts';
 import { openStorage, type Storage } from '../storage/index.ts';
 import { notifyServer } from '../storage/coordination.ts';
@@ -30,6 +31,8 @@ export class AccountsAdmin {
   ) {
     this.storage = openStorage({ dataDir: config.dataDir, workerId: config.workerId, maxOpenUserFiles: ADMIN_MAX_OPEN_USER_FILES });
     try {
+      // A command makes no attempt a budget counts (no login, no search): memory, never Redis.
+      const throttles = createThrottles();
       const mfa: MfaService = new MfaService({
         storage: this.storage,
         logger,
@@ -38,11 +41,19 @@ export class AccountsAdmin {
           accountName: (userId) => this.users.privateUser(userId).username,
         },
         attemptsPerAccount: config.totpAccountRateLimit,
+        throttles,
         clock: Date.now,
       });
       // Admin commands never answer avatar URLs: the avatars feature (and its image library) is not
       // loaded for them.
-      this.users = new UsersService({ storage: this.storage, logger, avatars: { urlOf: () => null }, mfa, currentPasswordLimit: config.loginFailureLimit });
+      this.users = new UsersService({
+        storage: this.storage,
+        logger,
+        avatars: { urlOf: () => null },
+        mfa,
+        currentPasswordLimit: config.loginFailureLimit,
+        throttles,
+      });
       // No sweep: expiry is measured with the running server's limits, which a command does not know.
       this.auth = new AuthService({
         storage: this.storage,
@@ -50,6 +61,7 @@ export class AccountsAdmin {
         logger,
         sessions: { idleSeconds: config.sessionIdleSeconds, lifetimeSeconds: config.sessionLifetimeSeconds },
         login: { failuresPerAddress: 0, perAccount: 0 },
+        throttles,
         secondFactor: mfa,
       });
     } catch (error) {

@@ -1,5 +1,5 @@
 import { AppError } from '../core/app-error.ts';
-import { Throttle } from '../core/throttle.ts';
+import type { Throttle, Throttles } from '../core/throttle.ts';
 
 /** The login budgets a self-hoster sets (`--login-failure-limit`, `--login-account-limit`); 0 turns one off. */
 export interface LoginLimits {
@@ -32,11 +32,11 @@ export class LoginGuard {
   private readonly fresh: Throttle;
   private readonly account: Throttle;
 
-  constructor(limits: LoginLimits) {
-    this.failures = new Throttle({ name: 'login-failures', points: limits.failuresPerAddress, durationSeconds: FAILURE_WINDOW_S });
+  constructor(limits: LoginLimits, throttles: Throttles) {
+    this.failures = throttles({ name: 'login-failures', points: limits.failuresPerAddress, durationSeconds: FAILURE_WINDOW_S });
     // Off with the account budget: then nothing asks whether an address is fresh.
-    this.fresh = new Throttle({ name: 'login-fresh', points: limits.perAccount > 0 ? FRESH_ATTEMPTS : 0, durationSeconds: ACCOUNT_WINDOW_S });
-    this.account = new Throttle({ name: 'login-account', points: limits.perAccount, durationSeconds: ACCOUNT_WINDOW_S });
+    this.fresh = throttles({ name: 'login-fresh', points: limits.perAccount > 0 ? FRESH_ATTEMPTS : 0, durationSeconds: ACCOUNT_WINDOW_S });
+    this.account = throttles({ name: 'login-account', points: limits.perAccount, durationSeconds: ACCOUNT_WINDOW_S });
   }
 
   /** Counts an attempt at `login` from `address`; throws 429 (`too_many_requests`) when one of its budgets is spent. */

@@ -1,13 +1,13 @@
 import { loginBodySchema, registerBodySchema } from '../../shared/schemas/auth.ts';
 import { sessionIdParamSchema } from '../../shared/schemas/sessions.ts';
-import { Throttle } from '../core/throttle.ts';
+import type { Throttles } from '../core/throttle.ts';
 import { Reply, route, type Route } from '../http/route.ts';
 import type { AuthService } from './service.ts';
 
-export function authRoutes(auth: AuthService, options: { attemptsPerMinute: number }): Route[] {
+export function authRoutes(auth: AuthService, options: { attemptsPerMinute: number; throttles: Throttles }): Route[] {
   // One budget per client address shared by login and register: guessing passwords and
   // probing for taken usernames are the same attack. Login's per-account budgets are the service's.
-  const rateLimiter = new Throttle({ name: 'auth-address', points: options.attemptsPerMinute, durationSeconds: 60 });
+  const rateLimiter = options.throttles({ name: 'auth-address', points: options.attemptsPerMinute, durationSeconds: 60 });
   return [
     route({
       method: 'POST',

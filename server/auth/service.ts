@@ -3,6 +3,7 @@ import type { AuthResponse, LoginBody, LoginResponse, MfaRequiredResponse, Regis
 import { SESSION_NOT_FOUND_MESSAGE, type Session } from '../../shared/schemas/sessions.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
+import type { Throttles } from '../core/throttle.ts';
 import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, unavailableOnStorageFailure } from '../core/storage-failure.ts';
 import type { Storage } from '../storage/index.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
@@ -72,6 +73,8 @@ export interface AuthDeps {
   logger: Logger;
   sessions: SessionLimits;
   login: LoginLimits;
+  /** Where login's budgets are counted (app.ts: memory, or Redis in cluster mode). */
+  throttles: Throttles;
   /** The time sessions are measured by, in ms since the epoch (default `Date.now`; tests move it on). */
   clock?: () => number;
   /** How often expired sessions are swept (default hourly; tests shorten it). */
@@ -103,7 +106,7 @@ export class AuthService {
   private sessionsInUse: () => Iterable<string> = () => [];
 
   constructor(private readonly deps: AuthDeps) {
-    this.loginGuard = new LoginGuard(deps.login);
+    this.loginGuard = new LoginGuard(deps.login, deps.throttles);
     this.clock = deps.clock ?? Date.now;
     // A password change ends every other session of the user: users announces it, auth ends them.
     deps.users.onPasswordChange((principal) => this.endPasswordChangedSessions(principal));

@@ -1,13 +1,13 @@
 import { loginTotpBodySchema, totpConfirmBodySchema, totpEnableBodySchema, totpSetupBodySchema } from '../../shared/schemas/mfa.ts';
-import { Throttle } from '../core/throttle.ts';
+import type { Throttles } from '../core/throttle.ts';
 import { Reply, route, type Route } from '../http/route.ts';
 import { MFA_THROTTLE_WINDOW_S, type MfaService } from './service.ts';
 
-export function mfaRoutes(mfa: MfaService, options: { attemptsPerAddress: number }): Route[] {
+export function mfaRoutes(mfa: MfaService, options: { attemptsPerAddress: number; throttles: Throttles }): Route[] {
   // One budget per client address over every route that checks a code or a password here: an
   // attacker spreading guesses over many accounts (each under its own per-account budget, which
   // the service counts) is slowed down by where the guesses come from.
-  const rateLimiter = new Throttle({ name: 'totp-address', points: options.attemptsPerAddress, durationSeconds: MFA_THROTTLE_WINDOW_S });
+  const rateLimiter = options.throttles({ name: 'totp-address', points: options.attemptsPerAddress, durationSeconds: MFA_THROTTLE_WINDOW_S });
   return [
     route({
       method: 'POST',

@@ -4,7 +4,7 @@ import type { AuthResponse, MfaRequiredResponse } from '../../shared/schemas/aut
 import type { BackupCodesResponse, LoginTotpBody, TotpConfirmBody, TotpEnableBody, TotpSetupBody, TotpSetupResponse } from '../../shared/schemas/mfa.ts';
 import { AppError } from '../core/app-error.ts';
 import { STORAGE_FAILURE, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
-import { Throttle } from '../core/throttle.ts';
+import type { Throttle, Throttles } from '../core/throttle.ts';
 import type { Storage, UserFile } from '../storage/index.ts';
 import { backupCodeDigest, base32Of, matchTotpStep, newBackupCodes, newTotpSecret, otpauthUrlOf } from './codes.ts';
 import * as repo from './repo.ts';
@@ -40,6 +40,8 @@ export interface MfaDeps {
   accounts: MfaAccounts;
   /** Second-factor attempts (every 2FA route and the second step of a login) per account per window; 0 = no limit. */
   attemptsPerAccount: number;
+  /** Where that count is kept (app.ts: memory, or Redis in cluster mode). */
+  throttles: Throttles;
   /** Milliseconds since the epoch: TOTP steps and ticket expiry (tests move it). */
   clock: () => number;
 }
@@ -74,7 +76,7 @@ export class MfaService {
   private readonly accountThrottle: Throttle;
 
   constructor(private readonly deps: MfaDeps) {
-    this.accountThrottle = new Throttle({ name: 'totp-account', points: deps.attemptsPerAccount, durationSeconds: MFA_THROTTLE_WINDOW_S });
+    this.accountThrottle = deps.throttles({ name: 'totp-account', points: deps.attemptsPerAccount, durationSeconds: MFA_THROTTLE_WINDOW_S });
   }
 
   /** `totp_enabled` of the user whose file this is (users asks, for the user object). */

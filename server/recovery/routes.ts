@@ -1,14 +1,14 @@
 import { forgotPasswordBodySchema, resetPasswordBodySchema, verifyEmailBodySchema } from '../../shared/schemas/recovery.ts';
-import { Throttle } from '../core/throttle.ts';
+import type { Throttles } from '../core/throttle.ts';
 import { Reply, route, type Route } from '../http/route.ts';
 import { RESET_PASSWORD_PATH, VERIFY_EMAIL_PATH } from './mails.ts';
 import { RESET_PASSWORD_PAGE, VERIFY_EMAIL_PAGE, type Page } from './pages.ts';
 import type { RecoveryService } from './service.ts';
 
-export function recoveryRoutes(recovery: RecoveryService, options: { attemptsPerMinute: number }): Route[] {
+export function recoveryRoutes(recovery: RecoveryService, options: { attemptsPerMinute: number; throttles: Throttles }): Route[] {
   // One budget per client address over the four: trying tokens, asking for mails to many
   // addresses and resending are one kind of abuse. The per-account budgets are the service's.
-  const rateLimiter = new Throttle({ name: 'recovery-address', points: options.attemptsPerMinute, durationSeconds: 60 });
+  const rateLimiter = options.throttles({ name: 'recovery-address', points: options.attemptsPerMinute, durationSeconds: 60 });
   return [
     route({ method: 'GET', path: VERIFY_EMAIL_PATH, auth: 'none', handler: () => pageReply(VERIFY_EMAIL_PAGE) }),
     route({

@@ -3,7 +3,7 @@ import type { ResetPasswordBody } from '../../shared/schemas/recovery.ts';
 import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import { STORAGE_FAILURE, unavailableOnStorageFailure } from '../core/storage-failure.ts';
-import { Throttle } from '../core/throttle.ts';
+import type { Throttle, Throttles } from '../core/throttle.ts';
 import type { AuthService } from '../auth/service.ts';
 import type { Mailer, OutgoingMail } from '../mail/mailer.ts';
 import type { Storage } from '../storage/index.ts';
@@ -38,6 +38,8 @@ export interface RecoveryDeps {
   logger: Logger;
   /** Base of the links in mails (`--public-url`, known once the server listens). */
   publicUrl: () => string;
+  /** Where the per-account budgets are counted (app.ts: memory, or Redis in cluster mode). */
+  throttles: Throttles;
 }
 
 /**
@@ -53,11 +55,14 @@ export interface RecoveryDeps {
 export class RecoveryService {
   /** Background deliveries still running: shutdown waits for them. */
   private readonly pending = new Set<Promise<void>>();
-  private readonly forgotPerEmail = new Throttle(FORGOT_PER_EMAIL);
-  private readonly resendPerAccount = new Throttle(RESEND_PER_ACCOUNT);
-  private readonly resetPerAccount = new Throttle(RESET_PER_ACCOUNT);
+  private readonly forgotPerEmail: Throttle;
+  private readonly resendPerAccount: Throttle;
+  private readonly resetPerAccount: Throttle;
 
   constructor(private readonly deps: RecoveryDeps) {
+    this.forgotPerEmail = deps.throttles(FORGOT_PER_EMAIL);
+    this.resendPerAccount = deps.throttles(RESEND_PER_ACCOUNT);
+    this.resetPerAccount = deps.throttles(RESET_PER_ACCOUNT);
     deps.users.onRegistered((user) => this.mailVerificationLater(user.id, user));
     deps.users.onEmailChanged((change) => this.emailChanged(change));
   }

@@ -1,18 +1,18 @@
 import { searchUsersQuerySchema, updateMeBodySchema, userIdParamSchema } from '../../shared/schemas/users.ts';
 import { USERNAME_PATTERN } from '../../shared/schemas/common.ts';
 import { AppError } from '../core/app-error.ts';
-import { Throttle } from '../core/throttle.ts';
+import type { Throttles } from '../core/throttle.ts';
 import { route, type Route } from '../http/route.ts';
 import type { UsersService } from './service.ts';
 
 /** A client address may search this many times what one account may: several accounts can share one (NAT, an office). */
 const SEARCH_ADDRESS_FACTOR = 10;
 
-export function usersRoutes(users: UsersService, options: { searchesPerMinute: number }): Route[] {
+export function usersRoutes(users: UsersService, options: { searchesPerMinute: number; throttles: Throttles }): Route[] {
   // Search tells whether a username exists: it is budgeted per account and per client address, so
   // neither one account nor many accounts from one address can enumerate the users.
-  const searchPerAccount = new Throttle({ name: 'search-account', points: options.searchesPerMinute, durationSeconds: 60 });
-  const searchPerAddress = new Throttle({ name: 'search-address', points: options.searchesPerMinute * SEARCH_ADDRESS_FACTOR, durationSeconds: 60 });
+  const searchPerAccount = options.throttles({ name: 'search-account', points: options.searchesPerMinute, durationSeconds: 60 });
+  const searchPerAddress = options.throttles({ name: 'search-address', points: options.searchesPerMinute * SEARCH_ADDRESS_FACTOR, durationSeconds: 60 });
   return [
     route({
       method: 'GET',

@@ -9,7 +9,7 @@ import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import { STORAGE_FAILURE, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
-import { Throttle } from '../core/throttle.ts';
+import type { Throttle, Throttles } from '../core/throttle.ts';
 import type { AvatarsService } from '../avatars/service.ts';
 import type { MfaService } from '../mfa/service.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
@@ -27,6 +27,8 @@ export interface UsersDeps {
    * with 429; `--login-failure-limit`, like login's per-address count. 0 disables.
    */
   currentPasswordLimit: number;
+  /** Where that count is kept (app.ts: memory, or Redis in cluster mode). */
+  throttles: Throttles;
   /** The mfa feature, which owns the second factor and so whether it is on (`totp_enabled`). */
   mfa: Pick<MfaService, 'totpEnabledOf'>;
 }
@@ -84,7 +86,7 @@ export class UsersService {
   private readonly emailChangeListeners = new Set<(change: EmailChange) => void>();
 
   constructor(private readonly deps: UsersDeps) {
-    this.currentPasswordThrottle = new Throttle({
+    this.currentPasswordThrottle = deps.throttles({
       name: 'current-password',
       points: deps.currentPasswordLimit,
       durationSeconds: CURRENT_PASSWORD_WINDOW_S,
