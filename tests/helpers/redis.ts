@@ -91,6 +91,18 @@ export class RedisServer {
     await exited;
   }
 
+  /**
+   * Freezes it (SIGSTOP): the connections stay open and nothing is answered, as when Redis hangs
+   * or the network drops packets instead of refusing them. `resume()` thaws it.
+   */
+  pause(): void {
+    this.child?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.child?.kill('SIGCONT');
+  }
+
   async close(): Promise<void> {
     await this.stop('SIGKILL');
     fs.rmSync(path.join(this.dir), { recursive: true, force: true });

@@ -1,0 +1,146 @@
+/**
+ * Cluster mode's rate limits: with `--redis-url`, every node counts attempts in the same Redis
+ * (rate-limiter-flexible's Redis store), so an attacker spreading attempts over the nodes behind a
+ * load balancer meets the same budgets as against one node. When Redis cannot be asked, the routes
+ * that count attempts answer 503 with Retry-After (never 500, never hanging, never letting an
+ * attempt through uncounted), and they work again once Redis is back. Each test runs its own real
+ * redis-server and two in-process nodes on it; the nodes keep their own data folders here, since
+ * only the counts are shared (without `--redis-url` the other suites cover the memory store).
+ */
+import { describe, test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Config } from '../server/config.ts';
+import type { AuthResponse, ErrorBody } from '../shared/index.ts';
+import { missingRedis, RedisServer } from './helpers/redis.ts';
+import { registerUser, startServer, tempDir, type ApiResponse, type TestServer } from './helpers/server.ts';
+
+const INVALID_CREDENTIALS = { error: 'Invalid credentials', code: 'invalid_credentials', message: 'Wrong login or password' };
+const COUNTS_UNREACHABLE = { error: 'Service unavailable', code: 'service_unavailable', message: 'Attempts cannot be counted right now; retry later' };
+/** Longer than any command may wait for Redis (2 s) plus a noisy machine's slack. */
+const ANSWER_WITHIN_MS = 6000;
+/** ioredis reconnects at most 2 s apart. */
+const RECONNECT_WITHIN_MS = 15_000;
+
+interface Cluster {
+  redis: RedisServer;
+  a: TestServer;
+  b: TestServer;
+}
+
+/** A fresh Redis and two nodes on it, closed when the test ends. */
+async function cluster(t: TestContext, overrides: Partial<Config>): Promise<Cluster> {
+  const redis = await RedisServer.start();
+  t.after(() => redis.close());
+  const a = await startServer({ redisUrl: redis.url, ...overrides });
+  t.after(() => a.close());
+  const b = await startServer({ redisUrl: redis.url, ...overrides });
+  t.after(() => b.close());
+  return { redis, a, b };
+}
+
+function login(node: TestServer, login: string, password: string): Promise<ApiResponse<AuthResponse | ErrorBody>> {
+  return node.api.post<AuthResponse | ErrorBody>('/auth/login', { json: { login, password } });
+}
+
+/** The documented 429: its message names the wait its Retry-After gives, with the X-RateLimit-* headers. */
+function assertTooMany(res: ApiResponse<unknown>, limit: number, label: string): void {
+  assert.equal(res.status, 429, `${label}: ${res.status} ${res.text}`);
+  const retryAfter = res.headers.get('retry-after');
+  assert.match(retryAfter ?? '', /^[1-9][0-9]*$/, label);
+  assert.deepEqual(res.body, { error: 'Too many requests', code: 'too_many_requests', message: `Too many attempts; retry in ${retryAfter} s` }, label);
+  assert.equal(res.headers.get('x-ratelimit-limit'), String(limit), label);
+  assert.equal(res.headers.get('x-ratelimit-remaining'), '0', label);
+  assert.ok(Number(res.headers.get('x-ratelimit-reset')) >= Math.floor(Date.now() / 1000) + Number(retryAfter) - 1, label);
+}
+
+/** The documented 503 of a route that counts attempts while Redis cannot be asked. */
+function assertCountsUnreachable(res: ApiResponse<unknown>, label: string): void {
+  assert.deepEqual({ status: res.status, body: res.body }, { status: 503, body: COUNTS_UNREACHABLE }, label);
+  assert.equal(res.headers.get('retry-after'), '5', label);
+}
+
+describe('rate limits shared across nodes through Redis', { skip: missingRedis() }, () => {
+  test('the per-address budget of login and register is one budget over both nodes', async (t) => {
+    const { a, b } = await cluster(t, { authRateLimit: 3 });
+    const answers = [await login(a, 'nobody', 'wrong password 1'), await login(b, 'nobody', 'wrong password 2'), await login(a, 'nobody', 'wrong password 3')];
+    for (const res of answers) assert.deepEqual({ status: res.status, body: res.body }, { status: 401, body: INVALID_CREDENTIALS });
+    // The fourth attempt from this address, at a node that has seen only one of them.
+    assertTooMany(await login(b, 'nobody', 'wrong password 4'), 3, 'login at b');
+    const register = await b.api.post('/auth/register', { json: { username: 'newcomer', email: 'newcomer@example.com', password: 'a long passphrase 1' } });
+    assertTooMany(register, 3, 'register at b');
+    assertTooMany(await login(a, 'nobody', 'wrong password 5'), 3, 'login at a');
+  });
+
+  test('a budget a service counts (wrong passwords in a row per login name and address) is shared too, and a success at one node clears it on both', async (t) => {
+    const { a, b } = await cluster(t, { loginFailureLimit: 2 });
+    const owner = await registerUser(a.api);
+    // Names are counted as typed, before any lookup: b, which does not hold the account, counts
+    // the attempt against the same name all the same.
+    assert.equal((await login(a, owner.username, 'wrong one')).status, 401);
+    assert.equal((await login(a, owner.username, 'wrong two')).status, 401);
+    assertTooMany(await login(b, owner.username, 'wrong three'), 2, 'at b');
+    // Refused even with the right password, at either node: a refused attempt learns nothing.
+    assertTooMany(await login(a, owner.username, owner.password), 2, 'right password at a');
+
+    const other = await registerUser(a.api);
+    assert.equal((await login(b, other.username, 'wrong one')).status, 401);
+    assert.equal((await login(a, other.username, other.password)).status, 200, 'the right password at a clears the count…');
+    assert.equal((await login(b, other.username, 'wrong two')).status, 401);
+    assert.equal((await login(b, other.username, 'wrong three')).status, 401, '…which b sees: two more wrong ones are told so');
+    assertTooMany(await login(b, other.username, 'wrong four'), 2, 'then refused');
+  });
+
+  test('Redis frozen or stopped: routes that count attempts answer 503 with Retry-After, the rest serve; Redis back: they work again', {
+    timeout: 60_000,
+  }, async (t) => {
+    const { redis, a, b } = await cluster(t, { authRateLimit: 100, loginFailureLimit: 10 });
+    const owner = await registerUser(a.api);
+    assert.equal((await login(a, owner.username, owner.password)).status, 200);
+
+    // Frozen: the connection stays open and nothing answers. The attempt is not let through.
+    redis.pause();
+    const started = Date.now();
+    assertCountsUnreachable(await login(a, owner.username, owner.password), 'frozen');
+    assert.ok(Date.now() - started < ANSWER_WITHIN_MS, `answered after ${Date.now() - started} ms`);
+    redis.resume();
+    assert.equal((await login(a, owner.username, owner.password)).status, 200, 'thawed');
+
+    // Stopped: refused at once by both nodes; routes that count nothing still serve.
+    await redis.stop();
+    assertCountsUnreachable(await login(a, owner.username, owner.password), 'stopped, at a');
+    assertCountsUnreachable(await login(b, owner.username, owner.password), 'stopped, at b');
+    assertCountsUnreachable(
+      await b.api.post('/auth/register', { json: { username: 'latecomer', email: 'late@example.com', password: 'a long passphrase 2' } }),
+      'register',
+    );
+    assert.equal((await a.api.get('/health')).status, 200);
+    assert.equal((await a.api.get('/users/@me', { token: owner.token })).status, 200);
+
+    // A node cannot start without its Redis: one line says why, before the data folder is made.
+    const dataDir = path.join(tempDir(), 'data');
+    t.after(() => fs.rmSync(path.dirname(dataDir), { recursive: true, force: true }));
+    await assert.rejects(startServer({ redisUrl: redis.url, dataDir }), (error: Error) => {
+      assert.equal(error.message, `cannot reach Redis at ${redis.url}: connect ECONNREFUSED 127.0.0.1:${redis.port}`);
+      return true;
+    });
+    assert.equal(fs.existsSync(dataDir), false);
+
+    await redis.run();
+    // Each node reconnects on its own; a client retrying as Retry-After says gets through (to the
+    // answer the node gives: b does not hold the account).
+    for (const [node, status] of [
+      [a, 200],
+      [b, 401],
+    ] as const) {
+      const deadline = Date.now() + RECONNECT_WITHIN_MS;
+      let res = await login(node, owner.username, owner.password);
+      while (res.status === 503 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        res = await login(node, owner.username, owner.password);
+      }
+      assert.equal(res.status, status, `${node.url} after Redis returned: ${res.status} ${res.text}`);
+    }
+  });
+});
