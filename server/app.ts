@@ -6,7 +6,7 @@ import { mountRoutes } from './http/dispatch.ts';
 import { route, type Route } from './http/route.ts';
 import { closeAllSockets, createApp, listen, stopListening } from './http/uws.ts';
 import { openStorage, type Storage } from './storage/index.ts';
-import { listenForNotices, watchExternalChanges, type ExternalChangeWatch } from './storage/coordination.ts';
+import { listenForNotices, watchExternalChanges, type ExternalChangeWatch, type NoticeListener } from './storage/coordination.ts';
 import { AuthService } from './auth/service.ts';
 import { authRoutes } from './auth/routes.ts';
 import { UsersService } from './users/service.ts';
@@ -34,6 +34,7 @@ import { RecoveryService } from './recovery/service.ts';
 import { recoveryRoutes } from './recovery/routes.ts';
 import { FeaturesService } from './features/service.ts';
 import { featuresRoutes } from './features/routes.ts';
+import { ClusterNode } from './cluster/node.ts';
 
 export interface RunningServer {
   port: number;
@@ -72,15 +73,20 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   // before it touches a file.
   fs.mkdirSync(config.dataDir, { recursive: true });
   let external: ExternalChangeWatch | undefined;
-  const notices = await listenForNotices(config.dataDir, () => {
+  // In cluster mode every node shares the folder: none takes the notice socket (admin commands
+  // take effect within the poll interval), and the nodes keep out of each other's way through
+  // their leases (docs/cluster.md).
+  const clustered = config.redisUrl !== undefined;
+  const onNotice = () => {
     try {
       external?.check();
     } catch (error) {
       logger.error({ err: error }, 'looking at changes of another process failed');
       throw error;
     }
-  });
-  if (notices.socketPath === undefined) {
+  };
+  const notices: NoticeListener = clustered ? { socketPath: undefined, close: async () => {} } : await listenForNotices(config.dataDir, onNotice);
+  if (notices.socketPath === undefined && !clustered) {
     logger.warn({ dataDir: config.dataDir }, 'the data folder path is too long for a notice socket: admin commands take effect within a second');
   }
   const app = createApp();
@@ -90,6 +96,16 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   } catch (error) {
     await notices.close();
     throw error;
+  }
+  let cluster: ClusterNode | undefined;
+  if (config.redisUrl !== undefined) {
+    try {
+      cluster = await ClusterNode.start({ redisUrl: config.redisUrl, nodeId: config.nodeId, leaseMs: config.leaseMs, port: config.port }, storage, logger);
+    } catch (error) {
+      storage.close();
+      await notices.close();
+      throw error;
+    }
   }
   let publicUrl = config.publicUrl ?? '';
 
@@ -162,8 +178,12 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       compactDebounceMs: config.compactDebounceMs,
       compactMaxWaitMs: config.compactMaxWaitMs,
     },
+    ...(cluster === undefined ? {} : { cluster: { owns: (userId: string) => cluster.owns(userId), relay: cluster } }),
   });
-  authService.onSessionsRevoked((sessionIds) => registry.revokeSessions(sessionIds));
+  authService.onSessionsRevoked((sessionIds) => {
+    registry.revokeSessions(sessionIds);
+    cluster?.announceSessionsEnded(sessionIds);
+  });
   authService.countAsInUse(() => registry.sessionsWithSockets());
   const notes = new NotesService({ storage, users, registry, logger });
   const userSettings = new UserSettingsService(registry, logger);
@@ -186,7 +206,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   );
 
   const routes: Route[] = [
-    route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
+    route({ method: 'GET', path: '/health', auth: 'none', handler: () => (cluster === undefined ? { status: 'ok' } : { status: 'ok', ...cluster.health() }) }),
     ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit }),
     ...recoveryRoutes(recovery, { attemptsPerMinute: config.authRateLimit }),
     ...usersRoutes(users, { searchesPerMinute: config.searchRateLimit }),
@@ -202,7 +222,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   // The sync socket is mounted first so its `/sync/*` pattern is never shadowed by the REST catch-all.
   // One request-id source for REST and the sync upgrade: ids in the log never repeat across the two.
   const nextRequestId = createRequestIds();
-  mountSyncSocket(app, {
+  const channel = mountSyncSocket(app, {
     registry,
     logger,
     authenticate: (token) => authService.authenticate(token),
@@ -211,6 +231,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     maxMessageBytes: config.maxSyncMessageBytes,
     maxConnectionsPerUser: config.maxSyncConnectionsPerUser,
     maxBackpressureBytes: config.maxSyncBackpressureBytes,
+    ...(cluster === undefined ? {} : { cluster: { placement: cluster, edge: cluster } }),
   });
   const http = mountRoutes(app, routes, {
     nextRequestId,
@@ -219,6 +240,19 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     maxJsonBodyBytes: config.maxJsonBodyBytes,
     maxUploadMemoryBytes: config.maxUploadMemoryBytes,
     authenticate: (token) => authService.authenticate(token),
+    ...(cluster === undefined ? {} : { cluster: { placement: cluster, forward: cluster.forward.bind(cluster) } }),
+  });
+  await cluster?.bind({
+    serveForwarded: http.serveForwarded,
+    sessions: channel.sessions,
+    publishRelayed: channel.publishRelayed,
+    publishLocal: channel.publishLocal,
+    evictUser: (userId, code, reason) => registry.evictUser(userId, code, reason),
+    holdsNothingOf: (userId) => registry.holdsNothingOf(userId),
+    sessionsEndedElsewhere: (sessionIds) => {
+      authService.sessionsEndedElsewhere(sessionIds);
+      registry.revokeSessions(sessionIds);
+    },
   });
 
   let listening: Awaited<ReturnType<typeof listen>>;
@@ -229,6 +263,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     authService.close();
     external.close();
     mailer.close();
+    await cluster?.close();
     storage.close();
     await notices.close();
     throw error;
@@ -257,6 +292,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         await recovery.close(DRAIN_TIMEOUT_MS);
         mailer.close();
         registry.closeAll();
+        await cluster?.close();
         authService.close();
         external?.close();
         await notices.close();

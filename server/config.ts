@@ -110,8 +110,8 @@ export const SETTINGS = {
   mailFrom: { flag: 'mail-from', env: 'PLEXICHAT_MAIL_FROM', help: 'sender of every mail', default: 'noreply@localhost' },
   featuresFile: { flag: 'features-file', env: 'PLEXICHAT_FEATURES_FILE', help: 'JSON file of feature flags (see README)', default: '(none)' },
   redisUrl: { flag: 'redis-url', env: 'PLEXICHAT_REDIS_URL', help: 'cluster mode: the Redis every node shares (docs/cluster.md)', default: '(none: one node)' },
-  nodeId: { flag: 'node-id', env: 'PLEXICHAT_NODE_ID', help: 'cluster mode: this node\'s unique name', default: '<hostname>-<port>' },
-  leaseMs: { flag: 'lease-ms', env: 'PLEXICHAT_LEASE_MS', help: 'cluster mode: a dead node\'s users move after this long', default: '5000' },
+  nodeId: { flag: 'node-id', env: 'PLEXICHAT_NODE_ID', help: "cluster mode: this node's unique name", default: '<hostname>-<port>' },
+  leaseMs: { flag: 'lease-ms', env: 'PLEXICHAT_LEASE_MS', help: "cluster mode: a dead node's users move after this long", default: '5000' },
 } as const satisfies Record<string, { flag: string; env: string; help: string; default: string }>;
 
 /** Room for multipart boundaries and part headers around an avatar file of the maximum size. */
