@@ -9,7 +9,6 @@ import { NotOwnerError } from '../storage/errors.ts';
 import type { Storage } from '../storage/index.ts';
 import type { Connection, SyncSocket } from '../sync/document.ts';
 import type { DocRelay } from '../sync/registry.ts';
-import type { DocName } from '../sync/repo.ts';
 import type { EdgeRelay } from '../sync/socket.ts';
 import { KEY_PREFIX, Leases, nodeKey } from './leases.ts';
 import { connectRedis } from './redis.ts';
@@ -465,11 +464,16 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
 
   /** Owner side: a device's socket on another node, for a document of a user this node owns. */
   private openRemote(message: Extract<NodeMessage, { kind: 'sync-open' }>): void {
+    const docName = message.docName;
+    if (docName !== 'notes' && docName !== 'settings') {
+      this.logger.warn({ docName, from: message.from }, 'ignored a relayed socket for a document that does not exist');
+      return;
+    }
     const conn: Connection = {
       id: message.conn,
       userId: message.userId,
       sessionId: message.sessionId,
-      docName: message.docName as DocName,
+      docName,
       ack: message.ack,
       doc: undefined,
       closed: false,
