@@ -354,7 +354,15 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
     for (const { owner } of this.relayed.values()) owners.add(owner);
     for (const { node } of this.pending.values()) owners.add(node);
     for (const owner of owners) {
-      if ((await this.redis.exists(nodeKey(owner))) === 1) continue;
+      let alive: boolean;
+      try {
+        alive = (await this.redis.exists(nodeKey(owner))) === 1;
+      } catch {
+        // Without Redis nothing relayed can work: the devices retry until it is back.
+        for (const { ws } of [...this.relayed.values()]) ws.end(CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster cannot be reached right now; reconnect shortly');
+        return;
+      }
+      if (alive) continue;
       this.logger.warn({ node: owner }, 'a node is gone; ending what was relayed to it');
       for (const { ws, owner: of } of [...this.relayed.values()]) {
         if (of === owner) ws.end(CLOSE_CODES.SERVICE_RESTART, 'The server holding your data went away; reconnect');
@@ -435,7 +443,17 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
         return;
       case 'sync-frame': {
         const socket = this.remoteSockets.get(message.conn);
-        if (socket !== undefined) bound.sessions.receive(socket, message.bytes);
+        if (socket !== undefined) {
+          bound.sessions.receive(socket, message.bytes);
+          return;
+        }
+        // A socket this node does not serve (any more: it gave the user up, or restarted, while its
+        // close could not reach the edge): the edge is told to close it, for the device to reconnect.
+        const edge = message.conn.slice(0, message.conn.indexOf('/'));
+        if (edge !== '') {
+          const end = encodeNodeMessage({ kind: 'sync-end', conn: message.conn, code: CLOSE_CODES.SERVICE_RESTART, reason: 'Your data moved to another server; reconnect' });
+          this.publishRaw(edge, toBuffer(end));
+        }
         return;
       }
       case 'sync-close':
