@@ -45,7 +45,7 @@ interface Health {
   owned_users: number;
 }
 
-test('GET /health names the node, the state of Redis and how many users it owns', { skip }, async () => {
+test('GET /health names the node, the state of Redis and how many users it owns', { skip, timeout: 30_000 }, async () => {
   const res = await node(1).api.get<Health>('/health');
   assert.equal(res.status, 200);
   assert.deepEqual(Object.keys(res.body).sort(), ['node', 'owned_users', 'redis', 'status']);
@@ -55,7 +55,7 @@ test('GET /health names the node, the state of Redis and how many users it owns'
   assert.equal(typeof res.body.owned_users, 'number');
 });
 
-test('two devices of one user on different nodes converge live, and a third sees it all from another node over REST', { skip }, async () => {
+test('two devices of one user on different nodes converge live, and a third sees it all from another node over REST', { skip, timeout: 30_000 }, async () => {
   const user = await registerUser(node(0).api);
   const channel = await notesChannelOf(node(0).api, user);
   const first = openDevice(node(1).url, channel, user.token);
@@ -86,7 +86,7 @@ test('two devices of one user on different nodes converge live, and a third sees
   }
 });
 
-test('a device that was offline catches up through another node, and its offline edits reach the rest', { skip }, async () => {
+test('a device that was offline catches up through another node, and its offline edits reach the rest', { skip, timeout: 30_000 }, async () => {
   const user = await registerUser(node(2).api);
   const channel = await notesChannelOf(node(2).api, user);
   const online = openDevice(node(0).url, channel, user.token);
@@ -104,7 +104,7 @@ test('a device that was offline catches up through another node, and its offline
   }
 });
 
-test('the same username registered on two nodes at once: exactly one 201', { skip }, async () => {
+test('the same username registered on two nodes at once: exactly one 201', { skip, timeout: 30_000 }, async () => {
   const username = `race${process.pid}x${Date.now() % 100000}`;
   const attempts = await Promise.all(
     nodes.map((n, i) => n.api.post('/auth/register', { json: { username, email: `${username}${i}@example.com`, password: 'a long enough password' } })),
@@ -112,7 +112,7 @@ test('the same username registered on two nodes at once: exactly one 201', { ski
   assert.deepEqual(attempts.map((r) => r.status).sort(), [201, 409, 409]);
 });
 
-test("a logout through one node closes that session's socket held by another, and its token is refused everywhere", { skip }, async () => {
+test("a logout through one node closes that session's socket held by another, and its token is refused everywhere", { skip, timeout: 30_000 }, async () => {
   const user = await registerUser(node(0).api);
   const channel = await notesChannelOf(node(0).api, user);
   const { ws, status } = await rawSocket(`${node(2).url}/sync/${channel}?token=${user.token}`);
@@ -124,7 +124,7 @@ test("a logout through one node closes that session's socket held by another, an
   for (const n of nodes) assert.equal((await n.api.get('/users/@me', { token: user.token })).status, 401);
 });
 
-test('a user owned by one node: requests through the others are relayed, their errors answered as the owner gives them', { skip }, async () => {
+test('a user owned by one node: requests through the others are relayed, their errors answered as the owner gives them', { skip, timeout: 30_000 }, async () => {
   const user = await registerUser(node(1).api);
   const api = new Api(node(2).url);
   const bad = await api.patch('/users/@me', { token: user.token, json: { username: '' } });
@@ -134,4 +134,35 @@ test('a user owned by one node: requests through the others are relayed, their e
   const me = await node(0).api.get<{ id: string }>('/users/@me', { token: user.token });
   assert.equal(me.status, 200);
   assert.equal(me.body.id, user.id);
+});
+
+test('a relayed socket gets the close codes of a local one: a malformed frame is 4400 through the edge node', { skip, timeout: 30_000 }, async () => {
+  const user = await registerUser(node(0).api);
+  const channel = await notesChannelOf(node(0).api, user);
+  const { ws, status } = await rawSocket(`${node(1).url}/sync/${channel}?token=${user.token}`);
+  assert.equal(status, 101);
+  const closed = closeEvent(ws);
+  ws.send(new Uint8Array([0, 9, 9, 9]));
+  assert.equal((await closed).code, 4400);
+});
+
+test("the owner counts a user's sockets on every node: past --max-sync-connections-per-user the next one is 4529 wherever it arrives", { skip, timeout: 30_000 }, async () => {
+  const user = await registerUser(node(0).api);
+  const channel = await notesChannelOf(node(0).api, user);
+  const open: { close(): void }[] = [];
+  try {
+    // The default limit is 32: spread them over the three nodes.
+    for (let i = 0; i < 32; i += 1) {
+      const { ws, status } = await rawSocket(`${node(i % 3).url}/sync/${channel}?token=${user.token}`);
+      assert.equal(status, 101);
+      open.push(ws);
+    }
+    // The relayed ones reach the owner (node 0, which took the user) through Redis: wait until it counts all 32.
+    while (node(0).server.stats().syncConnections < 32) await new Promise((resolve) => setImmediate(resolve));
+    const { ws, status } = await rawSocket(`${node(2).url}/sync/${channel}?token=${user.token}`);
+    assert.equal(status, 101);
+    assert.equal((await closeEvent(ws)).code, 4529);
+  } finally {
+    for (const ws of open) ws.close();
+  }
 });

@@ -128,6 +128,18 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
   async bind(bindings: ClusterBindings): Promise<void> {
     this.bound = bindings;
     this.subscriber.on('messageBuffer', (_channel: Buffer, message: Buffer) => this.receive(message));
+    // Pub/sub delivers at most once: while this node was not subscribed, messages for it were lost
+    // (frames, answers, closes). Nothing relayed can be trusted to be whole after that, so it all
+    // ends now and the clients start again (sockets resync by state vector; requests are retried).
+    let subscribed = true;
+    this.subscriber.on('close', () => {
+      if (!subscribed) return;
+      subscribed = false;
+      this.resetRelays();
+    });
+    this.subscriber.on('ready', () => {
+      subscribed = true;
+    });
     await this.subscriber.subscribe(channelOf(this.nodeId), BROADCAST);
     this.timer = setInterval(() => void this.tick(), Math.max(100, Math.floor(this.leaseMs / 3)));
     this.timer.unref();
@@ -189,7 +201,14 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
     if (nodes === undefined) return;
     // Encoded once for every node.
     const message = toBuffer(encodeNodeMessage({ kind: 'sync-publish', doc: docKey, except, bytes: frame }));
-    for (const node of nodes.keys()) this.publishRaw(node, message);
+    for (const node of nodes.keys()) {
+      this.publishRaw(node, message, () => {
+        // That node's sockets on the document missed a frame: they reconnect and resync.
+        for (const socket of [...this.remoteSockets.values()]) {
+          if (socket.edge === node && socket.topic === docKey) socket.end(CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster connection was interrupted; reconnect');
+        }
+      });
+    }
   }
 
   // --- RemoteSocketHost (owner side).
@@ -198,7 +217,10 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
     const conn = socket.getUserData().id;
     const full: NodeMessage =
       message.kind === 'sync-send' ? { kind: 'sync-send', conn, bytes: message.bytes } : { kind: 'sync-end', conn, code: message.code, reason: message.reason };
-    this.publishRaw(socket.edge, toBuffer(encodeNodeMessage(full)));
+    // A lost frame would leave the device silently behind: the socket ends instead, to resync.
+    this.publishRaw(socket.edge, toBuffer(encodeNodeMessage(full)), () =>
+      socket.end(CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster connection was interrupted; reconnect'),
+    );
   }
 
   publishLocal(topic: string, frame: Uint8Array): void {
@@ -329,6 +351,17 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
     }
   }
 
+  /** Ends everything relayed through Redis, in both directions, for the clients to start again. */
+  private resetRelays(): void {
+    if (this.stopped) return;
+    if (this.relayed.size + this.remoteSockets.size + this.pending.size > 0) {
+      this.logger.warn('lost the connection to the cluster channel: ending relayed sockets and requests, which the clients retry');
+    }
+    for (const [id] of this.pending) this.settleForward(id, undefined, unavailable('The cluster connection was interrupted; retry'));
+    for (const { ws } of [...this.relayed.values()]) ws.end(CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster connection was interrupted; reconnect');
+    for (const socket of [...this.remoteSockets.values()]) socket.end(CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster connection was interrupted; reconnect');
+  }
+
   /** A lease ended without this node giving it up: nothing more of that user is written here. */
   private lost(userId: string): void {
     this.logger.warn({ userId }, 'lost the lease of a user; another node serves them now');
@@ -381,9 +414,12 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
     return this.redis.publish(channelOf(node), toBuffer(encodeNodeMessage(message)));
   }
 
-  /** A message whose loss is noticed by other means (liveness, timeouts): failures are only logged once. */
-  private publishRaw(node: string, message: Buffer): void {
-    this.redis.publish(channelOf(node), message).catch((error: unknown) => this.logger.debug({ err: error, node }, 'could not relay to a node'));
+  /** Publishes to one node; `onFail` runs when it could not be sent (the message is lost). */
+  private publishRaw(node: string, message: Buffer, onFail?: () => void): void {
+    this.redis.publish(channelOf(node), message).catch((error: unknown) => {
+      this.logger.debug({ err: error, node }, 'could not relay to a node');
+      onFail?.();
+    });
   }
 
   /** From a device's socket to its document's owner; the socket ends (retryable) when that cannot be done. */
@@ -451,7 +487,12 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
         // close could not reach the edge): the edge is told to close it, for the device to reconnect.
         const edge = message.conn.slice(0, message.conn.indexOf('/'));
         if (edge !== '') {
-          const end = encodeNodeMessage({ kind: 'sync-end', conn: message.conn, code: CLOSE_CODES.SERVICE_RESTART, reason: 'Your data moved to another server; reconnect' });
+          const end = encodeNodeMessage({
+            kind: 'sync-end',
+            conn: message.conn,
+            code: CLOSE_CODES.SERVICE_RESTART,
+            reason: 'Your data moved to another server; reconnect',
+          });
           this.publishRaw(edge, toBuffer(end));
         }
         return;
