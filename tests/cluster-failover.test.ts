@@ -24,7 +24,20 @@ let dataDir: string;
 const nodes = new Map<string, ServerProcess>();
 
 function startNode(name: string): Promise<ServerProcess> {
-  return spawnServer(['--port', '0', '--data-dir', dataDir, '--redis-url', redis.url, '--node-id', name, '--lease-ms', String(LEASE_MS), '--log-level', 'warn']);
+  return spawnServer([
+    '--port',
+    '0',
+    '--data-dir',
+    dataDir,
+    '--redis-url',
+    redis.url,
+    '--node-id',
+    name,
+    '--lease-ms',
+    String(LEASE_MS),
+    '--log-level',
+    'warn',
+  ]);
 }
 
 before(async () => {
@@ -188,4 +201,24 @@ test('Redis restarted under running nodes: requests that need it answer 503, the
     return res.status === 200 ? res.body : undefined;
   });
   assert.equal(me.id, user.id);
+});
+
+test('a node shut down with SIGTERM gives its users up at once: the next request through another node is served without waiting for a lease', {
+  skip,
+  timeout: 60_000,
+}, async () => {
+  const user = await registerUser(api('c'));
+  const channel = await notesChannelOf(api('c'), user);
+  const posted = await api('c').post<Message>(`/channels/${channel}/messages`, { token: user.token, json: { content: 'before the deploy' } });
+  assert.equal(posted.status, 201);
+  const leaving = nodes.get('c');
+  assert.ok(leaving);
+  const { killed } = await leaving.stop();
+  assert.equal(killed, false);
+  const started = Date.now();
+  const contents = await notesThrough('a', user, channel);
+  assert.deepEqual(contents, ['before the deploy']);
+  // Served at once: no lease had to expire (it was given back on the way out).
+  assert.ok(Date.now() - started < LEASE_MS, `served after ${Date.now() - started} ms`);
+  nodes.set('c', await startNode('c'));
 });

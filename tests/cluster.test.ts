@@ -124,7 +124,10 @@ test("a logout through one node closes that session's socket held by another, an
   for (const n of nodes) assert.equal((await n.api.get('/users/@me', { token: user.token })).status, 401);
 });
 
-test('a user owned by one node: requests through the others are relayed, their errors answered as the owner gives them', { skip, timeout: 30_000 }, async () => {
+test('a user owned by one node: requests through the others are relayed, their errors answered as the owner gives them', {
+  skip,
+  timeout: 30_000,
+}, async () => {
   const user = await registerUser(node(1).api);
   const api = new Api(node(2).url);
   const bad = await api.patch('/users/@me', { token: user.token, json: { username: '' } });
@@ -146,7 +149,10 @@ test('a relayed socket gets the close codes of a local one: a malformed frame is
   assert.equal((await closed).code, 4400);
 });
 
-test("the owner counts a user's sockets on every node: past --max-sync-connections-per-user the next one is 4529 wherever it arrives", { skip, timeout: 30_000 }, async () => {
+test("the owner counts a user's sockets on every node: past --max-sync-connections-per-user the next one is 4529 wherever it arrives", {
+  skip,
+  timeout: 30_000,
+}, async () => {
   const user = await registerUser(node(0).api);
   const channel = await notesChannelOf(node(0).api, user);
   const open: { close(): void }[] = [];
@@ -164,5 +170,17 @@ test("the owner counts a user's sockets on every node: past --max-sync-connectio
     assert.equal((await closeEvent(ws)).code, 4529);
   } finally {
     for (const ws of open) ws.close();
+  }
+});
+
+test('a block made through one node is enforced through every other at once', { skip, timeout: 30_000 }, async () => {
+  const a = await registerUser(node(0).api);
+  const b = await registerUser(node(1).api);
+  const blocked = await node(0).api.request('PUT', `/users/@me/relationships/${b.id}`, { token: a.token, json: { type: 'block' } });
+  assert.equal(blocked.status, 200);
+  for (const n of nodes) {
+    const request = await n.api.request('PUT', `/users/@me/relationships/${a.id}`, { token: b.token, json: { type: 'friend' } });
+    assert.equal(request.status, 403);
+    assert.equal((request.body as { code: string }).code, 'cannot_add_friend');
   }
 });
