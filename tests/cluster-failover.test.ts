@@ -44,8 +44,9 @@ before(async () => {
   if (skip !== undefined) return;
   redis = await RedisServer.start();
   dataDir = tempDir('plexichat-failover-');
-  const started = await Promise.all(['a', 'b', 'c'].map(startNode));
-  started.forEach((server, i) => nodes.set(['a', 'b', 'c'][i] as string, server));
+  const names = ['a', 'b', 'c'];
+  const started = await Promise.all(names.map(startNode));
+  for (const [i, server] of started.entries()) nodes.set(names[i] as string, server);
 });
 
 after(async () => {
