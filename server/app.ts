@@ -2,13 +2,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Config } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
-import { connectRedis } from './cluster/redis.ts';
 import { createThrottles } from './core/throttle.ts';
 import { mountRoutes } from './http/dispatch.ts';
 import { route, type Route } from './http/route.ts';
 import { closeAllSockets, createApp, listen, stopListening } from './http/uws.ts';
 import { openStorage, type Storage } from './storage/index.ts';
-import { listenForNotices, watchExternalChanges, type ExternalChangeWatch } from './storage/coordination.ts';
+import { listenForNotices, watchExternalChanges, type ExternalChangeWatch, type NoticeListener } from './storage/coordination.ts';
 import { AuthService } from './auth/service.ts';
 import { authRoutes } from './auth/routes.ts';
 import { UsersService } from './users/service.ts';
@@ -36,6 +35,7 @@ import { RecoveryService } from './recovery/service.ts';
 import { recoveryRoutes } from './recovery/routes.ts';
 import { FeaturesService } from './features/service.ts';
 import { featuresRoutes } from './features/routes.ts';
+import { ClusterNode } from './cluster/node.ts';
 
 export interface RunningServer {
   port: number;
@@ -69,31 +69,25 @@ const DEFAULT_EXTERNAL_CHANGE_POLL_MS = 1000;
 /** Builds and starts a complete server. Holds no global state: several can run in one process. */
 export async function createServer(config: Config, options: ServerOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? createLogger(config.logLevel);
-  // Cluster mode: first, so that an address where no Redis answers fails the start before
-  // anything else is opened. One client for everything the nodes share.
-  const redis = config.redisUrl === undefined ? undefined : await connectRedis(config.redisUrl, logger);
-  // Where every brute-force budget is counted: this process's memory, or Redis for all nodes.
-  const throttles = createThrottles(redis === undefined ? undefined : { redis, logger });
   // Admin commands on this data folder tell the server through this socket when they commit
   // (storage/coordination.ts). Listening comes first: a second server on the folder is refused
   // before it touches a file.
+  fs.mkdirSync(config.dataDir, { recursive: true });
   let external: ExternalChangeWatch | undefined;
-  let notices: Awaited<ReturnType<typeof listenForNotices>>;
-  try {
-    fs.mkdirSync(config.dataDir, { recursive: true });
-    notices = await listenForNotices(config.dataDir, () => {
-      try {
-        external?.check();
-      } catch (error) {
-        logger.error({ err: error }, 'looking at changes of another process failed');
-        throw error;
-      }
-    });
-  } catch (error) {
-    redis?.disconnect();
-    throw error;
-  }
-  if (notices.socketPath === undefined) {
+  // In cluster mode every node shares the folder: none takes the notice socket (admin commands
+  // take effect within the poll interval), and the nodes keep out of each other's way through
+  // their leases (docs/cluster.md).
+  const clustered = config.redisUrl !== undefined;
+  const onNotice = () => {
+    try {
+      external?.check();
+    } catch (error) {
+      logger.error({ err: error }, 'looking at changes of another process failed');
+      throw error;
+    }
+  };
+  const notices: NoticeListener = clustered ? { socketPath: undefined, close: async () => {} } : await listenForNotices(config.dataDir, onNotice);
+  if (notices.socketPath === undefined && !clustered) {
     logger.warn({ dataDir: config.dataDir }, 'the data folder path is too long for a notice socket: admin commands take effect within a second');
   }
   const app = createApp();
@@ -102,9 +96,21 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     storage = openStorage(config);
   } catch (error) {
     await notices.close();
-    redis?.disconnect();
     throw error;
   }
+  let cluster: ClusterNode | undefined;
+  if (config.redisUrl !== undefined) {
+    try {
+      cluster = await ClusterNode.start({ redisUrl: config.redisUrl, nodeId: config.nodeId, leaseMs: config.leaseMs, port: config.port }, storage, logger);
+    } catch (error) {
+      storage.close();
+      await notices.close();
+      throw error;
+    }
+  }
+  // Where every brute-force budget is counted: this process's memory, or (cluster mode) Redis,
+  // through the node's own connection, so that all nodes count against the same budgets.
+  const throttles = createThrottles(cluster === undefined ? undefined : { redis: cluster.redis, logger });
   let publicUrl = config.publicUrl ?? '';
 
   const avatars = new AvatarsService({
@@ -139,7 +145,6 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   } catch (error) {
     storage.close();
     await notices.close();
-    redis?.disconnect();
     throw error;
   }
   const authService = new AuthService({
@@ -161,7 +166,6 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     authService.close();
     storage.close();
     await notices.close();
-    redis?.disconnect();
     throw error;
   }
   const recovery = new RecoveryService({ storage, users, auth: authService, mailer, logger, publicUrl: () => publicUrl, throttles });
@@ -180,8 +184,12 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       compactDebounceMs: config.compactDebounceMs,
       compactMaxWaitMs: config.compactMaxWaitMs,
     },
+    ...(cluster === undefined ? {} : { cluster: { owns: (userId: string) => cluster.owns(userId), relay: cluster } }),
   });
-  authService.onSessionsRevoked((sessionIds) => registry.revokeSessions(sessionIds));
+  authService.onSessionsRevoked((sessionIds) => {
+    registry.revokeSessions(sessionIds);
+    cluster?.announceSessionsEnded(sessionIds);
+  });
   authService.countAsInUse(() => registry.sessionsWithSockets());
   const notes = new NotesService({ storage, users, registry, logger });
   const userSettings = new UserSettingsService(registry, logger);
@@ -204,7 +212,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   );
 
   const routes: Route[] = [
-    route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
+    route({ method: 'GET', path: '/health', auth: 'none', handler: () => (cluster === undefined ? { status: 'ok' } : { status: 'ok', ...cluster.health() }) }),
     ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit, throttles }),
     ...recoveryRoutes(recovery, { attemptsPerMinute: config.authRateLimit, throttles }),
     ...usersRoutes(users, { searchesPerMinute: config.searchRateLimit, throttles }),
@@ -220,7 +228,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   // The sync socket is mounted first so its `/sync/*` pattern is never shadowed by the REST catch-all.
   // One request-id source for REST and the sync upgrade: ids in the log never repeat across the two.
   const nextRequestId = createRequestIds();
-  mountSyncSocket(app, {
+  const channel = mountSyncSocket(app, {
     registry,
     logger,
     authenticate: (token) => authService.authenticate(token),
@@ -229,6 +237,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     maxMessageBytes: config.maxSyncMessageBytes,
     maxConnectionsPerUser: config.maxSyncConnectionsPerUser,
     maxBackpressureBytes: config.maxSyncBackpressureBytes,
+    ...(cluster === undefined ? {} : { cluster: { placement: cluster, edge: cluster } }),
   });
   const http = mountRoutes(app, routes, {
     nextRequestId,
@@ -237,6 +246,19 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     maxJsonBodyBytes: config.maxJsonBodyBytes,
     maxUploadMemoryBytes: config.maxUploadMemoryBytes,
     authenticate: (token) => authService.authenticate(token),
+    ...(cluster === undefined ? {} : { cluster: { placement: cluster, forward: cluster.forward.bind(cluster) } }),
+  });
+  await cluster?.bind({
+    serveForwarded: http.serveForwarded,
+    sessions: channel.sessions,
+    publishRelayed: channel.publishRelayed,
+    publishLocal: channel.publishLocal,
+    evictUser: (userId, code, reason) => registry.evictUser(userId, code, reason),
+    holdsNothingOf: (userId) => registry.holdsNothingOf(userId),
+    sessionsEndedElsewhere: (sessionIds) => {
+      authService.sessionsEndedElsewhere(sessionIds);
+      registry.revokeSessions(sessionIds);
+    },
   });
 
   let listening: Awaited<ReturnType<typeof listen>>;
@@ -247,9 +269,9 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     authService.close();
     external.close();
     mailer.close();
+    await cluster?.close();
     storage.close();
     await notices.close();
-    redis?.disconnect();
     throw error;
   }
   // In the background: a mail server slow to answer must not delay serving. It logs one line,
@@ -276,6 +298,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         await recovery.close(DRAIN_TIMEOUT_MS);
         mailer.close();
         registry.closeAll();
+        await cluster?.close();
         authService.close();
         external?.close();
         await notices.close();
@@ -283,8 +306,6 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         await new Promise((resolve) => setImmediate(resolve));
         closeAllSockets(app);
         storage.close();
-        // Last: nothing that counts attempts runs any more (requests drained, sockets closed).
-        redis?.disconnect();
       })();
       return closing;
     },

@@ -372,9 +372,18 @@ export class AuthService {
 
   /** Ended sessions stop working at once: out of the cache first, then every listener is told. */
   private sessionsEnded(sessionIds: string[]): void {
+    this.sessionsEndedElsewhere(sessionIds);
+    for (const listener of this.revocationListeners) listener(sessionIds);
+  }
+
+  /**
+   * Cluster mode: sessions another node ended (it announced them once the end was decided). Their
+   * cached tokens are dropped, so this node reads the directory again and refuses them; the caller
+   * closes their sockets. The listeners are not called: the ending node told everyone already.
+   */
+  sessionsEndedElsewhere(sessionIds: string[]): void {
     const ended = new Set(sessionIds);
     for (const [key, entry] of this.sessionCache) if (ended.has(entry.principal.sessionId)) this.sessionCache.delete(key);
-    for (const listener of this.revocationListeners) listener(sessionIds);
   }
 
   /** When a session ends unless it is used again: the idle timeout, capped by the lifetime. */

@@ -1,6 +1,8 @@
 import { Redis } from 'ioredis';
-import type { Logger } from '../log.ts';
+import type { Logger } from 'pino';
 
+/** How long to wait between reconnection attempts, growing to this at most. */
+const MAX_RECONNECT_DELAY_MS = 2000;
 /**
  * The longest any command may wait for Redis. Without it a Redis that stops answering without
  * closing the connection (paused, a network partition) would leave every request that needs it
@@ -8,26 +10,27 @@ import type { Logger } from '../log.ts';
  */
 const COMMAND_TIMEOUT_MS = 2000;
 
-/** What the log says when a node loses its connection to Redis, and when it has it back. */
-export const REDIS_LOST = 'lost the connection to Redis: what needs it is answered 503 until it is back';
+/** What the log says when a connection to Redis is lost, and when it is back (with `connection`: its name). */
+export const REDIS_LOST = 'Redis is unreachable; retrying';
 export const REDIS_BACK = 'Redis is reachable again';
 
 /**
- * The one Redis client of a node (cluster mode, `--redis-url`), connected before the server
- * starts: an address where no Redis answers (refused, unknown host, wrong password, a server that
- * is not Redis) fails the start with one line saying why. Once started it reconnects on its own
- * (ioredis' backoff, at most 2 s apart). Meanwhile every command fails at once instead of being
- * queued (`enableOfflineQueue: false`), so whoever sent it answers "retry later" rather than hang;
- * one already sent when the connection dropped is sent again at most once, on the next connection
- * (`maxRetriesPerRequest: 1`), and fails otherwise. Losing and regaining Redis is logged once
- * each, not at every reconnection attempt.
+ * A connection to the cluster's Redis. Commands fail at once while it is down (no offline queue):
+ * a request that needs Redis is answered 503 then, instead of waiting for a Redis that may not come
+ * back; one already sent when the connection dropped is sent again at most once, on the next
+ * connection (`maxRetriesPerRequest: 1`), and no command waits more than 2 s for an answer. It
+ * reconnects by itself; losing and regaining the connection is logged once each, not per failed
+ * attempt. A wrong URL or an unreachable Redis (refused, unknown host, wrong password, a server
+ * that is not Redis) fails the start with one line saying why.
  */
-export async function connectRedis(url: string, logger: Logger): Promise<Redis> {
+export async function connectRedis(url: string, logger: Logger, name: string): Promise<Redis> {
   const redis = new Redis(url, {
     lazyConnect: true,
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
     commandTimeout: COMMAND_TIMEOUT_MS,
+    connectionName: name,
+    retryStrategy: (attempt) => Math.min(attempt * 100, MAX_RECONNECT_DELAY_MS),
   });
   let lastError: Error | undefined;
   let started = false;
@@ -36,16 +39,17 @@ export async function connectRedis(url: string, logger: Logger): Promise<Redis> 
   redis.on('error', (error: Error) => {
     lastError = error;
   });
-  // Only when it will try again: a node closing its own client is no loss.
+  // Only when it will try again: a node closing its own connection is no loss, and a failed start
+  // says why in its one line.
   redis.on('reconnecting', () => {
     if (!reachable) return;
     reachable = false;
-    logger.warn({ err: lastError }, REDIS_LOST);
+    logger.warn({ err: lastError, connection: name }, REDIS_LOST);
   });
   redis.on('ready', () => {
     const back = started && !reachable;
     reachable = true;
-    if (back) logger.info(REDIS_BACK);
+    if (back) logger.info({ connection: name }, REDIS_BACK);
   });
   try {
     await redis.connect();
@@ -54,15 +58,19 @@ export async function connectRedis(url: string, logger: Logger): Promise<Redis> 
     redis.disconnect();
     // connect() only says "Connection is closed."; the error event said why.
     const cause = lastError ?? error;
-    throw new Error(`cannot reach Redis at ${withoutPassword(url)}: ${cause instanceof Error ? cause.message : String(cause)}`);
+    throw new Error(`cannot reach Redis at ${redactUrl(url)}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
   }
   started = true;
   return redis;
 }
 
-/** The URL as a log line may show it. */
-function withoutPassword(url: string): string {
-  const parsed = new URL(url);
-  if (parsed.password !== '') parsed.password = '***';
-  return parsed.toString();
+/** The URL without its password, for messages. */
+function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password !== '') parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return '(unparsable URL)';
+  }
 }

@@ -2,6 +2,7 @@ import { STATUS_CODES } from 'node:http';
 import type { Logger } from 'pino';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
+import type { ForwardRequest, ForwardedRequest, Placement, RelayedAnswer } from '../core/placement.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
 import { UserFileMissingError } from '../storage/user-files.ts';
 import { InflightTracker } from './inflight.ts';
@@ -27,7 +28,15 @@ export interface HttpOptions {
   nextRequestId?: () => string;
   /** Peer addresses of reverse proxies whose `X-Forwarded-For` is believed (`--trust-proxy`). */
   trustedProxies?: ReadonlySet<string>;
+  /**
+   * Cluster mode: an authenticated request whose user another node owns is relayed to that node
+   * (after its body is read and the route's rate limit counted here) and its answer written back.
+   */
+  cluster?: { placement: Placement; forward: ForwardRequest };
 }
+
+/** Times a relayed request may find its owner gone (the user moved meanwhile) before it is answered 503. */
+const MAX_MISDIRECTED = 2;
 
 /** What `mountRoutes` sets up once; every request reads it. */
 interface Server {
@@ -50,18 +59,22 @@ interface Server {
  */
 type BodyState = 'none' | 'unread' | 'read' | 'abandoned';
 
-/** One request and everything copied out of uWS for it (its `req` is gone once the callback returns). */
-interface Exchange {
-  readonly res: HttpResponse;
+/** What a handler is told of its request; on the owner of a relayed request, what the edge node sent. */
+interface RequestInfo {
   readonly method: string;
   readonly path: string;
   readonly rawQuery: string;
   /** Lower-case names; a repeated header keeps its last value. */
   readonly headers: Map<string, string>;
-  /** How many Content-Length headers came: more than one is refused (see `checkFraming`). */
-  readonly contentLengths: number;
   readonly remoteAddress: string;
   readonly requestId: string;
+}
+
+/** One request and everything copied out of uWS for it (its `req` is gone once the callback returns). */
+interface Exchange extends RequestInfo {
+  readonly res: HttpResponse;
+  /** How many Content-Length headers came: more than one is refused (see `checkFraming`). */
+  readonly contentLengths: number;
   readonly started: number;
   /** The body's declared length; undefined when it is chunked or absent (set by `checkFraming`). */
   declared: number | undefined;
@@ -109,7 +122,11 @@ const CORS_PREFLIGHT: Record<string, string> = {
  * JSON parsing, auth, zod validation, error mapping and corked writes. Returns the tracker shutdown
  * waits on; `refuseNew()` makes later requests answer 503 while in-flight ones finish.
  */
-export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOptions): { inflight: InflightTracker; refuseNew(): void } {
+export function mountRoutes(
+  app: TemplatedApp,
+  routes: Route[],
+  options: HttpOptions,
+): { inflight: InflightTracker; refuseNew(): void; serveForwarded(request: ForwardedRequest, body: Uint8Array | undefined): Promise<RelayedAnswer> } {
   const router = new Router();
   for (const r of routes) router.add(r);
   const server: Server = {
@@ -129,6 +146,7 @@ export function mountRoutes(app: TemplatedApp, routes: Route[], options: HttpOpt
     refuseNew() {
       server.refusing = true;
     },
+    serveForwarded: (request, body) => serveForwarded(server, request, body),
   };
 }
 
@@ -245,6 +263,11 @@ function handle(server: Server, x: Exchange): unknown {
   if (raw !== undefined) x.drainLimit = drainLimitFor(raw.maxBytes);
   const principal = route.auth === 'required' ? authenticate(server, x) : null;
   const body = startBody(server, x, route, raw);
+  const { cluster } = server.options;
+  if (principal !== null && cluster !== undefined) {
+    const where = cluster.placement.locate(principal.userId);
+    if (where !== 'here') return runWhereOwned(x, route, params, principal, body, where, cluster);
+  }
   // Fast path: nothing to wait for.
   if (body === undefined && route.rateLimiter === undefined) return run(x, route, params, principal, undefined);
   return runAfterBody(x, route, params, principal, body);
@@ -382,8 +405,81 @@ async function runAfterBody(
   return run(x, route, params, principal, route.body === undefined ? undefined : rawBody);
 }
 
+/**
+ * Cluster mode, a user another node may own: waits for the body and the rate limit as
+ * `runAfterBody`, then for where the user is served, and runs the handler here or relays the
+ * request to the owner, whose answer is written as it came.
+ */
+async function runWhereOwned(
+  x: Exchange,
+  route: Route,
+  params: Record<string, string>,
+  principal: Principal,
+  pending: Promise<Buffer | undefined> | undefined,
+  where: Promise<'here' | { node: string }>,
+  cluster: NonNullable<HttpOptions['cluster']>,
+): Promise<unknown> {
+  const rawBody = pending === undefined ? undefined : await pending;
+  if (route.rateLimiter) await route.rateLimiter.consume(x.remoteAddress);
+  const body = route.body === undefined ? undefined : rawBody;
+  let location = await where;
+  for (let misdirected = 0; ; misdirected += 1) {
+    if (x.aborted) return undefined;
+    if (location === 'here') return run(x, route, params, principal, body);
+    const request: ForwardedRequest = {
+      method: x.method,
+      path: x.path,
+      rawQuery: x.rawQuery,
+      headers: [...x.headers],
+      remoteAddress: x.remoteAddress,
+      requestId: x.requestId,
+      principal,
+    };
+    const { answer, body: payload } = await cluster.forward(location.node, request, body);
+    if (answer.misdirected !== true) return new Reply(answer.status, payload.byteLength > 0 ? new RawBytes(payload) : undefined, answer.headers);
+    if (misdirected >= MAX_MISDIRECTED) {
+      throw new AppError('service_unavailable', 'Your data is moving between servers right now; retry shortly', { headers: { 'Retry-After': '1' } });
+    }
+    location = await cluster.placement.locate(principal.userId);
+  }
+}
+
+/**
+ * Cluster mode, on the node that owns the request's user: serves a request another node read and
+ * authenticated (its rate limit counted there), and returns the answer for that node to write.
+ * Never throws: every failure is an answer, as `fail` would have written it.
+ */
+async function serveForwarded(server: Server, request: ForwardedRequest, body: Uint8Array | undefined): Promise<RelayedAnswer> {
+  const info: RequestInfo = {
+    method: request.method,
+    path: request.path,
+    rawQuery: request.rawQuery,
+    headers: new Map(request.headers),
+    remoteAddress: request.remoteAddress,
+    requestId: request.requestId,
+  };
+  if (server.options.cluster?.placement.owns(request.principal.userId) !== true)
+    return { answer: { status: 0, headers: {}, misdirected: true }, body: new Uint8Array(0) };
+  try {
+    const match = server.router.match(info.method, info.path);
+    if (match.kind !== 'found') throw new AppError('not_found', `No route for ${info.method} ${info.path}`);
+    const result = await run(
+      info,
+      match.route,
+      match.params,
+      request.principal,
+      body === undefined ? undefined : Buffer.from(body.buffer, body.byteOffset, body.byteLength),
+    );
+    const { status, headers, payload } = encodeResult(result);
+    return { answer: { status, headers }, body: payload === undefined ? new Uint8Array(0) : typeof payload === 'string' ? Buffer.from(payload) : payload };
+  } catch (error) {
+    const answer = toAppError(server, info, error, false);
+    return { answer: { status: answer.status, headers: { ...JSON_HEADERS, ...answer.headers } }, body: Buffer.from(JSON.stringify(answer.toBody())) };
+  }
+}
+
 /** Validates the inputs and calls the handler; synchronous up to whatever the handler returns. */
-function run(x: Exchange, route: Route, rawParams: Record<string, string>, principal: Principal | null, rawBody: Buffer | undefined): unknown {
+function run(x: RequestInfo, route: Route, rawParams: Record<string, string>, principal: Principal | null, rawBody: Buffer | undefined): unknown {
   let body: unknown;
   if (isRawBodySpec(route.body)) {
     body = rawBody ?? EMPTY_BODY;
@@ -414,34 +510,25 @@ function run(x: Exchange, route: Route, rawParams: Record<string, string>, princ
 
 /** Answers a handler's result; one that cannot be serialised takes the error path instead. */
 function respond(server: Server, x: Exchange, result: unknown): void {
-  let status: number;
-  let headers: Record<string, string>;
-  let payload: string | Uint8Array | undefined;
+  let encoded: ReturnType<typeof encodeResult>;
   try {
-    if (result instanceof Reply) {
-      status = result.status;
-      if (result.body instanceof RawBytes) {
-        headers = { ...BASE_HEADERS, ...result.headers };
-        payload = result.body.bytes;
-      } else if (result.body === undefined) {
-        headers = { ...BASE_HEADERS, ...result.headers };
-      } else {
-        headers = { ...JSON_HEADERS, ...result.headers };
-        payload = JSON.stringify(result.body);
-      }
-    } else if (result === undefined) {
-      status = 204;
-      headers = BASE_HEADERS;
-    } else {
-      status = 200;
-      headers = JSON_HEADERS;
-      payload = JSON.stringify(result);
-    }
+    encoded = encodeResult(result);
   } catch (error) {
     fail(server, x, error);
     return;
   }
-  send(server, x, status, headers, payload);
+  send(server, x, encoded.status, encoded.headers, encoded.payload);
+}
+
+/** A handler's result as its status, headers and payload; throws when it cannot be serialised. */
+function encodeResult(result: unknown): { status: number; headers: Record<string, string>; payload: string | Uint8Array | undefined } {
+  if (result instanceof Reply) {
+    if (result.body instanceof RawBytes) return { status: result.status, headers: { ...BASE_HEADERS, ...result.headers }, payload: result.body.bytes };
+    if (result.body === undefined) return { status: result.status, headers: { ...BASE_HEADERS, ...result.headers }, payload: undefined };
+    return { status: result.status, headers: { ...JSON_HEADERS, ...result.headers }, payload: JSON.stringify(result.body) };
+  }
+  if (result === undefined) return { status: 204, headers: BASE_HEADERS, payload: undefined };
+  return { status: 200, headers: JSON_HEADERS, payload: JSON.stringify(result) };
 }
 
 /**
@@ -452,7 +539,7 @@ function respond(server: Server, x: Exchange, result: unknown): void {
  * still sending it can read the answer.
  */
 function fail(server: Server, x: Exchange, error: unknown): void {
-  const answer = toAppError(server, x, error);
+  const answer = toAppError(server, x, error, x.done);
   if (x.done) return;
   const body = JSON.stringify(answer.toBody());
   const headers = { ...JSON_HEADERS, ...answer.headers };
@@ -464,7 +551,7 @@ function fail(server: Server, x: Exchange, error: unknown): void {
   send(server, x, answer.status, headers, body);
 }
 
-function toAppError(server: Server, x: Exchange, error: unknown): AppError {
+function toAppError(server: Server, x: RequestInfo, error: unknown, answered: boolean): AppError {
   if (error instanceof AppError) return error;
   // A write that met an account deleted meanwhile by an admin command (the file refuses it): the
   // account is gone, which is what a read would have said.
@@ -474,7 +561,7 @@ function toAppError(server: Server, x: Exchange, error: unknown): AppError {
     server.logger.warn(context, 'storage failure answered with 503');
     return new AppError('service_unavailable', 'Storage is full or busy right now; nothing was changed; retry later', { headers: { 'Retry-After': '5' } });
   }
-  server.logger.error(context, x.done ? 'unhandled error after the request was answered' : 'unhandled error while serving a request');
+  server.logger.error(context, answered ? 'unhandled error after the request was answered' : 'unhandled error while serving a request');
   return new AppError('internal_error', `Something went wrong on our side (request ${x.requestId})`);
 }
 

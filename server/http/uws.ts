@@ -1,6 +1,6 @@
 import uWS from 'uWebSockets.js';
 
-export type { HttpRequest, HttpResponse, TemplatedApp, WebSocket } from 'uWebSockets.js';
+export type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js';
 
 /**
  * The npm mirror of uWebSockets.js silently falls back to a slow pure-JS shim when its native

@@ -12,7 +12,24 @@ const RETRYABLE_NODE_CODES = new Set(['EMFILE', 'ENFILE', 'ENOSPC']);
 
 /** Every user file the server may keep open (`--max-open-user-files`) is in use by a live connection. */
 export class StorageBusyError extends Error {
-  override readonly name = 'StorageBusyError';
+  override readonly name: string = 'StorageBusyError';
+}
+
+/**
+ * Cluster mode: this node no longer owns the user's file (its lease ended, another node took it
+ * over and wrote a newer fencing token). Nothing was written. Retryable: the client's next try
+ * reaches the owner.
+ */
+export class NotOwnerError extends StorageBusyError {
+  override readonly name = 'NotOwnerError';
+
+  constructor(
+    message: string,
+    /** The newer token found in the file, when that is why. */
+    readonly storedToken?: number,
+  ) {
+    super(message);
+  }
 }
 
 export function isRetryableStorageError(error: unknown): boolean {

@@ -287,6 +287,17 @@ export const USER_FILE_MIGRATIONS: readonly Migration[] = [
         deleted_at INTEGER NOT NULL
       ) STRICT;
     `),
+  // Cluster mode: the fencing token of the node that owns this file (docs/cluster.md). A node
+  // writes its token when it takes the file over; every write transaction of the owner checks it is
+  // still its own, so a former owner that wakes up after a takeover can never write. Written and
+  // read by storage only.
+  (db) =>
+    db.exec(`
+      CREATE TABLE owner_lease (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        token INTEGER NOT NULL
+      ) STRICT;
+    `),
 ];
 
 /** ids.sqlite: the id generator's reservation (see server/storage/ids.ts), and nothing else. */

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { isSnowflake } from '../../shared/snowflake.ts';
-import { StorageBusyError, isOutOfDescriptors } from './errors.ts';
+import { NotOwnerError, StorageBusyError, isOutOfDescriptors } from './errors.ts';
 import { USER_FILE_MIGRATIONS } from './schema.ts';
 import { StatementCache, dataVersionReader, openDatabase, openExistingForReading, type Db, type Statement } from './sqlite.ts';
 
@@ -17,6 +17,13 @@ export class UserFile {
   /** `PRAGMA data_version` when last looked at: another process has committed since if it differs. */
   private dataVersion: number;
   private deleted = false;
+  /**
+   * Cluster mode: the fencing token this node holds for the file, checked by every write
+   * transaction (`checkFence`); undefined on one node, and for files this node does not own.
+   */
+  fence: number | undefined;
+  /** The data_version at which the stored token was last seen to be `fence`. */
+  private fenceSeenAt = -1;
 
   constructor(
     readonly userId: string,
@@ -43,12 +50,39 @@ export class UserFile {
       return this.db
         .transaction(() => {
           if (this.refresh() === 'deleted') throw new UserFileDeletedError(`the account ${this.userId} was deleted`);
+          this.checkFence();
           return fn();
         })
         .immediate();
     } finally {
       this.generation += 1;
     }
+  }
+
+  /**
+   * Under the write lock: throws NotOwnerError, writing nothing, when another node has written a
+   * newer fencing token since this one took the file. Only another connection can have written it,
+   * which SQLite tells by `data_version`: while that has not moved, the token is not read again.
+   */
+  private checkFence(): void {
+    if (this.fence === undefined || this.fenceSeenAt === this.dataVersion) return;
+    if (readFence(this) !== this.fence) throw new NotOwnerError(`another node owns the file of ${this.userId} now`);
+    this.fenceSeenAt = this.dataVersion;
+  }
+
+  /**
+   * Takes the file over with `token` (cluster mode): stores it, unless a newer one is stored
+   * already (then NotOwnerError), and checks it from then on.
+   */
+  takeOver(token: number): void {
+    this.fence = undefined;
+    this.transaction(() => {
+      const stored = readFence(this);
+      if (stored !== undefined && stored > token) throw new NotOwnerError(`a newer owner's token is stored in the file of ${this.userId}`, stored);
+      this.stmt('INSERT INTO owner_lease (singleton, token) VALUES (1, ?) ON CONFLICT (singleton) DO UPDATE SET token = excluded.token').run(token);
+    });
+    this.fence = token;
+    this.fenceSeenAt = this.dataVersion;
   }
 
   /**
@@ -78,6 +112,11 @@ export class UserFile {
     this.deleted = isMarkedDeleted(this);
     return this.deleted ? 'deleted' : 'changed';
   }
+}
+
+function readFence(file: UserFile): number | undefined {
+  const row = file.stmt('SELECT token FROM owner_lease').get() as { token: number } | undefined;
+  return row?.token;
 }
 
 /** Whether the account of this file was deleted (the first write of a deletion marks the file). */
@@ -110,6 +149,8 @@ export class UserFiles {
   /** Map order is recency order: the first entry is the least recently used. */
   private readonly open = new Map<string, UserFile>();
   private readonly closingListeners = new Set<(userId: string) => void>();
+  /** Cluster mode: the fencing token of each user this node owns, given to their file whenever it is opened. */
+  private readonly fences = new Map<string, number>();
 
   constructor(
     dataDir: string,
@@ -162,6 +203,7 @@ export class UserFiles {
       throw error;
     }
     const opened = new UserFile(userId, db);
+    opened.fence = this.fences.get(userId);
     // A deletion stopped half-way (or still going on in another process) leaves a marked file:
     // it is no account any more, whatever else still names it.
     if (isMarkedDeleted(opened)) {
@@ -300,6 +342,22 @@ export class UserFiles {
     }
     this.get(adopted.userId);
     return adopted;
+  }
+
+  /**
+   * Cluster mode: this node now owns the user's file with fencing token `token` (from its lease):
+   * the token is stored in the file (NotOwnerError when a newer one is there) and every write of
+   * this node checks it from now on, including after the file is closed and opened again.
+   */
+  claim(userId: string, token: number): void {
+    this.use(userId, (file) => file.takeOver(token));
+    this.fences.set(userId, token);
+  }
+
+  /** Cluster mode: this node no longer owns the user's file; it is closed (nothing is written). */
+  disown(userId: string): void {
+    this.fences.delete(userId);
+    this.forget(userId);
   }
 
   /** Keeps a handle open until the returned release function is called. */

@@ -2,7 +2,6 @@ import * as Y from 'yjs';
 import type { Logger } from 'pino';
 import { encodeAck, encodeAwareness, encodeSyncStep1, encodeUpdate } from '../../shared/sync-codec.ts';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
-import type { WebSocket } from '../http/uws.ts';
 import type { UserFile } from '../storage/index.ts';
 import { AwarenessRelay, type AwarenessLimits } from './awareness.ts';
 import * as repo from './repo.ts';
@@ -29,9 +28,28 @@ export interface Connection {
   acked: number;
   /** Bytes of sync step 2 sent to it and not yet drained: a reader catching up is not a slow one. */
   catchUp: number;
+  /**
+   * Cluster mode, on an edge node: the node that owns the document, to which this socket's frames
+   * are relayed (the document is never loaded here); undefined when it is served here.
+   */
+  remote: string | undefined;
 }
 
-export type SyncSocket = WebSocket<Connection>;
+/**
+ * A device's sync connection, as documents and the registry use it: a uWS WebSocket, or (cluster
+ * mode, on the owner) a socket held by another node and relayed to it (`server/cluster/`). Like
+ * uWS, `end` runs the close handler before it returns.
+ */
+export interface SyncSocket {
+  getUserData(): Connection;
+  send(message: Uint8Array, isBinary: boolean): number;
+  end(code: number, reason: string): void;
+  /** Sends to every socket subscribed to `topic` but this one. */
+  publish(topic: string, message: Uint8Array, isBinary: boolean): boolean;
+  subscribe(topic: string): boolean;
+  cork(fn: () => void): unknown;
+  getBufferedAmount(): number;
+}
 
 export interface SyncLimits extends PendingLimits, UpdateCheckLimits, AwarenessLimits {
   /** Unsent bytes a socket may hold (beyond a catch-up in flight) before it is closed as a slow reader. */
@@ -68,6 +86,8 @@ export interface DocumentContext {
   policy: DocPolicy | undefined;
   /** Sends a frame to every socket of the document (uWS pub/sub: encoded once for all). */
   publish: (frame: Uint8Array) => void;
+  /** The same, but not to `sender`. */
+  publishFrom: (sender: SyncSocket, frame: Uint8Array) => void;
   /** The document can no longer match its storage (it could not be reloaded): drop it from memory. */
   onBroken: (doc: SyncDocument) => void;
 }
@@ -256,7 +276,7 @@ export class SyncDocument {
       // Relayed to every other reader, encoded once; a sender that left meanwhile gets nothing.
       const frame = item.frame ?? encodeUpdate(item.update);
       if (item.conn.closed) this.publishAll(frame);
-      else item.ws.publish(this.key, frame, true);
+      else this.ctx.publishFrom(item.ws, frame);
     }
     for (const item of items) {
       const { conn } = item;

@@ -1,6 +1,7 @@
 import type * as Y from 'yjs';
 import type { Logger } from 'pino';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
+import { NotOwnerError } from '../storage/errors.ts';
 import type { Storage } from '../storage/index.ts';
 import type { TemplatedApp } from '../http/uws.ts';
 import { SyncDocument, type DocPolicy, type SyncLimits, type SyncSocket } from './document.ts';
@@ -14,6 +15,17 @@ export interface RegistryDeps {
   limits: SyncLimits;
   /** What each kind of document allows beyond a valid update (e.g. the settings limits). */
   policies: Partial<Record<DocName, DocPolicy>>;
+  /**
+   * Cluster mode: whether this node owns a user (only then is a document of theirs loaded here),
+   * and where frames for sockets other nodes hold go.
+   */
+  cluster?: { owns(userId: string): boolean; relay: DocRelay };
+}
+
+/** Cluster mode: sends a document's frames to the other nodes holding sockets on it. */
+export interface DocRelay {
+  /** `except`: the id of the connection that sent the frame (it must not get it back), or ''. */
+  publish(docKey: string, frame: Uint8Array, except: string): void;
 }
 
 /**
@@ -130,6 +142,22 @@ export class DocRegistry {
     return this.withDoc(userId, name, (doc) => doc.change(fn));
   }
 
+  /** Whether nothing of the user's is loaded (cluster mode: their file can be let go of). */
+  holdsNothingOf(userId: string): boolean {
+    return !this.docs.has(docKey(userId, 'notes')) && !this.docs.has(docKey(userId, 'settings'));
+  }
+
+  /**
+   * Cluster mode: this node no longer owns the user. Their documents are dropped without a write
+   * (another node may be writing the file now) and their sockets closed with `code`.
+   */
+  evictUser(userId: string, code: number, reason: string): void {
+    for (const name of ['notes', 'settings'] as const) {
+      const doc = this.docs.get(docKey(userId, name));
+      if (doc) this.fail(doc, code, reason);
+    }
+  }
+
   /**
    * The user's account was deleted (by an admin command): their documents are dropped without a
    * write (the file is going), and any socket still open on them is closed with 4401.
@@ -194,7 +222,10 @@ export class DocRegistry {
     const key = docKey(userId, name);
     let doc = this.docs.get(key);
     if (!doc) {
-      const { storage, logger, limits, policies, app } = this.deps;
+      const { storage, logger, limits, policies, app, cluster } = this.deps;
+      // No node loads a document it does not own: the owner's updates would never reach it.
+      if (cluster !== undefined && !cluster.owns(userId)) throw new NotOwnerError(`this node does not own ${userId}`);
+      const relay = cluster?.relay;
       doc = new SyncDocument({
         key,
         userId,
@@ -203,7 +234,14 @@ export class DocRegistry {
         logger,
         limits,
         policy: policies[name],
-        publish: (frame) => app.publish(key, frame, true),
+        publish: (frame) => {
+          app.publish(key, frame, true);
+          relay?.publish(key, frame, '');
+        },
+        publishFrom: (sender, frame) => {
+          sender.publish(key, frame, true);
+          relay?.publish(key, frame, sender.getUserData().id);
+        },
         onBroken: (broken) => this.fail(broken),
       });
       this.docs.set(key, doc);
@@ -253,6 +291,6 @@ export class DocRegistry {
   }
 }
 
-function docKey(userId: string, name: DocName): string {
+export function docKey(userId: string, name: DocName): string {
   return `${userId}:${name}`;
 }

@@ -5,11 +5,12 @@ import { MalformedMessageError, type SyncMessage, encodeAwareness, encodeSyncSte
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
+import type { Placement } from '../core/placement.ts';
 import type { HttpRequest, HttpResponse, TemplatedApp } from '../http/uws.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
 import { AwarenessRefused } from './awareness.ts';
 import type { Connection, SyncSocket } from './document.ts';
-import type { DocRegistry } from './registry.ts';
+import { docKey, type DocRegistry } from './registry.ts';
 import type { DocName } from './repo.ts';
 import type { DecodedUpdate } from './update-check.ts';
 
@@ -24,7 +25,39 @@ export interface SyncSocketOptions {
   maxConnectionsPerUser: number;
   /** Bytes a slow reader may fall behind before it is disconnected (it resyncs on reconnect). */
   maxBackpressureBytes: number;
+  /**
+   * Cluster mode: a socket for a user another node owns is accepted here and relayed to the owner
+   * (`edge`), which serves it; the document is never loaded here.
+   */
+  cluster?: { placement: Placement; edge: EdgeRelay };
 }
+
+/** Cluster mode, on an edge node: where the frames of sockets relayed to their owner go. */
+export interface EdgeRelay {
+  open(ws: SyncSocket): void;
+  frame(ws: SyncSocket, bytes: Uint8Array): void;
+  closed(ws: SyncSocket): void;
+}
+
+/**
+ * What the sync channel offers the cluster: `sessions` serves sockets another node holds (on the
+ * owner, exactly as its own), `publishRelayed` delivers an owner's frame to the sockets relayed
+ * from this node (on the edge).
+ */
+export interface SyncChannel {
+  sessions: {
+    open(ws: SyncSocket): void;
+    receive(ws: SyncSocket, bytes: Uint8Array): void;
+    close(ws: SyncSocket): void;
+  };
+  /** Sends `frame` to every socket this node relays for the document, except `sender`. */
+  publishRelayed(docKey: string, frame: Uint8Array, sender: SyncSocket | undefined): void;
+  /** Sends `frame` to every socket of this node subscribed to `topic`. */
+  publishLocal(topic: string, frame: Uint8Array): void;
+}
+
+/** The uWS topic of the sockets an edge node relays for one document. */
+const relayedTopic = (docKey: string) => `relayed:${docKey}`;
 
 const TOKEN_PATTERN = /^pxc_[A-Za-z0-9_-]{10,200}$/;
 /** What uWS tells the close handler when it dropped a message over `maxPayloadLength` itself. */
@@ -39,7 +72,7 @@ const OVERSIZE_MEMORY_MAX = 10_000;
  * handler contains its own failures: a bug while serving one socket closes that socket (1011),
  * never the process.
  */
-export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): void {
+export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): SyncChannel {
   const { registry, logger } = options;
   const oversize = new OversizeMemory();
   app.ws<Connection>('/sync/*', {
@@ -57,22 +90,17 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
     compression: 0,
 
     upgrade: (res: HttpResponse, req: HttpRequest, context) => {
-      // Everything below is synchronous, so the response is always answered before an abort could
-      // be observed; uWS still wants the handler.
-      res.onAborted(() => {});
+      // Synchronous, except in cluster mode for a user this node does not own yet: then the answer
+      // waits for where the user is served, and a client gone meanwhile gets nothing.
+      const state = { aborted: false };
+      res.onAborted(() => {
+        state.aborted = true;
+      });
       const requestId = options.nextRequestId();
       try {
-        upgrade(res, req, context, requestId);
+        upgrade(res, req, context, requestId, state);
       } catch (error) {
-        if (error instanceof AppError) {
-          refuse(res, requestId, error.code, error.message);
-        } else if (isRetryableStorageError(error)) {
-          logger.warn({ err: error, requestId }, 'sync upgrade refused: storage busy');
-          refuse(res, requestId, 'service_unavailable', 'Storage is busy; retry shortly');
-        } else {
-          logger.error({ err: error, requestId }, 'sync upgrade failed');
-          refuse(res, requestId, 'internal_error', `Could not open the sync channel (request ${requestId})`);
-        }
+        refuseFor(res, requestId, error);
       }
     },
 
@@ -88,7 +116,14 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
     message: (ws: SyncSocket, message: ArrayBuffer) => {
       const conn = ws.getUserData();
       try {
-        receive(ws, conn, message);
+        if (message.byteLength > options.maxMessageBytes) {
+          end(ws, conn, CLOSE_CODES.MESSAGE_TOO_BIG, `Message over ${options.maxMessageBytes} bytes`);
+          return;
+        }
+        // uWS reuses `message` after this callback: keep a copy (also what gets stored and relayed).
+        const bytes = new Uint8Array(message.slice(0));
+        if (conn.remote !== undefined) options.cluster?.edge.frame(ws, bytes);
+        else receive(ws, conn, bytes);
       } catch (error) {
         fail(ws, conn, error, 'handling a sync message failed');
       }
@@ -103,14 +138,31 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
       const conn = ws.getUserData();
       try {
         if (code === 1006 && Buffer.from(message).toString() === UWS_TOO_BIG) oversize.remember(conn);
-        registry.detach(ws);
+        if (conn.remote !== undefined) {
+          conn.closed = true;
+          options.cluster?.edge.closed(ws);
+        } else {
+          registry.detach(ws);
+        }
       } catch (error) {
         logger.error({ err: error, conn: conn.id }, 'closing a sync socket failed');
       }
     },
   });
 
-  function upgrade(res: HttpResponse, req: HttpRequest, context: Parameters<HttpResponse['upgrade']>[4], requestId: string): void {
+  function refuseFor(res: HttpResponse, requestId: string, error: unknown): void {
+    if (error instanceof AppError) {
+      refuse(res, requestId, error.code, error.message);
+    } else if (isRetryableStorageError(error)) {
+      logger.warn({ err: error, requestId }, 'sync upgrade refused: storage busy');
+      refuse(res, requestId, 'service_unavailable', 'Storage is busy; retry shortly');
+    } else {
+      logger.error({ err: error, requestId }, 'sync upgrade failed');
+      refuse(res, requestId, 'internal_error', `Could not open the sync channel (request ${requestId})`);
+    }
+  }
+
+  function upgrade(res: HttpResponse, req: HttpRequest, context: Parameters<HttpResponse['upgrade']>[4], requestId: string, state: { aborted: boolean }): void {
     // Copied now: `req` is invalid once this function returns.
     const url = req.getUrl();
     const key = req.getHeader('sec-websocket-key');
@@ -154,16 +206,37 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
       stored: 0,
       acked: 0,
       catchUp: 0,
+      remote: undefined,
     };
     // A browser that offered protocols needs one of them back, but the token must never be echoed
     // into a response header: clients offer `plexichat` beside it (a lone token gets none back).
     const chosen = offered.find((p) => p !== protocolToken) ?? '';
-    res.cork(() => res.upgrade(conn, key, chosen, extensions, context));
+    const where = options.cluster?.placement.locate(principal.userId) ?? 'here';
+    if (where === 'here') {
+      res.cork(() => res.upgrade(conn, key, chosen, extensions, context));
+      return;
+    }
+    where.then(
+      (location) => {
+        if (state.aborted) return;
+        if (location !== 'here') conn.remote = location.node;
+        res.cork(() => res.upgrade(conn, key, chosen, extensions, context));
+      },
+      (error: unknown) => {
+        if (!state.aborted) refuseFor(res, requestId, error);
+      },
+    );
   }
 
   function open(ws: SyncSocket, conn: Connection): void {
     if (oversize.take(conn)) {
       end(ws, conn, CLOSE_CODES.MESSAGE_TOO_BIG, `The last message was over ${options.maxMessageBytes} bytes`);
+      return;
+    }
+    if (conn.remote !== undefined) {
+      // Served by the owner, which counts the user's connections and answers through `relay`.
+      ws.subscribe(relayedTopic(docKey(conn.userId, conn.docName)));
+      options.cluster?.edge.open(ws);
       return;
     }
     if (registry.connectionsOf(conn.userId) >= options.maxConnectionsPerUser) {
@@ -182,15 +255,10 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
     }
   }
 
-  function receive(ws: SyncSocket, conn: Connection, message: ArrayBuffer): void {
+  /** One frame of a socket served here; `bytes` is the receiver's to keep. */
+  function receive(ws: SyncSocket, conn: Connection, bytes: Uint8Array): void {
     const doc = conn.doc;
     if (!doc || conn.closed) return;
-    if (message.byteLength > options.maxMessageBytes) {
-      end(ws, conn, CLOSE_CODES.MESSAGE_TOO_BIG, `Message over ${options.maxMessageBytes} bytes`);
-      return;
-    }
-    // uWS reuses `message` after this callback: keep a copy (also what gets stored and relayed).
-    const bytes = new Uint8Array(message.slice(0));
     let incoming: SyncMessage;
     try {
       incoming = readMessage(bytes);
@@ -249,6 +317,42 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
         return;
     }
   }
+
+  return {
+    sessions: {
+      open(ws) {
+        const conn = ws.getUserData();
+        try {
+          open(ws, conn);
+        } catch (error) {
+          fail(ws, conn, error, 'opening a relayed sync socket failed');
+        }
+      },
+      receive(ws, bytes) {
+        const conn = ws.getUserData();
+        try {
+          if (bytes.byteLength > options.maxMessageBytes) end(ws, conn, CLOSE_CODES.MESSAGE_TOO_BIG, `Message over ${options.maxMessageBytes} bytes`);
+          else receive(ws, conn, bytes);
+        } catch (error) {
+          fail(ws, conn, error, 'handling a relayed sync message failed');
+        }
+      },
+      close(ws) {
+        try {
+          registry.detach(ws);
+        } catch (error) {
+          logger.error({ err: error, conn: ws.getUserData().id }, 'closing a relayed sync socket failed');
+        }
+      },
+    },
+    publishRelayed(key, frame, sender) {
+      if (sender !== undefined) sender.publish(relayedTopic(key), frame, true);
+      else app.publish(relayedTopic(key), frame, true);
+    },
+    publishLocal(topic, frame) {
+      app.publish(topic, frame, true);
+    },
+  };
 
   function malformed(ws: SyncSocket, conn: Connection, reason: string): void {
     logger.info({ conn: conn.id, userId: conn.userId, doc: conn.docName, reason }, 'closing a socket that sent a malformed message');

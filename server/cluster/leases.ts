@@ -1,0 +1,154 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+
+/** Every key the cluster keeps in Redis starts with this. */
+export const KEY_PREFIX = 'plexichat:';
+const leaseKey = (userId: string) => `${KEY_PREFIX}lease:${userId}`;
+const fenceKey = (userId: string) => `${KEY_PREFIX}fence:${userId}`;
+export const nodeKey = (nodeId: string) => `${KEY_PREFIX}node:${nodeId}`;
+
+/**
+ * Claims a user: theirs already (renewed), someone else's (their node is named), or free (a new
+ * fencing token is drawn, one more than any before for this user, and the lease set). Atomic.
+ * Returns {1, token} or {0, owner}.
+ */
+const ACQUIRE = `
+local current = redis.call('GET', KEYS[1])
+if current then
+  local sep = string.find(current, '|', 1, true)
+  local node = string.sub(current, 1, sep - 1)
+  if node == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1, string.sub(current, sep + 1)}
+  end
+  return {0, node}
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return {1, tostring(token)}
+`;
+
+/** Extends each lease that still holds this node's value; returns the (1-based) indices of the others. */
+const RENEW = `
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+  else
+    table.insert(lost, i)
+  end
+end
+return lost
+`;
+
+/** Deletes a lease only if it still holds this node's value. */
+const RELEASE = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`;
+
+/** Leases renewed per script call: one call, one round trip, for a thousand users. */
+const RENEW_BATCH = 1000;
+
+interface Held {
+  token: number;
+  /** This node's own deadline: past it, the lease may have ended in Redis, so nothing more is written. */
+  validUntil: number;
+}
+
+export type Claim = { token: number } | { owner: string };
+
+/**
+ * The leases this node holds in Redis: each user's file has one owner node at a time. A lease
+ * lasts `leaseMs` unless renewed (every third of it). This node stops counting on a lease a fifth
+ * of `leaseMs` before it could have ended in Redis, measured from when the renewal was sent, so
+ * that by the time another node can take the user, this one has stopped writing (and a write it
+ * still tried would be refused by the fencing token in the file).
+ */
+export class Leases {
+  private readonly held = new Map<string, Held>();
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly nodeId: string,
+    private readonly leaseMs: number,
+    private readonly logger: Logger,
+    private readonly clock: () => number = Date.now,
+  ) {}
+
+  get count(): number {
+    return this.held.size;
+  }
+
+  users(): IterableIterator<string> {
+    return this.held.keys();
+  }
+
+  /** Whether this node owns the user right now (no Redis call). */
+  owns(userId: string): boolean {
+    const held = this.held.get(userId);
+    return held !== undefined && this.clock() < held.validUntil;
+  }
+
+  /** Claims the user for this node, or names the node that owns them. */
+  async acquire(userId: string): Promise<Claim> {
+    const sent = this.clock();
+    const [won, value] = (await this.redis.eval(ACQUIRE, 2, leaseKey(userId), fenceKey(userId), this.nodeId, this.leaseMs)) as [number, string];
+    if (won !== 1) return { owner: value };
+    const token = Number(value);
+    this.held.set(userId, { token, validUntil: this.deadline(sent) });
+    return { token };
+  }
+
+  /** Gives the user up (this node stopped using their file first). */
+  async release(userId: string): Promise<void> {
+    const held = this.held.get(userId);
+    if (held === undefined) return;
+    this.held.delete(userId);
+    await this.redis.eval(RELEASE, 1, leaseKey(userId), `${this.nodeId}|${held.token}`);
+  }
+
+  /** Forgets a lease without telling Redis (it was lost, or this node cannot reach Redis). */
+  drop(userId: string): void {
+    this.held.delete(userId);
+  }
+
+  /**
+   * Renews every lease; returns the users this node no longer owns: leases another node holds now,
+   * and leases not renewed in time (Redis unreachable). Those are forgotten here.
+   */
+  async renew(): Promise<string[]> {
+    const lost: string[] = [];
+    const entries = [...this.held];
+    for (let start = 0; start < entries.length; start += RENEW_BATCH) {
+      const batch = entries.slice(start, start + RENEW_BATCH);
+      const sent = this.clock();
+      let missing: number[];
+      try {
+        missing = (await this.redis.eval(
+          RENEW,
+          batch.length,
+          ...batch.map(([userId]) => leaseKey(userId)),
+          this.leaseMs,
+          ...batch.map(([, held]) => `${this.nodeId}|${held.token}`),
+        )) as number[];
+      } catch (error) {
+        this.logger.warn({ err: error }, 'could not renew leases');
+        continue;
+      }
+      const gone = new Set(missing.map((index) => index - 1));
+      batch.forEach(([userId, held], index) => {
+        if (gone.has(index)) lost.push(userId);
+        else if (this.held.get(userId) === held) held.validUntil = this.deadline(sent);
+      });
+    }
+    const now = this.clock();
+    for (const [userId, held] of this.held) if (now >= held.validUntil && !lost.includes(userId)) lost.push(userId);
+    for (const userId of lost) this.held.delete(userId);
+    return lost;
+  }
+
+  private deadline(sentAt: number): number {
+    return sentAt + this.leaseMs - Math.ceil(this.leaseMs / 5);
+  }
+}

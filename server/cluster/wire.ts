@@ -1,0 +1,124 @@
+import * as decoding from 'lib0/decoding';
+import * as encoding from 'lib0/encoding';
+
+/**
+ * What nodes tell each other over Redis pub/sub, one binary message each (lib0's varint codec,
+ * as the sync protocol): a message is encoded once and its payload bytes are never re-encoded.
+ *
+ * - `http-request`/`http-answer`: a REST request for a user another node owns, and its answer.
+ * - `sync-open`/`sync-frame`/`sync-close`: a device's sync socket held by an edge node, relayed to
+ *   the owner of its document: opened, each frame as it came, closed.
+ * - `sync-send`/`sync-end`: the owner's answer to one such socket, and its close code.
+ * - `sync-publish`: a frame for every socket of a document on the edge node, encoded once per node
+ *   (`except`: the socket that sent it, which must not get it back; '' for none).
+ * - `sessions-ended`: sessions that ended on one node (logout, password change), for every node.
+ */
+export type NodeMessage =
+  | { kind: 'http-request'; id: number; from: string; request: string; body: Uint8Array }
+  | { kind: 'http-answer'; id: number; answer: string; body: Uint8Array }
+  | { kind: 'sync-open'; conn: string; from: string; userId: string; sessionId: string; docName: string; ack: boolean }
+  | { kind: 'sync-frame'; conn: string; bytes: Uint8Array }
+  | { kind: 'sync-close'; conn: string }
+  | { kind: 'sync-send'; conn: string; bytes: Uint8Array }
+  | { kind: 'sync-end'; conn: string; code: number; reason: string }
+  | { kind: 'sync-publish'; doc: string; except: string; bytes: Uint8Array }
+  | { kind: 'sessions-ended'; from: string; sessionIds: string[] };
+
+const KINDS = ['http-request', 'http-answer', 'sync-open', 'sync-frame', 'sync-close', 'sync-send', 'sync-end', 'sync-publish', 'sessions-ended'] as const;
+
+export class MalformedNodeMessage extends Error {}
+
+export function encodeNodeMessage(message: NodeMessage): Uint8Array {
+  const e = encoding.createEncoder();
+  encoding.writeVarUint(e, KINDS.indexOf(message.kind));
+  switch (message.kind) {
+    case 'http-request':
+      encoding.writeVarUint(e, message.id);
+      encoding.writeVarString(e, message.from);
+      encoding.writeVarString(e, message.request);
+      encoding.writeVarUint8Array(e, message.body);
+      break;
+    case 'http-answer':
+      encoding.writeVarUint(e, message.id);
+      encoding.writeVarString(e, message.answer);
+      encoding.writeVarUint8Array(e, message.body);
+      break;
+    case 'sync-open':
+      encoding.writeVarString(e, message.conn);
+      encoding.writeVarString(e, message.from);
+      encoding.writeVarString(e, message.userId);
+      encoding.writeVarString(e, message.sessionId);
+      encoding.writeVarString(e, message.docName);
+      encoding.writeUint8(e, message.ack ? 1 : 0);
+      break;
+    case 'sync-frame':
+    case 'sync-send':
+      encoding.writeVarString(e, message.conn);
+      encoding.writeVarUint8Array(e, message.bytes);
+      break;
+    case 'sync-close':
+      encoding.writeVarString(e, message.conn);
+      break;
+    case 'sync-end':
+      encoding.writeVarString(e, message.conn);
+      encoding.writeVarUint(e, message.code);
+      encoding.writeVarString(e, message.reason);
+      break;
+    case 'sync-publish':
+      encoding.writeVarString(e, message.doc);
+      encoding.writeVarString(e, message.except);
+      encoding.writeVarUint8Array(e, message.bytes);
+      break;
+    case 'sessions-ended':
+      encoding.writeVarString(e, message.from);
+      encoding.writeVarUint(e, message.sessionIds.length);
+      for (const id of message.sessionIds) encoding.writeVarString(e, id);
+      break;
+  }
+  return encoding.toUint8Array(e);
+}
+
+/** Reads one message; throws MalformedNodeMessage for anything else (another version's node, a stray publisher). */
+export function decodeNodeMessage(bytes: Uint8Array): NodeMessage {
+  const d = decoding.createDecoder(bytes);
+  try {
+    const kind = KINDS[decoding.readVarUint(d)];
+    switch (kind) {
+      case 'http-request':
+        return { kind, id: decoding.readVarUint(d), from: decoding.readVarString(d), request: decoding.readVarString(d), body: decoding.readVarUint8Array(d) };
+      case 'http-answer':
+        return { kind, id: decoding.readVarUint(d), answer: decoding.readVarString(d), body: decoding.readVarUint8Array(d) };
+      case 'sync-open':
+        return {
+          kind,
+          conn: decoding.readVarString(d),
+          from: decoding.readVarString(d),
+          userId: decoding.readVarString(d),
+          sessionId: decoding.readVarString(d),
+          docName: decoding.readVarString(d),
+          ack: decoding.readUint8(d) === 1,
+        };
+      case 'sync-frame':
+      case 'sync-send':
+        return { kind, conn: decoding.readVarString(d), bytes: decoding.readVarUint8Array(d) };
+      case 'sync-close':
+        return { kind, conn: decoding.readVarString(d) };
+      case 'sync-end':
+        return { kind, conn: decoding.readVarString(d), code: decoding.readVarUint(d), reason: decoding.readVarString(d) };
+      case 'sync-publish':
+        return { kind, doc: decoding.readVarString(d), except: decoding.readVarString(d), bytes: decoding.readVarUint8Array(d) };
+      case 'sessions-ended': {
+        const from = decoding.readVarString(d);
+        const count = decoding.readVarUint(d);
+        const sessionIds: string[] = [];
+        for (let i = 0; i < count; i += 1) sessionIds.push(decoding.readVarString(d));
+        return { kind, from, sessionIds };
+      }
+      default:
+        throw new MalformedNodeMessage('unknown message kind');
+    }
+  } catch (error) {
+    if (error instanceof MalformedNodeMessage) throw error;
+    throw new MalformedNodeMessage(error instanceof Error ? error.message : String(error));
+  }
+}

@@ -1,0 +1,43 @@
+import type { Principal } from './principal.ts';
+
+/**
+ * Cluster mode: which node serves a user. Each user's file has one owner node at a time
+ * (docs/cluster.md); a request or sync socket that reaches another node is relayed to it. On one
+ * node there is no placement at all, and everything is served here.
+ */
+export interface Placement {
+  /** Whether this node owns the user right now (no I/O). */
+  owns(userId: string): boolean;
+  /**
+   * Where to serve the user: 'here' at once when this node owns them; otherwise a promise of
+   * 'here' (this node just claimed them) or the owner's node id. Rejects with an AppError (503)
+   * when that cannot be known (Redis unreachable).
+   */
+  locate(userId: string): 'here' | Promise<'here' | { node: string }>;
+}
+
+/** A REST request relayed to the node that owns its user, as the edge node read and authenticated it. */
+export interface ForwardedRequest {
+  method: string;
+  path: string;
+  rawQuery: string;
+  headers: [string, string][];
+  remoteAddress: string;
+  requestId: string;
+  principal: Principal;
+}
+
+/** The owner's answer, written by the edge node as it is; `misdirected`: that node does not own the user (any more). */
+interface ForwardedAnswer {
+  status: number;
+  headers: Record<string, string>;
+  misdirected?: boolean;
+}
+
+export interface RelayedAnswer {
+  answer: ForwardedAnswer;
+  body: Uint8Array;
+}
+
+/** Sends a request to the node `node` and resolves with its answer (503 AppError when it does not come). */
+export type ForwardRequest = (node: string, request: ForwardedRequest, body: Uint8Array | undefined) => Promise<RelayedAnswer>;
