@@ -7,7 +7,7 @@ import { AppError } from '../core/app-error.ts';
 import type { ForwardedRequest, Placement, RelayedAnswer } from '../core/placement.ts';
 import { NotOwnerError } from '../storage/errors.ts';
 import type { Storage } from '../storage/index.ts';
-import type { Connection, SyncSocket } from '../sync/document.ts';
+import { newConnection, type Connection, type SyncSocket } from '../sync/document.ts';
 import type { DocRelay } from '../sync/registry.ts';
 import type { EdgeRelay } from '../sync/socket.ts';
 import { KEY_PREFIX, Leases, nodeKey } from './leases.ts';
@@ -528,20 +528,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
       this.logger.warn({ docName, from: message.from }, 'ignored a relayed socket for a document that does not exist');
       return;
     }
-    const conn: Connection = {
-      id: message.conn,
-      userId: message.userId,
-      sessionId: message.sessionId,
-      docName,
-      ack: message.ack,
-      doc: undefined,
-      closed: false,
-      refused: false,
-      stored: 0,
-      acked: 0,
-      catchUp: 0,
-      remote: undefined,
-    };
+    const conn = newConnection({ id: message.conn, userId: message.userId, sessionId: message.sessionId, docName, ack: message.ack });
     const socket = new RemoteSocket(conn, message.from, this);
     if (!this.leases.owns(message.userId)) {
       socket.end(CLOSE_CODES.TRY_AGAIN_LATER, 'Your data is moving between servers; reconnect');
