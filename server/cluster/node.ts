@@ -3,26 +3,24 @@ import os from 'node:os';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
-import { AppError } from '../core/app-error.ts';
 import type { ForwardedRequest, Placement, RelayedAnswer } from '../core/placement.ts';
 import { NotOwnerError } from '../storage/errors.ts';
 import type { Storage } from '../storage/index.ts';
-import type { Connection, SyncSocket } from '../sync/document.ts';
+import type { SyncSocket } from '../sync/document.ts';
 import type { DocRelay } from '../sync/registry.ts';
 import type { EdgeRelay } from '../sync/socket.ts';
+import { NodeBus } from './bus.ts';
+import { EdgeSockets, type PublishRelayed } from './edge-sockets.ts';
 import { KEY_PREFIX, Leases, nodeKey } from './leases.ts';
+import { OwnerSockets, type SyncSessions } from './owner-sockets.ts';
 import { connectRedis } from './redis.ts';
-import { RemoteSocket, type RemoteSocketHost } from './remote-socket.ts';
-import { MalformedNodeMessage, decodeNodeMessage, encodeNodeMessage, type NodeMessage } from './wire.ts';
+import { RestRelay, type ServeForwarded } from './rest-relay.ts';
+import { unavailable } from './unavailable.ts';
+import type { NodeMessage } from './wire.ts';
 
-const channelOf = (nodeId: string) => `${KEY_PREFIX}to:${nodeId}`;
-const BROADCAST = `${KEY_PREFIX}all`;
-/** A relayed REST request whose answer has not come after this long is answered 503. */
-const FORWARD_TIMEOUT_MS = 30_000;
 /** A user this node has not served for this long (no socket, no request) is given up. */
 const IDLE_RELEASE_MS = 60_000;
-const EMPTY = new Uint8Array(0);
-const RETRY_AFTER = { 'Retry-After': '1' };
+const INTERRUPTED = 'The cluster connection was interrupted; reconnect';
 
 export interface ClusterSettings {
   redisUrl: string;
@@ -34,11 +32,10 @@ export interface ClusterSettings {
 
 /** What the node uses of the rest of the server, bound once everything exists (`bind`). */
 export interface ClusterBindings {
-  /** Serves a REST request relayed from another node (http/dispatch.ts). */
-  serveForwarded(request: ForwardedRequest, body: Uint8Array | undefined): Promise<RelayedAnswer>;
-  /** The sync channel: serves relayed sockets and delivers frames to the sockets relayed from here. */
-  sessions: { open(ws: SyncSocket): void; receive(ws: SyncSocket, bytes: Uint8Array): void; close(ws: SyncSocket): void };
-  publishRelayed(docKey: string, frame: Uint8Array, sender: SyncSocket | undefined): void;
+  serveForwarded: ServeForwarded;
+  /** The sync channel: serves relayed sockets here as its own, and delivers frames to this node's sockets. */
+  sessions: SyncSessions;
+  publishRelayed: PublishRelayed;
   publishLocal(topic: string, frame: Uint8Array): void;
   /** Drops what is loaded of a user this node no longer owns, without writing, closing their sockets with `code`. */
   evictUser(userId: string, code: number, reason: string): void;
@@ -48,39 +45,28 @@ export interface ClusterBindings {
   sessionsEndedElsewhere(sessionIds: string[]): void;
 }
 
-interface PendingForward {
-  node: string;
-  resolve: (answer: RelayedAnswer) => void;
-  reject: (error: unknown) => void;
-  timer: NodeJS.Timeout;
-}
-
-/** A device's socket on this node, relayed to the owner of its document. */
-interface Relayed {
-  ws: SyncSocket;
-  owner: string;
+/** The parts that exist once the node is bound. */
+interface Bound {
+  bindings: ClusterBindings;
+  bus: NodeBus;
+  rest: RestRelay;
+  edge: EdgeSockets;
+  owner: OwnerSockets;
 }
 
 /**
  * One node of a cluster (docs/cluster.md). It owns users through leases in Redis (each user's file
  * has one owner node, checked by a fencing token in the file), serves what it owns, and relays the
- * rest to the owners over Redis pub/sub: REST requests (`http-*`) and sync sockets (`sync-*`). It is
- * the server's `Placement` and the registry's and sync channel's relay.
+ * rest to their owners over Redis pub/sub: REST requests (`rest-relay.ts`) and sync sockets
+ * (`edge-sockets.ts` where the device is, `owner-sockets.ts` where its document is). It is the
+ * server's `Placement`, and the relay the registry and the sync channel are given.
  */
-export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocketHost {
-  private bound: ClusterBindings | undefined;
+export class ClusterNode implements Placement, DocRelay, EdgeRelay {
+  private bound: Bound | undefined;
   private readonly leases: Leases;
   /** Claims under way, so that concurrent requests for one user make one. */
   private readonly claims = new Map<string, Promise<'here' | { node: string }>>();
   private readonly lastUse = new Map<string, number>();
-  private readonly pending = new Map<number, PendingForward>();
-  private nextForwardId = 1;
-  /** Edge side: this node's sockets relayed to owners, by cluster-wide connection id. */
-  private readonly relayed = new Map<string, Relayed>();
-  /** Owner side: sockets other nodes hold, served here. */
-  private readonly remoteSockets = new Map<string, RemoteSocket>();
-  /** Owner side: for each document, the edge nodes with sockets on it (and how many). */
-  private readonly interest = new Map<string, Map<string, number>>();
   private timer: NodeJS.Timeout | undefined;
   private ticking = false;
   private stopped = false;
@@ -103,21 +89,19 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
    * crash its id frees itself within one lease). Nothing is served until `bind`.
    */
   static async start(settings: ClusterSettings, storage: Storage, logger: Logger): Promise<ClusterNode> {
-    const nodeId =
-      settings.nodeId ??
-      `${os
-        .hostname()
-        .replace(/[^A-Za-z0-9._-]/g, '-')
-        .slice(0, 40)}-${settings.port === 0 ? process.pid : settings.port}`;
+    const host = os
+      .hostname()
+      .replace(/[^A-Za-z0-9._-]/g, '-')
+      .slice(0, 40);
+    const nodeId = settings.nodeId ?? `${host}-${settings.port === 0 ? process.pid : settings.port}`;
     const redis = await connectRedis(settings.redisUrl, logger, `plexichat:${nodeId}`);
     let subscriber: Redis | undefined;
     try {
       const instance = randomBytes(8).toString('hex');
       await takeNodeId(redis, nodeId, instance, settings.leaseMs);
       subscriber = await connectRedis(settings.redisUrl, logger, `plexichat:${nodeId}:sub`);
-      const node = new ClusterNode(nodeId, instance, redis, subscriber, settings.leaseMs, storage, logger);
       logger.info({ nodeId, leaseMs: settings.leaseMs }, `cluster node ${nodeId}`);
-      return node;
+      return new ClusterNode(nodeId, instance, redis, subscriber, settings.leaseMs, storage, logger);
     } catch (error) {
       subscriber?.disconnect();
       redis.disconnect();
@@ -127,21 +111,20 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
 
   /** Starts serving: listens for the other nodes and renews leases. */
   async bind(bindings: ClusterBindings): Promise<void> {
-    this.bound = bindings;
-    this.subscriber.on('messageBuffer', (_channel: Buffer, message: Buffer) => this.receive(message));
-    // Pub/sub delivers at most once: while this node was not subscribed, messages for it were lost
-    // (frames, answers, closes). Nothing relayed can be trusted to be whole after that, so it all
-    // ends now and the clients start again (sockets resync by state vector; requests are retried).
-    let subscribed = true;
-    this.subscriber.on('close', () => {
-      if (!subscribed) return;
-      subscribed = false;
-      this.resetRelays();
+    const bus = await NodeBus.open(this.nodeId, this.redis, this.subscriber, this.logger, {
+      onMessage: (message) => this.handle(message),
+      // Pub/sub delivers at most once: while this node was not subscribed, messages for it were
+      // lost (frames, answers, closes). Nothing relayed can be trusted to be whole after that, so
+      // it all ends now and the clients start again (sockets resync by state vector, requests retry).
+      onInterrupted: () => this.resetRelays(),
     });
-    this.subscriber.on('ready', () => {
-      subscribed = true;
-    });
-    await this.subscriber.subscribe(channelOf(this.nodeId), BROADCAST);
+    this.bound = {
+      bindings,
+      bus,
+      rest: new RestRelay(bus, this.logger),
+      edge: new EdgeSockets(bus, bindings.publishRelayed),
+      owner: new OwnerSockets(bus, bindings.sessions, bindings.publishLocal, this.logger),
+    };
     this.timer = setInterval(() => void this.tick(), Math.max(100, Math.floor(this.leaseMs / 3)));
     this.timer.unref();
   }
@@ -170,119 +153,34 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
 
   /** Relays a REST request to the node that owns its user. */
   forward(node: string, request: ForwardedRequest, body: Uint8Array | undefined): Promise<RelayedAnswer> {
-    return new Promise((resolve, reject) => {
-      const id = this.nextForwardId++;
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(unavailable('The server holding your data did not answer in time; retry'));
-      }, FORWARD_TIMEOUT_MS);
-      this.pending.set(id, { node, resolve, reject, timer });
-      this.send(node, { kind: 'http-request', id, from: this.nodeId, request: JSON.stringify(request), body: body ?? EMPTY }).then(
-        (receivers) => {
-          if (receivers === 0) this.settleForward(id, undefined, unavailable('The server holding your data is gone; retry'));
-        },
-        () => this.settleForward(id, undefined, unavailable('The cluster cannot be reached right now; retry')),
-      );
-    });
+    if (this.bound === undefined) return Promise.reject(unavailable('This server is starting; retry'));
+    return this.bound.rest.forward(node, request, body);
   }
 
   /** Tells every node that these sessions ended (their sockets close everywhere, their tokens are refused). */
   announceSessionsEnded(sessionIds: string[]): void {
-    const message = encodeNodeMessage({ kind: 'sessions-ended', from: this.nodeId, sessionIds });
-    this.redis.publish(BROADCAST, toBuffer(message)).catch((error: unknown) => {
+    this.bound?.bus.broadcast({ kind: 'sessions-ended', from: this.nodeId, sessionIds }).catch((error: unknown) => {
       // The other nodes still see the ended sessions in the directory within a second (they poll it).
       this.logger.warn({ err: error }, 'could not announce ended sessions to the other nodes');
     });
   }
 
-  // --- DocRelay (owner side): frames of a document for the edge nodes with sockets on it.
-
+  // DocRelay: a document's frames for the edge nodes with sockets on it.
   publish(docKey: string, frame: Uint8Array, except: string): void {
-    const nodes = this.interest.get(docKey);
-    if (nodes === undefined) return;
-    // Encoded once for every node.
-    const message = toBuffer(encodeNodeMessage({ kind: 'sync-publish', doc: docKey, except, bytes: frame }));
-    for (const node of nodes.keys()) {
-      this.publishRaw(node, message, () => {
-        // That node's sockets on the document missed a frame: they reconnect and resync.
-        for (const socket of [...this.remoteSockets.values()]) {
-          if (socket.edge === node && socket.topic === docKey) socket.end(CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster connection was interrupted; reconnect');
-        }
-      });
-    }
+    this.bound?.owner.publish(docKey, frame, except);
   }
 
-  // --- RemoteSocketHost (owner side).
-
-  sendToEdge(socket: RemoteSocket, message: { kind: 'sync-send'; bytes: Uint8Array } | { kind: 'sync-end'; code: number; reason: string }): void {
-    const conn = socket.getUserData().id;
-    const full: NodeMessage =
-      message.kind === 'sync-send' ? { kind: 'sync-send', conn, bytes: message.bytes } : { kind: 'sync-end', conn, code: message.code, reason: message.reason };
-    // A lost frame would leave the device silently behind: the socket ends instead, to resync.
-    this.publishRaw(socket.edge, toBuffer(encodeNodeMessage(full)), () =>
-      socket.end(CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster connection was interrupted; reconnect'),
-    );
-  }
-
-  publishLocal(topic: string, frame: Uint8Array): void {
-    this.bound?.publishLocal(topic, frame);
-  }
-
-  subscribed(socket: RemoteSocket, topic: string): void {
-    let nodes = this.interest.get(topic);
-    if (nodes === undefined) {
-      nodes = new Map();
-      this.interest.set(topic, nodes);
-    }
-    nodes.set(socket.edge, (nodes.get(socket.edge) ?? 0) + 1);
-  }
-
-  ended(socket: RemoteSocket): void {
-    const id = socket.getUserData().id;
-    if (this.remoteSockets.get(id) === socket) this.remoteSockets.delete(id);
-    if (socket.topic !== undefined) {
-      const nodes = this.interest.get(socket.topic);
-      const count = (nodes?.get(socket.edge) ?? 0) - 1;
-      if (count > 0) nodes?.set(socket.edge, count);
-      else nodes?.delete(socket.edge);
-      if (nodes?.size === 0) this.interest.delete(socket.topic);
-    }
-    this.bound?.sessions.close(socket);
-  }
-
-  // --- EdgeRelay (edge side): a device's socket here, for a document another node owns.
-
+  // EdgeRelay: a device's socket here, for a document another node owns.
   open(ws: SyncSocket): void {
-    const conn = ws.getUserData();
-    if (conn.remote === undefined) return;
-    const id = this.relayId(conn);
-    this.relayed.set(id, { ws, owner: conn.remote });
-    this.sendFromEdge(ws, conn.remote, {
-      kind: 'sync-open',
-      conn: id,
-      from: this.nodeId,
-      userId: conn.userId,
-      sessionId: conn.sessionId,
-      docName: conn.docName,
-      ack: conn.ack,
-    });
+    this.bound?.edge.open(ws);
   }
 
   frame(ws: SyncSocket, bytes: Uint8Array): void {
-    const conn = ws.getUserData();
-    if (conn.remote === undefined || conn.closed) return;
-    this.sendFromEdge(ws, conn.remote, { kind: 'sync-frame', conn: this.relayId(conn), bytes });
+    this.bound?.edge.frame(ws, bytes);
   }
 
   closed(ws: SyncSocket): void {
-    const conn = ws.getUserData();
-    if (conn.remote === undefined) return;
-    const id = this.relayId(conn);
-    if (this.relayed.get(id)?.ws !== ws) return;
-    this.relayed.delete(id);
-    this.send(conn.remote, { kind: 'sync-close', conn: id }).catch(() => {
-      // The owner notices nothing more comes; its socket ends with the edge's liveness.
-    });
+    this.bound?.edge.closed(ws);
   }
 
   /** Stops: gives up every lease (what is loaded was written back first), leaves the cluster. */
@@ -290,15 +188,10 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer !== undefined) clearInterval(this.timer);
-    for (const [id, pending] of this.pending) {
-      clearTimeout(pending.timer);
-      pending.reject(unavailable('This server is shutting down; retry'));
-      this.pending.delete(id);
-    }
-    for (const { ws } of [...this.relayed.values()]) ws.end(CLOSE_CODES.SERVICE_RESTART, 'Server restarting');
-    const users = [...this.leases.users()];
+    this.bound?.rest.fail(undefined, 'This server is shutting down; retry');
+    this.bound?.edge.endAll(undefined, CLOSE_CODES.SERVICE_RESTART, 'Server restarting');
     await Promise.allSettled(
-      users.map(async (userId) => {
+      [...this.leases.users()].map(async (userId) => {
         this.storage.userFiles.disown(userId);
         await this.leases.release(userId);
       }),
@@ -309,7 +202,36 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
     await this.redis.quit().catch(() => this.redis.disconnect());
   }
 
-  // --- internals
+  private handle(message: NodeMessage): void {
+    const bound = this.bound;
+    if (bound === undefined) return;
+    switch (message.kind) {
+      case 'http-request':
+        bound.rest.serve(message, bound.bindings.serveForwarded);
+        return;
+      case 'http-answer':
+        bound.rest.answered(message);
+        return;
+      case 'sync-open':
+        if (this.leases.owns(message.userId)) this.lastUse.set(message.userId, Date.now());
+        bound.owner.open(message, this.leases.owns(message.userId));
+        return;
+      case 'sync-frame':
+        bound.owner.frame(message);
+        return;
+      case 'sync-close':
+        bound.owner.closedByEdge(message);
+        return;
+      case 'sync-send':
+      case 'sync-end':
+      case 'sync-publish':
+        bound.edge.receive(message);
+        return;
+      case 'sessions-ended':
+        if (message.from !== this.nodeId) bound.bindings.sessionsEndedElsewhere(message.sessionIds);
+        return;
+    }
+  }
 
   private async claim(userId: string): Promise<'here' | { node: string }> {
     let claim: Awaited<ReturnType<Leases['acquire']>>;
@@ -354,20 +276,21 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
 
   /** Ends everything relayed through Redis, in both directions, for the clients to start again. */
   private resetRelays(): void {
-    if (this.stopped) return;
-    if (this.relayed.size + this.remoteSockets.size + this.pending.size > 0) {
+    const bound = this.bound;
+    if (this.stopped || bound === undefined) return;
+    if (bound.edge.size + bound.owner.size > 0) {
       this.logger.warn('lost the connection to the cluster channel: ending relayed sockets and requests, which the clients retry');
     }
-    for (const [id] of this.pending) this.settleForward(id, undefined, unavailable('The cluster connection was interrupted; retry'));
-    for (const { ws } of [...this.relayed.values()]) ws.end(CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster connection was interrupted; reconnect');
-    for (const socket of [...this.remoteSockets.values()]) socket.end(CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster connection was interrupted; reconnect');
+    bound.rest.fail(undefined, 'The cluster connection was interrupted; retry');
+    bound.edge.endAll(undefined, CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED);
+    bound.owner.endAll(CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED);
   }
 
   /** A lease ended without this node giving it up: nothing more of that user is written here. */
   private lost(userId: string): void {
     this.logger.warn({ userId }, 'lost the lease of a user; another node serves them now');
     this.lastUse.delete(userId);
-    this.bound?.evictUser(userId, CLOSE_CODES.SERVICE_RESTART, 'Your data moved to another server; reconnect');
+    this.bound?.bindings.evictUser(userId, CLOSE_CODES.SERVICE_RESTART, 'Your data moved to another server; reconnect');
     this.storage.userFiles.disown(userId);
   }
 
@@ -375,7 +298,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
   private releaseIdle(): void {
     const before = Date.now() - IDLE_RELEASE_MS;
     for (const userId of [...this.leases.users()]) {
-      if ((this.lastUse.get(userId) ?? 0) > before || this.bound?.holdsNothingOf(userId) !== true) continue;
+      if ((this.lastUse.get(userId) ?? 0) > before || this.bound?.bindings.holdsNothingOf(userId) !== true) continue;
       this.lastUse.delete(userId);
       this.storage.userFiles.disown(userId);
       this.leases.release(userId).catch((error: unknown) => this.logger.warn({ err: error, userId }, 'could not give a lease back; it ends by itself'));
@@ -384,173 +307,24 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay, RemoteSocket
 
   /** Edge side: sockets and requests relayed to a node that is gone end now, for their clients to retry. */
   private async checkOwners(): Promise<void> {
-    const owners = new Set<string>();
-    for (const { owner } of this.relayed.values()) owners.add(owner);
-    for (const { node } of this.pending.values()) owners.add(node);
+    const bound = this.bound;
+    if (bound === undefined) return;
+    const owners = bound.edge.owners();
+    for (const node of bound.rest.waitingOn()) owners.add(node);
     for (const owner of owners) {
       let alive: boolean;
       try {
         alive = (await this.redis.exists(nodeKey(owner))) === 1;
       } catch {
         // Without Redis nothing relayed can work: the devices retry until it is back.
-        for (const { ws } of [...this.relayed.values()]) ws.end(CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster cannot be reached right now; reconnect shortly');
+        bound.edge.endAll(undefined, CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster cannot be reached right now; reconnect shortly');
         return;
       }
       if (alive) continue;
       this.logger.warn({ node: owner }, 'a node is gone; ending what was relayed to it');
-      for (const { ws, owner: of } of [...this.relayed.values()]) {
-        if (of === owner) ws.end(CLOSE_CODES.SERVICE_RESTART, 'The server holding your data went away; reconnect');
-      }
-      for (const [id, pending] of this.pending) {
-        if (pending.node === owner) this.settleForward(id, undefined, unavailable('The server holding your data went away; retry'));
-      }
+      bound.edge.endAll(owner, CLOSE_CODES.SERVICE_RESTART, 'The server holding your data went away; reconnect');
+      bound.rest.fail(owner, 'The server holding your data went away; retry');
     }
-  }
-
-  private relayId(conn: Connection): string {
-    return `${this.nodeId}/${conn.id}`;
-  }
-
-  private send(node: string, message: NodeMessage): Promise<number> {
-    return this.redis.publish(channelOf(node), toBuffer(encodeNodeMessage(message)));
-  }
-
-  /** Publishes to one node; `onFail` runs when it could not be sent (the message is lost). */
-  private publishRaw(node: string, message: Buffer, onFail?: () => void): void {
-    this.redis.publish(channelOf(node), message).catch((error: unknown) => {
-      this.logger.debug({ err: error, node }, 'could not relay to a node');
-      onFail?.();
-    });
-  }
-
-  /** From a device's socket to its document's owner; the socket ends (retryable) when that cannot be done. */
-  private sendFromEdge(ws: SyncSocket, owner: string, message: NodeMessage): void {
-    this.send(owner, message).then(
-      (receivers) => {
-        if (receivers === 0 && !ws.getUserData().closed) ws.end(CLOSE_CODES.SERVICE_RESTART, 'The server holding your data went away; reconnect');
-      },
-      () => {
-        if (!ws.getUserData().closed) ws.end(CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster cannot be reached right now; reconnect shortly');
-      },
-    );
-  }
-
-  private settleForward(id: number, answer: RelayedAnswer | undefined, error?: unknown): void {
-    const pending = this.pending.get(id);
-    if (pending === undefined) return;
-    this.pending.delete(id);
-    clearTimeout(pending.timer);
-    if (answer !== undefined) pending.resolve(answer);
-    else pending.reject(error);
-  }
-
-  private receive(raw: Buffer): void {
-    let message: NodeMessage;
-    try {
-      message = decodeNodeMessage(raw);
-    } catch (error) {
-      if (!(error instanceof MalformedNodeMessage)) throw error;
-      this.logger.warn({ err: error }, 'ignored a message on the cluster channel that is not one of ours');
-      return;
-    }
-    try {
-      this.handle(message);
-    } catch (error) {
-      this.logger.error({ err: error, kind: message.kind }, 'handling a message from another node failed');
-    }
-  }
-
-  private handle(message: NodeMessage): void {
-    const bound = this.bound;
-    if (bound === undefined) return;
-    switch (message.kind) {
-      case 'http-request': {
-        const request = JSON.parse(message.request) as ForwardedRequest;
-        void bound.serveForwarded(request, message.body.byteLength > 0 ? message.body : undefined).then((relayed) => {
-          const answer = encodeNodeMessage({ kind: 'http-answer', id: message.id, answer: JSON.stringify(relayed.answer), body: relayed.body });
-          this.publishRaw(message.from, toBuffer(answer));
-        });
-        return;
-      }
-      case 'http-answer':
-        this.settleForward(message.id, { answer: JSON.parse(message.answer) as RelayedAnswer['answer'], body: message.body });
-        return;
-      case 'sync-open':
-        this.openRemote(message);
-        return;
-      case 'sync-frame': {
-        const socket = this.remoteSockets.get(message.conn);
-        if (socket !== undefined) {
-          bound.sessions.receive(socket, message.bytes);
-          return;
-        }
-        // A socket this node does not serve (any more: it gave the user up, or restarted, while its
-        // close could not reach the edge): the edge is told to close it, for the device to reconnect.
-        const edge = message.conn.slice(0, message.conn.indexOf('/'));
-        if (edge !== '') {
-          const end = encodeNodeMessage({
-            kind: 'sync-end',
-            conn: message.conn,
-            code: CLOSE_CODES.SERVICE_RESTART,
-            reason: 'Your data moved to another server; reconnect',
-          });
-          this.publishRaw(edge, toBuffer(end));
-        }
-        return;
-      }
-      case 'sync-close':
-        this.remoteSockets.get(message.conn)?.closedByEdge();
-        return;
-      case 'sync-send': {
-        const ws = this.relayed.get(message.conn)?.ws;
-        if (ws !== undefined && !ws.getUserData().closed) ws.cork(() => ws.send(message.bytes, true));
-        return;
-      }
-      case 'sync-end': {
-        const ws = this.relayed.get(message.conn)?.ws;
-        if (ws !== undefined && !ws.getUserData().closed) ws.end(message.code, message.reason);
-        return;
-      }
-      case 'sync-publish': {
-        const sender = message.except === '' ? undefined : this.relayed.get(message.except)?.ws;
-        bound.publishRelayed(message.doc, message.bytes, sender);
-        return;
-      }
-      case 'sessions-ended':
-        if (message.from !== this.nodeId) bound.sessionsEndedElsewhere(message.sessionIds);
-        return;
-    }
-  }
-
-  /** Owner side: a device's socket on another node, for a document of a user this node owns. */
-  private openRemote(message: Extract<NodeMessage, { kind: 'sync-open' }>): void {
-    const docName = message.docName;
-    if (docName !== 'notes' && docName !== 'settings') {
-      this.logger.warn({ docName, from: message.from }, 'ignored a relayed socket for a document that does not exist');
-      return;
-    }
-    const conn: Connection = {
-      id: message.conn,
-      userId: message.userId,
-      sessionId: message.sessionId,
-      docName,
-      ack: message.ack,
-      doc: undefined,
-      closed: false,
-      refused: false,
-      stored: 0,
-      acked: 0,
-      catchUp: 0,
-      remote: undefined,
-    };
-    const socket = new RemoteSocket(conn, message.from, this);
-    if (!this.leases.owns(message.userId)) {
-      socket.end(CLOSE_CODES.TRY_AGAIN_LATER, 'Your data is moving between servers; reconnect');
-      return;
-    }
-    this.lastUse.set(message.userId, Date.now());
-    this.remoteSockets.set(conn.id, socket);
-    this.bound?.sessions.open(socket);
   }
 }
 
@@ -578,12 +352,4 @@ async function takeNodeId(redis: Redis, nodeId: string, instance: string, leaseM
     if (Date.now() > giveUpAt) throw new Error(`another running node uses the node id ${nodeId}: give each node its own --node-id`);
     await new Promise((resolve) => setTimeout(resolve, NODE_ID_POLL_MS));
   }
-}
-
-function unavailable(message: string): AppError {
-  return new AppError('service_unavailable', message, { headers: RETRY_AFTER });
-}
-
-function toBuffer(bytes: Uint8Array): Buffer {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }

@@ -35,6 +35,11 @@ export interface Connection {
   remote: string | undefined;
 }
 
+/** A connection's state as it starts: nothing stored, acknowledged or sent yet. */
+export function newConnection(fields: Pick<Connection, 'id' | 'userId' | 'sessionId' | 'docName' | 'ack'>): Connection {
+  return { ...fields, doc: undefined, closed: false, refused: false, stored: 0, acked: 0, catchUp: 0, remote: undefined };
+}
+
 /**
  * A device's sync connection, as documents and the registry use it: a uWS WebSocket, or (cluster
  * mode, on the owner) a socket held by another node and relayed to it (`server/cluster/`). Like

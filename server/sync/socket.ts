@@ -9,7 +9,7 @@ import type { Placement } from '../core/placement.ts';
 import type { HttpRequest, HttpResponse, TemplatedApp } from '../http/uws.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
 import { AwarenessRefused } from './awareness.ts';
-import type { Connection, SyncSocket } from './document.ts';
+import { newConnection, type Connection, type SyncSocket } from './document.ts';
 import { docKey, type DocRegistry } from './registry.ts';
 import type { DocName } from './repo.ts';
 import type { DecodedUpdate } from './update-check.ts';
@@ -194,20 +194,7 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
       refuse(res, requestId, 'not_found', 'No such document');
       return;
     }
-    const conn: Connection = {
-      id: requestId,
-      userId: principal.userId,
-      sessionId: principal.sessionId,
-      docName,
-      ack,
-      doc: undefined,
-      closed: false,
-      refused: false,
-      stored: 0,
-      acked: 0,
-      catchUp: 0,
-      remote: undefined,
-    };
+    const conn = newConnection({ id: requestId, userId: principal.userId, sessionId: principal.sessionId, docName, ack });
     // A browser that offered protocols needs one of them back, but the token must never be echoed
     // into a response header: clients offer `plexichat` beside it (a lone token gets none back).
     const chosen = offered.find((p) => p !== protocolToken) ?? '';

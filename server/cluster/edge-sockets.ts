@@ -1,0 +1,105 @@
+import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
+import type { Connection, SyncSocket } from '../sync/document.ts';
+import type { EdgeRelay } from '../sync/socket.ts';
+import type { NodeBus } from './bus.ts';
+import type { NodeMessage } from './wire.ts';
+
+/** Delivers an owner's frame to this node's sockets on a document, except the one that sent it. */
+export type PublishRelayed = (docKey: string, frame: Uint8Array, sender: SyncSocket | undefined) => void;
+
+/**
+ * Edge side of sync relaying: devices' sockets held by this node for documents another node owns.
+ * Each socket's frames go to the owner in order; what the owner sends (its answers, its close, the
+ * document's frames) comes back here. A socket whose owner cannot be reached ends with a code
+ * that makes the device reconnect (and resync).
+ */
+export class EdgeSockets implements EdgeRelay {
+  /** By cluster-wide connection id: `<this node>/<request id>`. */
+  private readonly sockets = new Map<string, { ws: SyncSocket; owner: string }>();
+
+  constructor(
+    private readonly bus: NodeBus,
+    private readonly publishRelayed: PublishRelayed,
+  ) {}
+
+  get size(): number {
+    return this.sockets.size;
+  }
+
+  /** The nodes sockets here are relayed to. */
+  owners(): Set<string> {
+    return new Set([...this.sockets.values()].map((socket) => socket.owner));
+  }
+
+  open(ws: SyncSocket): void {
+    const conn = ws.getUserData();
+    if (conn.remote === undefined) return;
+    const id = this.idOf(conn);
+    this.sockets.set(id, { ws, owner: conn.remote });
+    this.sendToOwner(ws, conn.remote, {
+      kind: 'sync-open',
+      conn: id,
+      from: this.bus.self,
+      userId: conn.userId,
+      sessionId: conn.sessionId,
+      docName: conn.docName,
+      ack: conn.ack,
+    });
+  }
+
+  frame(ws: SyncSocket, bytes: Uint8Array): void {
+    const conn = ws.getUserData();
+    if (conn.remote === undefined || conn.closed) return;
+    this.sendToOwner(ws, conn.remote, { kind: 'sync-frame', conn: this.idOf(conn), bytes });
+  }
+
+  closed(ws: SyncSocket): void {
+    const conn = ws.getUserData();
+    if (conn.remote === undefined) return;
+    const id = this.idOf(conn);
+    if (this.sockets.get(id)?.ws !== ws) return;
+    this.sockets.delete(id);
+    // If this is lost, the owner learns it from the next frame it cannot deliver, or from this node's end.
+    this.bus.send(conn.remote, { kind: 'sync-close', conn: id }).catch(() => undefined);
+  }
+
+  /** A message from an owner for a socket (or the sockets of a document) here. */
+  receive(message: Extract<NodeMessage, { kind: 'sync-send' | 'sync-end' | 'sync-publish' }>): void {
+    switch (message.kind) {
+      case 'sync-send': {
+        const ws = this.sockets.get(message.conn)?.ws;
+        // Outside any uWS callback: corked, as uWS wants.
+        if (ws !== undefined && !ws.getUserData().closed) ws.cork(() => ws.send(message.bytes, true));
+        return;
+      }
+      case 'sync-end': {
+        const ws = this.sockets.get(message.conn)?.ws;
+        if (ws !== undefined && !ws.getUserData().closed) ws.end(message.code, message.reason);
+        return;
+      }
+      case 'sync-publish':
+        this.publishRelayed(message.doc, message.bytes, message.except === '' ? undefined : this.sockets.get(message.except)?.ws);
+        return;
+    }
+  }
+
+  /** Ends the sockets relayed to `owner` (every one when undefined). */
+  endAll(owner: string | undefined, code: number, reason: string): void {
+    for (const socket of [...this.sockets.values()]) if (owner === undefined || socket.owner === owner) socket.ws.end(code, reason);
+  }
+
+  private idOf(conn: Connection): string {
+    return `${this.bus.self}/${conn.id}`;
+  }
+
+  private sendToOwner(ws: SyncSocket, owner: string, message: NodeMessage): void {
+    this.bus.send(owner, message).then(
+      (receivers) => {
+        if (receivers === 0 && !ws.getUserData().closed) ws.end(CLOSE_CODES.SERVICE_RESTART, 'The server holding your data went away; reconnect');
+      },
+      () => {
+        if (!ws.getUserData().closed) ws.end(CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster cannot be reached right now; reconnect shortly');
+      },
+    );
+  }
+}

@@ -1,0 +1,134 @@
+import type { Logger } from 'pino';
+import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
+import { newConnection, type SyncSocket } from '../sync/document.ts';
+import type { DocRelay } from '../sync/registry.ts';
+import { encodeForBus, type NodeBus } from './bus.ts';
+import { RemoteSocket, type RemoteSocketHost } from './remote-socket.ts';
+import type { NodeMessage } from './wire.ts';
+
+/** What the sync channel does for a socket another node holds, exactly as for its own. */
+export interface SyncSessions {
+  open(ws: SyncSocket): void;
+  receive(ws: SyncSocket, bytes: Uint8Array): void;
+  close(ws: SyncSocket): void;
+}
+
+const INTERRUPTED = 'The cluster connection was interrupted; reconnect';
+
+/**
+ * Owner side of sync relaying: devices' sockets other nodes hold, for documents of users this node
+ * owns, served as `RemoteSocket`s; and the relay of each document's frames to the edge nodes with
+ * sockets on it, encoded once for all of them.
+ */
+export class OwnerSockets implements DocRelay, RemoteSocketHost {
+  private readonly sockets = new Map<string, RemoteSocket>();
+  /** For each document, the edge nodes with sockets on it, and how many. */
+  private readonly interest = new Map<string, Map<string, number>>();
+
+  constructor(
+    private readonly bus: NodeBus,
+    private readonly sessions: SyncSessions,
+    private readonly publishToLocal: (topic: string, frame: Uint8Array) => void,
+    private readonly logger: Logger,
+  ) {}
+
+  get size(): number {
+    return this.sockets.size;
+  }
+
+  /** A device's socket opened on another node: served here if `owns` its user, else told to reconnect. */
+  open(message: Extract<NodeMessage, { kind: 'sync-open' }>, owns: boolean): void {
+    const docName = message.docName;
+    if (docName !== 'notes' && docName !== 'settings') {
+      this.logger.warn({ docName, from: message.from }, 'ignored a relayed socket for a document that does not exist');
+      return;
+    }
+    const socket = new RemoteSocket(
+      newConnection({ id: message.conn, userId: message.userId, sessionId: message.sessionId, docName, ack: message.ack }),
+      message.from,
+      this,
+    );
+    if (!owns) {
+      socket.end(CLOSE_CODES.TRY_AGAIN_LATER, 'Your data is moving between servers; reconnect');
+      return;
+    }
+    this.sockets.set(message.conn, socket);
+    this.sessions.open(socket);
+  }
+
+  frame(message: Extract<NodeMessage, { kind: 'sync-frame' }>): void {
+    const socket = this.sockets.get(message.conn);
+    if (socket !== undefined) {
+      this.sessions.receive(socket, message.bytes);
+      return;
+    }
+    // A socket this node does not serve (any more: it gave the user up, or restarted, while its
+    // close could not reach the edge): the edge is told to close it, for the device to reconnect.
+    const edge = message.conn.slice(0, message.conn.indexOf('/'));
+    if (edge === '') return;
+    this.bus.sendEncoded(
+      edge,
+      encodeForBus({ kind: 'sync-end', conn: message.conn, code: CLOSE_CODES.SERVICE_RESTART, reason: 'Your data moved to another server; reconnect' }),
+    );
+  }
+
+  closedByEdge(message: Extract<NodeMessage, { kind: 'sync-close' }>): void {
+    this.sockets.get(message.conn)?.closedByEdge();
+  }
+
+  /** Ends every relayed socket (their devices reconnect). */
+  endAll(code: number, reason: string): void {
+    for (const socket of [...this.sockets.values()]) socket.end(code, reason);
+  }
+
+  // DocRelay
+
+  publish(docKey: string, frame: Uint8Array, except: string): void {
+    const nodes = this.interest.get(docKey);
+    if (nodes === undefined) return;
+    const message = encodeForBus({ kind: 'sync-publish', doc: docKey, except, bytes: frame });
+    for (const node of nodes.keys()) {
+      this.bus.sendEncoded(node, message, () => {
+        // That node's sockets on the document missed a frame: they reconnect and resync.
+        for (const socket of [...this.sockets.values()])
+          if (socket.edge === node && socket.topic === docKey) socket.end(CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED);
+      });
+    }
+  }
+
+  // RemoteSocketHost
+
+  sendToEdge(socket: RemoteSocket, message: { kind: 'sync-send'; bytes: Uint8Array } | { kind: 'sync-end'; code: number; reason: string }): void {
+    const conn = socket.getUserData().id;
+    const full: NodeMessage =
+      message.kind === 'sync-send' ? { kind: 'sync-send', conn, bytes: message.bytes } : { kind: 'sync-end', conn, code: message.code, reason: message.reason };
+    // A lost frame would leave the device silently behind: the socket ends instead, to resync.
+    this.bus.sendEncoded(socket.edge, encodeForBus(full), () => socket.end(CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED));
+  }
+
+  publishLocal(topic: string, frame: Uint8Array): void {
+    this.publishToLocal(topic, frame);
+  }
+
+  subscribed(socket: RemoteSocket, topic: string): void {
+    let nodes = this.interest.get(topic);
+    if (nodes === undefined) {
+      nodes = new Map();
+      this.interest.set(topic, nodes);
+    }
+    nodes.set(socket.edge, (nodes.get(socket.edge) ?? 0) + 1);
+  }
+
+  ended(socket: RemoteSocket): void {
+    const id = socket.getUserData().id;
+    if (this.sockets.get(id) === socket) this.sockets.delete(id);
+    if (socket.topic !== undefined) {
+      const nodes = this.interest.get(socket.topic);
+      const count = (nodes?.get(socket.edge) ?? 0) - 1;
+      if (count > 0) nodes?.set(socket.edge, count);
+      else nodes?.delete(socket.edge);
+      if (nodes?.size === 0) this.interest.delete(socket.topic);
+    }
+    this.sessions.close(socket);
+  }
+}
