@@ -143,6 +143,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   try {
     users.repairDirectoryIndex();
   } catch (error) {
+    await cluster?.close();
     storage.close();
     await notices.close();
     throw error;
@@ -164,6 +165,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     mailer = createMailer({ smtpUrl: config.smtpUrl, from: config.mailFrom, outboxDir: path.join(config.dataDir, 'outbox'), logger });
   } catch (error) {
     authService.close();
+    await cluster?.close();
     storage.close();
     await notices.close();
     throw error;

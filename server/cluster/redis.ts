@@ -17,8 +17,10 @@ export const REDIS_BACK = 'Redis is reachable again';
 /**
  * A connection to the cluster's Redis. Commands fail at once while it is down (no offline queue):
  * a request that needs Redis is answered 503 then, instead of waiting for a Redis that may not come
- * back; one already sent when the connection dropped is sent again at most once, on the next
- * connection (`maxRetriesPerRequest: 1`), and no command waits more than 2 s for an answer. It
+ * back; one already sent when the connection dropped fails too, never sent again
+ * (`maxRetriesPerRequest: 0`: a relayed sync frame sent twice would be stored and acknowledged
+ * twice, and a device would take a second acknowledgement for an update of its own that was never
+ * stored), and no command waits more than 2 s for an answer. It
  * reconnects by itself; losing and regaining the connection is logged once each, not per failed
  * attempt. A wrong URL or an unreachable Redis (refused, unknown host, wrong password, a server
  * that is not Redis) fails the start with one line saying why.
@@ -27,7 +29,7 @@ export async function connectRedis(url: string, logger: Logger, name: string): P
   const redis = new Redis(url, {
     lazyConnect: true,
     enableOfflineQueue: false,
-    maxRetriesPerRequest: 1,
+    maxRetriesPerRequest: 0,
     commandTimeout: COMMAND_TIMEOUT_MS,
     connectionName: name,
     retryStrategy: (attempt) => Math.min(attempt * 100, MAX_RECONNECT_DELAY_MS),
