@@ -261,6 +261,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       authService.sessionsEndedElsewhere(sessionIds);
       registry.revokeSessions(sessionIds);
     },
+    sessionExists: (sessionId) => authService.sessionExists(sessionId),
   });
 
   let listening: Awaited<ReturnType<typeof listen>>;

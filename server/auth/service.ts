@@ -381,6 +381,15 @@ export class AuthService {
    * cached tokens are dropped, so this node reads the directory again and refuses them; the caller
    * closes their sockets. The listeners are not called: the ending node told everyone already.
    */
+  /**
+   * Cluster mode: whether a session still exists, read from the directory (not the cache). The
+   * owner asks before it serves a socket another node accepted: the session may have ended on the
+   * way, after the revocation reached the owner.
+   */
+  sessionExists(sessionId: string): boolean {
+    return !this.refused.has(sessionId) && repo.existingSessions(this.deps.storage.directory, [sessionId]).has(sessionId);
+  }
+
   sessionsEndedElsewhere(sessionIds: string[]): void {
     const ended = new Set(sessionIds);
     for (const [key, entry] of this.sessionCache) if (ended.has(entry.principal.sessionId)) this.sessionCache.delete(key);

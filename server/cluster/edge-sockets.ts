@@ -74,7 +74,7 @@ export class EdgeSockets implements EdgeRelay {
       }
       case 'sync-end': {
         const ws = this.sockets.get(message.conn)?.ws;
-        if (ws !== undefined && !ws.getUserData().closed) ws.end(message.code, message.reason);
+        if (ws !== undefined && !ws.getUserData().closed) ws.cork(() => ws.end(message.code, message.reason));
         return;
       }
       case 'sync-publish':

@@ -43,6 +43,8 @@ export interface ClusterBindings {
   holdsNothingOf(userId: string): boolean;
   /** Sessions another node ended: refuse them here and close their sockets. */
   sessionsEndedElsewhere(sessionIds: string[]): void;
+  /** Whether a session still exists (a relayed socket's session may have ended on its way here). */
+  sessionExists(sessionId: string): boolean;
 }
 
 /** The parts that exist once the node is bound. */
@@ -212,10 +214,12 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       case 'http-answer':
         bound.rest.answered(message);
         return;
-      case 'sync-open':
-        if (this.leases.owns(message.userId)) this.lastUse.set(message.userId, Date.now());
-        bound.owner.open(message, this.leases.owns(message.userId));
+      case 'sync-open': {
+        const owns = this.leases.owns(message.userId);
+        if (owns) this.lastUse.set(message.userId, Date.now());
+        bound.owner.open(message, owns ? (bound.bindings.sessionExists(message.sessionId) ? 'serve' : 'session-ended') : 'not-owner');
         return;
+      }
       case 'sync-frame':
         bound.owner.frame(message);
         return;

@@ -36,8 +36,11 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
     return this.sockets.size;
   }
 
-  /** A device's socket opened on another node: served here if `owns` its user, else told to reconnect. */
-  open(message: Extract<NodeMessage, { kind: 'sync-open' }>, owns: boolean): void {
+  /**
+   * A device's socket opened on another node: served here, or ended — told to reconnect when this
+   * node does not own its user, or 4401 when its session ended on the way.
+   */
+  open(message: Extract<NodeMessage, { kind: 'sync-open' }>, verdict: 'serve' | 'not-owner' | 'session-ended'): void {
     const docName = message.docName;
     if (docName !== 'notes' && docName !== 'settings') {
       this.logger.warn({ docName, from: message.from }, 'ignored a relayed socket for a document that does not exist');
@@ -48,8 +51,12 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
       message.from,
       this,
     );
-    if (!owns) {
+    if (verdict === 'not-owner') {
       socket.end(CLOSE_CODES.TRY_AGAIN_LATER, 'Your data is moving between servers; reconnect');
+      return;
+    }
+    if (verdict === 'session-ended') {
+      socket.end(CLOSE_CODES.SESSION_REVOKED, 'Session revoked');
       return;
     }
     this.sockets.set(message.conn, socket);

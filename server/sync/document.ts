@@ -33,11 +33,15 @@ export interface Connection {
    * are relayed (the document is never loaded here); undefined when it is served here.
    */
   remote: string | undefined;
+  /** Cluster mode, from the upgrade until it opens: where the user is served, still being looked up. */
+  placing: Promise<'here' | { node: string }> | undefined;
+  /** Cluster mode: frames that came while the socket was being placed, in order. */
+  held: Uint8Array[] | undefined;
 }
 
 /** A connection's state as it starts: nothing stored, acknowledged or sent yet. */
 export function newConnection(fields: Pick<Connection, 'id' | 'userId' | 'sessionId' | 'docName' | 'ack'>): Connection {
-  return { ...fields, doc: undefined, closed: false, refused: false, stored: 0, acked: 0, catchUp: 0, remote: undefined };
+  return { ...fields, doc: undefined, closed: false, refused: false, stored: 0, acked: 0, catchUp: 0, remote: undefined, placing: undefined, held: undefined };
 }
 
 /**

@@ -90,15 +90,12 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
     compression: 0,
 
     upgrade: (res: HttpResponse, req: HttpRequest, context) => {
-      // Synchronous, except in cluster mode for a user this node does not own yet: then the answer
-      // waits for where the user is served, and a client gone meanwhile gets nothing.
-      const state = { aborted: false };
-      res.onAborted(() => {
-        state.aborted = true;
-      });
+      // Everything below is synchronous, so the response is always answered before an abort could
+      // be observed; uWS still wants the handler.
+      res.onAborted(() => {});
       const requestId = options.nextRequestId();
       try {
-        upgrade(res, req, context, requestId, state);
+        upgrade(res, req, context, requestId);
       } catch (error) {
         refuseFor(res, requestId, error);
       }
@@ -122,7 +119,8 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
         }
         // uWS reuses `message` after this callback: keep a copy (also what gets stored and relayed).
         const bytes = new Uint8Array(message.slice(0));
-        if (conn.remote !== undefined) options.cluster?.edge.frame(ws, bytes);
+        if (conn.held !== undefined) hold(ws, conn, bytes);
+        else if (conn.remote !== undefined) options.cluster?.edge.frame(ws, bytes);
         else receive(ws, conn, bytes);
       } catch (error) {
         fail(ws, conn, error, 'handling a sync message failed');
@@ -162,7 +160,7 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
     }
   }
 
-  function upgrade(res: HttpResponse, req: HttpRequest, context: Parameters<HttpResponse['upgrade']>[4], requestId: string, state: { aborted: boolean }): void {
+  function upgrade(res: HttpResponse, req: HttpRequest, context: Parameters<HttpResponse['upgrade']>[4], requestId: string): void {
     // Copied now: `req` is invalid once this function returns.
     const url = req.getUrl();
     const key = req.getHeader('sec-websocket-key');
@@ -198,21 +196,59 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
     // A browser that offered protocols needs one of them back, but the token must never be echoed
     // into a response header: clients offer `plexichat` beside it (a lone token gets none back).
     const chosen = offered.find((p) => p !== protocolToken) ?? '';
+    // Cluster mode: where the user is served is known at once when it is here; otherwise it is
+    // looked up while the socket opens (`place`). The upgrade itself never waits.
     const where = options.cluster?.placement.locate(principal.userId) ?? 'here';
-    if (where === 'here') {
-      res.cork(() => res.upgrade(conn, key, chosen, extensions, context));
-      return;
-    }
+    if (where !== 'here') conn.placing = where;
+    res.cork(() => res.upgrade(conn, key, chosen, extensions, context));
+  }
+
+  /**
+   * Cluster mode, a user this node did not own when the socket came: once it is known where they
+   * are served, the socket is served here or relayed to the owner, with the frames that came
+   * meanwhile (held, in order). A failure to find out ends it with a code that says retry.
+   */
+  function place(ws: SyncSocket, conn: Connection, where: Promise<'here' | { node: string }>): void {
+    conn.held = [];
     where.then(
       (location) => {
-        if (state.aborted) return;
-        if (location !== 'here') conn.remote = location.node;
-        res.cork(() => res.upgrade(conn, key, chosen, extensions, context));
+        const held = conn.held ?? [];
+        conn.held = undefined;
+        if (conn.closed) return;
+        // After an await: uWS wants what is written corked.
+        ws.cork(() => {
+          try {
+            if (location === 'here') {
+              attach(ws, conn);
+              for (const bytes of held) receive(ws, conn, bytes);
+            } else {
+              conn.remote = location.node;
+              relay(ws, conn);
+              for (const bytes of held) options.cluster?.edge.frame(ws, bytes);
+            }
+          } catch (error) {
+            fail(ws, conn, error, 'opening a sync socket failed');
+          }
+        });
       },
       (error: unknown) => {
-        if (!state.aborted) refuseFor(res, requestId, error);
+        conn.held = undefined;
+        if (conn.closed) return;
+        if (!(error instanceof AppError)) logger.error({ err: error, conn: conn.id, userId: conn.userId }, 'finding where a user is served failed');
+        ws.cork(() => end(ws, conn, CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster cannot be reached right now; reconnect shortly'));
       },
     );
+  }
+
+  /** Keeps a frame that came before the socket was placed; past a bound, the socket ends (retry). */
+  function hold(ws: SyncSocket, conn: Connection, bytes: Uint8Array): void {
+    const held = conn.held ?? [];
+    const total = held.reduce((sum, frame) => sum + frame.byteLength, bytes.byteLength);
+    if (total > options.maxMessageBytes * 2) {
+      end(ws, conn, CLOSE_CODES.TRY_AGAIN_LATER, 'Server busy; retry shortly');
+      return;
+    }
+    held.push(bytes);
   }
 
   function open(ws: SyncSocket, conn: Connection): void {
@@ -220,12 +256,22 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
       end(ws, conn, CLOSE_CODES.MESSAGE_TOO_BIG, `The last message was over ${options.maxMessageBytes} bytes`);
       return;
     }
-    if (conn.remote !== undefined) {
-      // Served by the owner, which counts the user's connections and answers through `relay`.
-      ws.subscribe(relayedTopic(docKey(conn.userId, conn.docName)));
-      options.cluster?.edge.open(ws);
+    if (conn.placing !== undefined) {
+      place(ws, conn, conn.placing);
+      conn.placing = undefined;
       return;
     }
+    attach(ws, conn);
+  }
+
+  /** Served by the owner, which counts the user's connections and answers through the cluster. */
+  function relay(ws: SyncSocket, conn: Connection): void {
+    ws.subscribe(relayedTopic(docKey(conn.userId, conn.docName)));
+    options.cluster?.edge.open(ws);
+  }
+
+  /** Served here: loads the document (or refuses, retryable). */
+  function attach(ws: SyncSocket, conn: Connection): void {
     if (registry.connectionsOf(conn.userId) >= options.maxConnectionsPerUser) {
       end(ws, conn, CLOSE_CODES.TOO_MANY_CONNECTIONS, 'Too many sync connections for this user');
       return;

@@ -20,6 +20,12 @@ export interface FuzzRun {
   /** Runs per property; the time limit, if any, may stop it earlier. */
   numRuns: number;
   timeLimitMs?: number;
+  /**
+   * Cluster mode (docs/cluster.md): the Redis of a two-node cluster on one data folder, for the
+   * properties that take it. The hostile client then talks to a node that does not own its user,
+   * which relays everything to the owner.
+   */
+  redisUrl?: string;
 }
 
 const params = (run: FuzzRun): fc.Parameters<unknown> => ({
@@ -96,7 +102,12 @@ class Probe {
  */
 export async function fuzzSyncFrames(run: FuzzRun): Promise<void> {
   const dataDir = tempDir('plexichat-fuzz-');
-  let srv = await startServer({ dataDir, docUnloadDelayMs: 0, compactAfterUpdates: 20, compactDebounceMs: 0, compactMaxWaitMs: 0 });
+  const tuning = { docUnloadDelayMs: 0, compactAfterUpdates: 20, compactDebounceMs: 0, compactMaxWaitMs: 0 };
+  const cluster = (nodeId: string) => (run.redisUrl === undefined ? {} : { redisUrl: run.redisUrl, nodeId });
+  let srv = await startServer({ dataDir, ...tuning, ...cluster('fuzz-owner') });
+  // One node, or (cluster mode) the node the hostile client reaches, relaying to `srv`, which owns
+  // the user from their first request on.
+  const edge = run.redisUrl === undefined ? srv : await startServer({ dataDir, ...tuning, ...cluster('fuzz-edge') });
   try {
     const user = await registerUser(srv.api);
     const bystander = await registerUser(srv.api);
@@ -108,7 +119,7 @@ export async function fuzzSyncFrames(run: FuzzRun): Promise<void> {
     const probeFor = async (doc: keyof typeof docs): Promise<Probe> => {
       const current = probes[doc];
       if (current && current.closed === null) return current;
-      const fresh = await Probe.open(`${srv.url}${docs[doc]}?token=${user.token}&ack=1`);
+      const fresh = await Probe.open(`${edge.url}${docs[doc]}?token=${user.token}&ack=1`);
       probes[doc] = fresh;
       return fresh;
     };
@@ -142,7 +153,8 @@ export async function fuzzSyncFrames(run: FuzzRun): Promise<void> {
     for (const probe of Object.values(probes)) probe?.ws.close();
 
     assert.deepEqual((await srv.api.get<UserSettings>('/users/@me/settings', { token: bystander.token })).body, { kept: [1, 'two', { three: 3 }] });
-    // Restarted, the documents hold everything that was acknowledged.
+    // Restarted (one node), the documents hold everything that was acknowledged.
+    if (edge !== srv) await edge.close();
     await srv.close();
     srv = await startServer({ dataDir });
     for (const doc of ['notes', 'settings'] as const) {
@@ -154,6 +166,7 @@ export async function fuzzSyncFrames(run: FuzzRun): Promise<void> {
       assert.deepEqual(Y.encodeStateAsUpdate(replica), before, `${doc}: an acknowledged update is missing after the restart`);
     }
   } finally {
+    if (edge !== srv) await edge.close();
     await srv.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   }

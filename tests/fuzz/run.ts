@@ -3,10 +3,12 @@ import { randomInt } from 'node:crypto';
 import { fuzzDocumentShapes, fuzzJsonBodies, fuzzSyncFrames } from './properties.ts';
 
 /**
- * `npm run fuzz [-- --minutes 10] [--seed N]`: the fuzz properties of `npm test`, each for a share
- * of the time, with a random seed printed first so a failure can be replayed with `--seed`.
+ * `npm run fuzz [-- --minutes 10] [--seed N] [--redis-url redis://…]`: the fuzz properties of
+ * `npm test`, each for a share of the time, with a random seed printed first so a failure can be
+ * replayed with `--seed`. With `--redis-url`, the sync frames go through a two-node cluster on that
+ * Redis (an edge node relaying to the owner).
  */
-const { values } = parseArgs({ options: { minutes: { type: 'string', default: '10' }, seed: { type: 'string' } } });
+const { values } = parseArgs({ options: { minutes: { type: 'string', default: '10' }, seed: { type: 'string' }, 'redis-url': { type: 'string' } } });
 const minutes = Number(values.minutes);
 if (!Number.isFinite(minutes) || minutes <= 0) throw new Error('--minutes must be a positive number');
 const seed = values.seed === undefined ? randomInt(2 ** 31) : Number(values.seed);
@@ -20,7 +22,12 @@ const properties = [
 for (const [name, property, share] of properties) {
   const started = Date.now();
   process.stdout.write(`fuzz: ${name}... `);
-  await property({ seed, numRuns: Number.MAX_SAFE_INTEGER, timeLimitMs: minutes * 60_000 * share });
+  await property({
+    seed,
+    numRuns: Number.MAX_SAFE_INTEGER,
+    timeLimitMs: minutes * 60_000 * share,
+    ...(values['redis-url'] === undefined ? {} : { redisUrl: values['redis-url'] }),
+  });
   console.log(`held for ${((Date.now() - started) / 1000).toFixed(0)} s`);
 }
 console.log('fuzz: every property held');
