@@ -346,7 +346,12 @@ const pathParam = fc.oneof(
  */
 export async function fuzzJsonBodies(run: FuzzRun): Promise<void> {
   // Without the 2FA budgets, which would answer 429 to nearly every fuzzed call of those routes.
-  const srv = await startServer({ totpAccountRateLimit: 0, totpAddressRateLimit: 0 });
+  const settings = { totpAccountRateLimit: 0, totpAddressRateLimit: 0 };
+  const dataDir = tempDir('plexichat-fuzz-');
+  const cluster = (nodeId: string) => (run.redisUrl === undefined ? {} : { redisUrl: run.redisUrl, nodeId });
+  const srv = await startServer({ dataDir, ...settings, ...cluster('fuzz-owner') });
+  // One node, or (cluster mode) a node that relays every signed-in call to `srv`, which owns the user.
+  const edge = run.redisUrl === undefined ? srv : await startServer({ dataDir, ...settings, ...cluster('fuzz-edge') });
   try {
     const user = await registerUser(srv.api);
     const other = await registerUser(srv.api);
@@ -354,14 +359,16 @@ export async function fuzzJsonBodies(run: FuzzRun): Promise<void> {
     await fc.assert(
       fc.asyncProperty(fc.constantFrom(...ROUTES), body, pathParam, async (route, json, param) => {
         const path = route.path({ user: user.id, other: other.id, channel }, encodeURIComponent(param));
-        const res = await srv.api.request(route.method, path, { token: user.token, ...(route.method === 'GET' || route.method === 'DELETE' ? {} : { json }) });
+        const res = await edge.api.request(route.method, path, { token: user.token, ...(route.method === 'GET' || route.method === 'DELETE' ? {} : { json }) });
         // A parameter such as `..` can make the URL another route's (or none): 404 and 405 are documented too.
         assertDocumented(res, [...route.allowed, 404, 405]);
       }),
       params(run),
     );
-    assert.equal((await srv.api.get('/users/@me', { token: user.token })).status, 200, 'still serving, still signed in');
+    assert.equal((await edge.api.get('/users/@me', { token: user.token })).status, 200, 'still serving, still signed in');
   } finally {
+    if (edge !== srv) await edge.close();
     await srv.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
   }
 }
