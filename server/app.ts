@@ -30,11 +30,16 @@ import { mfaRoutes } from './mfa/routes.ts';
 import { createMailer, type Mailer } from './mail/mailer.ts';
 import { RecoveryService } from './recovery/service.ts';
 import { recoveryRoutes } from './recovery/routes.ts';
+import { HttpMetrics, SyncMetrics } from './metrics/recorders.ts';
+import { MetricsExposition } from './metrics/exposition.ts';
+import { metricsRoute } from './http/metrics-route.ts';
 
 export interface RunningServer {
   port: number;
   /** Where the server listens, e.g. http://127.0.0.1:8080. */
   url: string;
+  /** Where Prometheus scrapes, e.g. http://127.0.0.1:9464/metrics; undefined when metrics are off. */
+  metricsUrl: string | undefined;
   /** Stops listening, lets in-flight requests finish, closes sockets and databases. */
   close(): Promise<void>;
   /** Live counters, for health checks and tests. */
@@ -60,6 +65,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const app = createApp();
   const storage = openStorage(config);
   let publicUrl = config.publicUrl ?? '';
+  // Off unless asked for; off, the hot paths only see that these are undefined.
+  const recorders = config.metricsPort !== undefined || config.metricsToken !== undefined ? { http: new HttpMetrics(), sync: new SyncMetrics() } : undefined;
 
   const avatars = new AvatarsService({
     storage,
@@ -126,6 +133,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       compactDebounceMs: config.compactDebounceMs,
       compactMaxWaitMs: config.compactMaxWaitMs,
     },
+    metrics: recorders?.sync,
   });
   authService.onSessionsRevoked((sessionIds) => registry.revokeSessions(sessionIds));
   authService.countAsInUse(() => registry.sessionsWithSockets());
@@ -133,6 +141,20 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const userSettings = new UserSettingsService(registry, logger);
   const relationships = new RelationshipsService(storage, users);
   const channels = new ChannelsService({ storage, users, relationships, messaging });
+  const metrics =
+    recorders &&
+    new MetricsExposition({
+      ...recorders,
+      token: config.metricsToken,
+      sources: {
+        syncConnections: () => registry.connectionCount,
+        loadedDocuments: () => registry.loadedCount,
+        openUserFiles: () => storage.userFiles.openCount,
+        maxOpenUserFiles: config.maxOpenUserFiles,
+        userFilesOpened: () => storage.userFiles.opened,
+        userFilesEvicted: () => storage.userFiles.evicted,
+      },
+    });
 
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
@@ -145,6 +167,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     ...channelsRoutes(channels),
     ...avatarsRoutes(avatars, { maxBytes: config.maxAvatarBytes }),
     ...mfaRoutes(mfa, { attemptsPerAddress: config.totpAddressRateLimit }),
+    // On the API's port only when it has no port of its own; there a token guards it (config.ts).
+    ...(metrics !== undefined && config.metricsPort === undefined ? [metricsRoute(metrics)] : []),
     ...(options.extraRoutes ?? []),
   ];
   // The sync socket is mounted first so its `/sync/*` pattern is never shadowed by the REST catch-all.
@@ -167,23 +191,41 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     maxJsonBodyBytes: config.maxJsonBodyBytes,
     maxUploadMemoryBytes: config.maxUploadMemoryBytes,
     authenticate: (token) => authService.authenticate(token),
+    metrics: recorders?.http,
   });
+  // What a start that fails half-way must close (no sweep may run against a closed storage).
+  const abandon = () => {
+    authService.close();
+    mailer.close();
+    metrics?.close();
+    storage.close();
+  };
 
   let listening: Awaited<ReturnType<typeof listen>>;
   try {
     listening = await listen(app, config.host, config.port);
   } catch (error) {
-    // No sweep may run against a storage that is closed.
-    authService.close();
-    mailer.close();
-    storage.close();
+    abandon();
     throw error;
+  }
+  let metricsPort: MetricsPort | undefined;
+  if (metrics !== undefined && config.metricsPort !== undefined) {
+    try {
+      metricsPort = await serveMetricsPort(metrics, config, { logger, nextRequestId });
+    } catch (error) {
+      stopListening(listening.socket);
+      closeAllSockets(app);
+      abandon();
+      throw error;
+    }
   }
   // In the background: a mail server slow to answer must not delay serving. It logs one line,
   // an error line saying why when mails cannot go out.
   void mailer.check();
-  const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${listening.port}`;
+  const url = urlOf(config.host, listening.port);
   publicUrl = config.publicUrl ?? url;
+  const metricsUrl = metrics === undefined ? undefined : `${metricsPort === undefined ? url : urlOf(config.host, metricsPort.port)}/metrics`;
+  if (metricsUrl !== undefined) logger.info({ url: metricsUrl, token: config.metricsToken !== undefined }, `serving metrics at ${metricsUrl}`);
   if (config.smtpUrl !== undefined && config.publicUrl === undefined) {
     // Mails leave the machine, their links must reach it: the listening address rarely does.
     logger.warn({ url }, 'no --public-url: links in mails lead to the address the server listens on; set --public-url to the one users reach');
@@ -193,12 +235,14 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   return {
     port: listening.port,
     url,
+    metricsUrl,
     stats: () => ({ loadedDocs: registry.loadedCount, openUserFiles: storage.userFiles.openCount, syncConnections: registry.connectionCount }),
     close() {
       closing ??= (async () => {
         http.refuseNew();
         stopListening(listening.socket);
-        await http.inflight.idle(DRAIN_TIMEOUT_MS);
+        metricsPort?.stopListening();
+        await Promise.all([http.inflight.idle(DRAIN_TIMEOUT_MS), metricsPort?.drained(DRAIN_TIMEOUT_MS)]);
         // Mails still going out in the background (they may store a token first).
         await recovery.close(DRAIN_TIMEOUT_MS);
         mailer.close();
@@ -207,9 +251,48 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         // uWS flushes corked writes when the loop turns; closing first would cut the last answers.
         await new Promise((resolve) => setImmediate(resolve));
         closeAllSockets(app);
+        metricsPort?.closeSockets();
+        metrics?.close();
         storage.close();
       })();
       return closing;
     },
+  };
+}
+
+function urlOf(host: string, port: number): string {
+  return `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+interface MetricsPort {
+  port: number;
+  stopListening(): void;
+  /** Resolves once the scrapes in flight are answered (or after `timeoutMs`). */
+  drained(timeoutMs: number): Promise<void>;
+  closeSockets(): void;
+}
+
+/**
+ * `--metrics-port`: a listener of its own on `--host` that serves only `GET /metrics` (anything
+ * else is the usual 404), through the same request handling as the API, uncounted.
+ */
+async function serveMetricsPort(metrics: MetricsExposition, config: Config, options: { logger: Logger; nextRequestId: () => string }): Promise<MetricsPort> {
+  const app = createApp();
+  const http = mountRoutes(app, [metricsRoute(metrics)], {
+    ...options,
+    maxJsonBodyBytes: config.maxJsonBodyBytes,
+    maxUploadMemoryBytes: config.maxUploadMemoryBytes,
+    // The one route needs no session; a bearer token here is the metrics token, checked by the route.
+    authenticate: () => null,
+  });
+  const listening = await listen(app, config.host, config.metricsPort ?? 0);
+  return {
+    port: listening.port,
+    stopListening() {
+      http.refuseNew();
+      stopListening(listening.socket);
+    },
+    drained: (timeoutMs) => http.inflight.idle(timeoutMs),
+    closeSockets: () => closeAllSockets(app),
   };
 }

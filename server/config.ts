@@ -41,6 +41,8 @@ const SETTINGS = {
   totpAddressRateLimit: { flag: 'totp-address-rate-limit', env: 'PLEXICHAT_TOTP_ADDRESS_RATE_LIMIT' },
   smtpUrl: { flag: 'smtp-url', env: 'PLEXICHAT_SMTP_URL' },
   mailFrom: { flag: 'mail-from', env: 'PLEXICHAT_MAIL_FROM' },
+  metricsPort: { flag: 'metrics-port', env: 'PLEXICHAT_METRICS_PORT' },
+  metricsToken: { flag: 'metrics-token', env: 'PLEXICHAT_METRICS_TOKEN' },
 } as const;
 
 /** Room for multipart boundaries and part headers around an avatar file of the maximum size. */
@@ -50,6 +52,9 @@ type SettingName = keyof typeof SETTINGS;
 
 /** One address, bare or after a display name; no line breaks, which would start a new mail header. */
 const MAIL_FROM_PATTERN = /^(?:[^<>@\r\n]*<[^<>@\s]+@[^<>@\s]+>|[^<>@\s]+@[^<>@\s]+)$/;
+
+/** What `Authorization: Bearer` may carry (RFC 6750's token68), at a length no one guesses. */
+const METRICS_TOKEN_PATTERN = /^[A-Za-z0-9._~+/=-]{16,512}$/;
 
 const intInRange = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 
@@ -136,6 +141,20 @@ const configSchema = z
     smtpUrl: z.url({ protocol: /^smtps?$/, message: 'must be an smtp:// or smtps:// URL' }).optional(),
     /** The sender of every mail: `name@domain` or `Name <name@domain>`. */
     mailFrom: z.string().max(320).regex(MAIL_FROM_PATTERN, { message: 'must be an address, name@domain or "Name <name@domain>"' }).default('noreply@localhost'),
+    /**
+     * Serves `GET /metrics` (Prometheus) on this port of `--host`, apart from the API (0 = any free
+     * port). Unset, and without a metrics token, there are no metrics (`/metrics` is a 404).
+     */
+    metricsPort: intInRange(0, 65535).optional(),
+    /**
+     * Serves `GET /metrics` to scrapes bearing this token: on the API's port, or on `--metrics-port`
+     * when that is set too. Long enough that guessing it is hopeless; the characters a bearer token may hold.
+     */
+    metricsToken: z.string().regex(METRICS_TOKEN_PATTERN, { message: 'must be 16 to 512 characters of A-Z a-z 0-9 . _ ~ + / = -' }).optional(),
+  })
+  .refine((config) => config.metricsPort === undefined || config.metricsPort === 0 || config.metricsPort !== config.port, {
+    message: 'must differ from --port',
+    path: ['metricsPort'],
   })
   .refine((config) => config.maxUploadMemoryBytes >= config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES, {
     // Smaller, and the largest avatar the server accepts could never be uploaded.

@@ -68,6 +68,9 @@ export class UserFiles {
   /** Map order is recency order: the first entry is the least recently used. */
   private readonly open = new Map<string, UserFile>();
   private readonly closingListeners = new Set<(userId: string) => void>();
+  /** Files opened and idle files closed to make room, since start (for metrics: many evictions = cap too low). */
+  opened = 0;
+  evicted = 0;
 
   constructor(
     dataDir: string,
@@ -206,6 +209,7 @@ export class UserFiles {
   }
 
   private remember(file: UserFile): UserFile {
+    this.opened += 1;
     this.open.set(file.userId, file);
     return file;
   }
@@ -229,6 +233,7 @@ export class UserFiles {
       this.open.delete(id);
       file.db.close();
       closed += 1;
+      this.evicted += 1;
     }
     return closed;
   }

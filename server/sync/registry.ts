@@ -2,6 +2,7 @@ import type * as Y from 'yjs';
 import type { Logger } from 'pino';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import type { Storage } from '../storage/index.ts';
+import type { SyncMetrics } from '../metrics/recorders.ts';
 import type { TemplatedApp } from '../http/uws.ts';
 import { SyncDocument, type DocPolicy, type SyncLimits, type SyncSocket } from './document.ts';
 import type { DocName } from './repo.ts';
@@ -14,6 +15,8 @@ export interface RegistryDeps {
   limits: SyncLimits;
   /** What each kind of document allows beyond a valid update (e.g. the settings limits). */
   policies: Partial<Record<DocName, DocPolicy>>;
+  /** Where the documents count commits and compactions; undefined when metrics are off. */
+  metrics?: SyncMetrics;
 }
 
 /**
@@ -194,6 +197,7 @@ export class DocRegistry {
         policy: policies[name],
         publish: (frame) => app.publish(key, frame, true),
         onBroken: (broken) => this.fail(broken),
+        metrics: this.deps.metrics,
       });
       this.docs.set(key, doc);
     }
