@@ -1,15 +1,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import http from 'node:http';
 import * as Y from 'yjs';
 import WebSocket from 'ws';
 import { readMessage } from '../shared/sync-codec.ts';
-import { ConfigError, loadConfig } from '../server/config.ts';
-import { registerUser, startServer, type TestServer } from './helpers/server.ts';
+import { PassThrough } from 'node:stream';
+import { resolveConfig } from '../server/config.ts';
+import { runCli } from '../server/cli/index.ts';
+import { registerUser, spawnServer, startServer, tempDir, type TestServer } from './helpers/server.ts';
 import { closeEvent, frameOf, notesChannelOf } from './helpers/sync.ts';
 import { captureLog } from './fixtures/log.ts';
 
 const TOKEN = 'metrics-test-token-0123456789';
+/** The documented answer to a scrape without the metrics token, or with another. */
+const UNAUTHORIZED = { error: 'Unauthorized', code: 'unauthorized', message: 'A valid metrics token is required' };
 
 /** One sample of the text format: the metric's name, its labels, its value. */
 interface Sample {
@@ -55,6 +60,17 @@ async function scrape(url: string, token: string | undefined = TOKEN): Promise<S
   assert.equal(response.status, 200, text);
   assert.equal(response.headers.get('content-type'), 'text/plain; version=0.0.4; charset=utf-8');
   return new Scrape(text, parseMetrics(text));
+}
+
+/** The CLI in this process, for help and settings errors (no server is started). */
+async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | undefined; stdout: string; stderr: string }> {
+  const [stdout, stderr] = [new PassThrough(), new PassThrough()];
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  stdout.on('data', (chunk: Buffer) => out.push(chunk));
+  stderr.on('data', (chunk: Buffer) => err.push(chunk));
+  const code = await runCli(args, { stdout, stderr, stdin: new PassThrough(), env });
+  return { code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
 }
 
 function metricsUrlOf(srv: TestServer): string {
@@ -109,9 +125,9 @@ test('metrics are off by default: /metrics is the normal 404', async () => {
   const srv = await startServer();
   try {
     assert.equal(srv.server.metricsUrl, undefined);
-    const response = await srv.api.get<{ code: string }>('/metrics', { headers: { authorization: `Bearer ${TOKEN}` } });
+    const response = await srv.api.get('/metrics', { headers: { authorization: `Bearer ${TOKEN}` } });
     assert.equal(response.status, 404);
-    assert.equal(response.body.code, 'not_found');
+    assert.deepEqual(response.body, { error: 'Not found', code: 'not_found', message: 'No route for GET /metrics' });
   } finally {
     await srv.close();
   }
@@ -124,9 +140,9 @@ test('with a token, on the API port: a missing or wrong token is 401, the right 
     const user = await registerUser(srv.api);
     const refused: Record<string, string>[] = [{}, { authorization: `Bearer ${TOKEN}x` }, { authorization: `Bearer ${user.token}` }, { authorization: TOKEN }];
     for (const headers of refused) {
-      const response = await srv.api.get<{ code: string }>('/metrics', { headers });
+      const response = await srv.api.get('/metrics', { headers });
       assert.equal(response.status, 401, JSON.stringify(headers));
-      assert.equal(response.body.code, 'unauthorized');
+      assert.deepEqual(response.body, UNAUTHORIZED);
       assert.equal(response.headers.get('www-authenticate'), 'Bearer');
     }
     const metrics = await scrape(metricsUrlOf(srv));
@@ -258,7 +274,9 @@ test('on a port of its own: no token needed, only /metrics there, none on the AP
     assert.equal(metrics.value('plexichat_http_requests_total', { method: 'GET', route: '/users/@me', status: '200' }), 1);
     // Scrapes on the metrics port are not API requests.
     assert.equal(metrics.value('plexichat_http_requests_total', { route: '/metrics' }), 0);
-    assert.equal((await srv.api.get('/metrics')).status, 404);
+    const onApi = await srv.api.get('/metrics');
+    assert.equal(onApi.status, 404);
+    assert.deepEqual(onApi.body, { error: 'Not found', code: 'not_found', message: 'No route for GET /metrics' });
     const elsewhere = await fetch(`${metricsOrigin}/users/@me`, { headers: { authorization: `Bearer ${user.token}` } });
     assert.equal(elsewhere.status, 404);
     await elsewhere.body?.cancel();
@@ -277,7 +295,8 @@ test('on a port of its own with a token: the token is asked for there', async ()
     const url = metricsUrlOf(srv);
     const refused = await fetch(url);
     assert.equal(refused.status, 401);
-    assert.equal(((await refused.json()) as { code: string }).code, 'unauthorized');
+    assert.equal(refused.headers.get('www-authenticate'), 'Bearer');
+    assert.deepEqual(await refused.json(), UNAUTHORIZED);
     await scrape(url, TOKEN);
   } finally {
     await srv.close();
@@ -298,25 +317,47 @@ test('each server has its own registry: two in one process count apart', async (
   }
 });
 
-test('metrics settings: flags and environment, validated, off by default', () => {
-  const defaults = loadConfig([], {});
+test('metrics settings: serve flags with their help and environment variables, validated, off by default', async () => {
+  const defaults = resolveConfig({}, {});
   assert.equal(defaults.metricsPort, undefined);
   assert.equal(defaults.metricsToken, undefined);
-  const set = loadConfig(['--metrics-port', '9464'], { PLEXICHAT_METRICS_TOKEN: TOKEN, PLEXICHAT_METRICS_PORT: '9000' });
+  const set = resolveConfig({ metricsPort: '9464' }, { PLEXICHAT_METRICS_TOKEN: TOKEN, PLEXICHAT_METRICS_PORT: '9000' });
   assert.equal(set.metricsPort, 9464, 'the flag wins over the environment');
   assert.equal(set.metricsToken, TOKEN);
-  const cases: [string[], RegExp][] = [
-    [['--metrics-token', 'short'], /--metrics-token \/ PLEXICHAT_METRICS_TOKEN/],
-    [['--metrics-token', 'has spaces in it, sixteen+'], /--metrics-token/],
-    [['--metrics-port', '70000'], /--metrics-port/],
-    [['--metrics-port', '8080'], /--metrics-port .*must differ from --port/],
+  assert.equal(resolveConfig({ port: '0', metricsPort: '0' }, {}).metricsPort, 0, 'two "any free port"s are two ports');
+
+  const help = await cli(['serve', '--help']);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /\n {2}--metrics-port <value> +serve GET \/metrics .*\[PLEXICHAT_METRICS_PORT, default \(none\)\]\n/);
+  assert.match(help.stdout, /\n {2}--metrics-token <value> +serve GET \/metrics .*\[PLEXICHAT_METRICS_TOKEN, default \(none\)\]\n/);
+
+  const invalid = 'must be 16 to 512 characters of A-Z a-z 0-9 . _ ~ + / = -';
+  const cases: [string[], NodeJS.ProcessEnv, string][] = [
+    [['serve', '--metrics-token', 'short'], {}, `invalid --metrics-token / PLEXICHAT_METRICS_TOKEN: ${invalid}`],
+    [['serve'], { PLEXICHAT_METRICS_TOKEN: 'has spaces in it, sixteen+' }, `invalid --metrics-token / PLEXICHAT_METRICS_TOKEN: ${invalid}`],
+    [['serve', '--metrics-port', '70000'], {}, 'invalid --metrics-port / PLEXICHAT_METRICS_PORT: Too big: expected number to be <=65535'],
+    [['serve', '--metrics-port', '8080'], {}, 'invalid --metrics-port / PLEXICHAT_METRICS_PORT: must differ from --port'],
   ];
-  for (const [argv, pattern] of cases) {
-    assert.throws(
-      () => loadConfig(argv, {}),
-      (error: unknown) => error instanceof ConfigError && pattern.test(error.message) && !error.message.includes('\n'),
-      argv.join(' '),
-    );
+  for (const [args, env, message] of cases) {
+    const { code, stdout, stderr } = await cli(args, env);
+    assert.deepEqual({ code, stdout, stderr }, { code: 1, stdout: '', stderr: `plexichat: ${message}\n` }, args.join(' '));
   }
-  assert.equal(loadConfig(['--port', '0', '--metrics-port', '0'], {}).metricsPort, 0, 'two "any free port"s are two ports');
+});
+
+test('serve --metrics-port: the server process serves the metrics there and says where', async () => {
+  const dir = tempDir();
+  try {
+    const server = await spawnServer(['serve', '--port', '0', '--metrics-port', '0', '--data-dir', dir], { PLEXICHAT_METRICS_TOKEN: TOKEN });
+    try {
+      const url = /serving metrics at (http:\/\/\S+\/metrics)"/.exec(server.output())?.[1];
+      assert.ok(url !== undefined && new URL(url).port !== String(server.port), server.tail());
+      assert.equal((await fetch(url)).status, 401, 'the token from the environment is asked for');
+      assert.equal((await fetch(`${server.url}/health`)).status, 200);
+      assert.equal((await scrape(url)).value('plexichat_http_requests_total', { method: 'GET', route: '/health', status: '200' }), 1);
+    } finally {
+      assert.equal((await server.stop()).killed, false);
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
