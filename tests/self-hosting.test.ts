@@ -2,7 +2,8 @@
  * The reverse-proxy configurations of docs/self-hosting.md, as written there, in a real nginx and a
  * real Caddy in front of a real server: REST through the proxy, `/metrics` kept off it, each
  * client's own address reaching the server (`--trust-proxy`) and a forged one not, an avatar-sized
- * body let through, and a sync round trip of the stock y-websocket client over the proxied
+ * body let through, the env file's `--public-url` in the URLs the API returns (and those leading
+ * through the proxy), and a sync round trip of the stock y-websocket client over the proxied
  * WebSocket. Only what cannot be used here is changed (ports, the certificate, Caddy's automatic
  * HTTPS), and each change must find its text, so an edit of the document that these miss fails
  * here. Skipped, one line each, where nginx, Caddy or openssl is not installed.
@@ -21,6 +22,8 @@ import * as Y from 'yjs';
 import WebSocket from 'ws';
 import { WebsocketProvider } from 'y-websocket';
 import { insertNote, listNotes } from '../shared/index.ts';
+import { resolveConfig } from '../server/config.ts';
+import { makePng } from './helpers/images.ts';
 import { registerUser, startServer, tempDir, type TestServer } from './helpers/server.ts';
 import { notesChannelOf, until } from './helpers/sync.ts';
 
@@ -34,6 +37,19 @@ function codeBlock(language: string): string {
   const match = new RegExp('```' + language + '\\n([\\s\\S]*?)```').exec(DOC);
   assert.ok(match?.[1], `docs/self-hosting.md has a ${language} block`);
   return match[1];
+}
+
+/** The variables of the service's env file, as the document writes it (comments skipped). */
+function envFile(): Record<string, string> {
+  const match = /sudo tee \/etc\/plexichat\/plexichat\.env > \/dev\/null <<'EOF'\n([\s\S]*?)\n\s*EOF\n/.exec(DOC);
+  assert.ok(match?.[1], 'docs/self-hosting.md writes /etc/plexichat/plexichat.env');
+  const vars: Record<string, string> = {};
+  for (const line of match[1].split('\n').map((l) => l.trim())) {
+    if (line === '' || line.startsWith('#')) continue;
+    const at = line.indexOf('=');
+    vars[line.slice(0, at)] = line.slice(at + 1);
+  }
+  return vars;
 }
 
 /** `text` with `from` replaced by `to`; `from` must be there exactly once. */
@@ -169,6 +185,23 @@ async function checkProxy(srv: TestServer, proxy: Proxied): Promise<void> {
   assert.equal(uploaded.status, 400, uploaded.text.slice(0, 200));
   assert.equal((JSON.parse(uploaded.text) as { code: string }).code, 'invalid_file_type');
 
+  // --public-url: the URL the API returns is the site's, and it leads to the image through the proxy.
+  const png = await makePng();
+  const avatar = await request(proxy, 'POST', '/users/@me/avatar', {
+    body: Buffer.concat([
+      Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n`),
+      png,
+      Buffer.from(`\r\n--${boundary}--\r\n`),
+    ]),
+    headers: { authorization: `Bearer ${user.token}`, 'content-type': `multipart/form-data; boundary=${boundary}` },
+  });
+  assert.equal(avatar.status, 200, avatar.text.slice(0, 200));
+  const avatarUrl = new URL((JSON.parse(avatar.text) as { avatar_url: string }).avatar_url);
+  assert.equal(avatarUrl.origin, `https://${DOMAIN}`);
+  const image = await request(proxy, 'GET', avatarUrl.pathname + avatarUrl.search);
+  assert.equal(image.status, 200);
+  assert.match(String(image.headers['content-type']), /^image\//);
+
   // The sync channel through the proxy: the stock client, a note written on one device, read on another.
   const channel = await notesChannelOf(srv.api, user);
   const ca = proxy.ca;
@@ -199,8 +232,16 @@ async function checkProxy(srv: TestServer, proxy: Proxied): Promise<void> {
   }
 }
 
+/**
+ * A server with the env file's --public-url and --trust-proxy (its metrics port aside: here the
+ * token puts /metrics on the API's port, which the proxies must keep off the site), and one
+ * registration a minute per client address, to tell clients apart.
+ */
 function startProxiedServer(): Promise<TestServer> {
-  return startServer({ trustProxy: ['127.0.0.1'], authRateLimit: 1, metricsToken: METRICS_TOKEN });
+  const vars = envFile();
+  assert.equal(vars.PLEXICHAT_PUBLIC_URL, `https://${DOMAIN}`);
+  const documented = resolveConfig({}, { PLEXICHAT_PUBLIC_URL: vars.PLEXICHAT_PUBLIC_URL, PLEXICHAT_TRUST_PROXY: vars.PLEXICHAT_TRUST_PROXY });
+  return startServer({ publicUrl: documented.publicUrl, trustProxy: documented.trustProxy, authRateLimit: 1, metricsToken: METRICS_TOKEN });
 }
 
 const nginxMissing = missing('nginx', ['-v']) ?? missing('openssl', ['version']);
