@@ -33,6 +33,9 @@ import { mfaRoutes } from './mfa/routes.ts';
 import { createMailer, type Mailer } from './mail/mailer.ts';
 import { RecoveryService } from './recovery/service.ts';
 import { recoveryRoutes } from './recovery/routes.ts';
+import { HttpMetrics, SyncMetrics } from './metrics/recorders.ts';
+import type { MetricsExposition } from './metrics/exposition.ts';
+import { metricsRoute } from './http/metrics-route.ts';
 import { FeaturesService } from './features/service.ts';
 import { featuresRoutes } from './features/routes.ts';
 import { ClusterNode } from './cluster/node.ts';
@@ -41,6 +44,8 @@ export interface RunningServer {
   port: number;
   /** Where the server listens, e.g. http://127.0.0.1:8080. */
   url: string;
+  /** Where Prometheus scrapes, e.g. http://127.0.0.1:9464/metrics; undefined when metrics are off. */
+  metricsUrl: string | undefined;
   /** Stops listening, lets in-flight requests finish, closes sockets and databases. */
   close(): Promise<void>;
   /** Live counters, for health checks and tests. */
@@ -69,6 +74,9 @@ const DEFAULT_EXTERNAL_CHANGE_POLL_MS = 1000;
 /** Builds and starts a complete server. Holds no global state: several can run in one process. */
 export async function createServer(config: Config, options: ServerOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? createLogger(config.logLevel);
+  // Off unless asked for. prom-client is loaded only then: it costs ~12 MB of RSS and ~0.1 s of start.
+  const metricsOn = config.metricsPort !== undefined || config.metricsToken !== undefined;
+  const exposition = metricsOn ? await import('./metrics/exposition.ts') : undefined;
   // Admin commands on this data folder tell the server through this socket when they commit
   // (storage/coordination.ts). Listening comes first: a second server on the folder is refused
   // before it touches a file.
@@ -112,6 +120,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   // through the node's own connection, so that all nodes count against the same budgets.
   const throttles = createThrottles(cluster === undefined ? undefined : { redis: cluster.redis, logger });
   let publicUrl = config.publicUrl ?? '';
+  // Off, the hot paths only see that these are undefined.
+  const recorders = metricsOn ? { http: new HttpMetrics(), sync: new SyncMetrics() } : undefined;
 
   const avatars = new AvatarsService({
     storage,
@@ -186,6 +196,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       compactDebounceMs: config.compactDebounceMs,
       compactMaxWaitMs: config.compactMaxWaitMs,
     },
+    metrics: recorders?.sync,
     ...(cluster === undefined ? {} : { cluster: { owns: (userId: string) => cluster.owns(userId), relay: cluster } }),
   });
   authService.onSessionsRevoked((sessionIds) => {
@@ -197,6 +208,21 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const userSettings = new UserSettingsService(registry, logger);
   const relationships = new RelationshipsService(storage, users);
   const channels = new ChannelsService({ storage, users, relationships, messaging });
+  const metrics =
+    recorders &&
+    exposition &&
+    new exposition.MetricsExposition({
+      ...recorders,
+      token: config.metricsToken,
+      sources: {
+        syncConnections: () => registry.connectionCount,
+        loadedDocuments: () => registry.loadedCount,
+        openUserFiles: () => storage.userFiles.openCount,
+        maxOpenUserFiles: config.maxOpenUserFiles,
+        userFilesOpened: () => storage.userFiles.opened,
+        userFilesEvicted: () => storage.userFiles.evicted,
+      },
+    });
   const features = new FeaturesService({ users, flags: config.features });
   // What another process commits reaches what this one keeps in memory: sessions it ended are
   // refused and their sockets closed, a deleted account's documents and file let go of.
@@ -225,6 +251,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     ...channelsRoutes(channels),
     ...avatarsRoutes(avatars, { maxBytes: config.maxAvatarBytes }),
     ...mfaRoutes(mfa, { attemptsPerAddress: config.totpAddressRateLimit, throttles }),
+    // On the API's port only when it has no port of its own; there a token guards it (config.ts).
+    ...(metrics !== undefined && config.metricsPort === undefined ? [metricsRoute(metrics)] : []),
     ...(options.extraRoutes ?? []),
   ];
   // The sync socket is mounted first so its `/sync/*` pattern is never shadowed by the REST catch-all.
@@ -248,6 +276,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     maxJsonBodyBytes: config.maxJsonBodyBytes,
     maxUploadMemoryBytes: config.maxUploadMemoryBytes,
     authenticate: (token) => authService.authenticate(token),
+    metrics: recorders?.http,
     ...(cluster === undefined ? {} : { cluster: { placement: cluster, forward: cluster.forward.bind(cluster) } }),
   });
   await cluster?.bind({
@@ -263,25 +292,42 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     },
     sessionExists: (sessionId) => authService.sessionExists(sessionId),
   });
+  // What a start that fails half-way must close (no sweep may run against a closed storage).
+  const abandon = async () => {
+    authService.close();
+    external?.close();
+    mailer.close();
+    metrics?.close();
+    await cluster?.close();
+    storage.close();
+    await notices.close();
+  };
 
   let listening: Awaited<ReturnType<typeof listen>>;
   try {
     listening = await listen(app, config.host, config.port);
   } catch (error) {
-    // No sweep may run against a storage that is closed.
-    authService.close();
-    external.close();
-    mailer.close();
-    await cluster?.close();
-    storage.close();
-    await notices.close();
+    await abandon();
     throw error;
+  }
+  let metricsPort: MetricsPort | undefined;
+  if (metrics !== undefined && config.metricsPort !== undefined) {
+    try {
+      metricsPort = await serveMetricsPort(metrics, config, { logger, nextRequestId });
+    } catch (error) {
+      stopListening(listening.socket);
+      closeAllSockets(app);
+      await abandon();
+      throw error;
+    }
   }
   // In the background: a mail server slow to answer must not delay serving. It logs one line,
   // an error line saying why when mails cannot go out.
   void mailer.check();
-  const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${listening.port}`;
+  const url = urlOf(config.host, listening.port);
   publicUrl = config.publicUrl ?? url;
+  const metricsUrl = metrics === undefined ? undefined : `${metricsPort === undefined ? url : urlOf(config.host, metricsPort.port)}/metrics`;
+  if (metricsUrl !== undefined) logger.info({ url: metricsUrl, token: config.metricsToken !== undefined }, `serving metrics at ${metricsUrl}`);
   if (config.smtpUrl !== undefined && config.publicUrl === undefined) {
     // Mails leave the machine, their links must reach it: the listening address rarely does.
     logger.warn({ url }, 'no --public-url: links in mails lead to the address the server listens on; set --public-url to the one users reach');
@@ -291,12 +337,14 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   return {
     port: listening.port,
     url,
+    metricsUrl,
     stats: () => ({ loadedDocs: registry.loadedCount, openUserFiles: storage.userFiles.openCount, syncConnections: registry.connectionCount }),
     close() {
       closing ??= (async () => {
         http.refuseNew();
         stopListening(listening.socket);
-        await http.inflight.idle(DRAIN_TIMEOUT_MS);
+        metricsPort?.stopListening();
+        await Promise.all([http.inflight.idle(DRAIN_TIMEOUT_MS), metricsPort?.drained(DRAIN_TIMEOUT_MS)]);
         // Mails still going out in the background (they may store a token first).
         await recovery.close(DRAIN_TIMEOUT_MS);
         mailer.close();
@@ -308,9 +356,48 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         // uWS flushes corked writes when the loop turns; closing first would cut the last answers.
         await new Promise((resolve) => setImmediate(resolve));
         closeAllSockets(app);
+        metricsPort?.closeSockets();
+        metrics?.close();
         storage.close();
       })();
       return closing;
     },
+  };
+}
+
+function urlOf(host: string, port: number): string {
+  return `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+interface MetricsPort {
+  port: number;
+  stopListening(): void;
+  /** Resolves once the scrapes in flight are answered (or after `timeoutMs`). */
+  drained(timeoutMs: number): Promise<void>;
+  closeSockets(): void;
+}
+
+/**
+ * `--metrics-port`: a listener of its own on `--host` that serves only `GET /metrics` (anything
+ * else is the usual 404), through the same request handling as the API, uncounted.
+ */
+async function serveMetricsPort(metrics: MetricsExposition, config: Config, options: { logger: Logger; nextRequestId: () => string }): Promise<MetricsPort> {
+  const app = createApp();
+  const http = mountRoutes(app, [metricsRoute(metrics)], {
+    ...options,
+    maxJsonBodyBytes: config.maxJsonBodyBytes,
+    maxUploadMemoryBytes: config.maxUploadMemoryBytes,
+    // The one route needs no session; a bearer token here is the metrics token, checked by the route.
+    authenticate: () => null,
+  });
+  const listening = await listen(app, config.host, config.metricsPort ?? 0);
+  return {
+    port: listening.port,
+    stopListening() {
+      http.refuseNew();
+      stopListening(listening.socket);
+    },
+    drained: (timeoutMs) => http.inflight.idle(timeoutMs),
+    closeSockets: () => closeAllSockets(app),
   };
 }

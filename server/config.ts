@@ -112,6 +112,18 @@ export const SETTINGS = {
   redisUrl: { flag: 'redis-url', env: 'PLEXICHAT_REDIS_URL', help: 'cluster mode: the Redis every node shares (docs/cluster.md)', default: '(none: one node)' },
   nodeId: { flag: 'node-id', env: 'PLEXICHAT_NODE_ID', help: "cluster mode: this node's unique name", default: '<hostname>-<port>' },
   leaseMs: { flag: 'lease-ms', env: 'PLEXICHAT_LEASE_MS', help: "cluster mode: a dead node's users move after this long", default: '5000' },
+  metricsPort: {
+    flag: 'metrics-port',
+    env: 'PLEXICHAT_METRICS_PORT',
+    help: 'serve GET /metrics (Prometheus) on this port of --host, apart from the API (0 = any free port)',
+    default: '(none)',
+  },
+  metricsToken: {
+    flag: 'metrics-token',
+    env: 'PLEXICHAT_METRICS_TOKEN',
+    help: 'serve GET /metrics to scrapes bearing "Authorization: Bearer <token>"; set it in the environment',
+    default: '(none)',
+  },
 } as const satisfies Record<string, { flag: string; env: string; help: string; default: string }>;
 
 /** Room for multipart boundaries and part headers around an avatar file of the maximum size. */
@@ -121,6 +133,9 @@ export type SettingName = keyof typeof SETTINGS;
 
 /** One address, bare or after a display name; no line breaks, which would start a new mail header. */
 const MAIL_FROM_PATTERN = /^(?:[^<>@\r\n]*<[^<>@\s]+@[^<>@\s]+>|[^<>@\s]+@[^<>@\s]+)$/;
+
+/** What `Authorization: Bearer` may carry (RFC 6750's token68), at a length no one guesses. */
+const METRICS_TOKEN_PATTERN = /^[A-Za-z0-9._~+/=-]{16,512}$/;
 
 const intInRange = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 
@@ -222,6 +237,20 @@ const configSchema = z
      * writing before it ends.
      */
     leaseMs: intInRange(1000, 600_000).default(5000),
+    /**
+     * Serves `GET /metrics` (Prometheus) on this port of `--host`, apart from the API (0 = any free
+     * port). Unset, and without a metrics token, there are no metrics (`/metrics` is a 404).
+     */
+    metricsPort: intInRange(0, 65535).optional(),
+    /**
+     * Serves `GET /metrics` to scrapes bearing this token: on the API's port, or on `--metrics-port`
+     * when that is set too. Long enough that guessing it is hopeless; the characters a bearer token may hold.
+     */
+    metricsToken: z.string().regex(METRICS_TOKEN_PATTERN, { message: 'must be 16 to 512 characters of A-Z a-z 0-9 . _ ~ + / = -' }).optional(),
+  })
+  .refine((config) => config.metricsPort === undefined || config.metricsPort === 0 || config.metricsPort !== config.port, {
+    message: 'must differ from --port',
+    path: ['metricsPort'],
   })
   .refine((config) => config.maxUploadMemoryBytes >= config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES, {
     // Smaller, and the largest avatar the server accepts could never be uploaded.

@@ -4,6 +4,7 @@ import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import type { ForwardRequest, ForwardedRequest, Placement, RelayedAnswer } from '../core/placement.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
+import { CLIENT_CLOSED_REQUEST, type HttpMetrics, type RouteRequests } from '../metrics/recorders.ts';
 import { UserFileMissingError } from '../storage/user-files.ts';
 import { InflightTracker } from './inflight.ts';
 import { clientAddress } from './client-address.ts';
@@ -33,6 +34,14 @@ export interface HttpOptions {
    * (after its body is read and the route's rate limit counted here) and its answer written back.
    */
   cluster?: { placement: Placement; forward: ForwardRequest };
+  /** Where every request is counted, by route and status, with its duration; none when metrics are off. */
+  metrics?: HttpMetrics;
+}
+
+/** The metrics side of the routes: each route's recorder, found once at mount time, and the rest. */
+interface RequestMetrics {
+  readonly http: HttpMetrics;
+  readonly byRoute: ReadonlyMap<Route, RouteRequests>;
 }
 
 /** Times a relayed request may find its owner gone (the user moved meanwhile) before it is answered 503. */
@@ -51,6 +60,7 @@ interface Server {
   readonly defaultDrainLimit: number;
   /** Set at shutdown: new requests are refused, and every answer ends its connection. */
   refusing: boolean;
+  readonly metrics: RequestMetrics | undefined;
 }
 
 /**
@@ -89,6 +99,8 @@ interface Exchange extends RequestInfo {
   /** Set while the body is being read, so an abort settles the read. */
   onAbort: (() => void) | undefined;
   reservation: Reservation | undefined;
+  /** Its route's recorder once routed (metrics on only); until then it counts as unmatched. */
+  recorder: RouteRequests | undefined;
 }
 
 /**
@@ -139,6 +151,7 @@ export function mountRoutes(
     uploadMemory: new MemoryBudget(options.maxUploadMemoryBytes),
     defaultDrainLimit: drainLimitFor(options.maxJsonBodyBytes),
     refusing: false,
+    metrics: options.metrics === undefined ? undefined : { http: options.metrics, byRoute: recordersOf(options.metrics, routes) },
   };
   app.any('/*', (res: HttpResponse, req: HttpRequest) => serve(server, res, req));
   return {
@@ -148,6 +161,10 @@ export function mountRoutes(
     },
     serveForwarded: (request, body) => serveForwarded(server, request, body),
   };
+}
+
+function recordersOf(http: HttpMetrics, routes: Route[]): Map<Route, RouteRequests> {
+  return new Map(routes.map((r) => [r, http.forRoute(r.method, r.path)]));
 }
 
 /**
@@ -211,6 +228,7 @@ function copyRequest(server: Server, res: HttpResponse, req: HttpRequest): Excha
     done: false,
     onAbort: undefined,
     reservation: undefined,
+    recorder: undefined,
   };
   res.onAborted(() => {
     x.aborted = true;
@@ -259,6 +277,7 @@ function handle(server: Server, x: Exchange): unknown {
     throw new AppError('method_not_allowed', `${x.method} is not allowed here`, { headers: { Allow: match.allowed.join(', ') } });
   }
   const { route, params } = match;
+  if (server.metrics !== undefined) x.recorder = server.metrics.byRoute.get(route);
   const raw = isRawBodySpec(route.body) ? route.body : undefined;
   if (raw !== undefined) x.drainLimit = drainLimitFor(raw.maxBytes);
   const principal = route.auth === 'required' ? authenticate(server, x) : null;
@@ -598,6 +617,10 @@ function send(server: Server, x: Exchange, status: number, headers: Record<strin
   } finally {
     x.reservation?.release();
     server.inflight.end();
+    if (server.metrics !== undefined) {
+      const recorder = x.recorder ?? server.metrics.http.unmatched(x.method);
+      recorder.record(x.aborted ? CLIENT_CLOSED_REQUEST : status, (performance.now() - x.started) / 1000);
+    }
   }
 }
 

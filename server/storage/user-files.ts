@@ -151,6 +151,9 @@ export class UserFiles {
   private readonly closingListeners = new Set<(userId: string) => void>();
   /** Cluster mode: the fencing token of each user this node owns, given to their file whenever it is opened. */
   private readonly fences = new Map<string, number>();
+  /** Files opened and idle files closed to make room, since start (for metrics: many evictions = cap too low). */
+  opened = 0;
+  evicted = 0;
 
   constructor(
     dataDir: string,
@@ -413,6 +416,7 @@ export class UserFiles {
   }
 
   private remember(file: UserFile): UserFile {
+    this.opened += 1;
     this.open.set(file.userId, file);
     return file;
   }
@@ -436,6 +440,7 @@ export class UserFiles {
       this.open.delete(id);
       file.db.close();
       closed += 1;
+      this.evicted += 1;
     }
     return closed;
   }

@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { encodeAck, encodeAwareness, encodeSyncStep1, encodeUpdate } from '../../shared/sync-codec.ts';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import type { UserFile } from '../storage/index.ts';
+import type { SyncMetrics } from '../metrics/recorders.ts';
 import { AwarenessRelay, type AwarenessLimits } from './awareness.ts';
 import * as repo from './repo.ts';
 import type { DocName } from './repo.ts';
@@ -99,6 +100,8 @@ export interface DocumentContext {
   publishFrom: (sender: SyncSocket, frame: Uint8Array) => void;
   /** The document can no longer match its storage (it could not be reloaded): drop it from memory. */
   onBroken: (doc: SyncDocument) => void;
+  /** Where commits and compactions are counted; undefined when metrics are off (nothing is timed then). */
+  metrics: SyncMetrics | undefined;
 }
 
 /** Origin of the updates sockets send, applied by `flush`. */
@@ -264,6 +267,8 @@ export class SyncDocument {
     if (items.length === 0 || this.unloaded) return;
     let bytes = 0;
     let count = 0;
+    const { metrics } = this.ctx;
+    const started = metrics === undefined ? 0 : performance.now();
     try {
       this.ctx.file.transaction(() => {
         for (const item of items) {
@@ -277,6 +282,7 @@ export class SyncDocument {
       this.failCommit(items, error);
       return;
     }
+    metrics?.committed(count, (performance.now() - started) / 1000);
     this.logCount += count;
     this.logBytes += bytes;
     for (const item of items) {
@@ -336,6 +342,8 @@ export class SyncDocument {
     }
     if (captured.length === 0) return result;
     let bytes = 0;
+    const { metrics } = this.ctx;
+    const started = metrics === undefined ? 0 : performance.now();
     try {
       this.ctx.file.transaction(() => {
         for (const update of captured) {
@@ -347,6 +355,7 @@ export class SyncDocument {
       this.reload();
       throw error;
     }
+    metrics?.committed(captured.length, (performance.now() - started) / 1000);
     this.logCount += captured.length;
     this.logBytes += bytes;
     for (const update of captured) this.publishAll(encodeUpdate(update));
@@ -378,8 +387,10 @@ export class SyncDocument {
       this.ctx.file.transaction(() => repo.replaceSnapshot(this.ctx.file, this.ctx.name, snapshot));
     } catch (error) {
       this.ctx.logger.error({ err: error, userId: this.ctx.userId, doc: this.ctx.name }, 'compaction failed; the update log is kept');
+      if (this.ctx.metrics !== undefined) this.ctx.metrics.compactionFailures += 1;
       return;
     }
+    if (this.ctx.metrics !== undefined) this.ctx.metrics.compactions += 1;
     this.ctx.logger.debug({ key: this.key, updates: this.logCount, logBytes: this.logBytes, snapshotBytes: snapshot.byteLength }, 'compacted');
     this.logCount = 0;
     this.logBytes = 0;

@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import { NotOwnerError } from '../storage/errors.ts';
 import type { Storage } from '../storage/index.ts';
+import type { SyncMetrics } from '../metrics/recorders.ts';
 import type { TemplatedApp } from '../http/uws.ts';
 import { SyncDocument, type DocPolicy, type SyncLimits, type SyncSocket } from './document.ts';
 import type { DocName } from './repo.ts';
@@ -15,6 +16,8 @@ export interface RegistryDeps {
   limits: SyncLimits;
   /** What each kind of document allows beyond a valid update (e.g. the settings limits). */
   policies: Partial<Record<DocName, DocPolicy>>;
+  /** Where the documents count commits and compactions; undefined when metrics are off. */
+  metrics?: SyncMetrics;
   /**
    * Cluster mode: whether this node owns a user (only then is a document of theirs loaded here),
    * and where frames for sockets other nodes hold go.
@@ -243,6 +246,7 @@ export class DocRegistry {
           relay?.publish(key, frame, sender.getUserData().id);
         },
         onBroken: (broken) => this.fail(broken),
+        metrics: this.deps.metrics,
       });
       this.docs.set(key, doc);
     }
