@@ -221,6 +221,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         maxOpenUserFiles: config.maxOpenUserFiles,
         userFilesOpened: () => storage.userFiles.opened,
         userFilesEvicted: () => storage.userFiles.evicted,
+        ...(cluster === undefined ? {} : { cluster: cluster.metricSources() }),
       },
     });
   const features = new FeaturesService({ users, flags: config.features });

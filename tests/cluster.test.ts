@@ -13,6 +13,7 @@ import { RedisServer, missingRedis } from './helpers/redis.ts';
 import { insertNote, listNotes, type Message } from '../shared/index.ts';
 
 const skip = missingRedis();
+const METRICS_TOKEN = 'cluster-metrics-token-0123456789';
 let redis: RedisServer;
 let dataDir: string;
 let nodes: TestServer[] = [];
@@ -22,7 +23,7 @@ before(async () => {
   redis = await RedisServer.start();
   dataDir = tempDir('plexichat-cluster-');
   nodes = [];
-  for (const name of ['a', 'b', 'c']) nodes.push(await startServer({ dataDir, redisUrl: redis.url, nodeId: name, leaseMs: 2000 }));
+  for (const name of ['a', 'b', 'c']) nodes.push(await startServer({ dataDir, redisUrl: redis.url, nodeId: name, leaseMs: 2000, metricsToken: METRICS_TOKEN }));
 });
 
 after(async () => {
@@ -182,5 +183,27 @@ test('a block made through one node is enforced through every other at once', { 
     const request = await n.api.request('PUT', `/users/@me/relationships/${a.id}`, { token: b.token, json: { type: 'friend' } });
     assert.equal(request.status, 403);
     assert.equal((request.body as { code: string }).code, 'cannot_add_friend');
+  }
+});
+
+test("each node's metrics say what it owns and relays", { skip, timeout: 30_000 }, async () => {
+  const user = await registerUser(node(0).api);
+  const channel = await notesChannelOf(node(0).api, user);
+  const { ws, status } = await rawSocket(`${node(1).url}/sync/${channel}?token=${user.token}`);
+  assert.equal(status, 101);
+  try {
+    // The relayed socket reaches the owner through Redis: wait until node 0 serves it.
+    const gauge = async (index: number, name: string): Promise<number> => {
+      const res = await node(index).api.get('/metrics', { headers: { authorization: `Bearer ${METRICS_TOKEN}` } });
+      assert.equal(res.status, 200);
+      const line = res.text.split('\n').find((l) => l.startsWith(`${name} `));
+      assert.ok(line, `${name} in the metrics of node ${index}`);
+      return Number(line.split(' ')[1]);
+    };
+    while ((await gauge(0, 'plexichat_cluster_remote_sockets')) < 1) await new Promise((resolve) => setImmediate(resolve));
+    assert.ok((await gauge(0, 'plexichat_cluster_owned_users')) >= 1);
+    assert.equal(await gauge(1, 'plexichat_cluster_relayed_sockets'), 1);
+  } finally {
+    ws.close();
   }
 });

@@ -136,6 +136,15 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     return { node: this.nodeId, redis: this.redis.status === 'ready' ? 'up' : 'down', owned_users: this.leases.count };
   }
 
+  /** For the metrics (read at each scrape). */
+  metricSources(): { ownedUsers: () => number; relayedSockets: () => number; servedRemoteSockets: () => number } {
+    return {
+      ownedUsers: () => this.leases.count,
+      relayedSockets: () => this.bound?.edge.size ?? 0,
+      servedRemoteSockets: () => this.bound?.owner.size ?? 0,
+    };
+  }
+
   owns(userId: string): boolean {
     return this.leases.owns(userId);
   }

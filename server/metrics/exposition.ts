@@ -11,6 +11,14 @@ interface MetricSources {
   maxOpenUserFiles: number;
   userFilesOpened: () => number;
   userFilesEvicted: () => number;
+  /** Cluster mode: what this node owns and relays (docs/cluster.md). */
+  cluster?: {
+    ownedUsers: () => number;
+    /** Devices' sockets held here for documents other nodes own. */
+    relayedSockets: () => number;
+    /** Devices' sockets other nodes hold, served here. */
+    servedRemoteSockets: () => number;
+  };
 }
 
 export interface MetricsOptions {
@@ -77,6 +85,17 @@ export class MetricsExposition {
       'Compactions that could not be stored (the update log is kept).',
       () => sync.compactionFailures,
     );
+    if (sources.cluster !== undefined) {
+      const { ownedUsers, relayedSockets, servedRemoteSockets } = sources.cluster;
+      gauge(registers, 'plexichat_cluster_owned_users', 'Users whose lease this node holds (cluster mode).', ownedUsers);
+      gauge(
+        registers,
+        'plexichat_cluster_relayed_sockets',
+        'Sync sockets held here and relayed to the node that owns their document (cluster mode).',
+        relayedSockets,
+      );
+      gauge(registers, 'plexichat_cluster_remote_sockets', 'Sync sockets other nodes hold, served here (cluster mode).', servedRemoteSockets);
+    }
     gauge(registers, 'plexichat_user_files_open', 'Per-user SQLite files open (each holds three file descriptors).', sources.openUserFiles);
     gauge(registers, 'plexichat_user_files_max', 'The cap on open user files (--max-open-user-files).', () => sources.maxOpenUserFiles);
     counter(registers, 'plexichat_user_files_opened_total', 'User files opened.', sources.userFilesOpened);
