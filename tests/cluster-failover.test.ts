@@ -24,7 +24,20 @@ let dataDir: string;
 const nodes = new Map<string, ServerProcess>();
 
 function startNode(name: string): Promise<ServerProcess> {
-  return spawnServer(['--port', '0', '--data-dir', dataDir, '--redis-url', redis.url, '--node-id', name, '--lease-ms', String(LEASE_MS), '--log-level', 'warn']);
+  return spawnServer([
+    '--port',
+    '0',
+    '--data-dir',
+    dataDir,
+    '--redis-url',
+    redis.url,
+    '--node-id',
+    name,
+    '--lease-ms',
+    String(LEASE_MS),
+    '--log-level',
+    'warn',
+  ]);
 }
 
 before(async () => {
@@ -32,7 +45,7 @@ before(async () => {
   redis = await RedisServer.start();
   dataDir = tempDir('plexichat-failover-');
   const started = await Promise.all(['a', 'b', 'c'].map(startNode));
-  started.forEach((server, i) => nodes.set(['a', 'b', 'c'][i] as string, server));
+  for (const [i, server] of started.entries()) nodes.set(['a', 'b', 'c'][i] as string, server);
 });
 
 after(async () => {
