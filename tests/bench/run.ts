@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [--json <file>] [--servers a,b] [--scenarios trace,rest]`
+ * `npm run bench [-- --quick] [--json <file>] [--servers a,b] [--scenarios trace,rest,cluster]`
  * Starts our server and the baselines one after another as separate processes on loopback,
  * drives each with the same client code, and prints one table per scenario with our ratio
  * against every baseline. See README, "Benchmarks".
@@ -10,6 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
+import { clusterScenario, clusterSetups, type ClusterParams } from './cluster.ts';
 import { fanout, idle, rest, traceAndCold, type Params, type ScenarioName, type ScenarioResult } from './scenarios.ts';
 import { checkTargets, ratios, render, renderTargets } from './report.ts';
 import { serverEntries, type ServerEntry } from './servers.ts';
@@ -18,7 +19,7 @@ import { loadTrace } from './trace.ts';
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 /** Kept in the repository (sources and licences in tests/fixtures/traces/README.md). */
 const TRACE_FILE = path.join(repoRoot, 'tests', 'fixtures', 'traces', 'automerge-paper.json.gz');
-const SCENARIOS: readonly ScenarioName[] = ['trace', 'cold', 'fanout', 'idle', 'rest'];
+const SCENARIOS: readonly ScenarioName[] = ['trace', 'cold', 'fanout', 'idle', 'rest', 'cluster'];
 const OURS = 'plexichat';
 
 const { values } = parseArgs({
@@ -34,7 +35,14 @@ const { values } = parseArgs({
 });
 if (values.help) {
   process.stdout.write(
-    'npm run bench -- [--quick] [--json <file>] [--servers name,...] [--scenarios trace,cold,fanout,idle,rest] [--cpu-prof <dir>] [--unpaced]\n',
+    [
+      'npm run bench -- [--quick] [--json <file>] [--servers name,...] [--scenarios trace,cold,fanout,idle,rest,cluster] [--cpu-prof <dir>] [--unpaced]',
+      '  --scenarios  which to run (default: all). cluster: the fanout load with each document on three nodes, ours on one',
+      '               redis-server (started by the bench; needs redis-server installed) against one node, and against',
+      '               three Hocuspocus instances with @hocuspocus/extension-redis (skipped when that is not installed)',
+      '  --servers    which servers (default: all); cluster rows come from plexichat, hocuspocus+sqlite and hocuspocus+redis',
+      '',
+    ].join('\n'),
   );
   process.exit(0);
 }
@@ -54,12 +62,14 @@ const params: Params = {
   timeoutMs: quick ? 60_000 : 300_000,
   unpaced: values.unpaced,
 };
+const clusterParams: ClusterParams = { ...(quick ? { docs: 20, edits: 40, pings: 50 } : { docs: 100, edits: 100, pings: 200 }), timeoutMs: params.timeoutMs };
 const titles: Record<ScenarioName, string> = {
   trace: `automerge-paper, ${trace.txns.length.toLocaleString('en-US')} of ${trace.totalTxns.toLocaleString('en-US')} updates (one per txn), 1 writer${params.unpaced ? ' (unpaced)' : ''} → 3 readers, until every reader holds the text; settle = from then until a persisting server's CPU is idle (that CPU counts too)`,
   cold: 'SIGTERM after the trace (flush+exit = time to exit), restart, then a fresh client syncs the doc from disk',
   fanout: `${params.fanout.docs} docs × ${params.fanout.clients} clients × ${params.fanout.edits} single-character edits, until all converge (settle as in trace)`,
   idle: `RSS growth per 1,000 idle sync connections (${params.idle.connections} opened) and per 100 docs of 1,000 chars (${params.idle.docs} loaded)`,
   rest: `GET /users/@me, ${params.rest.connections} connections, ${params.rest.durationS} s (autocannon)`,
+  cluster: `${clusterParams.docs} docs × 3 devices × ${clusterParams.edits} single-character edits (fanout's load), each doc's devices on nodes 1, 2, 3 of a -cluster/+redis row (3 nodes + redis-server, appendfsync everysec, one shared data folder; CPU and peak RSS summed over all 4 processes) or all on the one node; delivery = ${clusterParams.pings} edits one at a time from node 2 until nodes 1 and 3 hold each`,
 };
 
 interface Unit {
@@ -79,6 +89,9 @@ for (const entry of entries.filter((candidate) => candidate.sync)) {
 }
 for (const entry of entries.filter((candidate) => candidate.rest)) {
   if (wants(entry, 'rest')) add(entry, 'rest', async () => [await rest(entry, params)]);
+}
+if (wantedScenarios.has('cluster')) {
+  for (const setup of clusterSetups(entries)) units.push({ label: `cluster · ${setup.name}`, run: async () => [await clusterScenario(setup, clusterParams)] });
 }
 
 const bar = new cliProgress.SingleBar(
@@ -109,7 +122,7 @@ if (values.json !== undefined) {
     command,
     machine,
     quick,
-    params: { ...params, trace: { updates: trace.txns.length, of: trace.totalTxns } },
+    params: { ...params, trace: { updates: trace.txns.length, of: trace.totalTxns }, cluster: clusterParams },
     titles,
     results,
     ratios: allRatios,

@@ -10,7 +10,7 @@ import { resetPeak, sample } from './proc.ts';
 import type { ServerEntry } from './servers.ts';
 import type { Trace } from './trace.ts';
 
-export type ScenarioName = 'trace' | 'cold' | 'fanout' | 'idle' | 'rest';
+export type ScenarioName = 'trace' | 'cold' | 'fanout' | 'idle' | 'rest' | 'cluster';
 
 export interface ScenarioResult {
   scenario: ScenarioName;
@@ -46,6 +46,8 @@ interface Measured<T> {
   settleMs: number;
   cpuUs: number;
   peakRssMb: number;
+  /** CPU of each process, in the order given (measuredGroup). */
+  cpuUsEach: number[];
 }
 
 /** A server is idle once it used at most one clock tick of CPU over this window. */
@@ -58,31 +60,49 @@ const QUIET_POLL_MS = 250;
  * Hocuspocus' debounced stores) do that work after the clients converged, and it is part of what
  * an update costs them.
  */
-async function measured<T>(server: ListeningServer, fn: () => Promise<T>, settle = false, limitMs = 300_000): Promise<Measured<T>> {
-  resetPeak(server.pid);
-  const before = sample(server.pid);
+function measured<T>(server: ListeningServer, fn: () => Promise<T>, settle = false, limitMs = 300_000): Promise<Measured<T>> {
+  return measuredGroup([server.pid], fn, settle, limitMs);
+}
+
+/**
+ * `measured` over several processes serving together (a cluster's nodes and its Redis): their
+ * CPU summed, their peaks summed (each process's own peak, wherever in the phase it fell), and
+ * settled once all of them together used at most one clock tick each over the quiet window.
+ */
+export async function measuredGroup<T>(pids: readonly number[], fn: () => Promise<T>, settle = false, limitMs = 300_000): Promise<Measured<T>> {
+  const cpuNow = () => pids.reduce((sum, pid) => sum + sample(pid).cpuUs, 0);
+  for (const pid of pids) resetPeak(pid);
+  const before = pids.map((pid) => sample(pid));
   const started = performance.now();
   const value = await fn();
   const wallMs = performance.now() - started;
   let settleMs = 0;
   if (settle) {
     const settleStart = performance.now();
-    const window: number[] = [sample(server.pid).cpuUs];
+    const window: number[] = [cpuNow()];
     const windowLength = QUIET_WINDOW_MS / QUIET_POLL_MS;
     while (performance.now() - settleStart < limitMs) {
       await new Promise((resolve) => setTimeout(resolve, QUIET_POLL_MS));
-      window.push(sample(server.pid).cpuUs);
+      window.push(cpuNow());
       if (window.length > windowLength + 1) window.shift();
-      if (window.length === windowLength + 1 && window[window.length - 1]! - window[0]! <= 10_000) break;
+      if (window.length === windowLength + 1 && window[window.length - 1]! - window[0]! <= 10_000 * pids.length) break;
     }
     // The quiet window itself is not part of the work.
     settleMs = Math.max(0, performance.now() - settleStart - QUIET_WINDOW_MS);
   }
-  const after = sample(server.pid);
-  return { value, wallMs, settleMs, cpuUs: after.cpuUs - before.cpuUs, peakRssMb: after.peakRssBytes / MB };
+  const after = pids.map((pid) => sample(pid));
+  const cpuUsEach = after.map((sampled, index) => sampled.cpuUs - before[index]!.cpuUs);
+  return {
+    value,
+    wallMs,
+    settleMs,
+    cpuUs: cpuUsEach.reduce((sum, cpu) => sum + cpu, 0),
+    peakRssMb: after.reduce((sum, sampled) => sum + sampled.peakRssBytes, 0) / MB,
+    cpuUsEach,
+  };
 }
 
-function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`${what} did not finish within ${Math.round(ms / 1000)} s`)), ms);
@@ -91,7 +111,7 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
 }
 
 /** Resolves once `done(client)` holds, checked after every sync message the client applies. */
-function until(client: SyncClient, done: (client: SyncClient) => boolean, onProgress?: () => void): Promise<void> {
+export function until(client: SyncClient, done: (client: SyncClient) => boolean, onProgress?: () => void): Promise<void> {
   return new Promise((resolve) => {
     const check = () => {
       onProgress?.();
@@ -112,7 +132,7 @@ function hasText(expected: string): (client: SyncClient) => boolean {
 }
 
 /** Connects `count` clients, `parallel` handshakes at a time. */
-async function connectMany(endpoints: readonly SyncEndpoint[], parallel = 16): Promise<SyncClient[]> {
+export async function connectMany(endpoints: readonly SyncEndpoint[], parallel = 16): Promise<SyncClient[]> {
   const clients: SyncClient[] = new Array<SyncClient>(endpoints.length);
   let next = 0;
   const worker = async () => {
@@ -144,7 +164,7 @@ async function withServer<T>(entry: ServerEntry, fn: (server: ListeningServer, d
   }
 }
 
-function failure(scenario: ScenarioName, server: string, error: unknown): ScenarioResult {
+export function failure(scenario: ScenarioName, server: string, error: unknown): ScenarioResult {
   return { scenario, server, status: 'failed', note: error instanceof Error ? error.message : String(error), metrics: {} };
 }
 
@@ -275,7 +295,7 @@ async function replay(writer: SyncClient, readers: readonly SyncClient[], trace:
 }
 
 /** Small deterministic PRNG so every server sees the same edit positions. */
-function prng(seed: number): () => number {
+export function prng(seed: number): () => number {
   let state = seed >>> 0;
   return () => {
     state = (Math.imul(state, 1664525) + 1013904223) >>> 0;

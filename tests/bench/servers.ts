@@ -6,6 +6,11 @@ import { ourServerArgs, startListening, type ListeningServer } from '../helpers/
 /** What a scenario gets to talk to: one endpoint per document, or why this server sits it out. */
 type SyncDocs = { endpoints: SyncEndpoint[] } | { skip: string };
 type RestTarget = { url: string; headers: Record<string, string> } | { skip: string };
+/** One node of a cluster (the cluster scenario): the Redis all nodes share, and this node's name. */
+interface ClusterMember {
+  redisUrl: string;
+  nodeId: string;
+}
 
 export interface ServerEntry {
   name: string;
@@ -16,9 +21,10 @@ export interface ServerEntry {
   persists: boolean;
   /** Serves `GET /users/@me` (rest). */
   rest: boolean;
-  start(dataDir: string): Promise<ListeningServer>;
+  /** With `cluster`, as one node of a cluster (only the servers the cluster scenario runs so). */
+  start(dataDir: string, cluster?: ClusterMember): Promise<ListeningServer>;
   /** Only these scenarios (default: every scenario the flags above allow). */
-  only?: readonly ('trace' | 'cold' | 'fanout' | 'idle' | 'rest')[];
+  only?: readonly ('trace' | 'cold' | 'fanout' | 'idle' | 'rest' | 'cluster')[];
   /** Stopped with kill -9 before the cold restart, so it restarts from exactly what was on disk. */
   crashBeforeCold?: boolean;
   /** After start: `count` documents to sync, with whatever accounts or tokens that takes. */
@@ -29,9 +35,16 @@ export interface ServerEntry {
 /** A server that has not printed its port after this long is killed, and its scenarios fail. */
 const START_TIMEOUT_MS = 30_000;
 
-function baseline(repoRoot: string, nodeFlags: readonly string[], file: string, dataDir: string, env?: NodeJS.ProcessEnv): Promise<ListeningServer> {
+function baseline(
+  repoRoot: string,
+  nodeFlags: readonly string[],
+  file: string,
+  dataDir: string,
+  env?: NodeJS.ProcessEnv,
+  extraArgs: readonly string[] = [],
+): Promise<ListeningServer> {
   return startListening({
-    args: [...nodeFlags, '--import', 'tsx', path.join('tests', 'bench', 'baselines', file), '--port', '0', '--data-dir', dataDir],
+    args: [...nodeFlags, '--import', 'tsx', path.join('tests', 'bench', 'baselines', file), '--port', '0', '--data-dir', dataDir, ...extraArgs],
     cwd: repoRoot,
     timeoutMs: START_TIMEOUT_MS,
     ...(env === undefined ? {} : { env }),
@@ -70,11 +83,24 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
   });
   const plexichat = (name: string, extraArgs: readonly string[]): Omit<ServerEntry, 'ours' | 'sync' | 'persists' | 'rest'> => ({
     name,
-    start: (dataDir) =>
+    start: (dataDir, cluster) =>
       startListening({
         // Info level: the listening line is logged at info; requests only at debug.
         args: ourServerArgs(
-          ['--port', '0', '--data-dir', dataDir, '--log-level', 'info', '--auth-rate-limit', '0', '--max-sync-connections-per-user', '100000', ...extraArgs],
+          [
+            '--port',
+            '0',
+            '--data-dir',
+            dataDir,
+            '--log-level',
+            'info',
+            '--auth-rate-limit',
+            '0',
+            '--max-sync-connections-per-user',
+            '100000',
+            ...extraArgs,
+            ...(cluster === undefined ? [] : ['--redis-url', cluster.redisUrl, '--node-id', cluster.nodeId]),
+          ],
           nodeFlags,
         ),
         cwd: repoRoot,
@@ -115,6 +141,28 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
       persists: true,
       rest: false,
       start: (dataDir) => baseline(repoRoot, nodeFlags, 'hocuspocus.ts', dataDir),
+      syncDocs: async (server, count) => ({
+        endpoints: docNames(count).map((docName) => ({
+          url: wsUrl(server, '/'),
+          framing: 'hocuspocus',
+          docName,
+          token: 'benchmark',
+          answersSync: true,
+        })),
+      }),
+    },
+    {
+      // The cluster scenario's baseline: only ever started as one of several instances on one Redis.
+      name: 'hocuspocus+redis',
+      ours: false,
+      sync: true,
+      persists: true,
+      rest: false,
+      only: ['cluster'],
+      start: (dataDir, cluster) => {
+        if (cluster === undefined) throw new Error('hocuspocus+redis only runs as a cluster');
+        return baseline(repoRoot, nodeFlags, 'hocuspocus-redis.ts', dataDir, env, ['--redis-url', cluster.redisUrl]);
+      },
       syncDocs: async (server, count) => ({
         endpoints: docNames(count).map((docName) => ({
           url: wsUrl(server, '/'),

@@ -8,8 +8,8 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
-import { tempDir } from './server.ts';
 
 const REDIS_BINARY = 'redis-server';
 const START_TIMEOUT_MS = 10_000;
@@ -45,8 +45,14 @@ export class RedisServer {
     return `redis://127.0.0.1:${this.port}`;
   }
 
+  /** The running redis-server's process id (the benchmark reads its CPU and memory in /proc). */
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
   static async start(): Promise<RedisServer> {
-    const server = new RedisServer(await freePort(), tempDir('plexichat-redis-'));
+    // Not tests/helpers/server.ts' tempDir: the benchmark uses this helper too, without loading the server.
+    const server = new RedisServer(await freePort(), fs.mkdtempSync(path.join(os.tmpdir(), 'plexichat-redis-')));
     await server.run();
     return server;
   }

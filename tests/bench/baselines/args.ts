@@ -1,11 +1,14 @@
 import { parseArgs } from 'node:util';
 
-/** The flags every baseline server takes: `--port 0` (any free port) and a data folder when it persists. */
-export function baselineArgs(): { port: number; dataDir: string | undefined } {
+/**
+ * The flags every baseline server takes: `--port 0` (any free port), a data folder when it
+ * persists, and the Redis its instances share when it runs as a cluster.
+ */
+export function baselineArgs(): { port: number; dataDir: string | undefined; redisUrl: string | undefined } {
   const { values } = parseArgs({
-    options: { port: { type: 'string', default: '0' }, 'data-dir': { type: 'string' } },
+    options: { port: { type: 'string', default: '0' }, 'data-dir': { type: 'string' }, 'redis-url': { type: 'string' } },
   });
-  return { port: Number(values.port), dataDir: values['data-dir'] };
+  return { port: Number(values.port), dataDir: values['data-dir'], redisUrl: values['redis-url'] };
 }
 
 /** The line the harness waits for, the same for every baseline. */
