@@ -5,7 +5,6 @@
  * peak RSS summed, and the time an edit takes to reach the other devices.
  */
 import fs from 'node:fs';
-import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
@@ -32,8 +31,6 @@ const NODES = 3;
 const DEVICES = 3;
 /** As in scenarios.ts: persisting servers may flush what they queued before exiting. */
 const STOP_GRACE_MS = 300_000;
-/** The Hocuspocus+Redis baseline needs it; the benchmark runs without it and says so. */
-const HOCUSPOCUS_REDIS = '@hocuspocus/extension-redis';
 
 /** One row of the cluster table. */
 export interface ClusterSetup {
@@ -58,19 +55,10 @@ export function clusterSetups(entries: readonly ServerEntry[]): ClusterSetup[] {
     } else if (entry.name === 'hocuspocus+sqlite') {
       setups.push({ name: entry.name, entry, nodes: 1, missing: alone });
     } else if (entry.name === 'hocuspocus+redis') {
-      setups.push({ name: entry.name, entry, nodes: NODES, missing: () => missingRedis() ?? missingPackage(HOCUSPOCUS_REDIS) });
+      setups.push({ name: entry.name, entry, nodes: NODES, missing: missingRedis });
     }
   }
   return setups;
-}
-
-function missingPackage(name: string): string | undefined {
-  try {
-    createRequire(import.meta.url).resolve(name);
-    return undefined;
-  } catch {
-    return `${name} is not installed (npm install --save-dev ${name})`;
-  }
 }
 
 /** The same endpoint reached through another node (any node serves any document). */

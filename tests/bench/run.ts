@@ -39,7 +39,7 @@ if (values.help) {
       'npm run bench -- [--quick] [--json <file>] [--servers name,...] [--scenarios trace,cold,fanout,idle,rest,cluster] [--cpu-prof <dir>] [--unpaced]',
       '  --scenarios  which to run (default: all). cluster: the fanout load with each document on three nodes, ours on one',
       '               redis-server (started by the bench; needs redis-server installed) against one node, and against',
-      '               three Hocuspocus instances with @hocuspocus/extension-redis (skipped when that is not installed)',
+      '               three Hocuspocus instances with @hocuspocus/extension-redis',
       '  --servers    which servers (default: all); cluster rows come from plexichat, hocuspocus+sqlite and hocuspocus+redis',
       '',
     ].join('\n'),

@@ -6,36 +6,20 @@
  * single-instance baseline (hocuspocus.ts).
  */
 import path from 'node:path';
-import { Server, type Extension } from '@hocuspocus/server';
+import { Server } from '@hocuspocus/server';
 import { SQLite } from '@hocuspocus/extension-sqlite';
+import { Redis } from '@hocuspocus/extension-redis';
 import { announce, baselineArgs } from './args.ts';
-
-/**
- * Loaded by name, so that the benchmark still runs where this package is not installed: the
- * harness then skips this baseline with one line (tests/bench/cluster.ts) and this process says why.
- */
-const REDIS_EXTENSION = '@hocuspocus/extension-redis';
-
-interface RedisExtensionModule {
-  Redis: new (configuration: { host: string; port: number }) => Extension;
-}
 
 const { port, dataDir, redisUrl } = baselineArgs();
 if (dataDir === undefined) throw new Error('--data-dir is required');
 if (redisUrl === undefined) throw new Error('--redis-url is required');
-let loaded: RedisExtensionModule;
-try {
-  loaded = (await import(REDIS_EXTENSION)) as RedisExtensionModule;
-} catch {
-  process.stderr.write(`${REDIS_EXTENSION} is not installed\n`);
-  process.exit(2);
-}
 const redis = new URL(redisUrl);
 const server = new Server({
   port,
   address: '127.0.0.1',
   quiet: true,
-  extensions: [new loaded.Redis({ host: redis.hostname, port: Number(redis.port) }), new SQLite({ database: path.join(dataDir, 'hocuspocus.sqlite') })],
+  extensions: [new Redis({ host: redis.hostname, port: Number(redis.port) }), new SQLite({ database: path.join(dataDir, 'hocuspocus.sqlite') })],
 });
 await server.listen();
 announce(server.address.port);
