@@ -2,9 +2,9 @@ import type { Logger } from 'pino';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import { newConnection, type SyncSocket } from '../sync/document.ts';
 import type { DocRelay } from '../sync/registry.ts';
-import { encodeForBus, type NodeBus } from './bus.ts';
+import type { NodeBus } from './bus.ts';
 import { RemoteSocket, type RemoteSocketHost } from './remote-socket.ts';
-import type { NodeMessage } from './wire.ts';
+import { encodeNodeMessage, type NodeMessage } from './wire.ts';
 
 /** What the sync channel does for a socket another node holds, exactly as for its own. */
 export interface SyncSessions {
@@ -75,7 +75,7 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
     if (edge === '') return;
     this.bus.sendEncoded(
       edge,
-      encodeForBus({ kind: 'sync-end', conn: message.conn, code: CLOSE_CODES.SERVICE_RESTART, reason: 'Your data moved to another server; reconnect' }),
+      encodeNodeMessage({ kind: 'sync-end', conn: message.conn, code: CLOSE_CODES.SERVICE_RESTART, reason: 'Your data moved to another server; reconnect' }),
     );
   }
 
@@ -93,7 +93,7 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
   publish(docKey: string, frame: Uint8Array, except: string): void {
     const nodes = this.interest.get(docKey);
     if (nodes === undefined) return;
-    const message = encodeForBus({ kind: 'sync-publish', doc: docKey, except, bytes: frame });
+    const message = encodeNodeMessage({ kind: 'sync-publish', doc: docKey, except, bytes: frame });
     for (const node of nodes.keys()) {
       this.bus.sendEncoded(node, message, () => {
         // That node's sockets on the document missed a frame: they reconnect and resync.
@@ -110,7 +110,7 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
     const full: NodeMessage =
       message.kind === 'sync-send' ? { kind: 'sync-send', conn, bytes: message.bytes } : { kind: 'sync-end', conn, code: message.code, reason: message.reason };
     // A lost frame would leave the device silently behind: the socket ends instead, to resync.
-    this.bus.sendEncoded(socket.edge, encodeForBus(full), () => socket.end(CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED));
+    this.bus.sendEncoded(socket.edge, encodeNodeMessage(full), () => socket.end(CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED));
   }
 
   publishLocal(topic: string, frame: Uint8Array): void {

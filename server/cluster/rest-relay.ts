@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
 import type { ForwardedRequest, RelayedAnswer } from '../core/placement.ts';
-import { encodeForBus, type NodeBus } from './bus.ts';
+import type { NodeBus } from './bus.ts';
 import { unavailable } from './unavailable.ts';
-import type { NodeMessage } from './wire.ts';
+import { encodeNodeMessage, type NodeMessage } from './wire.ts';
 
 /** A relayed REST request whose answer has not come after this long is answered 503. */
 const FORWARD_TIMEOUT_MS = 30_000;
@@ -54,7 +54,7 @@ export class RestRelay {
   serve(message: Extract<NodeMessage, { kind: 'http-request' }>, serveForwarded: ServeForwarded): void {
     const request = JSON.parse(message.request) as ForwardedRequest;
     void serveForwarded(request, message.body.byteLength > 0 ? message.body : undefined).then((relayed) => {
-      const answer = encodeForBus({ kind: 'http-answer', id: message.id, answer: JSON.stringify(relayed.answer), body: relayed.body });
+      const answer = encodeNodeMessage({ kind: 'http-answer', id: message.id, answer: JSON.stringify(relayed.answer), body: relayed.body });
       this.bus.sendEncoded(message.from, answer, () => this.logger.warn({ node: message.from }, 'could not send an answer back; the request times out there'));
     });
   }
