@@ -1,26 +1,33 @@
+import * as encoding from 'lib0/encoding';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { KEY_PREFIX } from './leases.ts';
-import { MalformedNodeMessage, decodeBatch, decodeNodeMessage, encodeBatch, encodeNodeMessage, type NodeMessage } from './wire.ts';
+import { MalformedNodeMessage, decodeNodeMessages, writeNodeMessage, type NodeMessage } from './wire.ts';
 
 const channelOf = (nodeId: string) => `${KEY_PREFIX}to:${nodeId}`;
 const BROADCAST = `${KEY_PREFIX}all`;
 
-/** What one channel gets at the end of this event-loop turn, and who waits for it to be sent. */
-interface Outgoing {
-  messages: Uint8Array[];
-  sent: Promise<number>;
-  settle: (result: { receivers: number } | { error: unknown }) => void;
+/** Why messages for a node were lost: it is not listening (gone), or Redis could not take them. */
+export type LinkLoss = 'gone' | 'unreachable';
+
+export interface BusHandlers {
+  onMessage(message: NodeMessage): void;
+  /** The subscription dropped: whatever was sent to this node meanwhile is lost. */
+  onInterrupted(): void;
+  /** Messages this node sent to `node` were lost (the batch that held them). */
+  onLinkLost(node: string, loss: LinkLoss): void;
 }
 
 /**
  * The nodes' messages over Redis pub/sub: one channel per node, one for all. What a node sends a
- * channel during one event-loop turn leaves at the end of it as one PUBLISH (`encodeBatch`), so the
- * cost of relaying follows the turns, not the frames. Messages from one node to another arrive in
- * the order they were sent (one connection each way), at most once.
+ * channel during one event-loop turn is written into that channel's batch and leaves at the end of
+ * the turn as one PUBLISH, so the cost of relaying follows the turns, not the frames. Messages from
+ * one node to another arrive in the order they were sent (one connection each way), at most once:
+ * a lost batch is reported once (`onLinkLost`), for the sender to end what depended on it.
  */
 export class NodeBus {
-  private readonly outbox = new Map<string, Outgoing>();
+  /** Messages are written straight into their channel's batch (no copy per message). */
+  private readonly outbox = new Map<string, { node: string | undefined; encoder: encoding.Encoder }>();
   private flushScheduled: NodeJS.Immediate | undefined;
 
   private constructor(
@@ -28,24 +35,15 @@ export class NodeBus {
     private readonly redis: Redis,
     private readonly subscriber: Redis,
     private readonly logger: Logger,
+    private readonly handlers: BusHandlers,
   ) {}
 
-  /**
-   * Subscribes on `subscriber` (a connection of its own: a subscribed connection runs no other
-   * command). `onMessage` gets every message for this node or for all; `onInterrupted` runs once
-   * each time the subscription drops, since whatever was sent meanwhile is lost.
-   */
-  static async open(
-    nodeId: string,
-    redis: Redis,
-    subscriber: Redis,
-    logger: Logger,
-    handlers: { onMessage(message: NodeMessage): void; onInterrupted(): void },
-  ): Promise<NodeBus> {
+  /** Subscribes on `subscriber` (a connection of its own: a subscribed connection runs no other command). */
+  static async open(nodeId: string, redis: Redis, subscriber: Redis, logger: Logger, handlers: BusHandlers): Promise<NodeBus> {
     subscriber.on('messageBuffer', (_channel: Buffer, raw: Buffer) => {
       let messages: NodeMessage[];
       try {
-        messages = decodeBatch(raw).map(decodeNodeMessage);
+        messages = decodeNodeMessages(raw);
       } catch (error) {
         if (!(error instanceof MalformedNodeMessage)) throw error;
         logger.warn({ err: error }, 'ignored a message on the cluster channel that is not one of ours');
@@ -69,25 +67,17 @@ export class NodeBus {
       subscribed = true;
     });
     await subscriber.subscribe(channelOf(nodeId), BROADCAST);
-    return new NodeBus(nodeId, redis, subscriber, logger);
+    return new NodeBus(nodeId, redis, subscriber, logger, handlers);
   }
 
-  /** Sends to one node; resolves with how many received it (0: that node is not listening). */
-  send(node: string, message: NodeMessage): Promise<number> {
-    return this.enqueue(channelOf(node), encodeNodeMessage(message));
+  /** Sends to one node, at the end of this event-loop turn. */
+  send(node: string, message: NodeMessage): void {
+    writeNodeMessage(this.batchFor(channelOf(node), node), message);
   }
 
-  /** Sends an encoded message (`encodeNodeMessage`) to one node; `onFail` runs when it could not be sent (it is lost). */
-  sendEncoded(node: string, message: Uint8Array, onFail?: () => void): void {
-    this.enqueue(channelOf(node), message).catch((error: unknown) => {
-      this.logger.debug({ err: error, node }, 'could not send to a node');
-      onFail?.();
-    });
-  }
-
-  /** Sends to every node (this one too). */
-  broadcast(message: NodeMessage): Promise<number> {
-    return this.enqueue(BROADCAST, encodeNodeMessage(message));
+  /** Sends to every node (this one too), at the end of this event-loop turn. */
+  broadcast(message: NodeMessage): void {
+    writeNodeMessage(this.batchFor(BROADCAST, undefined), message);
   }
 
   get self(): string {
@@ -99,36 +89,31 @@ export class NodeBus {
     this.subscriber.disconnect();
   }
 
-  private enqueue(channel: string, message: Uint8Array): Promise<number> {
-    let outgoing = this.outbox.get(channel);
-    if (outgoing === undefined) {
-      let settle: Outgoing['settle'] = () => {};
-      const sent = new Promise<number>((resolve, reject) => {
-        settle = (result) => ('error' in result ? reject(result.error) : resolve(result.receivers));
-      });
-      // Whoever does not wait for it must not turn a failure into an unhandled rejection.
-      sent.catch(() => {});
-      outgoing = { messages: [], sent, settle };
-      this.outbox.set(channel, outgoing);
+  private batchFor(channel: string, node: string | undefined): encoding.Encoder {
+    let batch = this.outbox.get(channel);
+    if (batch === undefined) {
+      batch = { node, encoder: encoding.createEncoder() };
+      this.outbox.set(channel, batch);
       this.flushScheduled ??= setImmediate(() => this.flush());
     }
-    outgoing.messages.push(message);
-    return outgoing.sent;
+    return batch.encoder;
   }
 
   private flush(): void {
     if (this.flushScheduled !== undefined) clearImmediate(this.flushScheduled);
     this.flushScheduled = undefined;
-    for (const [channel, outgoing] of this.outbox) {
-      this.redis.publish(channel, toBuffer(encodeBatch(outgoing.messages))).then(
-        (receivers) => outgoing.settle({ receivers }),
-        (error: unknown) => outgoing.settle({ error }),
+    for (const [channel, { node, encoder }] of this.outbox) {
+      const bytes = encoding.toUint8Array(encoder);
+      this.redis.publish(channel, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)).then(
+        (receivers) => {
+          if (receivers === 0 && node !== undefined) this.handlers.onLinkLost(node, 'gone');
+        },
+        (error: unknown) => {
+          this.logger.debug({ err: error, channel }, 'could not send to the cluster channel');
+          if (node !== undefined) this.handlers.onLinkLost(node, 'unreachable');
+        },
       );
     }
     this.outbox.clear();
   }
-}
-
-function toBuffer(bytes: Uint8Array): Buffer {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }

@@ -1,4 +1,3 @@
-import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import type { Connection, SyncSocket } from '../sync/document.ts';
 import type { EdgeRelay } from '../sync/socket.ts';
 import type { NodeBus } from './bus.ts';
@@ -10,8 +9,8 @@ export type PublishRelayed = (docKey: string, frame: Uint8Array, sender: SyncSoc
 /**
  * Edge side of sync relaying: devices' sockets held by this node for documents another node owns.
  * Each socket's frames go to the owner in order; what the owner sends (its answers, its close, the
- * document's frames) comes back here. A socket whose owner cannot be reached ends with a code
- * that makes the device reconnect (and resync).
+ * document's frames) comes back here. When what was sent to an owner is lost, the node ends the
+ * sockets relayed to it (`endAll`) with a code that makes the devices reconnect (and resync).
  */
 export class EdgeSockets implements EdgeRelay {
   /** By cluster-wide connection id: `<this node>/<request id>`. */
@@ -36,7 +35,7 @@ export class EdgeSockets implements EdgeRelay {
     if (conn.remote === undefined) return;
     const id = this.idOf(conn);
     this.sockets.set(id, { ws, owner: conn.remote });
-    this.sendToOwner(ws, conn.remote, {
+    this.bus.send(conn.remote, {
       kind: 'sync-open',
       conn: id,
       from: this.bus.self,
@@ -50,7 +49,7 @@ export class EdgeSockets implements EdgeRelay {
   frame(ws: SyncSocket, bytes: Uint8Array): void {
     const conn = ws.getUserData();
     if (conn.remote === undefined || conn.closed) return;
-    this.sendToOwner(ws, conn.remote, { kind: 'sync-frame', conn: this.idOf(conn), bytes });
+    this.bus.send(conn.remote, { kind: 'sync-frame', conn: this.idOf(conn), bytes });
   }
 
   closed(ws: SyncSocket): void {
@@ -59,8 +58,8 @@ export class EdgeSockets implements EdgeRelay {
     const id = this.idOf(conn);
     if (this.sockets.get(id)?.ws !== ws) return;
     this.sockets.delete(id);
-    // If this is lost, the owner learns it from the next frame it cannot deliver, or from this node's end.
-    this.bus.send(conn.remote, { kind: 'sync-close', conn: id }).catch(() => undefined);
+    // If this is lost, the owner's socket ends when it next relays to this node and the device is gone.
+    this.bus.send(conn.remote, { kind: 'sync-close', conn: id });
   }
 
   /** A message from an owner for a socket (or the sockets of a document) here. */
@@ -90,16 +89,5 @@ export class EdgeSockets implements EdgeRelay {
 
   private idOf(conn: Connection): string {
     return `${this.bus.self}/${conn.id}`;
-  }
-
-  private sendToOwner(ws: SyncSocket, owner: string, message: NodeMessage): void {
-    this.bus.send(owner, message).then(
-      (receivers) => {
-        if (receivers === 0 && !ws.getUserData().closed) ws.end(CLOSE_CODES.SERVICE_RESTART, 'The server holding your data went away; reconnect');
-      },
-      () => {
-        if (!ws.getUserData().closed) ws.end(CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster cannot be reached right now; reconnect shortly');
-      },
-    );
   }
 }

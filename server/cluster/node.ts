@@ -9,7 +9,7 @@ import type { Storage } from '../storage/index.ts';
 import type { SyncSocket } from '../sync/document.ts';
 import type { DocRelay } from '../sync/registry.ts';
 import type { EdgeRelay } from '../sync/socket.ts';
-import { NodeBus } from './bus.ts';
+import { NodeBus, type LinkLoss } from './bus.ts';
 import { EdgeSockets, type PublishRelayed } from './edge-sockets.ts';
 import { KEY_PREFIX, Leases, nodeKey } from './leases.ts';
 import { OwnerSockets, type SyncSessions } from './owner-sockets.ts';
@@ -119,11 +119,13 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       // lost (frames, answers, closes). Nothing relayed can be trusted to be whole after that, so
       // it all ends now and the clients start again (sockets resync by state vector, requests retry).
       onInterrupted: () => this.resetRelays(),
+      // The same, for what this node sent one other node.
+      onLinkLost: (node, loss) => this.linkLost(node, loss),
     });
     this.bound = {
       bindings,
       bus,
-      rest: new RestRelay(bus, this.logger),
+      rest: new RestRelay(bus),
       edge: new EdgeSockets(bus, bindings.publishRelayed),
       owner: new OwnerSockets(bus, bindings.sessions, bindings.publishLocal, this.logger),
     };
@@ -170,10 +172,8 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
 
   /** Tells every node that these sessions ended (their sockets close everywhere, their tokens are refused). */
   announceSessionsEnded(sessionIds: string[]): void {
-    this.bound?.bus.broadcast({ kind: 'sessions-ended', from: this.nodeId, sessionIds }).catch((error: unknown) => {
-      // The other nodes still see the ended sessions in the directory within a second (they poll it).
-      this.logger.warn({ err: error }, 'could not announce ended sessions to the other nodes');
-    });
+    // If this is lost, the other nodes still see the ended sessions in the directory within a second (they poll it).
+    this.bound?.bus.broadcast({ kind: 'sessions-ended', from: this.nodeId, sessionIds });
   }
 
   // DocRelay: a document's frames for the edge nodes with sockets on it.
@@ -287,6 +287,18 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     }
   }
 
+  /** What this node sent `node` was lost: everything relayed between the two ends, for the clients to start again. */
+  private linkLost(node: string, loss: LinkLoss): void {
+    const bound = this.bound;
+    if (this.stopped || bound === undefined) return;
+    this.logger.warn({ node, loss }, 'messages to another node were lost: ending what was relayed with it, which the clients retry');
+    const [code, reason] =
+      loss === 'gone' ? [CLOSE_CODES.SERVICE_RESTART, 'The server holding your data went away; reconnect'] : [CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED];
+    bound.rest.fail(node, loss === 'gone' ? 'The server holding your data is gone; retry' : 'The cluster cannot be reached right now; retry');
+    bound.edge.endAll(node, code, reason);
+    bound.owner.endAll(node, CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED);
+  }
+
   /** Ends everything relayed through Redis, in both directions, for the clients to start again. */
   private resetRelays(): void {
     const bound = this.bound;
@@ -296,7 +308,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     }
     bound.rest.fail(undefined, 'The cluster connection was interrupted; retry');
     bound.edge.endAll(undefined, CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED);
-    bound.owner.endAll(CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED);
+    bound.owner.endAll(undefined, CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED);
   }
 
   /** A lease ended without this node giving it up: nothing more of that user is written here. */

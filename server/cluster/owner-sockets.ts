@@ -4,7 +4,7 @@ import { newConnection, type SyncSocket } from '../sync/document.ts';
 import type { DocRelay } from '../sync/registry.ts';
 import type { NodeBus } from './bus.ts';
 import { RemoteSocket, type RemoteSocketHost } from './remote-socket.ts';
-import { encodeNodeMessage, type NodeMessage } from './wire.ts';
+import type { NodeMessage } from './wire.ts';
 
 /** What the sync channel does for a socket another node holds, exactly as for its own. */
 export interface SyncSessions {
@@ -12,8 +12,6 @@ export interface SyncSessions {
   receive(ws: SyncSocket, bytes: Uint8Array): void;
   close(ws: SyncSocket): void;
 }
-
-const INTERRUPTED = 'The cluster connection was interrupted; reconnect';
 
 /**
  * Owner side of sync relaying: devices' sockets other nodes hold, for documents of users this node
@@ -73,19 +71,16 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
     // close could not reach the edge): the edge is told to close it, for the device to reconnect.
     const edge = message.conn.slice(0, message.conn.indexOf('/'));
     if (edge === '') return;
-    this.bus.sendEncoded(
-      edge,
-      encodeNodeMessage({ kind: 'sync-end', conn: message.conn, code: CLOSE_CODES.SERVICE_RESTART, reason: 'Your data moved to another server; reconnect' }),
-    );
+    this.bus.send(edge, { kind: 'sync-end', conn: message.conn, code: CLOSE_CODES.SERVICE_RESTART, reason: 'Your data moved to another server; reconnect' });
   }
 
   closedByEdge(message: Extract<NodeMessage, { kind: 'sync-close' }>): void {
     this.sockets.get(message.conn)?.closedByEdge();
   }
 
-  /** Ends every relayed socket (their devices reconnect). */
-  endAll(code: number, reason: string): void {
-    for (const socket of [...this.sockets.values()]) socket.end(code, reason);
+  /** Ends the relayed sockets held by `edge` (every one when undefined): their devices reconnect. */
+  endAll(edge: string | undefined, code: number, reason: string): void {
+    for (const socket of [...this.sockets.values()]) if (edge === undefined || socket.edge === edge) socket.end(code, reason);
   }
 
   // DocRelay
@@ -93,13 +88,12 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
   publish(docKey: string, frame: Uint8Array, except: string): void {
     const nodes = this.interest.get(docKey);
     if (nodes === undefined) return;
-    const message = encodeNodeMessage({ kind: 'sync-publish', doc: docKey, except, bytes: frame });
-    for (const node of nodes.keys()) {
-      this.bus.sendEncoded(node, message, () => {
-        // That node's sockets on the document missed a frame: they reconnect and resync.
-        for (const socket of [...this.sockets.values()])
-          if (socket.edge === node && socket.topic === docKey) socket.end(CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED);
-      });
+    // A relayed sender's node needs the frame only for its other sockets on the document.
+    const senderNode = except.includes('/') ? except.slice(0, except.indexOf('/')) : '';
+    // Written into each node's batch; a lost batch ends that node's sockets (`endEdge`), to resync.
+    for (const [node, count] of nodes) {
+      if (node === senderNode && count === 1) continue;
+      this.bus.send(node, { kind: 'sync-publish', doc: docKey, except, bytes: frame });
     }
   }
 
@@ -109,8 +103,8 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
     const conn = socket.getUserData().id;
     const full: NodeMessage =
       message.kind === 'sync-send' ? { kind: 'sync-send', conn, bytes: message.bytes } : { kind: 'sync-end', conn, code: message.code, reason: message.reason };
-    // A lost frame would leave the device silently behind: the socket ends instead, to resync.
-    this.bus.sendEncoded(socket.edge, encodeNodeMessage(full), () => socket.end(CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED));
+    // A lost frame would leave the device silently behind: the node ends its edge's sockets instead (`endEdge`).
+    this.bus.send(socket.edge, full);
   }
 
   publishLocal(topic: string, frame: Uint8Array): void {

@@ -1,8 +1,7 @@
-import type { Logger } from 'pino';
 import type { ForwardedRequest, RelayedAnswer } from '../core/placement.ts';
 import type { NodeBus } from './bus.ts';
 import { unavailable } from './unavailable.ts';
-import { encodeNodeMessage, type NodeMessage } from './wire.ts';
+import type { NodeMessage } from './wire.ts';
 
 /** A relayed REST request whose answer has not come after this long is answered 503. */
 const FORWARD_TIMEOUT_MS = 30_000;
@@ -26,10 +25,7 @@ export class RestRelay {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
 
-  constructor(
-    private readonly bus: NodeBus,
-    private readonly logger: Logger,
-  ) {}
+  constructor(private readonly bus: NodeBus) {}
 
   /** The nodes requests are waiting on. */
   waitingOn(): Iterable<string> {
@@ -41,12 +37,8 @@ export class RestRelay {
       const id = this.nextId++;
       const timer = setTimeout(() => this.settle(id, undefined, unavailable('The server holding your data did not answer in time; retry')), FORWARD_TIMEOUT_MS);
       this.pending.set(id, { node, resolve, reject, timer });
-      this.bus.send(node, { kind: 'http-request', id, from: this.bus.self, request: JSON.stringify(request), body: body ?? EMPTY }).then(
-        (receivers) => {
-          if (receivers === 0) this.settle(id, undefined, unavailable('The server holding your data is gone; retry'));
-        },
-        () => this.settle(id, undefined, unavailable('The cluster cannot be reached right now; retry')),
-      );
+      // Lost on the way (the node is gone, Redis unreachable): the node's link-loss handler fails it.
+      this.bus.send(node, { kind: 'http-request', id, from: this.bus.self, request: JSON.stringify(request), body: body ?? EMPTY });
     });
   }
 
@@ -54,8 +46,8 @@ export class RestRelay {
   serve(message: Extract<NodeMessage, { kind: 'http-request' }>, serveForwarded: ServeForwarded): void {
     const request = JSON.parse(message.request) as ForwardedRequest;
     void serveForwarded(request, message.body.byteLength > 0 ? message.body : undefined).then((relayed) => {
-      const answer = encodeNodeMessage({ kind: 'http-answer', id: message.id, answer: JSON.stringify(relayed.answer), body: relayed.body });
-      this.bus.sendEncoded(message.from, answer, () => this.logger.warn({ node: message.from }, 'could not send an answer back; the request times out there'));
+      // If it is lost, the request times out on the edge node (503).
+      this.bus.send(message.from, { kind: 'http-answer', id: message.id, answer: JSON.stringify(relayed.answer), body: relayed.body });
     });
   }
 

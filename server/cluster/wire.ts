@@ -28,9 +28,11 @@ const KINDS = ['http-request', 'http-answer', 'sync-open', 'sync-frame', 'sync-c
 
 export class MalformedNodeMessage extends Error {}
 
-export function encodeNodeMessage(message: NodeMessage): Uint8Array {
-  const e = encoding.createEncoder();
-  encoding.writeVarUint(e, KINDS.indexOf(message.kind));
+const KIND_NUMBERS = Object.fromEntries(KINDS.map((kind, index) => [kind, index])) as Record<NodeMessage['kind'], number>;
+
+/** Appends one message to `e`; messages are self-delimiting, so a batch is messages one after another. */
+export function writeNodeMessage(e: encoding.Encoder, message: NodeMessage): void {
+  encoding.writeVarUint(e, KIND_NUMBERS[message.kind]);
   switch (message.kind) {
     case 'http-request':
       encoding.writeVarUint(e, message.id);
@@ -75,77 +77,58 @@ export function encodeNodeMessage(message: NodeMessage): Uint8Array {
       for (const id of message.sessionIds) encoding.writeVarString(e, id);
       break;
   }
-  return encoding.toUint8Array(e);
 }
 
-/** Reads one message; throws MalformedNodeMessage for anything else (another version's node, a stray publisher). */
-export function decodeNodeMessage(bytes: Uint8Array): NodeMessage {
+/**
+ * Reads the messages of one batch (payloads are views into `bytes`); throws MalformedNodeMessage
+ * for anything else (another version's node, a stray publisher).
+ */
+export function decodeNodeMessages(bytes: Uint8Array): NodeMessage[] {
   const d = decoding.createDecoder(bytes);
+  const messages: NodeMessage[] = [];
   try {
-    const kind = KINDS[decoding.readVarUint(d)];
-    switch (kind) {
-      case 'http-request':
-        return { kind, id: decoding.readVarUint(d), from: decoding.readVarString(d), request: decoding.readVarString(d), body: decoding.readVarUint8Array(d) };
-      case 'http-answer':
-        return { kind, id: decoding.readVarUint(d), answer: decoding.readVarString(d), body: decoding.readVarUint8Array(d) };
-      case 'sync-open':
-        return {
-          kind,
-          conn: decoding.readVarString(d),
-          from: decoding.readVarString(d),
-          userId: decoding.readVarString(d),
-          sessionId: decoding.readVarString(d),
-          docName: decoding.readVarString(d),
-          ack: decoding.readUint8(d) === 1,
-        };
-      case 'sync-frame':
-      case 'sync-send':
-        return { kind, conn: decoding.readVarString(d), bytes: decoding.readVarUint8Array(d) };
-      case 'sync-close':
-        return { kind, conn: decoding.readVarString(d) };
-      case 'sync-end':
-        return { kind, conn: decoding.readVarString(d), code: decoding.readVarUint(d), reason: decoding.readVarString(d) };
-      case 'sync-publish':
-        return { kind, doc: decoding.readVarString(d), except: decoding.readVarString(d), bytes: decoding.readVarUint8Array(d) };
-      case 'sessions-ended': {
-        const from = decoding.readVarString(d);
-        const count = decoding.readVarUint(d);
-        const sessionIds: string[] = [];
-        for (let i = 0; i < count; i += 1) sessionIds.push(decoding.readVarString(d));
-        return { kind, from, sessionIds };
-      }
-      default:
-        throw new MalformedNodeMessage('unknown message kind');
-    }
+    while (decoding.hasContent(d)) messages.push(readNodeMessage(d));
   } catch (error) {
     if (error instanceof MalformedNodeMessage) throw error;
     throw new MalformedNodeMessage(error instanceof Error ? error.message : String(error));
   }
+  return messages;
 }
 
-/**
- * Every message a node sends another in one event-loop turn goes in one pub/sub message: a count,
- * then each message with its length. One PUBLISH per destination per turn instead of one per
- * frame: most of what relaying costs a node is the Redis round of each publish.
- */
-export function encodeBatch(messages: readonly Uint8Array[]): Uint8Array {
-  const e = encoding.createEncoder();
-  encoding.writeVarUint(e, messages.length);
-  for (const message of messages) encoding.writeVarUint8Array(e, message);
-  return encoding.toUint8Array(e);
-}
-
-/** The messages of a batch (views into `bytes`); throws MalformedNodeMessage when it is not one. */
-export function decodeBatch(bytes: Uint8Array): Uint8Array[] {
-  const d = decoding.createDecoder(bytes);
-  try {
-    const count = decoding.readVarUint(d);
-    const messages: Uint8Array[] = [];
-    for (let i = 0; i < count; i += 1) messages.push(decoding.readVarUint8Array(d));
-    if (decoding.hasContent(d)) throw new MalformedNodeMessage('bytes after the end of the batch');
-    return messages;
-  } catch (error) {
-    if (error instanceof MalformedNodeMessage) throw error;
-    throw new MalformedNodeMessage(error instanceof Error ? error.message : String(error));
+function readNodeMessage(d: decoding.Decoder): NodeMessage {
+  const kind = KINDS[decoding.readVarUint(d)];
+  switch (kind) {
+    case 'http-request':
+      return { kind, id: decoding.readVarUint(d), from: decoding.readVarString(d), request: decoding.readVarString(d), body: decoding.readVarUint8Array(d) };
+    case 'http-answer':
+      return { kind, id: decoding.readVarUint(d), answer: decoding.readVarString(d), body: decoding.readVarUint8Array(d) };
+    case 'sync-open':
+      return {
+        kind,
+        conn: decoding.readVarString(d),
+        from: decoding.readVarString(d),
+        userId: decoding.readVarString(d),
+        sessionId: decoding.readVarString(d),
+        docName: decoding.readVarString(d),
+        ack: decoding.readUint8(d) === 1,
+      };
+    case 'sync-frame':
+    case 'sync-send':
+      return { kind, conn: decoding.readVarString(d), bytes: decoding.readVarUint8Array(d) };
+    case 'sync-close':
+      return { kind, conn: decoding.readVarString(d) };
+    case 'sync-end':
+      return { kind, conn: decoding.readVarString(d), code: decoding.readVarUint(d), reason: decoding.readVarString(d) };
+    case 'sync-publish':
+      return { kind, doc: decoding.readVarString(d), except: decoding.readVarString(d), bytes: decoding.readVarUint8Array(d) };
+    case 'sessions-ended': {
+      const from = decoding.readVarString(d);
+      const count = decoding.readVarUint(d);
+      const sessionIds: string[] = [];
+      for (let i = 0; i < count; i += 1) sessionIds.push(decoding.readVarString(d));
+      return { kind, from, sessionIds };
+    }
+    default:
+      throw new MalformedNodeMessage('unknown message kind');
   }
 }
