@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import os from 'node:os';
 import path from 'node:path';
 import { isIP } from 'node:net';
 import { z } from 'zod';
@@ -181,6 +182,18 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     throw new ConfigError(`invalid ${where}: ${issue?.message ?? 'invalid value'}`);
   }
   return { ...result.data, dataDir: path.resolve(result.data.dataDir), publicUrl: result.data.publicUrl };
+}
+
+/**
+ * Where the single executable unpacks its native addons (under `plexichat/`): `$XDG_CACHE_HOME`,
+ * else `~/.cache`, as the XDG base directory spec says (a relative `$XDG_CACHE_HOME` is invalid
+ * there and ignored). Not a setting of the config: the executable needs it before the server's
+ * modules load (they load the addons as they are imported), so before any config is parsed.
+ */
+export function cacheHome(env: NodeJS.ProcessEnv = process.env): string {
+  const xdg = env.XDG_CACHE_HOME;
+  if (xdg !== undefined && path.isAbsolute(xdg)) return xdg;
+  return path.join(env.HOME ?? os.homedir(), '.cache');
 }
 
 export function usage(): string {
