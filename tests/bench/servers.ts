@@ -1,7 +1,8 @@
 import path from 'node:path';
 import { FASTIFY_BENCH_TOKEN } from './baselines/args.ts';
+import type { BenchBuild } from './build.ts';
 import { SyncClient, type SyncEndpoint } from './client.ts';
-import { ourServerArgs, startListening, type ListeningServer } from '../helpers/process.ts';
+import { startListening, type ListeningServer } from '../helpers/process.ts';
 
 /** What a scenario gets to talk to: one endpoint per document, or why this server sits it out. */
 type SyncDocs = { endpoints: SyncEndpoint[] } | { skip: string };
@@ -29,10 +30,10 @@ export interface ServerEntry {
 /** A server that has not printed its port after this long is killed, and its scenarios fail. */
 const START_TIMEOUT_MS = 30_000;
 
-function baseline(repoRoot: string, nodeFlags: readonly string[], file: string, dataDir: string, env?: NodeJS.ProcessEnv): Promise<ListeningServer> {
+function baseline(built: BenchBuild, nodeFlags: readonly string[], name: string, dataDir: string, env?: NodeJS.ProcessEnv): Promise<ListeningServer> {
   return startListening({
-    args: [...nodeFlags, '--import', 'tsx', path.join('tests', 'bench', 'baselines', file), '--port', '0', '--data-dir', dataDir],
-    cwd: repoRoot,
+    args: [...nodeFlags, path.join(built.baselines, `${name}.mjs`), '--port', '0', '--data-dir', dataDir],
+    cwd: path.dirname(built.baselines),
     timeoutMs: START_TIMEOUT_MS,
     ...(env === undefined ? {} : { env }),
   });
@@ -47,18 +48,17 @@ function docNames(count: number): string[] {
 }
 
 /**
- * The servers of one run; ours first. `env` is the environment the baselines inherit;
- * `nodeFlags` go to every server process (e.g. `--cpu-prof`).
+ * The servers of one run, from `built` (see build.ts); ours first. `env` is the environment the
+ * baselines inherit; `nodeFlags` go to every server process (e.g. `--cpu-prof`).
  */
-export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlags: readonly string[] = []): ServerEntry[] {
+export function serverEntries(built: BenchBuild, env: NodeJS.ProcessEnv, nodeFlags: readonly string[] = []): ServerEntry[] {
   const yWebsocket = (persistence: boolean): ServerEntry => ({
     name: persistence ? 'y-websocket+leveldb' : 'y-websocket',
     ours: false,
     sync: true,
     persists: persistence,
     rest: false,
-    start: (dataDir) =>
-      baseline(repoRoot, nodeFlags, 'y-websocket-server.ts', dataDir, persistence ? { ...env, YPERSISTENCE: path.join(dataDir, 'leveldb') } : env),
+    start: (dataDir) => baseline(built, nodeFlags, 'y-websocket-server', dataDir, persistence ? { ...env, YPERSISTENCE: path.join(dataDir, 'leveldb') } : env),
     syncDocs: async (server, count) => ({
       endpoints: docNames(count).map((docName) => ({
         url: wsUrl(server, `/${docName}`),
@@ -73,11 +73,22 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
     start: (dataDir) =>
       startListening({
         // Info level: the listening line is logged at info; requests only at debug.
-        args: ourServerArgs(
-          ['--port', '0', '--data-dir', dataDir, '--log-level', 'info', '--auth-rate-limit', '0', '--max-sync-connections-per-user', '100000', ...extraArgs],
-          nodeFlags,
-        ),
-        cwd: repoRoot,
+        args: [
+          ...nodeFlags,
+          built.server,
+          '--port',
+          '0',
+          '--data-dir',
+          dataDir,
+          '--log-level',
+          'info',
+          '--auth-rate-limit',
+          '0',
+          '--max-sync-connections-per-user',
+          '100000',
+          ...extraArgs,
+        ],
+        cwd: path.dirname(built.server),
         timeoutMs: START_TIMEOUT_MS,
       }),
     syncDocs: (server, count) => plexichatDocs(server, count),
@@ -114,7 +125,7 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
       sync: true,
       persists: true,
       rest: false,
-      start: (dataDir) => baseline(repoRoot, nodeFlags, 'hocuspocus.ts', dataDir),
+      start: (dataDir) => baseline(built, nodeFlags, 'hocuspocus', dataDir),
       syncDocs: async (server, count) => ({
         endpoints: docNames(count).map((docName) => ({
           url: wsUrl(server, '/'),
@@ -131,7 +142,7 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
       sync: true,
       persists: false,
       rest: false,
-      start: (dataDir) => baseline(repoRoot, nodeFlags, 'uws-relay.ts', dataDir),
+      start: (dataDir) => baseline(built, nodeFlags, 'uws-relay', dataDir),
       syncDocs: async (server, count) => ({
         endpoints: docNames(count).map((docName) => ({
           url: wsUrl(server, `/${docName}`),
@@ -147,7 +158,7 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
       sync: false,
       persists: false,
       rest: true,
-      start: (dataDir) => baseline(repoRoot, nodeFlags, 'uws-hello.ts', dataDir),
+      start: (dataDir) => baseline(built, nodeFlags, 'uws-hello', dataDir),
       restTarget: async (server) => ({ url: `${server.url}/users/@me`, headers: {} }),
     },
     {
@@ -156,7 +167,7 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
       sync: false,
       persists: false,
       rest: true,
-      start: (dataDir) => baseline(repoRoot, nodeFlags, 'fastify-users.ts', dataDir),
+      start: (dataDir) => baseline(built, nodeFlags, 'fastify-users', dataDir),
       restTarget: async (server) => ({
         url: `${server.url}/users/@me`,
         headers: { authorization: `Bearer ${FASTIFY_BENCH_TOKEN}` },

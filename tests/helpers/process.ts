@@ -13,9 +13,9 @@ const REPO_ROOT = path.resolve(import.meta.dirname, '../..');
 /** The line a server prints once it listens; group 1 is its URL. Ours logs it inside JSON. */
 const LISTENING = /listening on (http:\/\/[^\s"]+)/;
 
-/** The node arguments that run our server with `args`; `nodeFlags` go before (e.g. `--cpu-prof`). */
-export function ourServerArgs(args: readonly string[], nodeFlags: readonly string[] = []): string[] {
-  return [...nodeFlags, '--import', 'tsx', 'server/main.ts', ...args];
+/** The node arguments that run our server from its sources (tsx) with `args`. */
+export function ourServerArgs(args: readonly string[]): string[] {
+  return ['--import', 'tsx', 'server/main.ts', ...args];
 }
 
 export interface NodeProcessOptions {
