@@ -14,6 +14,7 @@ import type {
   Relationship,
   Session,
   TotpSetupResponse,
+  UserFeatures,
   UserSettings,
   createMessageBodySchema,
   loginBodySchema,
@@ -241,6 +242,11 @@ export class PlexichatClient {
 
   searchUser(username: string): Promise<PublicUser> {
     return this.#json('GET', `/users/search?username=${encodeURIComponent(username)}`);
+  }
+
+  /** The caller's badges, tier and feature flags (each flag the server defines, evaluated for them). */
+  features(): Promise<UserFeatures> {
+    return this.#json('GET', '/users/@me/features');
   }
 
   // --- two-factor authentication (TOTP) -----------------------------------------------------

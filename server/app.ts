@@ -1,10 +1,12 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import type { Config } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
 import { mountRoutes } from './http/dispatch.ts';
 import { route, type Route } from './http/route.ts';
 import { closeAllSockets, createApp, listen, stopListening } from './http/uws.ts';
-import { openStorage } from './storage/index.ts';
+import { openStorage, type Storage } from './storage/index.ts';
+import { listenForNotices, watchExternalChanges, type ExternalChangeWatch } from './storage/coordination.ts';
 import { AuthService } from './auth/service.ts';
 import { authRoutes } from './auth/routes.ts';
 import { UsersService } from './users/service.ts';
@@ -30,6 +32,8 @@ import { mfaRoutes } from './mfa/routes.ts';
 import { createMailer, type Mailer } from './mail/mailer.ts';
 import { RecoveryService } from './recovery/service.ts';
 import { recoveryRoutes } from './recovery/routes.ts';
+import { FeaturesService } from './features/service.ts';
+import { featuresRoutes } from './features/routes.ts';
 
 export interface RunningServer {
   port: number;
@@ -49,16 +53,44 @@ export interface ServerOptions {
   clock?: () => number;
   /** How often expired sessions are deleted and their sockets closed (default hourly; tests shorten it). */
   sessionSweepIntervalMs?: number;
+  /**
+   * How often the server looks for changes another process (an admin command) committed to its
+   * files without telling it (default every second; a command that tells it is taken at once).
+   */
+  externalChangePollMs?: number;
 }
 
 /** How long shutdown waits for in-flight requests before closing their connections anyway. */
 const DRAIN_TIMEOUT_MS = 10_000;
+const DEFAULT_EXTERNAL_CHANGE_POLL_MS = 1000;
 
 /** Builds and starts a complete server. Holds no global state: several can run in one process. */
 export async function createServer(config: Config, options: ServerOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? createLogger(config.logLevel);
+  // Admin commands on this data folder tell the server through this socket when they commit
+  // (storage/coordination.ts). Listening comes first: a second server on the folder is refused
+  // before it touches a file.
+  fs.mkdirSync(config.dataDir, { recursive: true });
+  let external: ExternalChangeWatch | undefined;
+  const notices = await listenForNotices(config.dataDir, () => {
+    try {
+      external?.check();
+    } catch (error) {
+      logger.error({ err: error }, 'looking at changes of another process failed');
+      throw error;
+    }
+  });
+  if (notices.socketPath === undefined) {
+    logger.warn({ dataDir: config.dataDir }, 'the data folder path is too long for a notice socket: admin commands take effect within a second');
+  }
   const app = createApp();
-  const storage = openStorage(config);
+  let storage: Storage;
+  try {
+    storage = openStorage(config);
+  } catch (error) {
+    await notices.close();
+    throw error;
+  }
   let publicUrl = config.publicUrl ?? '';
 
   const avatars = new AvatarsService({
@@ -91,6 +123,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     users.repairDirectoryIndex();
   } catch (error) {
     storage.close();
+    await notices.close();
     throw error;
   }
   const authService = new AuthService({
@@ -103,11 +136,14 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     secondFactor: mfa,
     sweepIntervalMs: options.sessionSweepIntervalMs,
   });
+  authService.startSweeping();
   let mailer: Mailer;
   try {
     mailer = createMailer({ smtpUrl: config.smtpUrl, from: config.mailFrom, outboxDir: path.join(config.dataDir, 'outbox'), logger });
   } catch (error) {
+    authService.close();
     storage.close();
+    await notices.close();
     throw error;
   }
   const recovery = new RecoveryService({ storage, users, auth: authService, mailer, logger, publicUrl: () => publicUrl });
@@ -133,12 +169,28 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const userSettings = new UserSettingsService(registry, logger);
   const relationships = new RelationshipsService(storage, users);
   const channels = new ChannelsService({ storage, users, relationships, messaging });
+  const features = new FeaturesService({ users, flags: config.features });
+  // What another process commits reaches what this one keeps in memory: sessions it ended are
+  // refused and their sockets closed, a deleted account's documents and file let go of.
+  external = watchExternalChanges(
+    storage,
+    {
+      directoryChanged: () => authService.directoryChangedElsewhere(),
+      accountDeleted: (userId) => {
+        registry.dropUser(userId);
+        logger.info({ userId }, 'an account was deleted by another process; its documents and file are let go of');
+      },
+      failed: (error) => logger.error({ err: error }, 'looking at changes of another process failed; looking again at the next tick'),
+    },
+    options.externalChangePollMs ?? DEFAULT_EXTERNAL_CHANGE_POLL_MS,
+  );
 
   const routes: Route[] = [
     route({ method: 'GET', path: '/health', auth: 'none', handler: () => ({ status: 'ok' }) }),
     ...authRoutes(authService, { attemptsPerMinute: config.authRateLimit }),
     ...recoveryRoutes(recovery, { attemptsPerMinute: config.authRateLimit }),
     ...usersRoutes(users, { searchesPerMinute: config.searchRateLimit }),
+    ...featuresRoutes(features),
     ...settingsRoutes(messaging, userSettings),
     ...notesRoutes(notes),
     ...relationshipsRoutes(relationships),
@@ -175,8 +227,10 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   } catch (error) {
     // No sweep may run against a storage that is closed.
     authService.close();
+    external.close();
     mailer.close();
     storage.close();
+    await notices.close();
     throw error;
   }
   // In the background: a mail server slow to answer must not delay serving. It logs one line,
@@ -204,6 +258,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         mailer.close();
         registry.closeAll();
         authService.close();
+        external?.close();
+        await notices.close();
         // uWS flushes corked writes when the loop turns; closing first would cut the last answers.
         await new Promise((resolve) => setImmediate(resolve));
         closeAllSockets(app);

@@ -1,53 +1,121 @@
+import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import os from 'node:os';
 import path from 'node:path';
 import { isIP } from 'node:net';
 import { z } from 'zod';
+import { featuresFileSchema, type FeaturesFile } from '../shared/schemas/features.ts';
 import { MAX_WORKER_ID } from '../shared/snowflake.ts';
 
 /**
  * The only module that reads `process.env`. Each setting has a flag and an environment variable;
  * flags win. Everything is validated here so the rest of the server can trust its config.
  */
-const SETTINGS = {
-  port: { flag: 'port', env: 'PLEXICHAT_PORT' },
-  host: { flag: 'host', env: 'PLEXICHAT_HOST' },
-  dataDir: { flag: 'data-dir', env: 'PLEXICHAT_DATA_DIR' },
-  publicUrl: { flag: 'public-url', env: 'PLEXICHAT_PUBLIC_URL' },
-  logLevel: { flag: 'log-level', env: 'PLEXICHAT_LOG_LEVEL' },
-  workerId: { flag: 'worker-id', env: 'PLEXICHAT_WORKER_ID' },
-  maxOpenUserFiles: { flag: 'max-open-user-files', env: 'PLEXICHAT_MAX_OPEN_USER_FILES' },
-  maxJsonBodyBytes: { flag: 'max-json-body-bytes', env: 'PLEXICHAT_MAX_JSON_BODY_BYTES' },
-  authRateLimit: { flag: 'auth-rate-limit', env: 'PLEXICHAT_AUTH_RATE_LIMIT' },
-  loginFailureLimit: { flag: 'login-failure-limit', env: 'PLEXICHAT_LOGIN_FAILURE_LIMIT' },
-  loginAccountLimit: { flag: 'login-account-limit', env: 'PLEXICHAT_LOGIN_ACCOUNT_LIMIT' },
-  searchRateLimit: { flag: 'search-rate-limit', env: 'PLEXICHAT_SEARCH_RATE_LIMIT' },
-  sessionIdleSeconds: { flag: 'session-idle-seconds', env: 'PLEXICHAT_SESSION_IDLE_SECONDS' },
-  sessionLifetimeSeconds: { flag: 'session-lifetime-seconds', env: 'PLEXICHAT_SESSION_LIFETIME_SECONDS' },
-  maxSyncMessageBytes: { flag: 'max-sync-message-bytes', env: 'PLEXICHAT_MAX_SYNC_MESSAGE_BYTES' },
-  maxSyncConnectionsPerUser: { flag: 'max-sync-connections-per-user', env: 'PLEXICHAT_MAX_SYNC_CONNECTIONS_PER_USER' },
-  maxSyncBackpressureBytes: { flag: 'max-sync-backpressure-bytes', env: 'PLEXICHAT_MAX_SYNC_BACKPRESSURE_BYTES' },
-  docUnloadDelayMs: { flag: 'doc-unload-delay-ms', env: 'PLEXICHAT_DOC_UNLOAD_DELAY_MS' },
-  compactAfterUpdates: { flag: 'compact-after-updates', env: 'PLEXICHAT_COMPACT_AFTER_UPDATES' },
-  compactAfterBytes: { flag: 'compact-after-bytes', env: 'PLEXICHAT_COMPACT_AFTER_BYTES' },
-  compactDebounceMs: { flag: 'compact-debounce-ms', env: 'PLEXICHAT_COMPACT_DEBOUNCE_MS' },
-  compactMaxWaitMs: { flag: 'compact-max-wait-ms', env: 'PLEXICHAT_COMPACT_MAX_WAIT_MS' },
-  maxAvatarBytes: { flag: 'max-avatar-bytes', env: 'PLEXICHAT_MAX_AVATAR_BYTES' },
-  maxAvatarPixels: { flag: 'max-avatar-pixels', env: 'PLEXICHAT_MAX_AVATAR_PIXELS' },
-  maxAvatarFrames: { flag: 'max-avatar-frames', env: 'PLEXICHAT_MAX_AVATAR_FRAMES' },
-  avatarJobs: { flag: 'avatar-jobs', env: 'PLEXICHAT_AVATAR_JOBS' },
-  maxUploadMemoryBytes: { flag: 'max-upload-memory-bytes', env: 'PLEXICHAT_MAX_UPLOAD_MEMORY_BYTES' },
-  trustProxy: { flag: 'trust-proxy', env: 'PLEXICHAT_TRUST_PROXY' },
-  totpAccountRateLimit: { flag: 'totp-account-rate-limit', env: 'PLEXICHAT_TOTP_ACCOUNT_RATE_LIMIT' },
-  totpAddressRateLimit: { flag: 'totp-address-rate-limit', env: 'PLEXICHAT_TOTP_ADDRESS_RATE_LIMIT' },
-  smtpUrl: { flag: 'smtp-url', env: 'PLEXICHAT_SMTP_URL' },
-  mailFrom: { flag: 'mail-from', env: 'PLEXICHAT_MAIL_FROM' },
-} as const;
+export const SETTINGS = {
+  port: { flag: 'port', env: 'PLEXICHAT_PORT', help: 'TCP port (0 = any free port)', default: '8080' },
+  host: { flag: 'host', env: 'PLEXICHAT_HOST', help: 'address to listen on (0.0.0.0 for all)', default: '127.0.0.1' },
+  dataDir: { flag: 'data-dir', env: 'PLEXICHAT_DATA_DIR', help: 'where the SQLite files live', default: './data' },
+  publicUrl: { flag: 'public-url', env: 'PLEXICHAT_PUBLIC_URL', help: 'base of URLs the API returns; set it behind a proxy', default: 'http://<host>:<port>' },
+  logLevel: { flag: 'log-level', env: 'PLEXICHAT_LOG_LEVEL', help: 'fatal … trace, or silent; JSON lines on stdout', default: 'info' },
+  workerId: { flag: 'worker-id', env: 'PLEXICHAT_WORKER_ID', help: '0-1023, the worker bits of snowflake ids', default: '0' },
+  maxOpenUserFiles: { flag: 'max-open-user-files', env: 'PLEXICHAT_MAX_OPEN_USER_FILES', help: 'per-user SQLite files open at once', default: '256' },
+  maxJsonBodyBytes: { flag: 'max-json-body-bytes', env: 'PLEXICHAT_MAX_JSON_BODY_BYTES', help: 'larger JSON bodies are refused with 413', default: '1048576' },
+  authRateLimit: {
+    flag: 'auth-rate-limit',
+    env: 'PLEXICHAT_AUTH_RATE_LIMIT',
+    help: 'login + register attempts per address per minute (0 = off)',
+    default: '30',
+  },
+  loginFailureLimit: {
+    flag: 'login-failure-limit',
+    env: 'PLEXICHAT_LOGIN_FAILURE_LIMIT',
+    help: 'wrong passwords in a row per login name and address (0 = off)',
+    default: '10',
+  },
+  loginAccountLimit: {
+    flag: 'login-account-limit',
+    env: 'PLEXICHAT_LOGIN_ACCOUNT_LIMIT',
+    help: 'login attempts per login name per hour (0 = off)',
+    default: '100',
+  },
+  searchRateLimit: { flag: 'search-rate-limit', env: 'PLEXICHAT_SEARCH_RATE_LIMIT', help: 'user searches per account per minute (0 = off)', default: '30' },
+  sessionIdleSeconds: { flag: 'session-idle-seconds', env: 'PLEXICHAT_SESSION_IDLE_SECONDS', help: 'a session unused this long ends', default: '2592000' },
+  sessionLifetimeSeconds: {
+    flag: 'session-lifetime-seconds',
+    env: 'PLEXICHAT_SESSION_LIFETIME_SECONDS',
+    help: 'a session ends this long after its login',
+    default: '31536000',
+  },
+  maxSyncMessageBytes: {
+    flag: 'max-sync-message-bytes',
+    env: 'PLEXICHAT_MAX_SYNC_MESSAGE_BYTES',
+    help: 'largest sync message (4413 over it)',
+    default: '16777216',
+  },
+  maxSyncConnectionsPerUser: {
+    flag: 'max-sync-connections-per-user',
+    env: 'PLEXICHAT_MAX_SYNC_CONNECTIONS_PER_USER',
+    help: 'sync sockets one user may have open',
+    default: '32',
+  },
+  maxSyncBackpressureBytes: {
+    flag: 'max-sync-backpressure-bytes',
+    env: 'PLEXICHAT_MAX_SYNC_BACKPRESSURE_BYTES',
+    help: 'unsent bytes a slow reader may hold',
+    default: '33554432',
+  },
+  docUnloadDelayMs: {
+    flag: 'doc-unload-delay-ms',
+    env: 'PLEXICHAT_DOC_UNLOAD_DELAY_MS',
+    help: 'a document stays in memory this long after its last user',
+    default: '5000',
+  },
+  compactAfterUpdates: {
+    flag: 'compact-after-updates',
+    env: 'PLEXICHAT_COMPACT_AFTER_UPDATES',
+    help: 'compact a document log of this many updates…',
+    default: '1000',
+  },
+  compactAfterBytes: { flag: 'compact-after-bytes', env: 'PLEXICHAT_COMPACT_AFTER_BYTES', help: '…or of this many bytes', default: '1048576' },
+  compactDebounceMs: { flag: 'compact-debounce-ms', env: 'PLEXICHAT_COMPACT_DEBOUNCE_MS', help: 'compaction waits for this much quiet…', default: '2000' },
+  compactMaxWaitMs: { flag: 'compact-max-wait-ms', env: 'PLEXICHAT_COMPACT_MAX_WAIT_MS', help: '…but never longer than this', default: '20000' },
+  maxAvatarBytes: { flag: 'max-avatar-bytes', env: 'PLEXICHAT_MAX_AVATAR_BYTES', help: 'largest avatar file accepted', default: '8388608' },
+  maxAvatarPixels: {
+    flag: 'max-avatar-pixels',
+    env: 'PLEXICHAT_MAX_AVATAR_PIXELS',
+    help: 'width × height × frames an avatar may decode to',
+    default: '40000000',
+  },
+  maxAvatarFrames: { flag: 'max-avatar-frames', env: 'PLEXICHAT_MAX_AVATAR_FRAMES', help: 'most frames an animated avatar may have', default: '200' },
+  avatarJobs: { flag: 'avatar-jobs', env: 'PLEXICHAT_AVATAR_JOBS', help: 'avatar images processed at once', default: '2' },
+  maxUploadMemoryBytes: {
+    flag: 'max-upload-memory-bytes',
+    env: 'PLEXICHAT_MAX_UPLOAD_MEMORY_BYTES',
+    help: 'upload bodies held in memory at once',
+    default: '67108864',
+  },
+  trustProxy: { flag: 'trust-proxy', env: 'PLEXICHAT_TRUST_PROXY', help: 'comma-separated IPs of trusted reverse proxies', default: '(none)' },
+  totpAccountRateLimit: {
+    flag: 'totp-account-rate-limit',
+    env: 'PLEXICHAT_TOTP_ACCOUNT_RATE_LIMIT',
+    help: '2FA attempts per account per 10 minutes (0 = off)',
+    default: '10',
+  },
+  totpAddressRateLimit: {
+    flag: 'totp-address-rate-limit',
+    env: 'PLEXICHAT_TOTP_ADDRESS_RATE_LIMIT',
+    help: '2FA attempts per address per 10 minutes (0 = off)',
+    default: '30',
+  },
+  smtpUrl: { flag: 'smtp-url', env: 'PLEXICHAT_SMTP_URL', help: 'SMTP server for mails (unset: .eml files in <data-dir>/outbox/)', default: '(none)' },
+  mailFrom: { flag: 'mail-from', env: 'PLEXICHAT_MAIL_FROM', help: 'sender of every mail', default: 'noreply@localhost' },
+  featuresFile: { flag: 'features-file', env: 'PLEXICHAT_FEATURES_FILE', help: 'JSON file of feature flags (see README)', default: '(none)' },
+} as const satisfies Record<string, { flag: string; env: string; help: string; default: string }>;
 
 /** Room for multipart boundaries and part headers around an avatar file of the maximum size. */
 export const MULTIPART_OVERHEAD_BYTES = 64 * 1024;
 
-type SettingName = keyof typeof SETTINGS;
+export type SettingName = keyof typeof SETTINGS;
 
 /** One address, bare or after a display name; no line breaks, which would start a new mail header. */
 const MAIL_FROM_PATTERN = /^(?:[^<>@\r\n]*<[^<>@\s]+@[^<>@\s]+>|[^<>@\s]+@[^<>@\s]+)$/;
@@ -137,6 +205,8 @@ const configSchema = z
     smtpUrl: z.url({ protocol: /^smtps?$/, message: 'must be an smtp:// or smtps:// URL' }).optional(),
     /** The sender of every mail: `name@domain` or `Name <name@domain>`. */
     mailFrom: z.string().max(320).regex(MAIL_FROM_PATTERN, { message: 'must be an address, name@domain or "Name <name@domain>"' }).default('noreply@localhost'),
+    /** Feature flags (JSON, `shared/schemas/features.ts`), read and validated once, at start. */
+    featuresFile: z.string().min(1).optional(),
   })
   .refine((config) => config.maxUploadMemoryBytes >= config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES, {
     // Smaller, and the largest avatar the server accepts could never be uploaded.
@@ -144,17 +214,22 @@ const configSchema = z
     path: ['maxUploadMemoryBytes'],
   });
 
-export type Config = Omit<z.infer<typeof configSchema>, 'publicUrl'> & {
+export type Config = Omit<z.infer<typeof configSchema>, 'publicUrl' | 'featuresFile'> & {
   /** Base of URLs the API returns; derived from host and port when not set. */
   publicUrl: string | undefined;
+  /** The features file's path (resolved), if one was given. */
+  featuresFile: string | undefined;
+  /** Its flags, validated; none without a file. */
+  features: FeaturesFile;
 };
 
 /** Config for embedding (tests, tools): defaults plus the given overrides, validated the same way. */
 export function makeConfig(overrides: Partial<Config> = {}): Config {
   // Overrides are the parsed form; the list of proxies goes back to the text the schema reads.
-  const input = { ...overrides, trustProxy: overrides.trustProxy?.join(',') };
+  const { features, ...rest } = overrides;
+  const input = { ...rest, trustProxy: overrides.trustProxy?.join(',') };
   const parsed = configSchema.parse(Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)));
-  return { ...parsed, dataDir: path.resolve(parsed.dataDir), publicUrl: parsed.publicUrl };
+  return finish(parsed, features === undefined ? undefined : featuresFileSchema.parse(features));
 }
 
 export class ConfigError extends Error {}
@@ -169,19 +244,31 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     throw new ConfigError(error instanceof Error ? error.message : String(error));
   }
   if (flags.help === true) throw new ConfigError(usage());
+  const given: Partial<Record<SettingName, string>> = {};
+  for (const [name, setting] of Object.entries(SETTINGS) as [SettingName, (typeof SETTINGS)[SettingName]][]) {
+    const value = flags[setting.flag];
+    if (typeof value === 'string') given[name] = value;
+  }
+  return resolveConfig(given, env);
+}
+
+/**
+ * The configuration from settings given as flags (already parsed, e.g. by the CLI), each falling
+ * back to its environment variable, then to its default; throws ConfigError with one line.
+ */
+export function resolveConfig(flags: Partial<Record<SettingName, string>>, env: NodeJS.ProcessEnv = process.env): Config {
   const raw: Partial<Record<SettingName, string>> = {};
   for (const [name, setting] of Object.entries(SETTINGS) as [SettingName, (typeof SETTINGS)[SettingName]][]) {
-    const value = flags[setting.flag] ?? env[setting.env];
+    const value = flags[name] ?? env[setting.env];
     if (typeof value === 'string') raw[name] = value;
   }
   const result = configSchema.safeParse(raw);
   if (!result.success) {
     const issue = result.error.issues[0];
     const name = issue?.path[0] as SettingName | undefined;
-    const where = name ? `--${SETTINGS[name].flag} / ${SETTINGS[name].env}` : 'config';
-    throw new ConfigError(`invalid ${where}: ${issue?.message ?? 'invalid value'}`);
+    throw new ConfigError(`invalid ${where(name)}: ${issue?.message ?? 'invalid value'}`);
   }
-  return { ...result.data, dataDir: path.resolve(result.data.dataDir), publicUrl: result.data.publicUrl };
+  return finish(result.data, undefined);
 }
 
 /**
@@ -196,7 +283,47 @@ export function cacheHome(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(env.HOME ?? os.homedir(), '.cache');
 }
 
-export function usage(): string {
+function where(name: SettingName | undefined): string {
+  return name ? `--${SETTINGS[name].flag} / ${SETTINGS[name].env}` : 'config';
+}
+
+function finish(parsed: z.infer<typeof configSchema>, features: FeaturesFile | undefined): Config {
+  const featuresFile = parsed.featuresFile === undefined ? undefined : path.resolve(parsed.featuresFile);
+  return {
+    ...parsed,
+    dataDir: path.resolve(parsed.dataDir),
+    publicUrl: parsed.publicUrl,
+    featuresFile,
+    features: features ?? (featuresFile === undefined ? featuresFileSchema.parse({}) : readFeaturesFile(featuresFile)),
+  };
+}
+
+/** Reads and validates the features file; a problem is one line naming the setting, the file and the first issue. */
+function readFeaturesFile(file: string): FeaturesFile {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`invalid ${where('featuresFile')}: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError(`invalid ${where('featuresFile')}: ${file} is not JSON: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  const result = featuresFileSchema.safeParse(json);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const at = issue === undefined || issue.path.length === 0 ? '' : `${issue.path.join('.')}: `;
+    // A bad name (a record key) is reported by zod as "Invalid key in record", with the key's own issue inside.
+    const message = issue?.code === 'invalid_key' ? (issue.issues[0]?.message ?? issue.message) : issue?.message;
+    throw new ConfigError(`invalid ${where('featuresFile')}: ${file}: ${at}${message ?? 'invalid'}`);
+  }
+  return result.data;
+}
+
+function usage(): string {
   return [
     'usage: npm start -- [options]   (each option also reads the environment variable shown)',
     ...Object.values(SETTINGS).map((s) => `  --${s.flag.padEnd(22)} ${s.env}`),

@@ -15,3 +15,4 @@ export * from './schemas/channels.ts';
 export * from './schemas/avatars.ts';
 export * from './schemas/mfa.ts';
 export * from './schemas/recovery.ts';
+export * from './schemas/features.ts';

@@ -11,7 +11,7 @@ import ts from 'typescript';
  */
 const ROOT = path.resolve(import.meta.dirname, '..');
 /** Folders of server/ that are features: each owns its data (repo.ts) and answers through its service. */
-const FEATURES = ['auth', 'avatars', 'channels', 'mfa', 'notes', 'recovery', 'relationships', 'settings', 'users'];
+const FEATURES = ['auth', 'avatars', 'channels', 'features', 'mfa', 'notes', 'recovery', 'relationships', 'settings', 'users'];
 /** What composes or transports: may import across features and from server/http. */
 const COMPOSERS = new Set(['server/app.ts', 'server/main.ts']);
 

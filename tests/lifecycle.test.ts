@@ -15,11 +15,14 @@ test('bad configuration exits 1 with one line', async () => {
   assert.match(output, /invalid --port/);
 });
 
-test('--help prints the usage on stdout and exits 0', async () => {
+test('--help prints the commands and every option of serve on stdout and exits 0', async () => {
   const { code, output } = await runServerToExit(['--help']);
   assert.equal(code, 0, output);
-  assert.match(output, /^usage: npm start -- \[options\]/);
-  for (const flag of ['--port', '--data-dir', '--log-level', '--auth-rate-limit', '--avatar-jobs']) assert.match(output, new RegExp(`\\n  ${flag} `));
+  assert.match(output, /^Usage: plexichat \[command\] \[options\]/);
+  for (const command of ['serve', 'admin', 'backup', 'restore', 'doctor']) assert.match(output, new RegExp(`\\n  ${command} `));
+  for (const flag of ['--port', '--data-dir', '--log-level', '--auth-rate-limit', '--avatar-jobs', '--features-file']) {
+    assert.match(output, new RegExp(`\\n  ${flag} <value> .*\\[PLEXICHAT_`));
+  }
   // runServerToExit merges the two streams: check separately that all of it was on stdout.
   const streams = spawnSync(process.execPath, ['--import', 'tsx', 'server/main.ts', '--help'], {
     cwd: path.resolve(import.meta.dirname, '..'),

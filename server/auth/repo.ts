@@ -29,7 +29,8 @@ export function advanceCredentialEpoch(directory: DirectoryFile, userId: string)
 
 /**
  * Inserts the session only if the user's credential epoch is still `epoch`, the one read before the
- * password was verified; returns whether it did. One statement, so the check and the insert are one
+ * password was verified, and the account still exists (a deletion takes the epoch row with it);
+ * returns whether it did. One statement, so the check and the insert are one
  * atomic step: a password change that commits while a login is verifying (Argon2 runs on the thread
  * pool) either comes first, and this inserts nothing, or comes after, and deletes the session.
  */
@@ -42,9 +43,21 @@ export function insertSessionIfEpoch(
     directory
       .stmt(
         `INSERT INTO sessions (id, token_hash, user_id, created_at, last_used_at, user_agent, device_name)
-         SELECT ?, ?, ?, ?, ?, ?, ? WHERE COALESCE((SELECT epoch FROM credential_epochs WHERE user_id = ?), 0) = ?`,
+         SELECT ?, ?, ?, ?, ?, ?, ? WHERE COALESCE((SELECT epoch FROM credential_epochs WHERE user_id = ?), 0) = ?
+           AND EXISTS (SELECT 1 FROM users WHERE id = ?)`,
       )
-      .run(session.id, session.tokenHash, session.userId, session.now, session.now, session.userAgent, session.deviceName, session.userId, epoch).changes === 1
+      .run(
+        session.id,
+        session.tokenHash,
+        session.userId,
+        session.now,
+        session.now,
+        session.userAgent,
+        session.deviceName,
+        session.userId,
+        epoch,
+        session.userId,
+      ).changes === 1
   );
 }
 
@@ -93,4 +106,10 @@ export function deleteExpiredSessions(directory: DirectoryFile, idleBefore: numb
 export function deleteOtherSessions(directory: DirectoryFile, userId: string, keepSessionId: string): string[] {
   const rows = directory.stmt('DELETE FROM sessions WHERE user_id = ? AND id != ? RETURNING id').all(userId, keepSessionId) as { id: string }[];
   return rows.map((row) => row.id);
+}
+
+/** Which of these sessions still exist (another process may have deleted some). */
+export function existingSessions(directory: DirectoryFile, sessionIds: readonly string[]): Set<string> {
+  const rows = directory.stmt('SELECT id FROM sessions WHERE id IN (SELECT value FROM json_each(?))').all(JSON.stringify(sessionIds)) as { id: string }[];
+  return new Set(rows.map((row) => row.id));
 }

@@ -19,8 +19,9 @@ import { hashSessionToken, newSessionToken } from './tokens.ts';
 const TOUCH_INTERVAL_S = 60;
 /**
  * Recently seen tokens skip the directory read. Revocations in this process drop entries at once
- * (`sessionsEnded`); the TTL bounds how long a session deleted by anything else stays usable. An
- * entry never outlives its session's expiry.
+ * (`sessionsEnded`), those of an admin command beside it when the server is told or looks
+ * (`directoryChangedElsewhere`); the TTL bounds how long a session deleted by anything else stays
+ * usable. An entry never outlives its session's expiry.
  */
 const SESSION_CACHE_TTL_MS = 30_000;
 const SESSION_CACHE_MAX = 10_000;
@@ -97,7 +98,7 @@ export class AuthService {
   private readonly revocationListeners = new Set<(sessionIds: string[]) => void>();
   private readonly loginGuard: LoginGuard;
   private readonly clock: () => number;
-  private readonly sweepTimer: NodeJS.Timeout;
+  private sweepTimer: NodeJS.Timeout | undefined;
   /** Sessions some other part of the server is using right now (open sync sockets). */
   private sessionsInUse: () => Iterable<string> = () => [];
 
@@ -106,10 +107,32 @@ export class AuthService {
     this.clock = deps.clock ?? Date.now;
     // A password change ends every other session of the user: users announces it, auth ends them.
     deps.users.onPasswordChange((principal) => this.endPasswordChangedSessions(principal));
+  }
+
+  /**
+   * Deletes expired sessions now and every `sweepIntervalMs` (the server; an admin command does
+   * not: expiry is measured with the server's limits, which a command does not know).
+   */
+  startSweeping(): void {
+    if (this.sweepTimer !== undefined) return;
     this.sweepExpired();
-    this.sweepTimer = setInterval(() => this.sweepExpired(), deps.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS);
+    this.sweepTimer = setInterval(() => this.sweepExpired(), this.deps.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS);
     // The sweep is housekeeping: it must not keep a process alive that has nothing else to do.
     this.sweepTimer.unref();
+  }
+
+  /**
+   * Another process (an admin command) committed to the directory: sessions it ended must be
+   * refused from now on. The cache is dropped whole (it refills with one read per token), and the
+   * sync sockets of sessions that no longer exist are closed (4401) through the usual listeners.
+   */
+  directoryChangedElsewhere(): void {
+    this.sessionCache.clear();
+    const withSockets = [...this.sessionsInUse()];
+    if (withSockets.length === 0) return;
+    const existing = repo.existingSessions(this.deps.storage.directory, withSockets);
+    const ended = withSockets.filter((id) => !existing.has(id));
+    if (ended.length > 0) this.sessionsEnded(ended);
   }
 
   /**

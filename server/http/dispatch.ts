@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
+import { UserFileMissingError } from '../storage/user-files.ts';
 import { InflightTracker } from './inflight.ts';
 import { clientAddress } from './client-address.ts';
 import { isJsonMediaType, parseJson, parseQuery, validate } from './input.ts';
@@ -465,6 +466,9 @@ function fail(server: Server, x: Exchange, error: unknown): void {
 
 function toAppError(server: Server, x: Exchange, error: unknown): AppError {
   if (error instanceof AppError) return error;
+  // A write that met an account deleted meanwhile by an admin command (the file refuses it): the
+  // account is gone, which is what a read would have said.
+  if (error instanceof UserFileMissingError) return new AppError('user_not_found', 'No user with that id');
   const context = { err: error, requestId: x.requestId, method: x.method, path: x.path };
   if (isRetryableStorageError(error)) {
     server.logger.warn(context, 'storage failure answered with 503');

@@ -44,6 +44,23 @@ export class IdReservationFile {
       .run(untilMs);
   }
 
+  /**
+   * Reserves `leaseMs` of milliseconds for this process's ids, from `fromMs` or, when another
+   * process sharing the data folder (an admin command beside the server) reserved past it, from
+   * the end of that reservation: every id that process issued is below it. Read and written in one
+   * IMMEDIATE transaction, so two processes never hold the same milliseconds, and one worker id is
+   * safe for both. Returns the reserved range.
+   */
+  reserve(fromMs: number, leaseMs: number): { fromMs: number; untilMs: number } {
+    return this.db
+      .transaction(() => {
+        const start = Math.max(fromMs, this.read() ?? 0);
+        this.raise(start + leaseMs);
+        return { fromMs: start, untilMs: start + leaseMs };
+      })
+      .immediate();
+  }
+
   close(): void {
     this.db.close();
   }
@@ -66,21 +83,29 @@ export function adoptLegacyReservation(directory: DirectoryFile, reservations: I
  * Snowflakes that stay unique and monotonic across restarts, even if the clock stepped back while
  * the server was down: before an id past the reservation is handed out, the reservation is moved a
  * little ahead of it, so every id ever issued is below the stored mark, and a restarted server
- * never issues an id below it.
+ * never issues an id below it. Reservations are exclusive (`IdReservationFile.reserve`), so an
+ * admin command that takes ids while the server runs, with the same worker id, never repeats one.
  */
 export function createIdGenerator(reservations: IdReservationFile, workerId: number, now: () => number = Date.now): IdGenerator {
+  const startAt = (notBeforeMs: number) => new SnowflakeGenerator({ workerId, notBeforeMs, now });
   const stored = reservations.read() ?? 0;
-  // Every earlier id is below `stored`, so starting at `stored + 1` can never repeat one.
-  const generator = new SnowflakeGenerator({ workerId, notBeforeMs: stored + 1, now });
+  // Every earlier id is below `stored`, so starting at `stored + 1` can never repeat one (the
+  // generator may use `stored` itself, with a later sequence number, when the clock is behind).
+  let generator = startAt(stored + 1);
   let reservedUntil = stored;
-  return () => {
+  const next = (): string => {
     const id = generator.next();
-    if (generator.lastTimestampMs >= reservedUntil) {
-      // Stored before the id is returned: if the write fails, the id is never seen (and the next
-      // call tries again).
-      reservations.raise(generator.lastTimestampMs + LEASE_MS);
-      reservedUntil = generator.lastTimestampMs + LEASE_MS;
-    }
-    return id;
+    const ms = generator.lastTimestampMs;
+    if (ms < reservedUntil) return id;
+    // Stored before the id is returned: if the write fails, the id is never seen (and the next
+    // call tries again).
+    const lease = reservations.reserve(ms, LEASE_MS);
+    reservedUntil = lease.untilMs;
+    if (lease.fromMs <= ms) return id;
+    // Another process holds the milliseconds up to `lease.fromMs` (its ids may be anywhere below
+    // it): this id is dropped unseen, and ours go on after them.
+    generator = startAt(lease.fromMs + 1);
+    return next();
   };
+  return next;
 }

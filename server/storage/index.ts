@@ -1,15 +1,21 @@
+import { snowflakeTimeMs } from '../../shared/snowflake.ts';
 import { DirectoryFile } from './directory.ts';
 import { IdReservationFile, adoptLegacyReservation, createIdGenerator, type IdGenerator } from './ids.ts';
 import { UserFiles } from './user-files.ts';
 
 export { DirectoryFile } from './directory.ts';
-export { UserFile, UserFileMissingError } from './user-files.ts';
+export { UserFile, UserFileDeletedError, UserFileMissingError } from './user-files.ts';
 
 export interface Storage {
   directory: DirectoryFile;
   userFiles: UserFiles;
   /** A fresh snowflake. Safe inside any transaction: its reservation is written apart (ids.ts). */
   nextId: IdGenerator;
+  /**
+   * An id another instance issued (an imported account's): the reservation moves past its
+   * millisecond, so this data folder never issues it again.
+   */
+  adoptId(id: string): void;
   close(): void;
 }
 
@@ -36,6 +42,7 @@ export function openStorage(options: StorageOptions): Storage {
     directory,
     userFiles,
     nextId: createIdGenerator(reservations, options.workerId, options.clock),
+    adoptId: (id) => reservations.raise(snowflakeTimeMs(id) + 1),
     close() {
       userFiles.closeAll();
       reservations.close();

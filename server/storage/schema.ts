@@ -42,10 +42,42 @@ import type { Migration } from './sqlite.ts';
  * - Email verification: `email_verified` is set in the user file first (only if the profile still
  *   has the address the token was mailed to), then the token is deleted. Stopped in between, the
  *   token can only verify that same address again.
+ * - Account deletion (`plexichat admin user delete`): the user file is marked deleted first (the
+ *   `deletion` table: from then on it is no account, no process writes it, no rebuild indexes it),
+ *   then the index row goes with everything of the account the directory holds (ON DELETE CASCADE:
+ *   sessions, credential epoch, relationships, DM channels, mailed tokens), then the file.
+ *   Stopped in between, the account is gone all the same; `doctor --fix` (or the same command
+ *   again) finishes it.
+ * - Import of an exported user file: the file first (under a temporary name, linked in under its
+ *   id, never over another), then the index entry, as a registration.
  * A change holds its user file's write lock around the directory's commit, so two changes of one
  * user run one after the other, and of two password changes from the same password exactly one wins.
- * (One server process per data folder: within it, a change's two commits follow each other in one
- * synchronous step, so no request sees the state between them unless the second fails.)
+ *
+ * Processes. One server per data folder (a second is refused at start: see storage/coordination.ts),
+ * and beside it, at any time, admin commands (`plexichat admin …`, `doctor --fix`) writing the same
+ * files through the same services, hence in the same orders. What holds with two processes:
+ * - SQLite's locks keep each file consistent: every write is one IMMEDIATE transaction (the write
+ *   lock up front, never upgraded), and `busy_timeout` (5 s) waits for the other process's lock.
+ *   Every process takes a user file's lock before the directory's, never the other way, so two
+ *   processes cannot deadlock; commands keep their transactions short (a password is hashed before
+ *   the lock is taken), since the server waits, blocked, while a command holds one.
+ * - The state between a change's two commits can now be seen by the other process (not only after
+ *   a failure): it is always one a crash could leave too, which the orders above make safe. An
+ *   admin password reset, for one, has ended every session (login races are refused by the epoch)
+ *   before its new hash is stored.
+ * - What the server keeps in memory over the files follows the other process's commits, which
+ *   SQLite reports through `PRAGMA data_version`: memoised user-file reads and the session cache
+ *   are dropped, sockets of ended sessions closed (4401), a deleted account's documents and file let
+ *   go of. The server looks when a command tells it (before the command exits), every second, and,
+ *   for a user file, inside every write transaction, so it never writes the file of an account
+ *   deleted meanwhile (storage/coordination.ts, UserFile.refresh).
+ * - Migrations run under the write lock and read the schema version again there: a file two
+ *   processes open at once is migrated once.
+ * - Ids: each process reserves its milliseconds exclusively in ids.sqlite (storage/ids.ts), so a
+ *   command and the server never issue the same id, even with one worker id.
+ * - A backup (server/admin/backup.ts) copies the directory first, the user files next, ids.sqlite
+ *   last, each a consistent snapshot (SQLite's backup API), and derives the copied index again
+ *   from the copied user files when a change fell between two copies.
  */
 export const DIRECTORY_MIGRATIONS: readonly Migration[] = [
   (db) =>
@@ -240,6 +272,20 @@ export const USER_FILE_MIGRATIONS: readonly Migration[] = [
       CREATE TABLE totp_backup_codes (
         digest BLOB PRIMARY KEY
       ) STRICT, WITHOUT ROWID;
+    `),
+  // The account's tier, as an administrator set it (`admin tier set`); every account starts in
+  // `free`. Badges have had their column since the first migration.
+  (db) => db.exec(`ALTER TABLE profile ADD COLUMN tier TEXT NOT NULL DEFAULT 'free';`),
+  // A row here: the account was deleted (`admin user delete`). It is the first write of a deletion,
+  // committed before the index entry and the file go, so a server that has the file open sees it
+  // (data_version) and stops using the file, and a deletion stopped half-way never leaves a file
+  // that a rebuild of the index would make an account again. Written and read by storage only.
+  (db) =>
+    db.exec(`
+      CREATE TABLE deletion (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        deleted_at INTEGER NOT NULL
+      ) STRICT;
     `),
 ];
 

@@ -36,17 +36,58 @@ export function openDatabase(file: string, options: OpenOptions): Db {
 }
 
 function migrate(db: Db, migrations: readonly Migration[]): void {
-  const current = db.pragma('user_version', { simple: true }) as number;
-  if (current > migrations.length) {
-    throw new Error(`${db.name} has schema version ${current}, newer than this server knows (${migrations.length})`);
-  }
-  if (current === migrations.length) return;
+  if (schemaVersion(db, migrations) === migrations.length) return;
   db.transaction(() => {
+    // Read again under the write lock: another process (an admin command beside the server) may
+    // have migrated the file since the read above, and a migration must never run twice.
+    const current = schemaVersion(db, migrations);
     for (let version = current; version < migrations.length; version += 1) {
       (migrations[version] as Migration)(db);
     }
     db.pragma(`user_version = ${migrations.length}`);
   }).immediate();
+}
+
+/** The file's schema version; throws when it is newer than this server knows (never misread it). */
+function schemaVersion(db: Db, migrations: readonly Migration[]): number {
+  const current = readSchemaVersion(db);
+  if (current > migrations.length) {
+    throw new Error(`${db.name} has schema version ${current}, newer than this server knows (${migrations.length})`);
+  }
+  return current;
+}
+
+export function readSchemaVersion(db: Db): number {
+  return db.pragma('user_version', { simple: true }) as number;
+}
+
+/**
+ * Opens an existing SQLite file as it is, for reading (integrity checks, backups): no migration,
+ * no change of its journal mode. Opened read-write all the same, because reading a WAL file needs
+ * its shared-memory file, which a read-only connection cannot create; nothing is ever written
+ * through it.
+ */
+export function openExistingForReading(file: string): Db {
+  const db = new Database(file, { fileMustExist: true });
+  try {
+    db.pragma('busy_timeout = 5000');
+    return db;
+  } catch (error) {
+    db.close();
+    throw error;
+  }
+}
+
+/**
+ * A reader of `PRAGMA data_version` on this connection, prepared once. The value changes when
+ * another connection (another process: an admin command beside the server) commits to the file,
+ * never for this connection's own commits. Inside a transaction it costs a tenth of a microsecond;
+ * outside one it is a read transaction of its own (about a microsecond, with lock system calls),
+ * which is why hot paths never call it per request.
+ */
+export function dataVersionReader(db: Db): () => number {
+  const statement = db.prepare('PRAGMA data_version').pluck();
+  return () => statement.get() as number;
 }
 
 /** Prepared statements cached per connection, so hot paths never re-prepare SQL. */

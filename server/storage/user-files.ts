@@ -1,23 +1,30 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { isSnowflake } from '../../shared/snowflake.ts';
 import { StorageBusyError, isOutOfDescriptors } from './errors.ts';
 import { USER_FILE_MIGRATIONS } from './schema.ts';
-import { StatementCache, openDatabase, type Db, type Statement } from './sqlite.ts';
+import { StatementCache, dataVersionReader, openDatabase, openExistingForReading, type Db, type Statement } from './sqlite.ts';
 
 /** An open user file: its connection and the statements prepared on it. */
 export class UserFile {
   private readonly statements: StatementCache;
   pins = 0;
-  /** Bumped by every transaction: memoised reads older than it are stale. */
+  /** Bumped by every transaction, and by commits of other processes once seen: memoised reads older than it are stale. */
   private generation = 0;
   private readonly memos = new Map<string, { generation: number; value: unknown }>();
+  private readonly readDataVersion: () => number;
+  /** `PRAGMA data_version` when last looked at: another process has committed since if it differs. */
+  private dataVersion: number;
+  private deleted = false;
 
   constructor(
     readonly userId: string,
     readonly db: Db,
   ) {
     this.statements = new StatementCache(db);
+    this.readDataVersion = dataVersionReader(db);
+    this.dataVersion = this.readDataVersion();
   }
 
   stmt(sql: string): Statement {
@@ -27,18 +34,27 @@ export class UserFile {
   /**
    * Runs `fn` in one IMMEDIATE transaction (it takes the write lock up front, so it never
    * upgrades). Every write to a user file goes through here, which is what keeps `memo` honest.
+   * Under the lock it first looks whether another process committed meanwhile (data_version, a
+   * tenth of a microsecond inside a transaction): memos are dropped, and a file whose account was
+   * deleted is written no more (UserFileDeletedError, nothing changed).
    */
   transaction<T>(fn: () => T): T {
     try {
-      return this.db.transaction(fn).immediate();
+      return this.db
+        .transaction(() => {
+          if (this.refresh() === 'deleted') throw new UserFileDeletedError(`the account ${this.userId} was deleted`);
+          return fn();
+        })
+        .immediate();
     } finally {
       this.generation += 1;
     }
   }
 
   /**
-   * A value read from this file, kept until the next transaction on it. Hot reads (the profile
-   * behind every `GET /users/@me`) then cost no SQLite call at all.
+   * A value read from this file, kept until the next transaction on it, or until a commit of
+   * another process is seen (`refresh`: on every write, and when the server is told of one). Hot
+   * reads (the profile behind every `GET /users/@me`) then cost no SQLite call at all.
    */
   memo<T>(key: string, read: () => T): T {
     const hit = this.memos.get(key);
@@ -47,9 +63,35 @@ export class UserFile {
     this.memos.set(key, { generation: this.generation, value });
     return value;
   }
+
+  /**
+   * Looks whether another process committed to this file since the last look: if so, memoised
+   * reads are dropped ('changed'), and 'deleted' when that commit deleted the account.
+   */
+  refresh(): 'unchanged' | 'changed' | 'deleted' {
+    // A deletion is never undone: once seen, the file stays deleted for this handle.
+    if (this.deleted) return 'deleted';
+    const version = this.readDataVersion();
+    if (version === this.dataVersion) return 'unchanged';
+    this.dataVersion = version;
+    this.generation += 1;
+    this.deleted = isMarkedDeleted(this);
+    return this.deleted ? 'deleted' : 'changed';
+  }
+}
+
+/** Whether the account of this file was deleted (the first write of a deletion marks the file). */
+function isMarkedDeleted(file: UserFile): boolean {
+  return file.stmt('SELECT 1 FROM deletion').get() !== undefined;
 }
 
 export class UserFileMissingError extends Error {}
+
+/**
+ * The account was deleted (by an admin command, possibly in another process) while its file was
+ * still here or still open: the same as a missing file to every caller, and never written again.
+ */
+export class UserFileDeletedError extends UserFileMissingError {}
 
 /**
  * The per-user SQLite files under `<dataDir>/users`, opened on demand, at most `maxOpen` at a time
@@ -119,7 +161,14 @@ export class UserFiles {
       if (!(error instanceof StorageBusyError) && !fs.existsSync(file)) throw new UserFileMissingError(`no user file for ${userId}`);
       throw error;
     }
-    return this.remember(new UserFile(userId, db));
+    const opened = new UserFile(userId, db);
+    // A deletion stopped half-way (or still going on in another process) leaves a marked file:
+    // it is no account any more, whatever else still names it.
+    if (isMarkedDeleted(opened)) {
+      db.close();
+      throw new UserFileDeletedError(`the account ${userId} was deleted`);
+    }
+    return this.remember(opened);
   }
 
   /**
@@ -151,6 +200,106 @@ export class UserFiles {
       cached.db.close();
     }
     removeDatabaseFiles(file);
+  }
+
+  /**
+   * The first step of deleting an account: the file is marked, in a transaction of its own, so
+   * every process that has it open stops using it (see `UserFile.refresh`), and a deletion that
+   * stops here leaves no account behind. Then the caller removes the index entry, then the file.
+   */
+  markDeleted(userId: string, nowSeconds: number): void {
+    this.use(userId, (file) =>
+      file.transaction(() => {
+        file.stmt('INSERT INTO deletion (singleton, deleted_at) VALUES (1, ?) ON CONFLICT (singleton) DO NOTHING').run(nowSeconds);
+      }),
+    );
+  }
+
+  /**
+   * Looks at every open file for commits of other processes (memos dropped); returns the ids of
+   * those whose account was deleted meanwhile, still open: the caller lets go of what it keeps
+   * over them, then `forget`s them.
+   */
+  refreshOpen(): string[] {
+    const deleted: string[] = [];
+    for (const [id, file] of this.open) if (file.refresh() === 'deleted') deleted.push(id);
+    return deleted;
+  }
+
+  /** Closes a handle whatever holds it (its account is gone), without the closing listeners: nothing is written back. */
+  forget(userId: string): void {
+    const cached = this.open.get(userId);
+    if (!cached) return;
+    this.open.delete(userId);
+    cached.db.close();
+  }
+
+  /**
+   * Copies the user's file to `destination` with SQLite's online backup: a consistent snapshot,
+   * taken while other connections (the server) keep reading and writing it. The destination must
+   * not exist.
+   */
+  async exportTo(userId: string, destination: string): Promise<void> {
+    if (fs.existsSync(destination)) throw new Error(`${destination} already exists`);
+    if (!fs.existsSync(path.dirname(path.resolve(destination)))) throw new Error(`the folder of ${destination} does not exist`);
+    const { file, release } = this.pin(userId);
+    try {
+      // All pages in one step: one read transaction, so a busy writer cannot restart it.
+      await file.db.backup(destination, { progress: () => 0x7fffffff });
+    } catch (error) {
+      removeDatabaseFiles(destination);
+      throw error;
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * Takes in a user file from elsewhere (an export of another instance): copied with the backup
+   * API under a temporary name in the users folder, migrated, shown to `check` (which reads it and
+   * throws to refuse it) and linked in under the user id `check` returns, never over an existing
+   * file. Returns what `check` returned; the file is then open here, not yet indexed (the caller
+   * indexes it, and removes it if that fails). Nothing is left behind on failure.
+   */
+  async adopt<T extends { userId: string }>(source: string, check: (file: UserFile) => T): Promise<T> {
+    if (!fs.existsSync(source)) throw new Error(`${source} does not exist`);
+    // A dot name: `list()` never takes it for a user, and a failure leaves nothing a start would read.
+    const temporary = path.join(this.dir, `.import-${randomBytes(8).toString('hex')}.sqlite`);
+    let adopted: T;
+    try {
+      try {
+        const reader = openExistingForReading(source);
+        try {
+          await reader.backup(temporary, { progress: () => 0x7fffffff });
+        } finally {
+          reader.close();
+        }
+      } catch (error) {
+        throw new Error(`${source} cannot be read as a user file: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+      }
+      const db = openDatabase(temporary, { migrations: USER_FILE_MIGRATIONS, mustExist: true });
+      try {
+        const candidate = new UserFile('', db);
+        if (isMarkedDeleted(candidate)) throw new Error('this file belongs to an account that was deleted');
+        adopted = check(candidate);
+      } finally {
+        // Closing the last connection folds its WAL into the file, which then moves alone.
+        db.close();
+      }
+      if (!isSnowflake(adopted.userId)) throw new Error(`the file names ${JSON.stringify(adopted.userId)} as its user id, which is not a snowflake`);
+      const target = this.pathOf(adopted.userId);
+      try {
+        // A hard link never replaces an existing file: two imports of one id cannot both win.
+        fs.linkSync(temporary, target);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`a user file for id ${adopted.userId} already exists here`);
+        throw error;
+      }
+    } finally {
+      removeDatabaseFiles(temporary);
+    }
+    this.get(adopted.userId);
+    return adopted;
   }
 
   /** Keeps a handle open until the returned release function is called. */

@@ -130,6 +130,17 @@ export class DocRegistry {
     return this.withDoc(userId, name, (doc) => doc.change(fn));
   }
 
+  /**
+   * The user's account was deleted (by an admin command): their documents are dropped without a
+   * write (the file is going), and any socket still open on them is closed with 4401.
+   */
+  dropUser(userId: string): void {
+    for (const name of ['notes', 'settings'] as const) {
+      const doc = this.docs.get(docKey(userId, name));
+      if (doc) this.fail(doc, CLOSE_CODES.SESSION_REVOKED, 'Account deleted');
+    }
+  }
+
   /** Closes every socket of the given sessions (logout, password change): their token is dead. */
   revokeSessions(sessionIds: string[]): void {
     for (const id of sessionIds) {
@@ -228,11 +239,11 @@ export class DocRegistry {
   }
 
   /** Drops a document whose memory no longer matches its storage, without writing anything. */
-  private fail(doc: SyncDocument): void {
+  private fail(doc: SyncDocument, code: number = CLOSE_CODES.INTERNAL_ERROR, reason = 'Storage failure; reconnect later'): void {
     for (const ws of [...doc.sockets]) {
       const conn = ws.getUserData();
       conn.refused = true;
-      if (!conn.closed) ws.end(CLOSE_CODES.INTERNAL_ERROR, 'Storage failure; reconnect later');
+      if (!conn.closed) ws.end(code, reason);
     }
     if (this.docs.get(doc.key) === doc) this.docs.delete(doc.key);
     this.dirty.delete(doc);

@@ -1,5 +1,5 @@
 import { compareSnowflakes } from '../../shared/snowflake.ts';
-import type { Storage, UserFile } from '../storage/index.ts';
+import { UserFileDeletedError, type Storage, type UserFile } from '../storage/index.ts';
 import * as repo from './repo.ts';
 
 /** What a rebuild did. */
@@ -23,17 +23,19 @@ export interface IndexRebuild {
  * other is left out of the index (its file stays on disk, untouched) and reported, for an operator
  * to rename or remove.
  *
- * Throws, changing nothing, if a user file cannot be read.
+ * A file whose account was deleted (a deletion that stopped before the file went) is no account
+ * and gets no row. Throws, changing nothing, if a user file cannot be read.
  */
 export function rebuildDirectoryIndex(storage: Storage): IndexRebuild {
   const { directory, userFiles } = storage;
   const profiles = userFiles
     .list()
     .sort((a, b) => compareSnowflakes(b, a))
-    .map((id) => {
+    .flatMap((id) => {
       try {
-        return userFiles.use(id, entryOf);
+        return [userFiles.use(id, entryOf)];
       } catch (error) {
+        if (error instanceof UserFileDeletedError) return [];
         // Said with the file's path: an operator has to find it to repair it or move it aside.
         throw new Error(`cannot read the user file ${userFiles.pathOf(id)}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
       }
@@ -61,6 +63,60 @@ export function rebuildDirectoryIndex(storage: Storage): IndexRebuild {
     return repo.deleteUnclaimedIndexRows(directory);
   });
   return { indexed: kept.length, removed, leftOut };
+}
+
+/** One way the directory's users index and the user files disagree. */
+export type IndexProblem =
+  /** A user file the index does not name: no account (a registration or import that stopped half-way, or a lost row). */
+  | { kind: 'not_indexed'; userId: string; username: string }
+  /** An index row with no user file: an account that cannot sign in or be read. */
+  | { kind: 'no_file'; userId: string; username: string }
+  /** The row says something else than the file (the file is the truth). */
+  | { kind: 'differs'; userId: string; field: 'username' | 'email' | 'created_at'; inFile: string; inIndex: string }
+  /** A change stopped between its two writes; the next start derives the row again. */
+  | { kind: 'pending'; userId: string }
+  /** A file whose account was deleted, left by a deletion that stopped half-way. */
+  | { kind: 'deleted'; userId: string; indexed: boolean }
+  /** A user file that cannot be read (its own check says why). */
+  | { kind: 'unreadable'; userId: string; reason: string };
+
+/**
+ * Compares the directory's users index with what the user files derive, reading both as they are
+ * now (the server may be running: a registration or a change between the two reads can show up
+ * once, which is why doctor asks twice). Changes nothing.
+ */
+export function checkDirectoryIndex(storage: Storage): IndexProblem[] {
+  const { directory, userFiles } = storage;
+  const rows = new Map(repo.listIndexed(directory).map((row) => [row.id, row]));
+  const pending = new Set(repo.listIndexPending(directory));
+  const problems: IndexProblem[] = [];
+  const files = userFiles.list().sort(compareSnowflakes);
+  for (const userId of files) {
+    const row = rows.get(userId);
+    let entry: repo.IndexEntry;
+    try {
+      entry = userFiles.use(userId, entryOf);
+    } catch (error) {
+      if (error instanceof UserFileDeletedError) problems.push({ kind: 'deleted', userId, indexed: row !== undefined });
+      else problems.push({ kind: 'unreadable', userId, reason: error instanceof Error ? error.message : String(error) });
+      continue;
+    }
+    if (row === undefined) {
+      problems.push({ kind: 'not_indexed', userId, username: entry.username });
+      continue;
+    }
+    if (row.username !== entry.username) problems.push({ kind: 'differs', userId, field: 'username', inFile: entry.username, inIndex: row.username });
+    if (row.email_lower !== entry.email.toLowerCase()) {
+      problems.push({ kind: 'differs', userId, field: 'email', inFile: entry.email.toLowerCase(), inIndex: row.email_lower });
+    }
+    if (row.created_at !== entry.createdAt) {
+      problems.push({ kind: 'differs', userId, field: 'created_at', inFile: String(entry.createdAt), inIndex: String(row.created_at) });
+    }
+    if (pending.has(userId)) problems.push({ kind: 'pending', userId });
+  }
+  const onDisk = new Set(files);
+  for (const row of rows.values()) if (!onDisk.has(row.id)) problems.push({ kind: 'no_file', userId: row.id, username: row.username });
+  return problems;
 }
 
 /** Derives one user's index row again from their file, and clears its pending mark. */

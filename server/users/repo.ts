@@ -16,6 +16,7 @@ export interface ProfileRow {
   totp_enabled: number;
   age_verified: number;
   badges: string;
+  tier: string;
 }
 
 /** What the index derives from a profile. */
@@ -61,6 +62,27 @@ export function findIndexedByEmail(directory: DirectoryFile, email: string): Ind
 
 export function findIndexedById(directory: DirectoryFile, id: string): IndexedUser | undefined {
   return directory.stmt('SELECT id, username FROM users WHERE id = ?').get(id) as IndexedUser | undefined;
+}
+
+/** A row of the index as it is stored, for comparing it with the user files (doctor). */
+export interface StoredIndexRow {
+  id: string;
+  username: string;
+  email_lower: string;
+  created_at: number;
+}
+
+/** Every row of the index, by id. */
+export function listIndexed(directory: DirectoryFile): StoredIndexRow[] {
+  return directory.stmt('SELECT id, username, email_lower, created_at FROM users ORDER BY length(id), id').all() as StoredIndexRow[];
+}
+
+/**
+ * Removes the user's index row, and with it (ON DELETE CASCADE) everything of theirs the directory
+ * holds: sessions, credential epoch, relationships both ways, DM channels, mailed tokens.
+ */
+export function unindexUser(directory: DirectoryFile, id: string): boolean {
+  return directory.stmt('DELETE FROM users WHERE id = ?').run(id).changes > 0;
 }
 
 export function countIndexed(directory: DirectoryFile): number {
@@ -114,7 +136,7 @@ export function insertProfile(file: UserFile, profile: IndexEntry & { passwordHa
 }
 
 export function readProfile(file: UserFile): ProfileRow {
-  const row = file.stmt('SELECT id, username, email, password_hash, created_at, email_verified, totp_enabled, age_verified, badges FROM profile').get() as
+  const row = file.stmt('SELECT id, username, email, password_hash, created_at, email_verified, totp_enabled, age_verified, badges, tier FROM profile').get() as
     | ProfileRow
     | undefined;
   if (!row) throw new Error(`user file ${file.userId} has no profile row`);
@@ -131,4 +153,21 @@ export function updateProfileEmail(file: UserFile, email: string, verified: bool
 
 export function updateProfilePasswordHash(file: UserFile, passwordHash: string): void {
   file.stmt('UPDATE profile SET password_hash = ?').run(passwordHash);
+}
+
+/** Badges as a JSON array of ids (the column the first user-file schema gave them). */
+export function updateProfileBadges(file: UserFile, badges: readonly string[]): void {
+  file.stmt('UPDATE profile SET badges = ?').run(JSON.stringify(badges));
+}
+
+export function updateProfileTier(file: UserFile, tier: string): void {
+  file.stmt('UPDATE profile SET tier = ?').run(tier);
+}
+
+export function updateProfileEmailVerified(file: UserFile, verified: boolean): void {
+  file.stmt('UPDATE profile SET email_verified = ?').run(verified ? 1 : 0);
+}
+
+export function updateProfileAgeVerified(file: UserFile, verified: boolean): void {
+  file.stmt('UPDATE profile SET age_verified = ?').run(verified ? 1 : 0);
 }

@@ -1,5 +1,7 @@
 import type { Logger } from 'pino';
+import type { z } from 'zod';
 import { passwordWeakness } from '../../shared/schemas/common.ts';
+import { MAX_BADGES, badgeSchema, tierSchema } from '../../shared/schemas/features.ts';
 import type { PrivateUser, PublicUser, UpdateMeBody } from '../../shared/schemas/users.ts';
 import type { RegisterBody } from '../../shared/schemas/auth.ts';
 import { isSnowflake } from '../../shared/snowflake.ts';
@@ -11,7 +13,7 @@ import { Throttle } from '../core/throttle.ts';
 import type { AvatarsService } from '../avatars/service.ts';
 import type { MfaService } from '../mfa/service.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
-import { rebuildDirectoryIndex, rederiveIndexEntry } from './directory-index.ts';
+import { checkDirectoryIndex, rebuildDirectoryIndex, rederiveIndexEntry, type IndexProblem, type IndexRebuild } from './directory-index.ts';
 import { PasswordHasher } from './passwords.ts';
 import * as repo from './repo.ts';
 
@@ -50,6 +52,19 @@ export interface EmailChange {
   username: string;
   previousEmail: string;
   email: string;
+}
+
+/** One account as an administrator lists it (`plexichat admin user list`). */
+export interface AccountSummary {
+  id: string;
+  username: string;
+  email: string;
+  created_at: number;
+  email_verified: boolean;
+  age_verified: boolean;
+  totp_enabled: boolean;
+  badges: string[];
+  tier: string;
 }
 
 /**
@@ -261,6 +276,201 @@ export class UsersService {
     });
   }
 
+  /** The account's badges and tier (user features), memoised with the profile. */
+  featuresOf(userId: string): { badges: string[]; tier: string } {
+    const { row } = this.profile(userId);
+    return { badges: parseBadges(row.badges), tier: row.tier };
+  }
+
+  // --- administration (`plexichat admin …`): the same files and rules, from another process ----
+
+  /** The account a reference names: its id, username or email (any case); 404 when none. */
+  resolveAccount(reference: string): string {
+    const { directory } = this.deps.storage;
+    const byId = isSnowflake(reference) ? repo.findIndexedById(directory, reference) : undefined;
+    const id = byId?.id ?? this.idForLogin(reference);
+    if (id === undefined) throw new AppError('user_not_found', `No account with the id, username or email ${JSON.stringify(reference)}`);
+    return id;
+  }
+
+  /**
+   * Every account of the index, oldest first, as its file describes it. An index row whose file
+   * is gone is no account anyone can use, and is left out (doctor reports it).
+   */
+  listAccounts(): AccountSummary[] {
+    return repo.listIndexed(this.deps.storage.directory).flatMap(({ id }) => {
+      let profile: ReturnType<UsersService['profile']>;
+      try {
+        profile = this.profile(id);
+      } catch (error) {
+        if (error instanceof AppError && error.code === 'user_not_found') return [];
+        throw error;
+      }
+      const { row, totpEnabled } = profile;
+      return {
+        id,
+        username: row.username,
+        email: row.email,
+        created_at: row.created_at,
+        email_verified: row.email_verified === 1,
+        age_verified: row.age_verified === 1,
+        totp_enabled: totpEnabled,
+        badges: parseBadges(row.badges),
+        tier: row.tier,
+      } satisfies AccountSummary;
+    });
+  }
+
+  /** Gives the account a badge; false when it had it already. */
+  addBadge(userId: string, badge: string): boolean {
+    const id = validFeatureId(badgeSchema, badge, 'badge');
+    return this.changeProfile(userId, (file, row) => {
+      const badges = parseBadges(row.badges);
+      if (badges.includes(id)) return false;
+      if (badges.length >= MAX_BADGES) throw new AppError('invalid_input', `An account holds at most ${MAX_BADGES} badges`);
+      repo.updateProfileBadges(file, [...badges, id]);
+      return true;
+    });
+  }
+
+  /** Takes a badge away; false when the account did not have it. */
+  removeBadge(userId: string, badge: string): boolean {
+    return this.changeProfile(userId, (file, row) => {
+      const badges = parseBadges(row.badges);
+      if (!badges.includes(badge)) return false;
+      repo.updateProfileBadges(
+        file,
+        badges.filter((held) => held !== badge),
+      );
+      return true;
+    });
+  }
+
+  /** Sets the account's tier; returns the tier it had. */
+  setTier(userId: string, tier: string): string {
+    const id = validFeatureId(tierSchema, tier, 'tier');
+    return this.changeProfile(userId, (file, row) => {
+      if (row.tier !== id) repo.updateProfileTier(file, id);
+      return row.tier;
+    });
+  }
+
+  /** Marks the address verified (or not); false when it already was as asked. */
+  setEmailVerified(userId: string, verified: boolean): boolean {
+    return this.changeProfile(userId, (file, row) => {
+      if ((row.email_verified === 1) === verified) return false;
+      repo.updateProfileEmailVerified(file, verified);
+      return true;
+    });
+  }
+
+  /** Marks the account age-verified (or not); false when it already was as asked. */
+  setAgeVerified(userId: string, verified: boolean): boolean {
+    return this.changeProfile(userId, (file, row) => {
+      if ((row.age_verified === 1) === verified) return false;
+      repo.updateProfileAgeVerified(file, verified);
+      return true;
+    });
+  }
+
+  /**
+   * Sets a new password without the current one (an administrator's reset), with the same
+   * strength rules (400 `weak_password`). `inChange` runs under the user file's write lock before
+   * the new hash is stored (auth ends every session there: storage/schema.ts); if it throws,
+   * nothing changes.
+   */
+  async setPassword(userId: string, password: string, inChange: () => void): Promise<void> {
+    const before = this.reading(() => repo.readProfile(this.file(userId)));
+    const weakness = passwordWeakness(password, { username: before.username, email: before.email });
+    if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
+    const passwordHash = await this.hasher.hash(password);
+    // Fetched after the await: an unpinned handle may have been evicted meanwhile.
+    const file = this.file(userId);
+    file.transaction(() => {
+      inChange();
+      repo.updateProfilePasswordHash(file, passwordHash);
+    });
+  }
+
+  /**
+   * Deletes the account, in the order in which stopping anywhere is safe (storage/schema.ts): the
+   * file is marked deleted first (from then on it is no account: every process stops using it, and
+   * no rebuild of the index brings it back); `inDirectory` (auth: every session ends) runs in the
+   * directory transaction that removes the index row, and with it everything of the account the
+   * directory holds (relationships, DM channels, mailed tokens); the file goes last. Running it
+   * again finishes a deletion that stopped half-way.
+   */
+  deleteAccount(userId: string, inDirectory: () => void): void {
+    const { directory, userFiles } = this.deps.storage;
+    try {
+      userFiles.markDeleted(userId, nowSeconds());
+    } catch (error) {
+      // Marked already (a deletion that stopped half-way), or no file at all: the rest still goes.
+      if (!(error instanceof UserFileMissingError)) throw error;
+    }
+    directory.transaction(() => {
+      inDirectory();
+      repo.unindexUser(directory, userId);
+    });
+    userFiles.remove(userId);
+    this.deps.logger.info({ userId }, 'account deleted');
+  }
+
+  /** Copies the account's file to `destination` (which must not exist) while it stays in use: everything of the account, credentials included. */
+  async exportAccount(userId: string, destination: string): Promise<void> {
+    this.file(userId);
+    await this.deps.storage.userFiles.exportTo(userId, destination);
+  }
+
+  /**
+   * Takes in an account exported from another instance: its file, under the id it has, and an
+   * index entry derived from it. Refused (409 `already_exists`, nothing left behind) when this data
+   * folder has that id, username or email already. Sessions, relationships and DM channels lived in
+   * the other instance's directory and do not come along: the account signs in again.
+   */
+  async importAccount(source: string): Promise<{ id: string; username: string; email: string }> {
+    const { directory, userFiles } = this.deps.storage;
+    const entry = await userFiles.adopt(source, (file) => {
+      let profile: repo.ProfileRow;
+      try {
+        profile = repo.readProfile(file);
+      } catch (error) {
+        throw new AppError('invalid_input', `${source} is not a Plexichat user file (${error instanceof Error ? error.message : String(error)})`);
+      }
+      const found = { userId: profile.id, username: profile.username, email: profile.email, createdAt: profile.created_at };
+      if (isSnowflake(found.userId) && repo.findIndexedById(directory, found.userId)) {
+        throw new AppError('already_exists', `An account with the id ${found.userId} exists here already`);
+      }
+      this.assertAvailable(found.username, found.email, null);
+      return found;
+    });
+    try {
+      directory.transaction(() => repo.indexUser(directory, { id: entry.userId, username: entry.username, email: entry.email, createdAt: entry.createdAt }));
+    } catch (error) {
+      userFiles.remove(entry.userId);
+      throw conflictError(error) ?? error;
+    }
+    this.deps.storage.adoptId(entry.userId);
+    this.deps.logger.info({ userId: entry.userId }, 'account imported');
+    return { id: entry.userId, username: entry.username, email: entry.email };
+  }
+
+  /** How the directory's users index disagrees with the user files (doctor); changes nothing. */
+  checkDirectoryIndex(): IndexProblem[] {
+    return checkDirectoryIndex(this.deps.storage);
+  }
+
+  /** Derives the whole users index again from the user files (doctor --fix; see rebuildDirectoryIndex). */
+  rebuildDirectoryIndex(): IndexRebuild {
+    return rebuildDirectoryIndex(this.deps.storage);
+  }
+
+  /** Changes the profile under the file's write lock, from the row read under it. */
+  private changeProfile<T>(userId: string, change: (file: UserFile, row: repo.ProfileRow) => T): T {
+    const file = this.file(userId);
+    return file.transaction(() => change(file, repo.readProfile(file)));
+  }
+
   /**
    * At start: makes the directory's users index what the user files derive. An empty index beside
    * user files (the directory was lost, or moved aside because it was damaged) is rebuilt whole;
@@ -433,6 +643,14 @@ function conflictError(error: unknown): AppError | null {
 /** Addresses are unique case-insensitively (the index): two spellings of one are the same address. */
 function sameAddress(a: string, b: string): boolean {
   return a.toLowerCase() === b.toLowerCase();
+}
+
+/** A badge or tier id, or 400 `invalid_input` saying what is wrong with it. */
+function validFeatureId(schema: z.ZodType<string>, value: string, what: 'badge' | 'tier'): string {
+  const result = schema.safeParse(value);
+  if (result.success) return result.data;
+  const message = result.error.issues[0]?.message ?? 'Invalid';
+  throw new AppError('invalid_input', `Invalid ${what} ${JSON.stringify(value)}: ${message}`, { errors: [{ path: what, message }] });
 }
 
 function parseBadges(json: string): string[] {

@@ -290,6 +290,8 @@ const ROUTES: RouteCase[] = [
   { method: 'POST', path: () => '/users/@me/totp/disable', allowed: [204, 400] },
   { method: 'POST', path: () => '/users/@me/totp/backup-codes', allowed: [200, 400] },
   { method: 'POST', path: () => '/auth/login/totp', allowed: [400, 401] },
+  { method: 'DELETE', path: (_ids, p) => `/auth/sessions/${p}`, allowed: [404] },
+  { method: 'POST', path: () => '/auth/sessions/revoke-others', allowed: [204] },
 ];
 
 /** Bodies: any JSON, or objects with the routes' own field names holding anything. */

@@ -29,12 +29,16 @@ export interface NodeProcessOptions {
   wrapper?: readonly string[];
   /** Default: the repository root. */
   cwd?: string;
+  /** Written to the process's standard input, which is then closed (default: no input at all). */
+  input?: string;
 }
 
 interface Started {
   child: ChildProcess;
   /** Everything printed so far, stdout and stderr in the order it arrived. */
   output(): string;
+  /** What was printed on each stream alone. */
+  streams(): { stdout: string; stderr: string };
   /** Calls `onLine` with every whole line printed from now on, on either stream. */
   onLine(onLine: (line: string) => void): void;
 }
@@ -42,25 +46,36 @@ interface Started {
 function startNode(options: NodeProcessOptions): Started {
   const command = [...(options.wrapper ?? []), options.executable ?? process.execPath, ...options.args];
   const [file = process.execPath, ...args] = command;
-  const child = spawn(file, args, { cwd: options.cwd ?? REPO_ROOT, env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(file, args, {
+    cwd: options.cwd ?? REPO_ROOT,
+    env: options.env ?? process.env,
+    stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+  });
+  if (options.input !== undefined) child.stdin?.end(options.input);
   // A test or benchmark that dies mid-run must not leave servers behind.
   const killOnExit = () => child.kill('SIGKILL');
   process.once('exit', killOnExit);
   child.once('exit', () => process.removeListener('exit', killOnExit));
   let output = '';
+  const separate = { stdout: '', stderr: '' };
   const lineListeners: ((line: string) => void)[] = [];
-  for (const stream of [child.stdout, child.stderr]) {
+  for (const [name, stream] of [
+    ['stdout', child.stdout],
+    ['stderr', child.stderr],
+  ] as const) {
     // Lines are split per stream: a chunk may end inside a line, and the two streams interleave.
     let partial = '';
+    if (stream === null) throw new Error(`the ${name} of the process is not piped`);
     stream.setEncoding('utf8');
     stream.on('data', (chunk: string) => {
       output += chunk;
+      separate[name] += chunk;
       const lines = (partial + chunk).split('\n');
       partial = lines.pop() ?? '';
       for (const line of lines) for (const listener of lineListeners) listener(line);
     });
   }
-  return { child, output: () => output, onLine: (listener) => lineListeners.push(listener) };
+  return { child, output: () => output, streams: () => ({ ...separate }), onLine: (listener) => lineListeners.push(listener) };
 }
 
 interface Stopped {
@@ -140,12 +155,12 @@ export async function startListening(options: ListenOptions): Promise<ListeningS
   };
 }
 
-/** Runs a process that is expected to exit; resolves with its exit code and everything it printed. */
-export async function runToExit(options: NodeProcessOptions): Promise<{ code: number | null; output: string }> {
-  const { child, output } = startNode(options);
+/** Runs a process that is expected to exit; resolves with its exit code and everything it printed (both streams, and each alone). */
+export async function runToExit(options: NodeProcessOptions): Promise<{ code: number | null; output: string; stdout: string; stderr: string }> {
+  const { child, output, streams } = startNode(options);
   // 'close', not 'exit': by then both streams are drained, so the output is whole.
   const [code] = (await once(child, 'close')) as [number | null];
-  return { code, output: output() };
+  return { code, output: output(), ...streams() };
 }
 
 async function stopChild(child: ChildProcess, graceMs: number): Promise<Stopped> {

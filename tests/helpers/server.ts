@@ -127,3 +127,11 @@ export function spawnServer(args: string[], env: NodeJS.ProcessEnv = {}, wrapper
 export function runServerToExit(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
   return runToExit({ args: ourServerArgs(args), env: { ...process.env, ...env } });
 }
+
+/**
+ * Runs a command of the CLI as its own process (`node --import tsx server/main.ts <args>`), with
+ * `input` on its standard input; resolves with its exit code and what it printed, per stream too.
+ */
+export function runCommand(args: string[], options: { input?: string; env?: NodeJS.ProcessEnv } = {}) {
+  return runToExit({ args: ourServerArgs(args), env: { ...process.env, ...options.env }, ...(options.input === undefined ? {} : { input: options.input }) });
+}

@@ -1,0 +1,112 @@
+import type { Logger } from 'pino';
+import type { Config } from '../config.ts';
+import { AuthService } from '../auth/service.ts';
+import { MfaService } from '../mfa/service.ts';
+import { openStorage, type Storage } from '../storage/index.ts';
+import { notifyServer } from '../storage/coordination.ts';
+import { UsersService, type AccountSummary } from '../users/service.ts';
+
+/** User files an admin command keeps open at once: it touches a few, or walks them one by one. */
+const ADMIN_MAX_OPEN_USER_FILES = 16;
+
+/** What a running server said to a command's notice (storage/coordination.ts). */
+export type ServerNotice = Awaited<ReturnType<typeof notifyServer>>;
+
+/**
+ * The administration of a data folder (`plexichat admin …`): the same storage and the same
+ * services the server composes, so every change follows the server's own rules and write order,
+ * from another process, through SQLite's locking. Nothing here reads or writes a table itself.
+ * Each change ends by telling a server running on the folder, which looks at it before it
+ * answers: once a method resolves, the next request sees the change.
+ */
+export class AccountsAdmin {
+  readonly storage: Storage;
+  readonly users: UsersService;
+  private readonly auth: AuthService;
+
+  constructor(
+    private readonly config: Config,
+    logger: Logger,
+  ) {
+    this.storage = openStorage({ dataDir: config.dataDir, workerId: config.workerId, maxOpenUserFiles: ADMIN_MAX_OPEN_USER_FILES });
+    try {
+      const mfa: MfaService = new MfaService({
+        storage: this.storage,
+        logger,
+        accounts: {
+          verifyPassword: (userId, password) => this.users.verifyPassword(userId, password),
+          accountName: (userId) => this.users.privateUser(userId).username,
+        },
+        attemptsPerAccount: config.totpAccountRateLimit,
+        clock: Date.now,
+      });
+      // Admin commands never answer avatar URLs: the avatars feature (and its image library) is not
+      // loaded for them.
+      this.users = new UsersService({ storage: this.storage, logger, avatars: { urlOf: () => null }, mfa, currentPasswordLimit: config.loginFailureLimit });
+      // No sweep: expiry is measured with the running server's limits, which a command does not know.
+      this.auth = new AuthService({
+        storage: this.storage,
+        users: this.users,
+        logger,
+        sessions: { idleSeconds: config.sessionIdleSeconds, lifetimeSeconds: config.sessionLifetimeSeconds },
+        login: { failuresPerAddress: 0, perAccount: 0 },
+        secondFactor: mfa,
+      });
+    } catch (error) {
+      this.storage.close();
+      throw error;
+    }
+  }
+
+  /** The id of the account `reference` names (id, username or email); 404 `user_not_found` otherwise. */
+  resolve(reference: string): string {
+    return this.users.resolveAccount(reference);
+  }
+
+  list(): AccountSummary[] {
+    return this.users.listAccounts();
+  }
+
+  /** A new account, as a registration makes it (no session). Returns its id. */
+  async create(username: string, email: string, password: string): Promise<{ id: string; notice: ServerNotice }> {
+    const { id } = await this.users.create({ username, email, password }, () => undefined);
+    return { id, notice: await this.notify() };
+  }
+
+  /** Deletes the account (see UsersService.deleteAccount): every session ends and its sockets close (4401). */
+  async delete(userId: string): Promise<ServerNotice> {
+    this.users.deleteAccount(userId, () => this.auth.endAllSessions(userId));
+    return this.notify();
+  }
+
+  /** A new password; every session of the account ends first, as a password reset by mail does. */
+  async resetPassword(userId: string, password: string): Promise<ServerNotice> {
+    await this.users.setPassword(userId, password, () => this.auth.endAllSessions(userId));
+    return this.notify();
+  }
+
+  /** Runs a change of the account's profile, then tells the server. */
+  async change<T>(apply: () => T): Promise<{ result: T; notice: ServerNotice }> {
+    const result = apply();
+    return { result, notice: await this.notify() };
+  }
+
+  async export(userId: string, destination: string): Promise<void> {
+    await this.users.exportAccount(userId, destination);
+  }
+
+  async import(source: string): Promise<{ account: { id: string; username: string; email: string }; notice: ServerNotice }> {
+    const account = await this.users.importAccount(source);
+    return { account, notice: await this.notify() };
+  }
+
+  /** Tells a server running on the data folder to look at what this process committed. */
+  notify(): Promise<ServerNotice> {
+    return notifyServer(this.config.dataDir);
+  }
+
+  close(): void {
+    this.auth.close();
+    this.storage.close();
+  }
+}
