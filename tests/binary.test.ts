@@ -66,6 +66,10 @@ test('the production build runs with plain node, and refuses the slow uWS fallba
     const user = await registerUser(api);
     assert.equal((await api.get<PrivateUser>('/users/@me', { token: user.token })).body.username, user.username);
     await stopsCleanly(server);
+    // The other commands are in the bundle too (serve is imported only when it runs).
+    const list = await runToExit({ args: [bundle, 'admin', 'user', 'list', '--json', '--data-dir', dir] });
+    assert.equal(list.code, 0, list.output);
+    assert.match(list.stdout, new RegExp(`"${user.username}"`));
 
     const { code, output } = await runToExit({ args: [bundle, '--port', '0', '--data-dir', dir], env: { ...process.env, UWS_USE_FALLBACK: '1' } });
     assert.equal(code, 1);
@@ -128,6 +132,11 @@ test('the single executable runs alone in an empty folder, with no node_modules 
       reader.destroy();
     }
     await uploadAvatar(api, user.token);
+    // The CLI is the same program: an admin command beside the running server, through SQLite,
+    // shows in the server's next answer.
+    const badge = await runToExit({ executable, args: ['admin', 'badge', 'add', user.username, 'early_supporter', '--data-dir', data], env, cwd: folder });
+    assert.equal(badge.code, 0, badge.output);
+    assert.deepEqual((await api.get<PrivateUser>('/users/@me', { token: user.token })).body.badges, ['early_supporter']);
     await stopsCleanly(first.server);
 
     // Every addon was unpacked as built; now damage one and remove another: the next start puts
