@@ -66,6 +66,7 @@ test('the production build runs with plain node, and refuses the slow uWS fallba
     const user = await registerUser(api);
     assert.equal((await api.get<PrivateUser>('/users/@me', { token: user.token })).body.username, user.username);
     await stopsCleanly(server);
+    assert.match(fs.readdirSync(path.join(dir, 'outbox')).join(), /^[^,]+\.eml$/, 'the verification mail (nodemailer is loaded with it)');
     // The other commands are in the bundle too (serve is imported only when it runs).
     const list = await runToExit({ args: [bundle, 'admin', 'user', 'list', '--json', '--data-dir', dir] });
     assert.equal(list.code, 0, list.output);
@@ -138,6 +139,7 @@ test('the single executable runs alone in an empty folder, with no node_modules 
     assert.equal(badge.code, 0, badge.output);
     assert.deepEqual((await api.get<PrivateUser>('/users/@me', { token: user.token })).body.badges, ['early_supporter']);
     await stopsCleanly(first.server);
+    assert.match(fs.readdirSync(path.join(data, 'outbox')).join(), /^[^,]+\.eml$/, 'the verification mail (nodemailer is loaded with it)');
 
     // Every addon was unpacked as built; now damage one and remove another: the next start puts
     // both back (checked by hash), and sharp, loaded at the first upload, loads from the repair.
