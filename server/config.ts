@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
+import os from 'node:os';
 import path from 'node:path';
 import { isIP } from 'node:net';
 import { z } from 'zod';
@@ -313,6 +314,18 @@ export function resolveConfig(flags: Partial<Record<SettingName, string>>, env: 
     throw new ConfigError(`invalid ${where(name)}: ${issue?.message ?? 'invalid value'}`);
   }
   return finish(result.data, undefined);
+}
+
+/**
+ * Where the single executable unpacks its native addons (under `plexichat/`): `$XDG_CACHE_HOME`,
+ * else `~/.cache`, as the XDG base directory spec says (a relative `$XDG_CACHE_HOME` is invalid
+ * there and ignored). Not a setting of the config: the executable needs it before the server's
+ * modules load (they load the addons as they are imported), so before any config is parsed.
+ */
+export function cacheHome(env: NodeJS.ProcessEnv = process.env): string {
+  const xdg = env.XDG_CACHE_HOME;
+  if (xdg !== undefined && path.isAbsolute(xdg)) return xdg;
+  return path.join(env.HOME ?? os.homedir(), '.cache');
 }
 
 function where(name: SettingName | undefined): string {

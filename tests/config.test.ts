@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { ConfigError, loadConfig } from '../server/config.ts';
+import { ConfigError, cacheHome, loadConfig } from '../server/config.ts';
 
 test('defaults', () => {
   const config = loadConfig([], {});
@@ -108,4 +108,10 @@ test('brute-force budgets: defaults, flags and environment, validated', () => {
       argv.join(' '),
     );
   }
+});
+
+test('the cache folder of the single executable: $XDG_CACHE_HOME when absolute, else ~/.cache', () => {
+  assert.equal(cacheHome({ XDG_CACHE_HOME: '/var/cache/px', HOME: '/home/px' }), '/var/cache/px');
+  assert.equal(cacheHome({ XDG_CACHE_HOME: 'relative/cache', HOME: '/home/px' }), '/home/px/.cache', 'a relative one is ignored, as the XDG spec says');
+  assert.equal(cacheHome({ HOME: '/home/px' }), '/home/px/.cache');
 });

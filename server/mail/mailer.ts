@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { createTransport } from 'nodemailer';
+import type { Transporter } from 'nodemailer';
+import type SMTPTransport from 'nodemailer/lib/smtp-transport';
+import type StreamTransport from 'nodemailer/lib/stream-transport';
 import type { Logger } from 'pino';
 
 /** One mail, as a feature writes it: the sender is the mailer's (`--mail-from`). */
@@ -45,6 +47,15 @@ export interface MailerOptions {
  */
 const SMTP_TIMEOUTS = { connectionTimeout: 10_000, greetingTimeout: 10_000, socketTimeout: 30_000 } as const;
 
+/**
+ * nodemailer is loaded when a mailer first needs it, not with the server: without `--smtp-url` that
+ * is the first mail, which many servers never send, and its modules hold ~3 MB for as long as the
+ * process runs.
+ */
+function loadNodemailer(): Promise<typeof import('nodemailer')> {
+  return import('nodemailer');
+}
+
 export function createMailer(options: MailerOptions): Mailer {
   return options.smtpUrl === undefined
     ? new OutboxMailer(options.outboxDir, options.from, options.logger)
@@ -60,7 +71,8 @@ function smtpUrlForLog(url: string): string {
 }
 
 class SmtpMailer implements Mailer {
-  private readonly transport;
+  /** Made at once: the start-up check needs it. */
+  private readonly transport: Promise<Transporter<SMTPTransport.SentMessageInfo>>;
   private readonly where: string;
 
   constructor(
@@ -69,18 +81,20 @@ class SmtpMailer implements Mailer {
     private readonly logger: Logger,
   ) {
     // Mail content is ours, but nothing in it may make nodemailer read a file or fetch a URL.
-    this.transport = createTransport({ url, ...SMTP_TIMEOUTS, disableFileAccess: true, disableUrlAccess: true }, { from });
+    this.transport = loadNodemailer().then(({ createTransport }) =>
+      createTransport({ url, ...SMTP_TIMEOUTS, disableFileAccess: true, disableUrlAccess: true }, { from }),
+    );
     this.where = smtpUrlForLog(url);
   }
 
   async send(mail: OutgoingMail): Promise<void> {
-    const info = await this.transport.sendMail(messageOf(mail));
+    const info = await (await this.transport).sendMail(messageOf(mail));
     this.logger.info({ kind: mail.kind, to: mail.to, messageId: info.messageId }, 'mail sent');
   }
 
   async check(): Promise<void> {
     try {
-      await this.transport.verify();
+      await (await this.transport).verify();
       this.logger.info({ smtp: this.where }, 'the SMTP server answered: mails will be sent through it');
     } catch (error) {
       this.logger.error({ smtp: this.where, reason: reasonOf(error) }, 'the SMTP server failed the start-up check: mails cannot be sent until it answers');
@@ -88,27 +102,33 @@ class SmtpMailer implements Mailer {
   }
 
   close(): void {
-    this.transport.close();
+    // A transport that could not be made has nothing to close (send and check said why).
+    this.transport.then(
+      (transport) => transport.close(),
+      () => undefined,
+    );
   }
 }
 
 class OutboxMailer implements Mailer {
-  /** nodemailer builds the message (MIME, headers, encodings) exactly as it would for SMTP. */
-  private readonly composer;
+  /** nodemailer builds the message (MIME, headers, encodings) exactly as it would for SMTP; made with the first mail. */
+  private composer: Promise<Transporter<StreamTransport.SentMessageInfo>> | undefined;
 
   constructor(
     private readonly dir: string,
-    from: string,
+    private readonly from: string,
     private readonly logger: Logger,
   ) {
-    this.composer = createTransport({ streamTransport: true, buffer: true, newline: 'windows' }, { from });
     // Made now, with the data folder: a mail later needs only its own file. Only the owner may read
     // it: the mails carry tokens that sign in to accounts.
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   }
 
   async send(mail: OutgoingMail): Promise<void> {
-    const info = await this.composer.sendMail(messageOf(mail));
+    this.composer ??= loadNodemailer().then(({ createTransport }) =>
+      createTransport({ streamTransport: true, buffer: true, newline: 'windows' }, { from: this.from }),
+    );
+    const info = await (await this.composer).sendMail(messageOf(mail));
     if (!Buffer.isBuffer(info.message)) throw new Error('the mail composer returned a stream instead of the whole message');
     // Sortable by time; the random part keeps two mails of one millisecond apart.
     const name = `${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(4).toString('hex')}.eml`;
@@ -129,7 +149,10 @@ class OutboxMailer implements Mailer {
   }
 
   close(): void {
-    this.composer.close();
+    this.composer?.then(
+      (composer) => composer.close(),
+      () => undefined,
+    );
   }
 }
 

@@ -11,10 +11,11 @@ import { HocuspocusProvider, HocuspocusProviderWebsocket } from '@hocuspocus/pro
 import WebSocket from 'ws';
 import * as Y from 'yjs';
 import { NOTE_ID, SyncClient } from './client.ts';
+import { buildForBench } from './build.ts';
 import { serverEntries } from './servers.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const entry = serverEntries(repoRoot, process.env).find((candidate) => candidate.name === 'hocuspocus+sqlite');
+const entry = serverEntries(await buildForBench(repoRoot), process.env).find((candidate) => candidate.name === 'hocuspocus+sqlite');
 if (entry?.syncDocs === undefined) throw new Error('no Hocuspocus entry');
 const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'plexichat-bench-check-'));
 const server = await entry.start(dataDir);

@@ -13,6 +13,7 @@ import cliProgress from 'cli-progress';
 import { clusterScenario, clusterSetups, type ClusterParams } from './cluster.ts';
 import { fanout, idle, rest, traceAndCold, type Params, type ScenarioName, type ScenarioResult } from './scenarios.ts';
 import { checkTargets, ratios, render, renderTargets } from './report.ts';
+import { buildForBench } from './build.ts';
 import { serverEntries, type ServerEntry } from './servers.ts';
 import { loadTrace } from './trace.ts';
 
@@ -51,7 +52,7 @@ const wantedScenarios = new Set<string>(values.scenarios?.split(',') ?? SCENARIO
 const wantedServers = values.servers === undefined ? null : new Set(values.servers.split(','));
 // Every server process writes a V8 CPU profile into this folder when it exits (open in DevTools).
 const nodeFlags = values['cpu-prof'] === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${path.resolve(values['cpu-prof'])}`];
-const entries = serverEntries(repoRoot, process.env, nodeFlags).filter((entry) => wantedServers === null || wantedServers.has(entry.name));
+const entries = serverEntries(await buildForBench(repoRoot), process.env, nodeFlags).filter((entry) => wantedServers === null || wantedServers.has(entry.name));
 
 const trace = loadTrace(TRACE_FILE, quick ? 10_000 : null);
 const params: Params = {

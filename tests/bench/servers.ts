@@ -1,7 +1,8 @@
 import path from 'node:path';
 import { FASTIFY_BENCH_TOKEN } from './baselines/args.ts';
+import type { BenchBuild } from './build.ts';
 import { SyncClient, type SyncEndpoint } from './client.ts';
-import { ourServerArgs, startListening, type ListeningServer } from '../helpers/process.ts';
+import { startListening, type ListeningServer } from '../helpers/process.ts';
 
 /** What a scenario gets to talk to: one endpoint per document, or why this server sits it out. */
 type SyncDocs = { endpoints: SyncEndpoint[] } | { skip: string };
@@ -36,16 +37,16 @@ export interface ServerEntry {
 const START_TIMEOUT_MS = 30_000;
 
 function baseline(
-  repoRoot: string,
+  built: BenchBuild,
   nodeFlags: readonly string[],
-  file: string,
+  name: string,
   dataDir: string,
   env?: NodeJS.ProcessEnv,
   extraArgs: readonly string[] = [],
 ): Promise<ListeningServer> {
   return startListening({
-    args: [...nodeFlags, '--import', 'tsx', path.join('tests', 'bench', 'baselines', file), '--port', '0', '--data-dir', dataDir, ...extraArgs],
-    cwd: repoRoot,
+    args: [...nodeFlags, path.join(built.baselines, `${name}.mjs`), '--port', '0', '--data-dir', dataDir, ...extraArgs],
+    cwd: path.dirname(built.baselines),
     timeoutMs: START_TIMEOUT_MS,
     ...(env === undefined ? {} : { env }),
   });
@@ -60,18 +61,17 @@ function docNames(count: number): string[] {
 }
 
 /**
- * The servers of one run; ours first. `env` is the environment the baselines inherit;
- * `nodeFlags` go to every server process (e.g. `--cpu-prof`).
+ * The servers of one run, from `built` (see build.ts); ours first. `env` is the environment the
+ * baselines inherit; `nodeFlags` go to every server process (e.g. `--cpu-prof`).
  */
-export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlags: readonly string[] = []): ServerEntry[] {
+export function serverEntries(built: BenchBuild, env: NodeJS.ProcessEnv, nodeFlags: readonly string[] = []): ServerEntry[] {
   const yWebsocket = (persistence: boolean): ServerEntry => ({
     name: persistence ? 'y-websocket+leveldb' : 'y-websocket',
     ours: false,
     sync: true,
     persists: persistence,
     rest: false,
-    start: (dataDir) =>
-      baseline(repoRoot, nodeFlags, 'y-websocket-server.ts', dataDir, persistence ? { ...env, YPERSISTENCE: path.join(dataDir, 'leveldb') } : env),
+    start: (dataDir) => baseline(built, nodeFlags, 'y-websocket-server', dataDir, persistence ? { ...env, YPERSISTENCE: path.join(dataDir, 'leveldb') } : env),
     syncDocs: async (server, count) => ({
       endpoints: docNames(count).map((docName) => ({
         url: wsUrl(server, `/${docName}`),
@@ -86,24 +86,23 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
     start: (dataDir, cluster) =>
       startListening({
         // Info level: the listening line is logged at info; requests only at debug.
-        args: ourServerArgs(
-          [
-            '--port',
-            '0',
-            '--data-dir',
-            dataDir,
-            '--log-level',
-            'info',
-            '--auth-rate-limit',
-            '0',
-            '--max-sync-connections-per-user',
-            '100000',
-            ...extraArgs,
-            ...(cluster === undefined ? [] : ['--redis-url', cluster.redisUrl, '--node-id', cluster.nodeId]),
-          ],
-          nodeFlags,
-        ),
-        cwd: repoRoot,
+        args: [
+          ...nodeFlags,
+          built.server,
+          '--port',
+          '0',
+          '--data-dir',
+          dataDir,
+          '--log-level',
+          'info',
+          '--auth-rate-limit',
+          '0',
+          '--max-sync-connections-per-user',
+          '100000',
+          ...extraArgs,
+          ...(cluster === undefined ? [] : ['--redis-url', cluster.redisUrl, '--node-id', cluster.nodeId]),
+        ],
+        cwd: path.dirname(built.server),
         timeoutMs: START_TIMEOUT_MS,
       }),
     syncDocs: (server, count) => plexichatDocs(server, count),
@@ -140,7 +139,7 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
       sync: true,
       persists: true,
       rest: false,
-      start: (dataDir) => baseline(repoRoot, nodeFlags, 'hocuspocus.ts', dataDir),
+      start: (dataDir) => baseline(built, nodeFlags, 'hocuspocus', dataDir),
       syncDocs: async (server, count) => ({
         endpoints: docNames(count).map((docName) => ({
           url: wsUrl(server, '/'),
@@ -161,7 +160,7 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
       only: ['cluster'],
       start: (dataDir, cluster) => {
         if (cluster === undefined) throw new Error('hocuspocus+redis only runs as a cluster');
-        return baseline(repoRoot, nodeFlags, 'hocuspocus-redis.ts', dataDir, env, ['--redis-url', cluster.redisUrl]);
+        return baseline(built, nodeFlags, 'hocuspocus-redis', dataDir, env, ['--redis-url', cluster.redisUrl]);
       },
       syncDocs: async (server, count) => ({
         endpoints: docNames(count).map((docName) => ({
@@ -179,7 +178,7 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
       sync: true,
       persists: false,
       rest: false,
-      start: (dataDir) => baseline(repoRoot, nodeFlags, 'uws-relay.ts', dataDir),
+      start: (dataDir) => baseline(built, nodeFlags, 'uws-relay', dataDir),
       syncDocs: async (server, count) => ({
         endpoints: docNames(count).map((docName) => ({
           url: wsUrl(server, `/${docName}`),
@@ -195,7 +194,7 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
       sync: false,
       persists: false,
       rest: true,
-      start: (dataDir) => baseline(repoRoot, nodeFlags, 'uws-hello.ts', dataDir),
+      start: (dataDir) => baseline(built, nodeFlags, 'uws-hello', dataDir),
       restTarget: async (server) => ({ url: `${server.url}/users/@me`, headers: {} }),
     },
     {
@@ -204,7 +203,7 @@ export function serverEntries(repoRoot: string, env: NodeJS.ProcessEnv, nodeFlag
       sync: false,
       persists: false,
       rest: true,
-      start: (dataDir) => baseline(repoRoot, nodeFlags, 'fastify-users.ts', dataDir),
+      start: (dataDir) => baseline(built, nodeFlags, 'fastify-users', dataDir),
       restTarget: async (server) => ({
         url: `${server.url}/users/@me`,
         headers: { authorization: `Bearer ${FASTIFY_BENCH_TOKEN}` },

@@ -1,6 +1,7 @@
 /**
- * The one way tests and the benchmark run a server as its own process: ours (`server/main.ts`)
- * or a benchmark baseline, started with `node`, found ready by the line it prints once it listens.
+ * The one way tests and the benchmark run a server as its own process: ours (`server/main.ts`
+ * under tsx, or built), a benchmark baseline, started with `node`, or the single executable;
+ * found ready by the line it prints once it listens.
  */
 import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -12,14 +13,16 @@ const REPO_ROOT = path.resolve(import.meta.dirname, '../..');
 /** The line a server prints once it listens; group 1 is its URL. Ours logs it inside JSON. */
 const LISTENING = /listening on (http:\/\/[^\s"]+)/;
 
-/** The node arguments that run our server with `args`; `nodeFlags` go before (e.g. `--cpu-prof`). */
-export function ourServerArgs(args: readonly string[], nodeFlags: readonly string[] = []): string[] {
-  return [...nodeFlags, '--import', 'tsx', 'server/main.ts', ...args];
+/** The node arguments that run our server from its sources (tsx) with `args`. */
+export function ourServerArgs(args: readonly string[]): string[] {
+  return ['--import', 'tsx', 'server/main.ts', ...args];
 }
 
 export interface NodeProcessOptions {
-  /** What follows `node`: its flags, the script, the script's arguments. */
+  /** What follows `node` (or `executable`): its flags, the script, the script's arguments. */
   args: readonly string[];
+  /** Run this instead of `node` (the single executable). */
+  executable?: string;
   /** The whole environment of the process (default: this one's). */
   env?: NodeJS.ProcessEnv;
   /** A command the process runs under, e.g. `['prlimit', '--nofile=100:100']`. */
@@ -41,7 +44,7 @@ interface Started {
 }
 
 function startNode(options: NodeProcessOptions): Started {
-  const command = [...(options.wrapper ?? []), process.execPath, ...options.args];
+  const command = [...(options.wrapper ?? []), options.executable ?? process.execPath, ...options.args];
   const [file = process.execPath, ...args] = command;
   const child = spawn(file, args, {
     cwd: options.cwd ?? REPO_ROOT,
