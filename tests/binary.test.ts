@@ -71,6 +71,10 @@ test('the production build runs with plain node, and refuses the slow uWS fallba
     const list = await runToExit({ args: [bundle, 'admin', 'user', 'list', '--json', '--data-dir', dir] });
     assert.equal(list.code, 0, list.output);
     assert.match(list.stdout, new RegExp(`"${user.username}"`));
+    // A reader that stops early (`--help | head`): `true` reads nothing and is gone before the
+    // help is written, which meets a closed pipe; the command still ends quietly with 0.
+    const piped = await promisify(execFile)('bash', ['-c', `"${process.execPath}" "${bundle}" --help | true; echo "status \${PIPESTATUS[0]}" >&2`]);
+    assert.equal(piped.stderr.trim(), 'status 0');
 
     const { code, output } = await runToExit({ args: [bundle, '--port', '0', '--data-dir', dir], env: { ...process.env, UWS_USE_FALLBACK: '1' } });
     assert.equal(code, 1);
