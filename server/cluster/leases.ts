@@ -118,7 +118,7 @@ export class Leases {
    * and leases not renewed in time (Redis unreachable). Those are forgotten here.
    */
   async renew(): Promise<string[]> {
-    const lost: string[] = [];
+    const lost = new Set<string>();
     const entries = [...this.held];
     for (let start = 0; start < entries.length; start += RENEW_BATCH) {
       const batch = entries.slice(start, start + RENEW_BATCH);
@@ -138,14 +138,14 @@ export class Leases {
       }
       const gone = new Set(missing.map((index) => index - 1));
       batch.forEach(([userId, held], index) => {
-        if (gone.has(index)) lost.push(userId);
+        if (gone.has(index)) lost.add(userId);
         else if (this.held.get(userId) === held) held.validUntil = this.deadline(sent);
       });
     }
     const now = this.clock();
-    for (const [userId, held] of this.held) if (now >= held.validUntil && !lost.includes(userId)) lost.push(userId);
+    for (const [userId, held] of this.held) if (now >= held.validUntil) lost.add(userId);
     for (const userId of lost) this.held.delete(userId);
-    return lost;
+    return [...lost];
   }
 
   private deadline(sentAt: number): number {

@@ -60,6 +60,13 @@ function docNames(count: number): string[] {
   return Array.from({ length: count }, (_, index) => `bench-doc-${index}`);
 }
 
+/** Hocuspocus serves every document on one path, named in its own framing. */
+function hocuspocusDocs(server: ListeningServer, count: number): SyncDocs {
+  return {
+    endpoints: docNames(count).map((docName) => ({ url: wsUrl(server, '/'), framing: 'hocuspocus', docName, token: 'benchmark', answersSync: true })),
+  };
+}
+
 /**
  * The servers of one run, from `built` (see build.ts); ours first. `env` is the environment the
  * baselines inherit; `nodeFlags` go to every server process (e.g. `--cpu-prof`).
@@ -140,15 +147,7 @@ export function serverEntries(built: BenchBuild, env: NodeJS.ProcessEnv, nodeFla
       persists: true,
       rest: false,
       start: (dataDir) => baseline(built, nodeFlags, 'hocuspocus', dataDir),
-      syncDocs: async (server, count) => ({
-        endpoints: docNames(count).map((docName) => ({
-          url: wsUrl(server, '/'),
-          framing: 'hocuspocus',
-          docName,
-          token: 'benchmark',
-          answersSync: true,
-        })),
-      }),
+      syncDocs: async (server, count) => hocuspocusDocs(server, count),
     },
     {
       // The cluster scenario's baseline: only ever started as one of several instances on one Redis.
@@ -162,15 +161,7 @@ export function serverEntries(built: BenchBuild, env: NodeJS.ProcessEnv, nodeFla
         if (cluster === undefined) throw new Error('hocuspocus+redis only runs as a cluster');
         return baseline(built, nodeFlags, 'hocuspocus-redis', dataDir, env, ['--redis-url', cluster.redisUrl]);
       },
-      syncDocs: async (server, count) => ({
-        endpoints: docNames(count).map((docName) => ({
-          url: wsUrl(server, '/'),
-          framing: 'hocuspocus',
-          docName,
-          token: 'benchmark',
-          answersSync: true,
-        })),
-      }),
+      syncDocs: async (server, count) => hocuspocusDocs(server, count),
     },
     {
       name: 'uws-relay',
