@@ -208,7 +208,9 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       }),
     );
     await this.redis.eval(RELEASE_NODE, 1, nodeKey(this.nodeId), this.instance).catch(() => undefined);
-    this.subscriber.disconnect();
+    // The last batch (closes of relayed sockets, answers) is published before the connection quits.
+    if (this.bound === undefined) this.subscriber.disconnect();
+    else this.bound.bus.close();
     // After what is queued (the last frames and closes for other nodes) has gone out.
     await this.redis.quit().catch(() => this.redis.disconnect());
   }
