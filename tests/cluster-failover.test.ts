@@ -185,10 +185,20 @@ test('a paused owner (SIGSTOP) that resumes after another node took its user ove
   assert.deepEqual(contents.sort(), ['before the pause', 'from the new owner']);
 });
 
-test('Redis restarted under running nodes: requests that need it answer 503, then service resumes', { skip, timeout: 60_000 }, async () => {
+test('Redis restarted under running nodes: requests that need it answer 503, relayed sockets close with 1013, then service resumes', {
+  skip,
+  timeout: 60_000,
+}, async () => {
   const user = await registerUser(api('c'));
+  // A device on `b` relayed to `c`, which owns the user from the channel lookup on.
+  const channel = await notesChannelOf(api('c'), user);
+  const { ws, status } = await rawSocket(`${nodes.get('b')?.url ?? ''}/sync/${channel}?token=${user.token}`);
+  assert.equal(status, 101);
+  const relayedClosed = closeEvent(ws);
   await redis.stop();
   try {
+    // Without Redis nothing relayed can work: the device is told to retry shortly.
+    assert.equal((await relayedClosed).code, 1013);
     // Through a node that does not own the user, the owner cannot be found: 503, retryable.
     const res = await api('a').get('/users/@me', { token: user.token });
     assert.equal(res.status, 503);
