@@ -58,7 +58,8 @@ export class EdgeSockets implements EdgeRelay {
     const id = this.idOf(conn);
     if (this.sockets.get(id)?.ws !== ws) return;
     this.sockets.delete(id);
-    // If this is lost, the owner's socket ends when it next relays to this node and the device is gone.
+    // Lost only when Redis cannot be reached, and then the owner's own subscription drops too,
+    // which ends every socket it serves for other nodes (`resetRelays`).
     this.bus.send(conn.remote, { kind: 'sync-close', conn: id });
   }
 

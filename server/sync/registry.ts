@@ -166,10 +166,7 @@ export class DocRegistry {
    * write (the file is going), and any socket still open on them is closed with 4401.
    */
   dropUser(userId: string): void {
-    for (const name of ['notes', 'settings'] as const) {
-      const doc = this.docs.get(docKey(userId, name));
-      if (doc) this.fail(doc, CLOSE_CODES.SESSION_REVOKED, 'Account deleted');
-    }
+    this.evictUser(userId, CLOSE_CODES.SESSION_REVOKED, 'Account deleted');
   }
 
   /** Closes every socket of the given sessions (logout, password change): their token is dead. */
