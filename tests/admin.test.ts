@@ -230,8 +230,8 @@ test('a process that still has a deleted account open writes no more to it, and 
     assert.equal(fs.existsSync(path.join(dataDir, 'users', `${id}.sqlite`)), false);
     assert.deepEqual(server.storage.userFiles.refreshOpen(), [id]);
   } finally {
-    server.close();
-    other.close();
+    await server.close();
+    await other.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
 });
@@ -244,14 +244,14 @@ test('a write that meets an account deleted by another process before the server
     const hank = await registerUser(srv.api);
     assert.equal((await me(srv, hank)).id, hank.id, "his session and profile are in the server's memory");
     // Deleted as the command does, but no notice is sent.
-    admin.users.deleteAccount(hank.id, () => {});
+    await admin.users.deleteAccount(hank.id);
     const write = await srv.api.patch<ErrorBody>('/users/@me/messaging-settings', { token: hank.token, json: { allow_dms_from: 'friends' } });
     assert.deepEqual({ status: write.status, code: write.body.code }, { status: 404, code: 'user_not_found' });
     assert.equal(fs.existsSync(path.join(srv.dataDir, 'users', `${hank.id}.sqlite`)), false);
     assert.equal(await admin.notify(), 'confirmed');
     assert.equal((await srv.api.get('/users/@me', { token: hank.token })).status, 401, 'once told, the session is gone too');
   } finally {
-    admin.close();
+    await admin.close();
     await srv.close();
   }
 });
@@ -282,7 +282,7 @@ test("a commit whose notice never came is found by the watch's own poll", async 
     }
   } finally {
     server.close();
-    other.close();
+    await other.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
 });

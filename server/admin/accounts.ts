@@ -71,23 +71,23 @@ export class AccountsAdmin {
   }
 
   /** The id of the account `reference` names (id, username or email); 404 `user_not_found` otherwise. */
-  resolve(reference: string): string {
+  resolve(reference: string): Promise<string> {
     return this.users.resolveAccount(reference);
   }
 
-  list(): AccountSummary[] {
+  list(): Promise<AccountSummary[]> {
     return this.users.listAccounts();
   }
 
   /** A new account, as a registration makes it (no session). Returns its id. */
   async create(username: string, email: string, password: string): Promise<{ id: string; notice: ServerNotice }> {
-    const { id } = await this.users.create({ username, email, password }, () => undefined);
+    const id = await this.users.create({ username, email, password });
     return { id, notice: await this.notify() };
   }
 
   /** Deletes the account (see UsersService.deleteAccount): every session ends and its sockets close (4401). */
   async delete(userId: string): Promise<ServerNotice> {
-    this.users.deleteAccount(userId, () => this.auth.endAllSessions(userId));
+    this.auth.announceEndedSessions(await this.users.deleteAccount(userId));
     return this.notify();
   }
 
@@ -117,8 +117,8 @@ export class AccountsAdmin {
     return notifyServer(this.config.dataDir);
   }
 
-  close(): void {
-    this.auth.close();
+  async close(): Promise<void> {
+    await this.auth.close();
     this.storage.close();
   }
 }

@@ -44,7 +44,7 @@ export interface ClusterBindings {
   /** Sessions another node ended: refuse them here and close their sockets. */
   sessionsEndedElsewhere(sessionIds: string[]): void;
   /** Whether a session still exists (a relayed socket's session may have ended on its way here). */
-  sessionExists(sessionId: string): boolean;
+  sessionExists(sessionId: string): Promise<boolean>;
 }
 
 /** The parts that exist once the node is bound. */
@@ -228,7 +228,21 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       case 'sync-open': {
         const owns = this.leases.owns(message.userId);
         if (owns) this.lastUse.set(message.userId, Date.now());
-        bound.owner.open(message, owns ? (bound.bindings.sessionExists(message.sessionId) ? 'serve' : 'session-ended') : 'not-owner');
+        bound.owner.open(message, owns ? 'serve' : 'not-owner');
+        // The session may have ended on the way, after its revocation reached this node: read
+        // again (not from the cache). The frames are served meanwhile, as those of any socket
+        // whose session ends while it is open; an ended one is closed with 4401 once known.
+        if (owns) {
+          bound.bindings.sessionExists(message.sessionId).then(
+            (exists) => {
+              if (!exists) bound.owner.end(message.conn, CLOSE_CODES.SESSION_REVOKED, 'Session revoked');
+            },
+            (error: unknown) => {
+              this.logger.warn({ err: error, conn: message.conn }, 'could not check the session of a relayed socket; it is closed, to reconnect');
+              bound.owner.end(message.conn, CLOSE_CODES.TRY_AGAIN_LATER, 'Server busy; reconnect shortly');
+            },
+          );
+        }
         return;
       }
       case 'sync-frame':

@@ -1,13 +1,15 @@
 import { snowflakeTimeMs } from '../../shared/snowflake.ts';
 import { DirectoryFile } from './directory.ts';
+import type { DirectoryStore } from './directory-store.ts';
 import { IdReservationFile, adoptLegacyReservation, createIdGenerator, type IdGenerator } from './ids.ts';
+import { SqliteDirectory } from './sqlite-directory.ts';
 import { UserFiles } from './user-files.ts';
 
-export { DirectoryFile } from './directory.ts';
 export { UserFile, UserFileDeletedError, UserFileMissingError } from './user-files.ts';
 
 export interface Storage {
-  directory: DirectoryFile;
+  /** What crosses users: `directory.sqlite` here (a cluster swaps in its Redis store). */
+  directory: DirectoryStore;
   userFiles: UserFiles;
   /** A fresh snowflake. Safe inside any transaction: its reservation is written apart (ids.ts). */
   nextId: IdGenerator;
@@ -28,15 +30,16 @@ export interface StorageOptions {
 }
 
 export function openStorage(options: StorageOptions): Storage {
-  const directory = new DirectoryFile(options.dataDir);
+  const directoryFile = new DirectoryFile(options.dataDir);
   let reservations: IdReservationFile;
   try {
     reservations = new IdReservationFile(options.dataDir);
-    adoptLegacyReservation(directory, reservations);
+    adoptLegacyReservation(directoryFile, reservations);
   } catch (error) {
-    directory.close();
+    directoryFile.close();
     throw error;
   }
+  const directory = new SqliteDirectory(directoryFile);
   const userFiles = new UserFiles(options.dataDir, options.maxOpenUserFiles);
   return {
     directory,
@@ -46,7 +49,7 @@ export function openStorage(options: StorageOptions): Storage {
     close() {
       userFiles.closeAll();
       reservations.close();
-      directory.close();
+      directoryFile.close();
     },
   };
 }
