@@ -1,6 +1,14 @@
 import { snowflakeTimeMs } from '../../shared/snowflake.ts';
 import { DirectoryFile } from './directory.ts';
-import { IdReservationFile, adoptLegacyReservation, createIdGenerator, type IdGenerator } from './ids.ts';
+import {
+  IdReservationFile,
+  adoptLegacyReservation,
+  createIdGenerator,
+  createLeasedIdGenerator,
+  type IdGenerator,
+  type ReservationMark,
+  type WorkerHolding,
+} from './ids.ts';
 import { UserFiles } from './user-files.ts';
 
 export { DirectoryFile } from './directory.ts';
@@ -16,6 +24,14 @@ export interface Storage {
    * millisecond, so this data folder never issues it again.
    */
   adoptId(id: string): void;
+  /**
+   * Cluster mode: from now on ids are issued with the worker id `current` holds (leased in Redis,
+   * cluster/worker-ids.ts), inside its reserved range, instead of through `ids.sqlite`. Called
+   * once, at start, before anything takes an id.
+   */
+  issueIdsFrom(current: () => WorkerHolding | undefined): void;
+  /** `ids.sqlite`'s mark, which cluster nodes also raise past each range they start (cluster/worker-ids.ts). */
+  reservationMark: ReservationMark;
   close(): void;
 }
 
@@ -38,11 +54,17 @@ export function openStorage(options: StorageOptions): Storage {
     throw error;
   }
   const userFiles = new UserFiles(options.dataDir, options.maxOpenUserFiles);
+  // One function for the services to keep, whichever generator is behind it.
+  let issue: IdGenerator = createIdGenerator(reservations, options.workerId, options.clock);
   return {
     directory,
     userFiles,
-    nextId: createIdGenerator(reservations, options.workerId, options.clock),
+    nextId: () => issue(),
     adoptId: (id) => reservations.raise(snowflakeTimeMs(id) + 1),
+    issueIdsFrom(current) {
+      issue = createLeasedIdGenerator(current, options.clock);
+    },
+    reservationMark: { read: () => reservations.read() ?? 0, raise: (untilMs) => reservations.raise(untilMs) },
     close() {
       userFiles.closeAll();
       reservations.close();
