@@ -287,6 +287,18 @@ test("a commit whose notice never came is found by the watch's own poll", async 
   }
 });
 
+test('an admin command issues ids with worker id 0 whatever --worker-id says: cluster nodes never lease it', async () => {
+  const dataDir = tempDir();
+  const admin = new AccountsAdmin(makeConfig({ dataDir, logLevel: 'silent', workerId: 5 }), captureLog().logger);
+  try {
+    const { id } = await admin.create('olga', 'olga@example.com', 'olga has a passphrase');
+    assert.equal((BigInt(id) >> 12n) & 1023n, 0n);
+  } finally {
+    admin.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
 test('two processes taking ids from one data folder with one worker id never repeat one', () => {
   const dataDir = tempDir();
   let now = Date.UTC(2030, 0, 1);

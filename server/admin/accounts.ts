@@ -3,6 +3,7 @@ import type { Config } from '../config.ts';
 import { AuthService } from '../auth/service.ts';
 import { createThrottles } from '../core/throttle.ts';
 import { MfaService } from '../mfa/service.ts';
+import { FILE_RESERVATION_WORKER_ID } from '../storage/ids.ts';
 import { openStorage, type Storage } from '../storage/index.ts';
 import { notifyServer } from '../storage/coordination.ts';
 import { UsersService, type AccountSummary } from '../users/service.ts';
@@ -29,7 +30,9 @@ export class AccountsAdmin {
     private readonly config: Config,
     logger: Logger,
   ) {
-    this.storage = openStorage({ dataDir: config.dataDir, workerId: config.workerId, maxOpenUserFiles: ADMIN_MAX_OPEN_USER_FILES });
+    // Worker id 0, whatever the server's: commands reserve their milliseconds in ids.sqlite, so no
+    // server without Redis repeats their ids, and cluster nodes never lease 0 (docs/cluster.md).
+    this.storage = openStorage({ dataDir: config.dataDir, workerId: FILE_RESERVATION_WORKER_ID, maxOpenUserFiles: ADMIN_MAX_OPEN_USER_FILES });
     try {
       // A command makes no attempt a budget counts (no login, no search): memory, never Redis.
       const throttles = createThrottles();

@@ -1,7 +1,15 @@
 import { snowflakeTimeMs } from '../../shared/snowflake.ts';
 import { DirectoryFile } from './directory.ts';
 import type { DirectoryStore } from './directory-store.ts';
-import { IdReservationFile, adoptLegacyReservation, createIdGenerator, type IdGenerator } from './ids.ts';
+import {
+  IdReservationFile,
+  adoptLegacyReservation,
+  createIdGenerator,
+  createLeasedIdGenerator,
+  type IdGenerator,
+  type ReservationMark,
+  type WorkerHolding,
+} from './ids.ts';
 import { SqliteDirectory } from './sqlite-directory.ts';
 import { UserFiles } from './user-files.ts';
 
@@ -18,6 +26,14 @@ export interface Storage {
    * millisecond, so this data folder never issues it again.
    */
   adoptId(id: string): void;
+  /**
+   * Cluster mode: from now on ids are issued with the worker id `current` holds (leased in Redis,
+   * cluster/worker-ids.ts), inside its reserved range, instead of through `ids.sqlite`. Called
+   * once, at start, before anything takes an id.
+   */
+  issueIdsFrom(current: () => WorkerHolding | undefined): void;
+  /** `ids.sqlite`'s mark, which cluster nodes also raise past each range they start (cluster/worker-ids.ts). */
+  reservationMark: ReservationMark;
   close(): void;
 }
 
@@ -41,11 +57,17 @@ export function openStorage(options: StorageOptions): Storage {
   }
   const directory = new SqliteDirectory(directoryFile);
   const userFiles = new UserFiles(options.dataDir, options.maxOpenUserFiles);
+  // One function for the services to keep, whichever generator is behind it.
+  let issue: IdGenerator = createIdGenerator(reservations, options.workerId, options.clock);
   return {
     directory,
     userFiles,
-    nextId: createIdGenerator(reservations, options.workerId, options.clock),
+    nextId: () => issue(),
     adoptId: (id) => reservations.raise(snowflakeTimeMs(id) + 1),
+    issueIdsFrom(current) {
+      issue = createLeasedIdGenerator(current, options.clock);
+    },
+    reservationMark: { read: () => reservations.read() ?? 0, raise: (untilMs) => reservations.raise(untilMs) },
     close() {
       userFiles.closeAll();
       reservations.close();
