@@ -7,6 +7,7 @@ import { mountRoutes } from './http/dispatch.ts';
 import { route, type Route } from './http/route.ts';
 import { closeAllSockets, createApp, listen, stopListening } from './http/uws.ts';
 import { openStorage, type Storage } from './storage/index.ts';
+import { DIRECTORY_IN_REDIS } from './storage/sqlite-directory.ts';
 import { listenForNotices, watchExternalChanges, type ExternalChangeWatch, type NoticeListener } from './storage/coordination.ts';
 import { AuthService } from './auth/service.ts';
 import { authRoutes } from './auth/routes.ts';
@@ -105,6 +106,11 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   } catch (error) {
     await notices.close();
     throw error;
+  }
+  if (config.redisUrl === undefined && storage.localDirectory.movedToRedis()) {
+    storage.close();
+    await notices.close();
+    throw new Error(DIRECTORY_IN_REDIS);
   }
   let cluster: ClusterNode | undefined;
   if (config.redisUrl !== undefined) {

@@ -5,6 +5,7 @@ import { createThrottles } from '../core/throttle.ts';
 import { MfaService } from '../mfa/service.ts';
 import { FILE_RESERVATION_WORKER_ID } from '../storage/ids.ts';
 import { openStorage, type Storage } from '../storage/index.ts';
+import { DIRECTORY_IN_REDIS } from '../storage/sqlite-directory.ts';
 import { notifyServer } from '../storage/coordination.ts';
 import { UsersService, type AccountSummary } from '../users/service.ts';
 
@@ -34,6 +35,7 @@ export class AccountsAdmin {
     // server without Redis repeats their ids, and cluster nodes never lease 0 (docs/cluster.md).
     this.storage = openStorage({ dataDir: config.dataDir, workerId: FILE_RESERVATION_WORKER_ID, maxOpenUserFiles: ADMIN_MAX_OPEN_USER_FILES });
     try {
+      if (this.storage.localDirectory.movedToRedis()) throw new Error(DIRECTORY_IN_REDIS);
       // A command makes no attempt a budget counts (no login, no search): memory, never Redis.
       const throttles = createThrottles();
       const mfa: MfaService = new MfaService({

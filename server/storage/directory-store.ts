@@ -219,3 +219,17 @@ export interface MailTokenRow {
   /** The address the token was mailed to, lower-cased: it proves that address, no other. */
   email_lower: string;
 }
+
+/**
+ * Everything a directory holds, row by row: what one node's `directory.sqlite` hands the cluster's
+ * Redis store once, when a data folder moves to cluster mode (cluster/directory-move.ts).
+ */
+export interface DirectoryDump {
+  users: StoredIndexRow[];
+  pending: string[];
+  sessions: (DeviceSessionRow & { user_id: string; token_hash: Buffer })[];
+  epochs: { user_id: string; epoch: number }[];
+  relationships: { user_id: string; other_id: string; type: RelationshipType; changed_id: string }[];
+  dmChannels: { id: string; user_low: string; user_high: string; created_at: number; last_message_id: string | null }[];
+  mailTokens: { token_hash: Buffer; user_id: string; purpose: MailTokenPurpose; email_lower: string; created_at: number; expires_at: number }[];
+}

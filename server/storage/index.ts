@@ -16,8 +16,16 @@ import { UserFiles } from './user-files.ts';
 export { UserFile, UserFileDeletedError, UserFileMissingError } from './user-files.ts';
 
 export interface Storage {
-  /** What crosses users: `directory.sqlite` here (a cluster swaps in its Redis store). */
+  /**
+   * What crosses users: `localDirectory` on one node; a cluster node puts its Redis store here
+   * before any service is made (services keep the store they are given).
+   */
   directory: DirectoryStore;
+  /**
+   * `directory.sqlite`: the directory of one node; in a data folder moved to a cluster, only the
+   * record that it moved (`movedToRedis`).
+   */
+  readonly localDirectory: SqliteDirectory;
   userFiles: UserFiles;
   /** A fresh snowflake. Safe inside any transaction: its reservation is written apart (ids.ts). */
   nextId: IdGenerator;
@@ -61,6 +69,7 @@ export function openStorage(options: StorageOptions): Storage {
   let issue: IdGenerator = createIdGenerator(reservations, options.workerId, options.clock);
   return {
     directory,
+    localDirectory: directory,
     userFiles,
     nextId: () => issue(),
     adoptId: (id) => reservations.raise(snowflakeTimeMs(id) + 1),

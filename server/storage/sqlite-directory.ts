@@ -3,6 +3,7 @@ import { DirectoryFile } from './directory.ts';
 import {
   NameTakenError,
   type DeviceSessionRow,
+  type DirectoryDump,
   type DirectoryStore,
   type DmChannelRow,
   type IndexEntry,
@@ -16,6 +17,14 @@ import {
   type SessionRow,
   type StoredIndexRow,
 } from './directory-store.ts';
+
+/** Why one node (or a command without `--redis-url`) refuses a data folder whose directory moved to Redis. */
+export const DIRECTORY_IN_REDIS =
+  "this data folder is served by a cluster: its directory (the users index, sessions, relationships, DM channels) is in the cluster's Redis, " +
+  'and directory.sqlite is out of date; give --redis-url (PLEXICHAT_REDIS_URL) as the nodes have it (docs/cluster.md)';
+
+/** The `meta` key that says the directory moved to a cluster's Redis (its value: when, Unix seconds). */
+const MOVED_KEY = 'directory_moved_to_redis_at';
 
 /**
  * The directory of one node: `<dataDir>/directory.sqlite` (schema: storage/schema.ts). Each method
@@ -271,6 +280,39 @@ export class SqliteDirectory implements DirectoryStore {
 
   changedElsewhere(): boolean {
     return this.file.changedElsewhere();
+  }
+
+  /** Every row, read in one transaction (a consistent snapshot), for the move to a cluster. */
+  exportAll(): DirectoryDump {
+    return this.file.db
+      .transaction(() => ({
+        users: this.file.stmt('SELECT id, username, email_lower, created_at FROM users ORDER BY length(id), id').all() as DirectoryDump['users'],
+        pending: (this.file.stmt('SELECT user_id FROM users_index_pending').all() as { user_id: string }[]).map((row) => row.user_id),
+        sessions: this.file
+          .stmt('SELECT id, user_id, token_hash, device_name, user_agent, created_at, last_used_at FROM sessions')
+          .all() as DirectoryDump['sessions'],
+        epochs: this.file.stmt('SELECT user_id, epoch FROM credential_epochs').all() as DirectoryDump['epochs'],
+        relationships: this.file.stmt('SELECT user_id, other_id, type, changed_id FROM relationships').all() as DirectoryDump['relationships'],
+        dmChannels: this.file.stmt('SELECT id, user_low, user_high, created_at, last_message_id FROM dm_channels').all() as DirectoryDump['dmChannels'],
+        mailTokens: this.file
+          .stmt('SELECT token_hash, user_id, purpose, email_lower, created_at, expires_at FROM mail_tokens')
+          .all() as DirectoryDump['mailTokens'],
+      }))
+      .deferred();
+  }
+
+  /**
+   * Whether this data folder's directory was moved to a cluster's Redis: then this file is stale,
+   * and nothing may read or write it as the directory (one node, or a command without
+   * `--redis-url`, refuses to start).
+   */
+  movedToRedis(): boolean {
+    return this.file.stmt('SELECT value FROM meta WHERE key = ?').get(MOVED_KEY) !== undefined;
+  }
+
+  /** Records the move (after the rows were copied): from now on the directory is the cluster's. */
+  markMovedToRedis(at: number): void {
+    this.file.stmt('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING').run(MOVED_KEY, String(at));
   }
 
   async close(): Promise<void> {
