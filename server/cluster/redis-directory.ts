@@ -645,7 +645,7 @@ export class RedisDirectory implements DirectoryStore {
 
   async existingSessions(sessionIds: readonly string[]): Promise<Set<string>> {
     if (sessionIds.length === 0) return new Set();
-    const scores = await this.call(() => this.redis.zmscore(`${DIR}sessions-by-use`, ...sessionIds));
+    const scores = await this.call(() => this.redis.zmscore(`${DIR}sessions-by-use`, [...sessionIds]));
     return new Set(sessionIds.filter((_, index) => scores[index] !== null));
   }
 
