@@ -845,6 +845,28 @@ describe('the Redis directory: Redis itself', { skip: missingRedis() }, () => {
     );
   });
 
+  test('deleting every account leaves no key of the directory behind', async (t) => {
+    const server = await sharedRedis();
+    const redis = await connectTo(server);
+    t.after(() => redis.quit());
+    await redis.flushdb();
+    const store = new RedisDirectory(redis);
+    const none = { mine: undefined, theirs: undefined };
+    for (const id of ['1', '2', '3']) await store.indexUser(entry(id, `user${id}`), session(`s${id}`, id));
+    await store.endCredentials('1', 's1');
+    await store.insertSessionIfEpoch(session('s1b', '1'), 1);
+    await store.claimNames('2', { username: 'renamed' });
+    await store.replaceRelationshipPair('1', '2', none, { mine: 'friend', theirs: 'friend' }, '10');
+    await store.replaceRelationshipPair('3', '1', none, { mine: 'block', theirs: undefined }, '11');
+    await store.openDmChannel('1', '2', '20', 1000);
+    await store.openDmChannel('3', '2', '21', 1000);
+    await store.insertMailToken(mailToken('a', '1', 'verify_email'), 1000);
+    await store.insertMailToken(mailToken('b', '2', 'reset_password'), 1000);
+    await store.deleteUser('2');
+    assert.deepEqual(sorted(await store.replaceUsers([])), ['1', '3']);
+    assert.deepEqual(await redis.keys('plexichat:dir:*'), []);
+  });
+
   test('scripts Redis forgot (a restart, SCRIPT FLUSH) are sent again', async (t) => {
     const server = await sharedRedis();
     const redis = await connectTo(server);
