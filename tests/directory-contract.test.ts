@@ -273,6 +273,17 @@ for (const kind of STORES) {
         assert.equal(await store.countUsers(), 4);
       });
 
+      test('settleUser with a name another account holds is refused with NameTakenError and changes nothing', async (t) => {
+        const store = await threeUsers(t);
+        await store.claimNames('1', { username: 'Alicia' });
+        await assertNameTaken(store.settleUser(entry('1', 'bob', 'alice@example.test')), 'username');
+        await assertNameTaken(store.settleUser(entry('1', 'Alice', 'CAROL@example.test')), 'email');
+        assert.deepEqual(await store.findUserByUsername('alicia'), { id: '1', username: 'Alicia' });
+        assert.deepEqual(await store.findUserByUsername('bob'), { id: '2', username: 'Bob' });
+        assert.deepEqual(await store.findUserByEmail('carol@example.test'), { id: '30', username: 'Carol' });
+        assert.deepEqual(await store.listPendingUsers(), ['1']);
+      });
+
       test('settleUser keeps the rest of the account: sessions, relationships, DM channels', async (t) => {
         const store = await threeUsers(t);
         await store.insertSessionIfEpoch(session('s1', '1'), 0);
@@ -444,19 +455,24 @@ for (const kind of STORES) {
         assert.equal(await store.findSessionByTokenHash(tokenHash('unknown')), undefined);
       });
 
-      test("a user's sessions are listed most recently used first, ties by larger id first", async (t) => {
+      test("a user's sessions are listed most recently used first, ties by larger id (as a number) first", async (t) => {
         const store = await threeUsers(t);
-        await store.insertSessionIfEpoch(session('sa', '1', 100, { userAgent: 'agent a', deviceName: 'phone' }), 0);
-        await store.insertSessionIfEpoch(session('sc', '1', 300), 0);
-        await store.insertSessionIfEpoch(session('sb', '1', 300), 0);
-        await store.insertSessionIfEpoch(session('sd', '1', 200), 0);
-        await store.insertSessionIfEpoch(session('other', '2', 999), 0);
-        await store.touchSession('sa', 400);
+        // Session ids are snowflakes: 10 is larger than 9, and 100 than 99.
+        await store.insertSessionIfEpoch(session('5', '1', 100, { userAgent: 'agent a', deviceName: 'phone' }), 0);
+        await store.insertSessionIfEpoch(session('9', '1', 300), 0);
+        await store.insertSessionIfEpoch(session('10', '1', 300), 0);
+        await store.insertSessionIfEpoch(session('8', '1', 300), 0);
+        await store.insertSessionIfEpoch(session('99', '1', 200), 0);
+        await store.insertSessionIfEpoch(session('100', '1', 200), 0);
+        await store.insertSessionIfEpoch(session('7', '2', 999), 0);
+        await store.touchSession('5', 400);
         assert.deepEqual(await store.listUserSessions('1'), [
-          { id: 'sa', device_name: 'phone', user_agent: 'agent a', created_at: 100, last_used_at: 400 },
-          { id: 'sc', device_name: 'device sc', user_agent: null, created_at: 300, last_used_at: 300 },
-          { id: 'sb', device_name: 'device sb', user_agent: null, created_at: 300, last_used_at: 300 },
-          { id: 'sd', device_name: 'device sd', user_agent: null, created_at: 200, last_used_at: 200 },
+          { id: '5', device_name: 'phone', user_agent: 'agent a', created_at: 100, last_used_at: 400 },
+          { id: '10', device_name: 'device 10', user_agent: null, created_at: 300, last_used_at: 300 },
+          { id: '9', device_name: 'device 9', user_agent: null, created_at: 300, last_used_at: 300 },
+          { id: '8', device_name: 'device 8', user_agent: null, created_at: 300, last_used_at: 300 },
+          { id: '100', device_name: 'device 100', user_agent: null, created_at: 200, last_used_at: 200 },
+          { id: '99', device_name: 'device 99', user_agent: null, created_at: 200, last_used_at: 200 },
         ]);
       });
 

@@ -608,15 +608,18 @@ export class RedisDirectory implements DirectoryStore {
 
   async listUserSessions(userId: string): Promise<DeviceSessionRow[]> {
     const rows = (await this.run(SCRIPTS.listSessions, [userId])) as [string, Bulk, Bulk, string, string][];
-    return rows
-      .map(([id, deviceName, userAgent, createdAt, lastUsedAt]) => ({
-        id,
-        device_name: deviceName,
-        user_agent: userAgent,
-        created_at: Number(createdAt),
-        last_used_at: Number(lastUsedAt),
-      }))
-      .sort((a, b) => b.last_used_at - a.last_used_at || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+    return (
+      rows
+        .map(([id, deviceName, userAgent, createdAt, lastUsedAt]) => ({
+          id,
+          device_name: deviceName,
+          user_agent: userAgent,
+          created_at: Number(createdAt),
+          last_used_at: Number(lastUsedAt),
+        }))
+        // Ties: the larger id (a snowflake, compared as a number) first.
+        .sort((a, b) => b.last_used_at - a.last_used_at || compareSnowflakes(b.id, a.id))
+    );
   }
 
   async touchSession(sessionId: string, now: number): Promise<void> {
