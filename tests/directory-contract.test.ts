@@ -134,7 +134,7 @@ for (const kind of STORES) {
         await store.indexUser(entry('1', 'Alice', 'alice@example.test'));
         await assertNameTaken(store.indexUser(entry('2', 'ALICE', 'other@example.test')), 'username');
         await assertNameTaken(store.indexUser(entry('2', 'Other', 'Alice@Example.Test')), 'email');
-        await assertNameTaken(store.indexUser(entry('2', 'alice', 'ALICE@example.test'), session('s', '2')), 'username');
+        await assertNameTaken(store.indexUser(entry('2', 'alice', 'other@example.test'), session('s', '2')), 'username');
         assert.equal(await store.countUsers(), 1);
         assert.equal(await store.findUserById('2'), undefined);
         assert.equal(await store.findUserByUsername('other'), undefined);
@@ -143,6 +143,18 @@ for (const kind of STORES) {
         assert.deepEqual(await store.listUserSessions('2'), []);
         // The names are still free for anyone else.
         await store.indexUser(entry('2', 'Other', 'other@example.test'));
+      });
+
+      test('when both names are taken, the one named is the same in every store (what a 409 says)', async (t) => {
+        const store = await threeUsers(t);
+        await assertNameTaken(store.indexUser(entry('4', 'bob', 'CAROL@example.test'), session('s', '4')), 'email');
+        await assertNameTaken(store.settleUser(entry('1', 'bob', 'carol@example.test')), 'email');
+        await assertNameTaken(store.settleUser(entry('4', 'bob', 'carol@example.test')), 'email');
+        await assertNameTaken(store.claimNames('1', { username: 'BOB', email: 'carol@example.test' }), 'username');
+        assert.equal(await store.countUsers(), 3);
+        assert.equal(await store.findSessionByTokenHash(tokenHash('session s')), undefined);
+        assert.deepEqual(await store.findUserByUsername('alice'), { id: '1', username: 'Alice' });
+        assert.deepEqual(await store.listPendingUsers(), []);
       });
 
       test('of many concurrent registrations of one username (any case), exactly one is indexed', async (t) => {

@@ -181,8 +181,9 @@ const REFUSED = 'ERR directory:';
 const INDEX_USER = `
 local uid = ARGV[1]
 if indexed(uid) then return redis.error_reply('${REFUSED} user ' .. uid .. ' is indexed already') end
-if redis.call('EXISTS', P .. 'username:' .. ARGV[3]) == 1 then return 'username' end
+-- Both taken: the email is named, as SQLite's unique indexes do (a 409 must not depend on the store).
 if redis.call('EXISTS', P .. 'email:' .. ARGV[4]) == 1 then return 'email' end
+if redis.call('EXISTS', P .. 'username:' .. ARGV[3]) == 1 then return 'username' end
 local with_session = ARGV[6] == '1'
 if with_session and not session_free(ARGV[7], ARGV[8]) then return redis.error_reply('${REFUSED} that session exists already') end
 redis.call('DEL', P .. 'epoch:' .. uid)
@@ -191,7 +192,7 @@ if with_session then start_session(ARGV[7], ARGV[8], uid, ARGV[10], ARGV[11], AR
 return 'ok'
 `;
 
-/** ARGV: id, has_username, username, username_lower, has_email, email_lower. */
+/** ARGV: id, has_username, username, username_lower, has_email, email_lower. Both taken: the username is named, as in SQLite. */
 const CLAIM_NAMES = `
 local uid = ARGV[1]
 if not indexed(uid) then return redis.error_reply('${REFUSED} user ' .. uid .. ' is not indexed') end
@@ -217,8 +218,8 @@ return 'ok'
 /** ARGV: id, username, username_lower, email_lower, created_at. */
 const SETTLE_USER = `
 local uid = ARGV[1]
-if not name_free('username', ARGV[3], uid) then return 'username' end
 if not name_free('email', ARGV[4], uid) then return 'email' end
+if not name_free('username', ARGV[3], uid) then return 'username' end
 release_names(uid)
 write_row(uid, ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 redis.call('SREM', P .. 'pending', uid)
