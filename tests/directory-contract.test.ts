@@ -439,6 +439,11 @@ for (const kind of STORES) {
         assert.deepEqual(await store.listRelationships('1'), []);
         assert.equal(await store.findLiveMailToken(tokenHash('mail x'), 'verify_email', 1000), undefined);
         assert.equal(await store.insertSessionIfEpoch(session('s', '404'), 0), false);
+        await assert.rejects(store.endCredentials('404', null));
+        await assert.rejects(store.claimNames('404', { username: 'nobody' }));
+        assert.equal(await store.readCredentialEpoch('404'), 0);
+        assert.equal(await store.findUserByUsername('nobody'), undefined);
+        assert.deepEqual(await store.listPendingUsers(), []);
       });
     });
 

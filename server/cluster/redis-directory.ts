@@ -52,7 +52,8 @@ import { KEY_PREFIX } from './leases.ts';
  *
  * The per-user sets are what lets deleting a user (`deleteUser`, `replaceUsers`) find everything of
  * theirs, as ON DELETE CASCADE does in SQLite; writes that would name a user without an index row
- * (a relationship, a DM channel, a mail token) are refused as the foreign keys refuse them there.
+ * (a relationship, a DM channel, a mail token, a name claim, a credential change) are refused as the
+ * foreign keys refuse them there.
  * Expiry is not left to Redis: every check compares with the `now` it is given.
  *
  * Scripts reach keys they compute, not only those they are given: the directory needs one Redis (a
@@ -131,9 +132,6 @@ local function end_sessions_of(uid, keep)
   return ended
 end
 
-local function advance_epoch(uid)
-  if indexed(uid) then redis.call('INCR', P .. 'epoch:' .. uid) end
-end
 
 local function drop_mail_token(digest)
   local m = P .. 'mail:' .. digest
@@ -308,7 +306,11 @@ return 1
 
 /** ARGV: user id, advance the epoch ('1'/'0'), keep one ('1'/'0'), the one kept. */
 const END_SESSIONS = `
-if ARGV[2] == '1' then advance_epoch(ARGV[1]) end
+if ARGV[2] == '1' then
+  -- An epoch belongs to an account (SQLite's foreign key refuses one of nobody).
+  if not indexed(ARGV[1]) then return redis.error_reply('${REFUSED} user ' .. ARGV[1] .. ' is not indexed') end
+  redis.call('INCR', P .. 'epoch:' .. ARGV[1])
+end
 local keep = nil
 if ARGV[3] == '1' then keep = ARGV[4] end
 return end_sessions_of(ARGV[1], keep)
@@ -418,7 +420,8 @@ if row[1] ~= uid or row[2] ~= 'reset_password' or tonumber(row[3]) <= tonumber(A
 for _, digest in ipairs(redis.call('SMEMBERS', P .. 'user-mail:' .. uid)) do
   if redis.call('HGET', P .. 'mail:' .. digest, 'purpose') == 'reset_password' then drop_mail_token(digest) end
 end
-advance_epoch(uid)
+-- A live token is of an indexed account (deleting one deletes its tokens).
+redis.call('INCR', P .. 'epoch:' .. uid)
 return end_sessions_of(uid, nil)
 `;
 
