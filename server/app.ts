@@ -151,7 +151,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const users: UsersService = new UsersService({ storage, logger, avatars, mfa, currentPasswordLimit: config.loginFailureLimit, throttles });
   // Before anything reads the users index: make it what the user files derive (storage/schema.ts).
   try {
-    users.repairDirectoryIndex();
+    await users.repairDirectoryIndex();
   } catch (error) {
     await cluster?.close();
     storage.close();
@@ -174,7 +174,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   try {
     mailer = createMailer({ smtpUrl: config.smtpUrl, from: config.mailFrom, outboxDir: path.join(config.dataDir, 'outbox'), logger });
   } catch (error) {
-    authService.close();
+    await authService.close();
     await cluster?.close();
     storage.close();
     await notices.close();
@@ -206,8 +206,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   authService.countAsInUse(() => registry.sessionsWithSockets());
   const notes = new NotesService({ storage, users, registry, logger });
   const userSettings = new UserSettingsService(registry, logger);
-  const relationships = new RelationshipsService(storage, users);
-  const channels = new ChannelsService({ storage, users, relationships, messaging });
+  const relationships = new RelationshipsService(storage, users, logger);
+  const channels = new ChannelsService({ storage, users, relationships, messaging, logger });
   const metrics =
     recorders &&
     exposition &&
@@ -230,7 +230,9 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   external = watchExternalChanges(
     storage,
     {
-      directoryChanged: () => authService.directoryChangedElsewhere(),
+      directoryChanged: () => {
+        authService.directoryChangedElsewhere().catch((error: unknown) => logger.error({ err: error }, 'could not check which sessions another process ended'));
+      },
       accountDeleted: (userId) => {
         registry.dropUser(userId);
         logger.info({ userId }, 'an account was deleted by another process; its documents and file are let go of');
@@ -295,7 +297,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   });
   // What a start that fails half-way must close (no sweep may run against a closed storage).
   const abandon = async () => {
-    authService.close();
+    await authService.close();
     external?.close();
     mailer.close();
     metrics?.close();
@@ -351,7 +353,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         mailer.close();
         registry.closeAll();
         await cluster?.close();
-        authService.close();
+        await authService.close();
         external?.close();
         await notices.close();
         // uWS flushes corked writes when the loop turns; closing first would cut the last answers.

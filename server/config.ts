@@ -17,7 +17,12 @@ export const SETTINGS = {
   dataDir: { flag: 'data-dir', env: 'PLEXICHAT_DATA_DIR', help: 'where the SQLite files live', default: './data' },
   publicUrl: { flag: 'public-url', env: 'PLEXICHAT_PUBLIC_URL', help: 'base of URLs the API returns; set it behind a proxy', default: 'http://<host>:<port>' },
   logLevel: { flag: 'log-level', env: 'PLEXICHAT_LOG_LEVEL', help: 'fatal … trace, or silent; JSON lines on stdout', default: 'info' },
-  workerId: { flag: 'worker-id', env: 'PLEXICHAT_WORKER_ID', help: '0-1023, the worker bits of snowflake ids', default: '0' },
+  workerId: {
+    flag: 'worker-id',
+    env: 'PLEXICHAT_WORKER_ID',
+    help: '0-1023, the worker bits of snowflake ids (one node; cluster nodes lease theirs)',
+    default: '0',
+  },
   maxOpenUserFiles: { flag: 'max-open-user-files', env: 'PLEXICHAT_MAX_OPEN_USER_FILES', help: 'per-user SQLite files open at once', default: '256' },
   maxJsonBodyBytes: { flag: 'max-json-body-bytes', env: 'PLEXICHAT_MAX_JSON_BODY_BYTES', help: 'larger JSON bodies are refused with 413', default: '1048576' },
   authRateLimit: {
@@ -252,6 +257,11 @@ const configSchema = z
   .refine((config) => config.metricsPort === undefined || config.metricsPort === 0 || config.metricsPort !== config.port, {
     message: 'must differ from --port',
     path: ['metricsPort'],
+  })
+  .refine((config) => config.redisUrl === undefined || config.workerId === 0, {
+    // A node's would be ignored, and an admin command beside the cluster uses 0 whatever it is told.
+    message: 'cluster nodes lease their worker id in Redis (docs/cluster.md): leave it unset',
+    path: ['workerId'],
   })
   .refine((config) => config.maxUploadMemoryBytes >= config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES, {
     // Smaller, and the largest avatar the server accepts could never be uploaded.

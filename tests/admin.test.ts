@@ -230,8 +230,8 @@ test('a process that still has a deleted account open writes no more to it, and 
     assert.equal(fs.existsSync(path.join(dataDir, 'users', `${id}.sqlite`)), false);
     assert.deepEqual(server.storage.userFiles.refreshOpen(), [id]);
   } finally {
-    server.close();
-    other.close();
+    await server.close();
+    await other.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
 });
@@ -244,14 +244,14 @@ test('a write that meets an account deleted by another process before the server
     const hank = await registerUser(srv.api);
     assert.equal((await me(srv, hank)).id, hank.id, "his session and profile are in the server's memory");
     // Deleted as the command does, but no notice is sent.
-    admin.users.deleteAccount(hank.id, () => {});
+    await admin.users.deleteAccount(hank.id);
     const write = await srv.api.patch<ErrorBody>('/users/@me/messaging-settings', { token: hank.token, json: { allow_dms_from: 'friends' } });
     assert.deepEqual({ status: write.status, code: write.body.code }, { status: 404, code: 'user_not_found' });
     assert.equal(fs.existsSync(path.join(srv.dataDir, 'users', `${hank.id}.sqlite`)), false);
     assert.equal(await admin.notify(), 'confirmed');
     assert.equal((await srv.api.get('/users/@me', { token: hank.token })).status, 401, 'once told, the session is gone too');
   } finally {
-    admin.close();
+    await admin.close();
     await srv.close();
   }
 });
@@ -282,7 +282,19 @@ test("a commit whose notice never came is found by the watch's own poll", async 
     }
   } finally {
     server.close();
-    other.close();
+    await other.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
+test('an admin command issues ids with worker id 0 whatever --worker-id says: cluster nodes never lease it', async () => {
+  const dataDir = tempDir();
+  const admin = new AccountsAdmin(makeConfig({ dataDir, logLevel: 'silent', workerId: 5 }), captureLog().logger);
+  try {
+    const { id } = await admin.create('olga', 'olga@example.com', 'olga has a passphrase');
+    assert.equal((BigInt(id) >> 12n) & 1023n, 0n);
+  } finally {
+    admin.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
 });

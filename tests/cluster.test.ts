@@ -11,6 +11,11 @@ import { Api, registerUser, startServer, tempDir, type TestServer } from './help
 import { closeEvent, notesChannelOf, openDevice, rawSocket, synced, until } from './helpers/sync.ts';
 import { RedisServer, missingRedis } from './helpers/redis.ts';
 import { insertNote, listNotes, type Message } from '../shared/index.ts';
+import { MAX_WORKER_ID, snowflakeTimeMs } from '../shared/snowflake.ts';
+import { NO_FREE_WORKER_ID, workerKey, workerUntilKey } from '../server/cluster/worker-ids.ts';
+import { nodeKey } from '../server/cluster/leases.ts';
+import { STORAGE_FAILURE } from '../server/core/storage-failure.ts';
+import { Redis } from 'ioredis';
 
 const skip = missingRedis();
 const METRICS_TOKEN = 'cluster-metrics-token-0123456789';
@@ -44,16 +49,18 @@ interface Health {
   node: string;
   redis: string;
   owned_users: number;
+  worker_id: number | null;
 }
 
 test('GET /health names the node, the state of Redis and how many users it owns', { skip, timeout: 30_000 }, async () => {
   const res = await node(1).api.get<Health>('/health');
   assert.equal(res.status, 200);
-  assert.deepEqual(Object.keys(res.body).sort(), ['node', 'owned_users', 'redis', 'status']);
+  assert.deepEqual(Object.keys(res.body).sort(), ['node', 'owned_users', 'redis', 'status', 'worker_id']);
   assert.equal(res.body.status, 'ok');
   assert.equal(res.body.node, 'b');
   assert.equal(res.body.redis, 'up');
   assert.equal(typeof res.body.owned_users, 'number');
+  assert.equal(typeof res.body.worker_id, 'number');
 });
 
 test('two devices of one user on different nodes converge live, and a third sees it all from another node over REST', { skip, timeout: 30_000 }, async () => {
@@ -205,5 +212,101 @@ test("each node's metrics say what it owns and relays", { skip, timeout: 30_000 
     assert.equal(await gauge(1, 'plexichat_cluster_relayed_sockets'), 1);
   } finally {
     ws.close();
+  }
+});
+
+const workerOf = (id: string) => Number((BigInt(id) >> 12n) & BigInt(MAX_WORKER_ID));
+
+async function workerIdOf(index: number): Promise<number | null> {
+  return (await node(index).api.get<Health>('/health')).body.worker_id;
+}
+
+/** Holds every free worker id as some other node would (`<holder>|test`, no expiry); returns them. */
+async function holdAllFree(admin: Redis, holder: string): Promise<number[]> {
+  const taken: number[] = [];
+  for (let n = 1; n <= MAX_WORKER_ID; n += 1) if ((await admin.set(workerKey(n), `${holder}|test`, 'NX')) === 'OK') taken.push(n);
+  return taken;
+}
+
+test('each node leases its own snowflake worker id, and ids taken through every node at once never repeat', { skip, timeout: 60_000 }, async () => {
+  const workers = await Promise.all(nodes.map((_, i) => workerIdOf(i)));
+  assert.equal(new Set(workers).size, 3, `distinct: ${workers.join(', ')}`);
+  for (const worker of workers) assert.ok(worker !== null && worker >= 1, 'leased from 1 up: 0 is for processes without Redis');
+  // Registrations (user and session ids) through every node at once.
+  const users = await Promise.all(Array.from({ length: 9 }, (_, i) => registerUser(node(i % 3).api)));
+  for (const [i, user] of users.entries()) assert.equal(workerOf(user.id), workers[i % 3], 'a user id carries the worker id of the node that registered it');
+  // DM channels and notes, each taken by whichever node serves the user asking, all at once.
+  const taken = await Promise.all(
+    users.flatMap((user, i) => {
+      const other = users[(i + 1) % users.length] as typeof user;
+      return [
+        node((i + 1) % 3)
+          .api.post<{ id: string }>('/users/@me/channels', { token: user.token, json: { recipient_id: other.id } })
+          .then((res) => {
+            assert.equal(res.status, 200, res.text);
+            return res.body.id;
+          }),
+        notesChannelOf(node((i + 2) % 3).api, user).then(async (channel) => {
+          const res = await node(i % 3).api.post<Message>(`/channels/${channel}/messages`, { token: user.token, json: { content: `note ${i}` } });
+          assert.equal(res.status, 201, res.text);
+          return [channel, res.body.id];
+        }),
+      ];
+    }),
+  );
+  const ids = [...users.map((user) => user.id), ...taken.flat()];
+  assert.equal(ids.length, 9 + 9 + 18);
+  assert.equal(new Set(ids).size, ids.length, 'no id twice');
+});
+
+test('a node whose worker id another took over issues no ids until it holds one again, then starts past its mark', { skip, timeout: 60_000 }, async () => {
+  const admin = new Redis(redis.url);
+  const held: number[] = [];
+  try {
+    const lost = await workerIdOf(2);
+    assert.ok(lost !== null);
+    // Every other worker id is held, and this node's is taken over (as after a pause longer than a lease).
+    held.push(...(await holdAllFree(admin, 'elsewhere')));
+    await admin.set(workerKey(lost), 'intruder|test');
+    held.push(lost);
+    // Its next renewal finds the lease gone and no free worker id: it says so, and refuses ids.
+    while ((await workerIdOf(2)) !== null) await new Promise((resolve) => setImmediate(resolve));
+    const refused = await node(2).api.post('/auth/register', {
+      json: { username: 'nolease', email: 'nolease@example.com', password: 'a long enough password' },
+    });
+    assert.equal(refused.status, 503);
+    assert.equal(refused.headers.get('retry-after'), '5');
+    assert.deepEqual(refused.body, { error: 'Service unavailable', code: 'service_unavailable', message: STORAGE_FAILURE.register });
+    // The other nodes issue ids as before.
+    await registerUser(node(0).api);
+    // A worker id is freed, whose former holder had reserved a minute ahead: the node takes it and starts past that.
+    const freed = held.find((n) => n !== lost) ?? 0;
+    const mark = Date.now() + 60_000;
+    await admin.set(workerUntilKey(freed), String(mark));
+    await admin.del(workerKey(freed));
+    while ((await workerIdOf(2)) !== freed) await new Promise((resolve) => setImmediate(resolve));
+    const user = await registerUser(node(2).api, 'nolease');
+    assert.equal(workerOf(user.id), freed);
+    assert.ok(snowflakeTimeMs(user.id) >= mark, 'after every id of the former holder');
+  } finally {
+    if (held.length > 0) await admin.del(...held.map(workerKey));
+    admin.disconnect();
+  }
+});
+
+test('every worker id held: a node is refused at start with one line, and leaves nothing behind', { skip, timeout: 30_000 }, async () => {
+  const admin = new Redis(redis.url);
+  let held: number[] = [];
+  try {
+    held = await holdAllFree(admin, 'elsewhere');
+    await assert.rejects(startServer({ dataDir, redisUrl: redis.url, nodeId: 'd', leaseMs: 2000 }), (error: Error) => {
+      assert.equal(error.message, NO_FREE_WORKER_ID);
+      assert.equal(error.message, 'every snowflake worker id (1-1023) is held by a running node: a cluster has at most 1023 nodes');
+      return true;
+    });
+    assert.equal(await admin.exists(nodeKey('d')), 0, 'the node id is given back');
+  } finally {
+    if (held.length > 0) await admin.del(...held.map(workerKey));
+    admin.disconnect();
   }
 });

@@ -115,3 +115,16 @@ test('the cache folder of the single executable: $XDG_CACHE_HOME when absolute, 
   assert.equal(cacheHome({ XDG_CACHE_HOME: 'relative/cache', HOME: '/home/px' }), '/home/px/.cache', 'a relative one is ignored, as the XDG spec says');
   assert.equal(cacheHome({ HOME: '/home/px' }), '/home/px/.cache');
 });
+
+test('cluster mode: a --worker-id other than 0 is refused (nodes lease theirs), 0 and a single node are fine', () => {
+  const redis = ['--redis-url', 'redis://127.0.0.1:6379'];
+  assert.throws(
+    () => loadConfig([...redis, '--worker-id', '5'], {}),
+    (error: unknown) =>
+      error instanceof ConfigError &&
+      error.message === 'invalid --worker-id / PLEXICHAT_WORKER_ID: cluster nodes lease their worker id in Redis (docs/cluster.md): leave it unset',
+  );
+  assert.throws(() => loadConfig([], { PLEXICHAT_REDIS_URL: 'redis://127.0.0.1:6379', PLEXICHAT_WORKER_ID: '7' }), ConfigError);
+  assert.equal(loadConfig([...redis, '--worker-id', '0'], {}).workerId, 0);
+  assert.equal(loadConfig(['--worker-id', '5'], {}).workerId, 5);
+});

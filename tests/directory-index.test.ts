@@ -105,7 +105,7 @@ test('rebuildDirectoryIndex derives a damaged index again; the sessions and rela
 
     const storage = openStorage({ dataDir, maxOpenUserFiles: 2, workerId: 0 });
     try {
-      const report = rebuildDirectoryIndex(storage);
+      const report = await rebuildDirectoryIndex(storage);
       assert.deepEqual(report, { indexed: 4, removed: ['999'], leftOut: [] });
     } finally {
       storage.close();

@@ -31,7 +31,7 @@ async function administer(srv: TestServer, change: (admin: AccountsAdmin) => voi
     change(admin);
     assert.equal(await admin.notify(), 'confirmed');
   } finally {
-    admin.close();
+    await admin.close();
   }
 }
 

@@ -68,9 +68,10 @@ test('ids taken inside a transaction that rolled back are never issued again, ev
     const taken = [storage.nextId()];
     // Inside a directory transaction (as registration takes its session id), the clock runs past
     // the reservation, so the generator must reserve again; then the transaction rolls back.
+    const directoryFile = new DirectoryFile(dataDir);
     assert.throws(
       () =>
-        storage.directory.transaction(() => {
+        directoryFile.transaction(() => {
           for (let i = 0; i < 5; i += 1) {
             now += 2_000;
             taken.push(storage.nextId());
@@ -79,6 +80,7 @@ test('ids taken inside a transaction that rolled back are never issued again, ev
         }),
       /rolled back/,
     );
+    directoryFile.close();
     storage.close();
 
     now = Date.UTC(2026, 5, 1) - 3_600_000; // restarted with a clock an hour behind the first id

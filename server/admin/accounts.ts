@@ -3,6 +3,7 @@ import type { Config } from '../config.ts';
 import { AuthService } from '../auth/service.ts';
 import { createThrottles } from '../core/throttle.ts';
 import { MfaService } from '../mfa/service.ts';
+import { FILE_RESERVATION_WORKER_ID } from '../storage/ids.ts';
 import { openStorage, type Storage } from '../storage/index.ts';
 import { notifyServer } from '../storage/coordination.ts';
 import { UsersService, type AccountSummary } from '../users/service.ts';
@@ -29,7 +30,9 @@ export class AccountsAdmin {
     private readonly config: Config,
     logger: Logger,
   ) {
-    this.storage = openStorage({ dataDir: config.dataDir, workerId: config.workerId, maxOpenUserFiles: ADMIN_MAX_OPEN_USER_FILES });
+    // Worker id 0, whatever the server's: commands reserve their milliseconds in ids.sqlite, so no
+    // server without Redis repeats their ids, and cluster nodes never lease 0 (docs/cluster.md).
+    this.storage = openStorage({ dataDir: config.dataDir, workerId: FILE_RESERVATION_WORKER_ID, maxOpenUserFiles: ADMIN_MAX_OPEN_USER_FILES });
     try {
       // A command makes no attempt a budget counts (no login, no search): memory, never Redis.
       const throttles = createThrottles();
@@ -71,23 +74,23 @@ export class AccountsAdmin {
   }
 
   /** The id of the account `reference` names (id, username or email); 404 `user_not_found` otherwise. */
-  resolve(reference: string): string {
+  resolve(reference: string): Promise<string> {
     return this.users.resolveAccount(reference);
   }
 
-  list(): AccountSummary[] {
+  list(): Promise<AccountSummary[]> {
     return this.users.listAccounts();
   }
 
   /** A new account, as a registration makes it (no session). Returns its id. */
   async create(username: string, email: string, password: string): Promise<{ id: string; notice: ServerNotice }> {
-    const { id } = await this.users.create({ username, email, password }, () => undefined);
+    const id = await this.users.create({ username, email, password });
     return { id, notice: await this.notify() };
   }
 
   /** Deletes the account (see UsersService.deleteAccount): every session ends and its sockets close (4401). */
   async delete(userId: string): Promise<ServerNotice> {
-    this.users.deleteAccount(userId, () => this.auth.endAllSessions(userId));
+    this.auth.announceEndedSessions(await this.users.deleteAccount(userId));
     return this.notify();
   }
 
@@ -117,8 +120,8 @@ export class AccountsAdmin {
     return notifyServer(this.config.dataDir);
   }
 
-  close(): void {
-    this.auth.close();
+  async close(): Promise<void> {
+    await this.auth.close();
     this.storage.close();
   }
 }

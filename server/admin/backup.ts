@@ -96,13 +96,13 @@ async function makeCopiesAgree(config: Config, target: string, logger: Logger): 
     const admin = new AccountsAdmin({ ...config, dataDir: target }, logger);
     let collisions: string[];
     try {
-      const problems = admin.users.checkDirectoryIndex();
+      const problems = await admin.users.checkDirectoryIndex();
       if (problems.length === 0) return summary;
-      const rebuilt = admin.users.rebuildDirectoryIndex();
+      const rebuilt = await admin.users.rebuildDirectoryIndex();
       summary = `the users index of the copy was derived again from its user files (${problems.length} difference${problems.length === 1 ? '' : 's'}: accounts changed while the backup ran)`;
       collisions = [...new Set(rebuilt.leftOut.flatMap((left) => [left.id, left.heldBy]))];
     } finally {
-      admin.close();
+      await admin.close();
     }
     if (collisions.length === 0) return summary;
     for (const userId of collisions) {

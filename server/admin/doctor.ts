@@ -24,7 +24,7 @@ const FIX_COMMAND = 'plexichat doctor --fix';
  * transaction). A disagreement may be a change caught between its two writes, so the index is
  * compared twice and only what both comparisons found is reported.
  */
-export function examineDataFolder(config: Config, logger: Logger, progress: Progress): DoctorReport {
+export async function examineDataFolder(config: Config, logger: Logger, progress: Progress): Promise<DoctorReport> {
   const dataDir = config.dataDir;
   if (!isDataFolder(dataDir)) throw new Error(`no Plexichat data folder at ${dataDir} (no ${DIRECTORY_FILE}): check --data-dir`);
   const list = listDataFiles(dataDir);
@@ -48,11 +48,11 @@ export function examineDataFolder(config: Config, logger: Logger, progress: Prog
   if (!damaged.some((health) => health.file.kind === 'directory')) {
     const admin = new AccountsAdmin(config, logger);
     try {
-      const first = admin.users.checkDirectoryIndex();
-      const again = new Set(admin.users.checkDirectoryIndex().map((problem) => JSON.stringify(problem)));
+      const first = await admin.users.checkDirectoryIndex();
+      const again = new Set((await admin.users.checkDirectoryIndex()).map((problem) => JSON.stringify(problem)));
       index = first.filter((problem) => again.has(JSON.stringify(problem)));
     } finally {
-      admin.close();
+      await admin.close();
     }
     const damagedUsers = new Set(damaged.map((health) => health.file.path));
     for (const problem of index) {
@@ -102,7 +102,7 @@ export async function repairDataFolder(config: Config, report: DoctorReport, log
     }
     let rebuilt: Repair['rebuilt'];
     if (problems.some((problem) => problem.kind !== 'deleted')) {
-      const result = admin.users.rebuildDirectoryIndex();
+      const result = await admin.users.rebuildDirectoryIndex();
       rebuilt = {
         indexed: result.indexed,
         removed: result.removed.length,
@@ -111,7 +111,7 @@ export async function repairDataFolder(config: Config, report: DoctorReport, log
     }
     return { finishedDeletions, rebuilt, notice: await admin.notify() };
   } finally {
-    admin.close();
+    await admin.close();
   }
 }
 

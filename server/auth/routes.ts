@@ -28,8 +28,8 @@ export function authRoutes(auth: AuthService, options: { attemptsPerMinute: numb
     route({
       method: 'POST',
       path: '/auth/logout',
-      handler: (ctx) => {
-        auth.logout(ctx.principal);
+      handler: async (ctx) => {
+        await auth.logout(ctx.principal);
         return Reply.noContent();
       },
     }),
@@ -41,8 +41,8 @@ export function authRoutes(auth: AuthService, options: { attemptsPerMinute: numb
     route({
       method: 'POST',
       path: '/auth/sessions/revoke-others',
-      handler: (ctx) => {
-        auth.endOtherSessions(ctx.principal);
+      handler: async (ctx) => {
+        await auth.endOtherSessions(ctx.principal);
         return Reply.noContent();
       },
     }),
@@ -50,8 +50,8 @@ export function authRoutes(auth: AuthService, options: { attemptsPerMinute: numb
       method: 'DELETE',
       path: '/auth/sessions/:session_id',
       params: sessionIdParamSchema,
-      handler: (ctx) => {
-        auth.endSession(ctx.principal, ctx.params.session_id);
+      handler: async (ctx) => {
+        await auth.endSession(ctx.principal, ctx.params.session_id);
         return Reply.noContent();
       },
     }),

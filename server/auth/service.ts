@@ -4,13 +4,13 @@ import { SESSION_NOT_FOUND_MESSAGE, type Session } from '../../shared/schemas/se
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import type { Throttles } from '../core/throttle.ts';
-import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, unavailableOnStorageFailure } from '../core/storage-failure.ts';
+import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, guardStorage, unavailableOnStorageFailure } from '../core/storage-failure.ts';
+import type { NewSession, SessionRow } from '../storage/directory-store.ts';
 import type { Storage } from '../storage/index.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
 import type { UsersService } from '../users/service.ts';
 import { deviceNameFromUserAgent } from './device-name.ts';
 import { LoginGuard, type LoginLimits } from './login-guard.ts';
-import * as repo from './repo.ts';
 import { hashSessionToken, newSessionToken } from './tokens.ts';
 
 /**
@@ -64,7 +64,7 @@ export interface LoginClient {
  * the session exactly as the login would have, and is called once the second factor is satisfied.
  */
 interface SecondFactor {
-  challenge(userId: string, start: () => AuthResponse): MfaRequiredResponse | null;
+  challenge(userId: string, start: () => Promise<AuthResponse>): MfaRequiredResponse | null;
 }
 
 export interface AuthDeps {
@@ -118,8 +118,8 @@ export class AuthService {
    */
   startSweeping(): void {
     if (this.sweepTimer !== undefined) return;
-    this.sweepExpired();
-    this.sweepTimer = setInterval(() => this.sweepExpired(), this.deps.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS);
+    void this.sweepExpired();
+    this.sweepTimer = setInterval(() => void this.sweepExpired(), this.deps.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS);
     // The sweep is housekeeping: it must not keep a process alive that has nothing else to do.
     this.sweepTimer.unref();
   }
@@ -129,11 +129,11 @@ export class AuthService {
    * refused from now on. The cache is dropped whole (it refills with one read per token), and the
    * sync sockets of sessions that no longer exist are closed (4401) through the usual listeners.
    */
-  directoryChangedElsewhere(): void {
+  async directoryChangedElsewhere(): Promise<void> {
     this.sessionCache.clear();
     const withSockets = [...this.sessionsInUse()];
     if (withSockets.length === 0) return;
-    const existing = repo.existingSessions(this.deps.storage.directory, withSockets);
+    const existing = await this.deps.storage.directory.existingSessions(withSockets);
     const ended = withSockets.filter((id) => !existing.has(id));
     if (ended.length > 0) this.sessionsEnded(ended);
   }
@@ -157,13 +157,13 @@ export class AuthService {
   }
 
   async register(body: RegisterBody, userAgent: string | null): Promise<AuthResponse> {
-    const { directory } = this.deps.storage;
-    // The first session is inserted in the transaction that creates the account: a registration
-    // that fails leaves neither an account without a session nor a session without an account.
-    const { id, result: token } = await this.deps.users.create(body, (user) => {
-      const started = this.startSession(user.id, repo.readCredentialEpoch(directory, user.id), { userAgent });
-      if (started === null) throw new Error(`the credential epoch of user ${user.id} changed inside its own creation`);
-      return started;
+    // The first session is inserted in the step that indexes the account: a registration that
+    // fails leaves neither an account without a session nor a session without an account.
+    let token = '';
+    const id = await this.deps.users.create(body, (userId) => {
+      const started = this.newSession(userId, { userAgent });
+      token = started.token;
+      return started.session;
     });
     return { token, user: this.deps.users.privateUser(id) };
   }
@@ -176,7 +176,7 @@ export class AuthService {
   async login(body: LoginBody, client: LoginClient): Promise<LoginResponse> {
     const { users } = this.deps;
     await this.loginGuard.attempt(body.login, client.address);
-    const userId = users.idForLogin(body.login);
+    const userId = await users.idForLogin(body.login);
     if (userId === undefined) {
       await users.verifyNoAccount(body.password);
       throw invalidCredentials();
@@ -184,7 +184,7 @@ export class AuthService {
     // Read before the password hash is (verifyPassword reads it before its first await): a password
     // change moves the epoch on before it stores the new hash, so whatever change commits after
     // this read makes the insert below refuse the session.
-    const epoch = this.reading(() => repo.readCredentialEpoch(this.deps.storage.directory, userId));
+    const epoch = await this.reading(() => this.deps.storage.directory.readCredentialEpoch(userId));
     if (!(await users.verifyPassword(userId, body.password))) throw invalidCredentials();
     await this.loginGuard.succeeded(body.login, client.address);
     // 2FA is asked in the same synchronous step as the session would start, so a second factor
@@ -196,10 +196,10 @@ export class AuthService {
   }
 
   /** The end of a login whose credentials all checked out (at once, or after a second factor). */
-  private startLoginSession(userId: string, epoch: number, device: SessionDevice): AuthResponse {
+  private async startLoginSession(userId: string, epoch: number, device: SessionDevice): Promise<AuthResponse> {
     let token: string | null;
     try {
-      token = this.startSession(userId, epoch, device);
+      token = await this.startSession(userId, epoch, device);
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.login);
     }
@@ -219,12 +219,12 @@ export class AuthService {
    * caller gets a 503 saying so (a restart before it is stored would bring the session back, so
    * the client repeats the logout: 401 or 204 then both mean it is over).
    */
-  logout(principal: Principal): void {
+  async logout(principal: Principal): Promise<void> {
     const { sessionId } = principal;
     this.refused.add(sessionId);
     this.sessionsEnded([sessionId]);
     try {
-      repo.deleteSession(this.deps.storage.directory, sessionId);
+      await this.deps.storage.directory.deleteSession(sessionId);
     } catch (error) {
       this.deps.logger.warn({ err: error, sessionId }, 'could not store a logout; the session is refused and the deletion retried');
       this.scheduleDeletion(sessionId, 0);
@@ -240,34 +240,41 @@ export class AuthService {
   }
 
   /**
-   * The session a bearer token belongs to, or null. Synchronous: one indexed read. An expired
-   * session is null like an unknown one, and deleted on the way.
+   * The session a bearer token belongs to, or null: at once for a token seen lately (the cache),
+   * else after one read of the directory. An expired session is null like an unknown one, and
+   * deleted on the way.
    */
-  authenticate(token: string): Principal | null {
+  authenticate(token: string): Principal | null | Promise<Principal | null> {
     const tokenHash = hashSessionToken(token);
     const key = tokenHash.toString('base64');
     const cached = this.sessionCache.get(key);
     const nowMs = this.clock();
     if (cached && cached.expiresAt > nowMs) return cached.principal;
     if (cached) this.sessionCache.delete(key);
-    const { directory } = this.deps.storage;
-    const session = repo.findSessionByTokenHash(directory, tokenHash);
+    return this.deps.storage.directory.findSessionByTokenHash(tokenHash).then((session) => this.admit(key, session));
+  }
+
+  /** A session read for a token: refused, expired, or admitted (its use recorded, and cached). */
+  private async admit(key: string, session: SessionRow | undefined): Promise<Principal | null> {
     if (!session || this.refused.has(session.id)) return null;
+    const nowMs = this.clock();
     const now = Math.floor(nowMs / 1000);
     if (now >= this.expiresAt(session)) {
-      this.endExpired(session.id);
+      await this.endExpired(session.id);
       return null;
     }
     let lastUsedAt = session.last_used_at;
     if (now - lastUsedAt >= TOUCH_INTERVAL_S) {
       try {
-        repo.touchSession(directory, session.id, now);
+        await this.deps.storage.directory.touchSession(session.id, now);
         lastUsedAt = now;
       } catch (error) {
         // `last_used_at` is informational: a full disk must not turn every request into an error.
         this.deps.logger.warn({ err: error, sessionId: session.id }, 'could not record the use of a session');
       }
     }
+    // Ended while this was read (a logout, another node's revocation): not cached, refused.
+    if (this.refused.has(session.id)) return null;
     const principal = { userId: session.user_id, sessionId: session.id };
     if (this.sessionCache.size >= SESSION_CACHE_MAX) {
       const oldest = this.sessionCache.keys().next().value;
@@ -279,8 +286,8 @@ export class AuthService {
   }
 
   /** The caller's sessions (devices), most recently used first; expired ones are not listed. */
-  listSessions(principal: Principal): Session[] {
-    const rows = this.reading(() => repo.listUserSessions(this.deps.storage.directory, principal.userId));
+  async listSessions(principal: Principal): Promise<Session[]> {
+    const rows = await this.reading(() => this.deps.storage.directory.listUserSessions(principal.userId));
     const now = Math.floor(this.clock() / 1000);
     return rows.flatMap((row) => {
       const expiresAt = this.expiresAt(row);
@@ -302,12 +309,12 @@ export class AuthService {
    * Ends one of the caller's sessions: its token is refused and its sync sockets closed at once. The
    * caller's own session is a logout. Someone else's session, or one that does not exist, is 404.
    */
-  endSession(principal: Principal, sessionId: string): void {
+  async endSession(principal: Principal, sessionId: string): Promise<void> {
     if (sessionId === principal.sessionId) {
-      this.logout(principal);
+      await this.logout(principal);
       return;
     }
-    const ended = this.writing(() => repo.deleteUserSession(this.deps.storage.directory, principal.userId, sessionId));
+    const ended = await this.writing(() => this.deps.storage.directory.deleteUserSession(principal.userId, sessionId));
     // A session already signed out, whose deletion is still being retried, is not listed either.
     if (!ended || this.refused.has(sessionId)) throw new AppError('not_found', SESSION_NOT_FOUND_MESSAGE);
     this.sessionsEnded([sessionId]);
@@ -317,8 +324,8 @@ export class AuthService {
    * Ends every session of the caller but this one. Unlike a password change it does not move the
    * credential epoch: whoever signs in with the password after this keeps their session.
    */
-  endOtherSessions(principal: Principal): void {
-    const ended = this.writing(() => repo.deleteOtherSessions(this.deps.storage.directory, principal.userId, principal.sessionId));
+  async endOtherSessions(principal: Principal): Promise<void> {
+    const ended = await this.writing(() => this.deps.storage.directory.deleteOtherSessions(principal.userId, principal.sessionId));
     if (ended.length > 0) this.sessionsEnded(ended);
   }
 
@@ -326,12 +333,12 @@ export class AuthService {
    * Shutdown, before storage closes: one last try at every logout still waiting to be stored, and
    * no timer left behind. What still fails is logged: after a restart those sessions work again.
    */
-  close(): void {
+  async close(): Promise<void> {
     clearInterval(this.sweepTimer);
     for (const [sessionId, timer] of this.retries) {
       clearTimeout(timer);
       try {
-        repo.deleteSession(this.deps.storage.directory, sessionId);
+        await this.deps.storage.directory.deleteSession(sessionId);
         this.refused.delete(sessionId);
       } catch (error) {
         this.deps.logger.error({ err: error, sessionId }, 'shutting down with a logout not stored: that session works again after a restart');
@@ -342,32 +349,31 @@ export class AuthService {
 
   /**
    * Password change (users' event, inside the change and before the new hash is stored): in one
-   * directory transaction the user's credential epoch moves on, so logins still verifying the old
+   * directory step the user's credential epoch moves on, so logins still verifying the old
    * password get no session, and every other session of the user is deleted.
    */
-  private endPasswordChangedSessions(principal: Principal): void {
-    const { directory } = this.deps.storage;
-    const ended = directory.transaction(() => {
-      repo.advanceCredentialEpoch(directory, principal.userId);
-      return repo.deleteOtherSessions(directory, principal.userId, principal.sessionId);
-    });
+  private async endPasswordChangedSessions(principal: Principal): Promise<void> {
+    const ended = await this.deps.storage.directory.endCredentials(principal.userId, principal.sessionId);
     if (ended.length > 0) this.sessionsEnded(ended);
   }
 
   /**
-   * Ends every session of the user (a password reset: whoever knew the old password is out): in
-   * one directory transaction the credential epoch moves on, so logins still verifying the old
-   * password get no session, and every session is deleted; their sockets are closed with 4401.
-   * Inside a caller's directory transaction it is part of it (a savepoint).
+   * Ends every session of the user (an administrator's password reset: whoever knew the old
+   * password is out): in one directory step the credential epoch moves on, so logins still
+   * verifying the old password get no session, and every session is deleted; their sockets are
+   * closed with 4401.
    */
-  endAllSessions(userId: string): void {
-    const { directory } = this.deps.storage;
-    const ended = directory.transaction(() => {
-      repo.advanceCredentialEpoch(directory, userId);
-      // No session has the empty id: all of them go.
-      return repo.deleteOtherSessions(directory, userId, '');
-    });
+  async endAllSessions(userId: string): Promise<void> {
+    const ended = await this.deps.storage.directory.endCredentials(userId, null);
     if (ended.length > 0) this.sessionsEnded(ended);
+  }
+
+  /**
+   * Sessions that another part ended in the directory (a password reset spending its token, an
+   * account deletion): they stop working at once, as this service's own.
+   */
+  announceEndedSessions(sessionIds: string[]): void {
+    if (sessionIds.length > 0) this.sessionsEnded(sessionIds);
   }
 
   /** Ended sessions stop working at once: out of the cache first, then every listener is told. */
@@ -386,8 +392,9 @@ export class AuthService {
    * owner asks before it serves a socket another node accepted: the session may have ended on the
    * way, after the revocation reached the owner.
    */
-  sessionExists(sessionId: string): boolean {
-    return !this.refused.has(sessionId) && repo.existingSessions(this.deps.storage.directory, [sessionId]).has(sessionId);
+  async sessionExists(sessionId: string): Promise<boolean> {
+    if (this.refused.has(sessionId)) return false;
+    return (await this.deps.storage.directory.existingSessions([sessionId])).has(sessionId) && !this.refused.has(sessionId);
   }
 
   sessionsEndedElsewhere(sessionIds: string[]): void {
@@ -402,9 +409,9 @@ export class AuthService {
   }
 
   /** An expired session met by a token check: deleted (or left to the sweep if that fails), and ended. */
-  private endExpired(sessionId: string): void {
+  private async endExpired(sessionId: string): Promise<void> {
     try {
-      repo.deleteSession(this.deps.storage.directory, sessionId);
+      await this.deps.storage.directory.deleteSession(sessionId);
     } catch (error) {
       this.deps.logger.warn({ err: error, sessionId }, 'could not delete an expired session; the sweep will');
     }
@@ -412,18 +419,14 @@ export class AuthService {
   }
 
   /** Deletes every expired session and closes their sync sockets; a failure waits for the next sweep. */
-  private sweepExpired(): void {
+  private async sweepExpired(): Promise<void> {
     const now = Math.floor(this.clock() / 1000);
     const { idleSeconds, lifetimeSeconds } = this.deps.sessions;
-    const { directory } = this.deps.storage;
     let ended: string[];
     try {
-      ended = directory.transaction(() => {
-        // A session whose sync socket stayed open all along is in use, REST calls or not: recorded
-        // first, so the idle timeout never ends a connected device (the lifetime still does).
-        repo.touchSessions(directory, this.sessionsInUse(), now);
-        return repo.deleteExpiredSessions(directory, now - idleSeconds, now - lifetimeSeconds);
-      });
+      // A session whose sync socket stayed open all along is in use, REST calls or not: recorded
+      // first, so the idle timeout never ends a connected device (the lifetime still does).
+      ended = await this.deps.storage.directory.sweepSessions([...this.sessionsInUse()], now, now - idleSeconds, now - lifetimeSeconds);
     } catch (error) {
       this.deps.logger.warn({ err: error }, 'could not delete expired sessions; retrying at the next sweep');
       return;
@@ -437,39 +440,33 @@ export class AuthService {
    * Inserts a session for a user whose password was verified after `epoch` was read; returns its
    * token, or null when a password change has moved the epoch on since.
    */
-  private startSession(userId: string, epoch: number, device: SessionDevice): string | null {
+  private async startSession(userId: string, epoch: number, device: SessionDevice): Promise<string | null> {
+    const { token, session } = this.newSession(userId, device);
+    return (await this.deps.storage.directory.insertSessionIfEpoch(session, epoch)) ? token : null;
+  }
+
+  /** A new session's token, and the row that keeps its hash. */
+  private newSession(userId: string, device: SessionDevice): { token: string; session: NewSession } {
     const token = newSessionToken();
-    const inserted = repo.insertSessionIfEpoch(
-      this.deps.storage.directory,
-      {
-        id: this.deps.storage.nextId(),
-        tokenHash: hashSessionToken(token),
-        userId,
-        now: Math.floor(this.clock() / 1000),
-        userAgent: device.userAgent === null ? null : device.userAgent.slice(0, 256),
-        deviceName: device.deviceName ?? deviceNameFromUserAgent(device.userAgent),
-      },
-      epoch,
-    );
-    return inserted ? token : null;
+    const session = {
+      id: this.deps.storage.nextId(),
+      tokenHash: hashSessionToken(token),
+      userId,
+      now: Math.floor(this.clock() / 1000),
+      userAgent: device.userAgent === null ? null : device.userAgent.slice(0, 256),
+      deviceName: device.deviceName ?? deviceNameFromUserAgent(device.userAgent),
+    };
+    return { token, session };
   }
 
   /** A read: a storage failure a retry can cure answers 503, like the users' reads. */
-  private reading<T>(read: () => T): T {
-    try {
-      return read();
-    } catch (error) {
-      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.read);
-    }
+  private reading<T>(read: () => Promise<T>): Promise<T> {
+    return guardStorage(this.deps.logger, STORAGE_FAILURE.read, read);
   }
 
   /** A write: a storage failure a retry can cure answers 503 saying nothing changed. */
-  private writing<T>(write: () => T): T {
-    try {
-      return write();
-    } catch (error) {
-      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.write);
-    }
+  private writing<T>(write: () => Promise<T>): Promise<T> {
+    return guardStorage(this.deps.logger, STORAGE_FAILURE.write, write);
   }
 
   private scheduleDeletion(sessionId: string, attempt: number): void {
@@ -484,16 +481,17 @@ export class AuthService {
     clearTimeout(this.retries.get(sessionId));
     const delay = Math.min(LOGOUT_RETRY_FIRST_MS * 2 ** attempt, LOGOUT_RETRY_MAX_MS);
     const timer = setTimeout(() => {
-      try {
-        repo.deleteSession(this.deps.storage.directory, sessionId);
-      } catch (error) {
-        this.deps.logger.debug({ err: error, sessionId, attempt: attempt + 1 }, 'storing a logout failed again');
-        this.scheduleDeletion(sessionId, attempt + 1);
-        return;
-      }
-      this.retries.delete(sessionId);
-      this.refused.delete(sessionId);
-      this.deps.logger.info({ sessionId, attempts: attempt + 1 }, 'stored a logout that had failed');
+      this.deps.storage.directory.deleteSession(sessionId).then(
+        () => {
+          this.retries.delete(sessionId);
+          this.refused.delete(sessionId);
+          this.deps.logger.info({ sessionId, attempts: attempt + 1 }, 'stored a logout that had failed');
+        },
+        (error: unknown) => {
+          this.deps.logger.debug({ err: error, sessionId, attempt: attempt + 1 }, 'storing a logout failed again');
+          this.scheduleDeletion(sessionId, attempt + 1);
+        },
+      );
     }, delay);
     // A pending retry must not keep a process alive that has nothing else to do.
     timer.unref();

@@ -38,7 +38,7 @@ export function addAdminCommands(program: Command, io: CliIo, configFor: ConfigF
     .option('--json', 'one JSON array, for scripts')
     .action(async (options: { json?: boolean }, command: Command) => {
       await withAdmin(configFor(command), io, { mayCreate: false }, async (accounts) => {
-        const list = accounts.list();
+        const list = await accounts.list();
         if (options.json === true) line(io.stdout, JSON.stringify(list, null, 2));
         else printTable(io, list);
       });
@@ -49,7 +49,7 @@ export function addAdminCommands(program: Command, io: CliIo, configFor: ConfigF
     .option('--yes', 'really delete (required: this cannot be undone)')
     .action(async (reference: string, options: { yes?: boolean }, command: Command) => {
       await withAdmin(configFor(command), io, { mayCreate: false }, async (accounts) => {
-        const id = accounts.resolve(reference);
+        const id = await accounts.resolve(reference);
         if (options.yes !== true) throw new CliError(`this deletes the account ${reference} (id ${id}) and everything of it for good: add --yes`);
         const notice = await accounts.delete(id);
         line(io.stdout, `deleted ${reference} (id ${id})`);
@@ -62,7 +62,7 @@ export function addAdminCommands(program: Command, io: CliIo, configFor: ConfigF
     .option('--password-stdin', 'read the password from the first line of standard input')
     .action(async (reference: string, options: { passwordStdin?: boolean }, command: Command) => {
       await withAdmin(configFor(command), io, { mayCreate: false }, async (accounts) => {
-        const id = accounts.resolve(reference);
+        const id = await accounts.resolve(reference);
         const password = await readPassword(io, options.passwordStdin === true);
         const notice = await accounts.resetPassword(id, password);
         line(io.stdout, `reset the password of ${reference} (id ${id}); its sessions are signed out`);
@@ -75,7 +75,7 @@ export function addAdminCommands(program: Command, io: CliIo, configFor: ConfigF
     .argument('<file>', 'where to write it (must not exist)')
     .action(async (reference: string, file: string, _options: object, command: Command) => {
       await withAdmin(configFor(command), io, { mayCreate: false }, async (accounts) => {
-        const id = accounts.resolve(reference);
+        const id = await accounts.resolve(reference);
         await accounts.export(id, file);
         line(io.stdout, `exported ${reference} (id ${id}) to ${file}`);
       });
@@ -101,7 +101,7 @@ export function addAdminCommands(program: Command, io: CliIo, configFor: ConfigF
       .argument('<badge>')
       .action(async (reference: string, badgeId: string, _options: object, command: Command) => {
         await withAdmin(configFor(command), io, { mayCreate: false }, async (accounts) => {
-          const id = accounts.resolve(reference);
+          const id = await accounts.resolve(reference);
           const { result: changed, notice } = await accounts.change(() =>
             name === 'add' ? accounts.users.addBadge(id, badgeId) : accounts.users.removeBadge(id, badgeId),
           );
@@ -118,7 +118,7 @@ export function addAdminCommands(program: Command, io: CliIo, configFor: ConfigF
     .argument('<tier>')
     .action(async (reference: string, tierId: string, _options: object, command: Command) => {
       await withAdmin(configFor(command), io, { mayCreate: false }, async (accounts) => {
-        const id = accounts.resolve(reference);
+        const id = await accounts.resolve(reference);
         const { result: before, notice } = await accounts.change(() => accounts.users.setTier(id, tierId));
         line(io.stdout, `${reference} (id ${id}): tier ${tierId}${before === tierId ? ' (unchanged)' : ` (was ${before})`}`);
         report(io, notice);
@@ -129,7 +129,7 @@ export function addAdminCommands(program: Command, io: CliIo, configFor: ConfigF
     .argument('<user>')
     .action(async (reference: string, _options: object, command: Command) => {
       await withAdmin(configFor(command), io, { mayCreate: false }, async (accounts) => {
-        const id = accounts.resolve(reference);
+        const id = await accounts.resolve(reference);
         const { result: changed, notice } = await accounts.change(() => accounts.users.setEmailVerified(id, true));
         line(io.stdout, `${reference} (id ${id}): email ${changed ? 'marked verified' : 'was verified already'}`);
         report(io, notice);
@@ -141,7 +141,7 @@ export function addAdminCommands(program: Command, io: CliIo, configFor: ConfigF
     .option('--revoke', 'mark it not age-verified instead')
     .action(async (reference: string, options: { revoke?: boolean }, command: Command) => {
       await withAdmin(configFor(command), io, { mayCreate: false }, async (accounts) => {
-        const id = accounts.resolve(reference);
+        const id = await accounts.resolve(reference);
         const verified = options.revoke !== true;
         const { result: changed, notice } = await accounts.change(() => accounts.users.setAgeVerified(id, verified));
         line(io.stdout, `${reference} (id ${id}): ${verified ? 'age-verified' : 'not age-verified'}${changed ? '' : ' (unchanged)'}`);
@@ -163,7 +163,7 @@ async function withAdmin(config: Config, io: CliIo, options: { mayCreate: boolea
   try {
     await fn(accounts);
   } finally {
-    accounts.close();
+    await accounts.close();
   }
 }
 

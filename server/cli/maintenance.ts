@@ -34,7 +34,7 @@ export function addMaintenanceCommands(program: Command, io: CliIo, configFor: C
     .action(async (options: { fix?: boolean }, command: Command) => {
       const config = configFor(command);
       const logger = adminLogger(io);
-      let examined = examineDataFolder(config, logger, progressOn(io));
+      let examined = await examineDataFolder(config, logger, progressOn(io));
       if (options.fix === true && examined.problems.length > 0) {
         printReport(io, examined);
         const repair = await repairDataFolder(config, examined, logger);
@@ -44,7 +44,7 @@ export function addMaintenanceCommands(program: Command, io: CliIo, configFor: C
           for (const left of repair.rebuilt.leftOut) line(io.stdout, `left out: ${left}: rename or remove that file`);
         }
         if (repair.notice !== undefined) report(io, repair.notice);
-        examined = examineDataFolder(config, logger, progressOn(io));
+        examined = await examineDataFolder(config, logger, progressOn(io));
       }
       printReport(io, examined);
       // The report says what is wrong; the exit code says that something is.
@@ -52,7 +52,7 @@ export function addMaintenanceCommands(program: Command, io: CliIo, configFor: C
     });
 }
 
-function printReport(io: CliIo, report: ReturnType<typeof examineDataFolder>): void {
+function printReport(io: CliIo, report: Awaited<ReturnType<typeof examineDataFolder>>): void {
   const sound = report.files.filter((file) => file.problems.length === 0);
   line(io.stdout, `checked ${report.files.length} files (${formatBytes(report.files.reduce((sum, file) => sum + file.bytes, 0))}): ${sound.length} sound`);
   for (const problem of report.problems) line(io.stdout, `problem: ${problem}`);

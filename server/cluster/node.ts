@@ -17,6 +17,7 @@ import { connectRedis } from './redis.ts';
 import { RestRelay, type ServeForwarded } from './rest-relay.ts';
 import { unavailable } from './unavailable.ts';
 import type { NodeMessage } from './wire.ts';
+import { WorkerIds } from './worker-ids.ts';
 
 /** A user this node has not served for this long (no socket, no request) is given up. */
 const IDLE_RELEASE_MS = 60_000;
@@ -44,7 +45,7 @@ export interface ClusterBindings {
   /** Sessions another node ended: refuse them here and close their sockets. */
   sessionsEndedElsewhere(sessionIds: string[]): void;
   /** Whether a session still exists (a relayed socket's session may have ended on its way here). */
-  sessionExists(sessionId: string): boolean;
+  sessionExists(sessionId: string): Promise<boolean>;
 }
 
 /** The parts that exist once the node is bound. */
@@ -82,13 +83,17 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     private readonly leaseMs: number,
     private readonly storage: Storage,
     private readonly logger: Logger,
+    /** The snowflake worker id this node issues ids with (worker-ids.ts). */
+    private readonly workerIds: WorkerIds,
   ) {
     this.leases = new Leases(redis, nodeId, leaseMs, logger);
   }
 
   /**
-   * Connects to Redis and takes the node id (a live node with the same id is refused: after a
-   * crash its id frees itself within one lease). Nothing is served until `bind`.
+   * Connects to Redis, takes the node id (a live node with the same id is refused: after a crash
+   * its id frees itself within one lease) and leases a snowflake worker id, which the storage's
+   * ids are issued with from then on (none free: the start is refused). Nothing is served until
+   * `bind`.
    */
   static async start(settings: ClusterSettings, storage: Storage, logger: Logger): Promise<ClusterNode> {
     const host = os
@@ -98,14 +103,23 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     const nodeId = settings.nodeId ?? `${host}-${settings.port === 0 ? process.pid : settings.port}`;
     const redis = await connectRedis(settings.redisUrl, logger, `plexichat:${nodeId}`);
     let subscriber: Redis | undefined;
+    const instance = randomBytes(8).toString('hex');
+    let tookNodeId = false;
+    let workerIds: WorkerIds | undefined;
     try {
-      const instance = randomBytes(8).toString('hex');
       await takeNodeId(redis, nodeId, instance, settings.leaseMs);
+      tookNodeId = true;
+      workerIds = await WorkerIds.acquire(redis, `${nodeId}|${instance}`, settings.leaseMs, storage.reservationMark, logger);
+      const leased = workerIds;
+      storage.issueIdsFrom(() => leased.current());
       subscriber = await connectRedis(settings.redisUrl, logger, `plexichat:${nodeId}:sub`);
-      logger.info({ nodeId, leaseMs: settings.leaseMs }, `cluster node ${nodeId}`);
-      return new ClusterNode(nodeId, instance, redis, subscriber, settings.leaseMs, storage, logger);
+      logger.info({ nodeId, leaseMs: settings.leaseMs, workerId: workerIds.workerId }, `cluster node ${nodeId}`);
+      return new ClusterNode(nodeId, instance, redis, subscriber, settings.leaseMs, storage, logger, workerIds);
     } catch (error) {
       subscriber?.disconnect();
+      // A start refused half-way gives back what it took, so that a retry need not wait a lease.
+      await workerIds?.release().catch(() => undefined);
+      if (tookNodeId) await redis.eval(RELEASE_NODE, 1, nodeKey(nodeId), instance).catch(() => undefined);
       redis.disconnect();
       throw error;
     }
@@ -134,8 +148,14 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
   }
 
   /** For `GET /health`. */
-  health(): { node: string; redis: 'up' | 'down'; owned_users: number } {
-    return { node: this.nodeId, redis: this.redis.status === 'ready' ? 'up' : 'down', owned_users: this.leases.count };
+  health(): { node: string; redis: 'up' | 'down'; owned_users: number; worker_id: number | null } {
+    return {
+      node: this.nodeId,
+      redis: this.redis.status === 'ready' ? 'up' : 'down',
+      owned_users: this.leases.count,
+      // Null while none can be counted on (ids are refused meanwhile).
+      worker_id: this.workerIds.current()?.workerId ?? null,
+    };
   }
 
   /** For the metrics (read at each scrape). */
@@ -207,6 +227,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
         await this.leases.release(userId);
       }),
     );
+    await this.workerIds.release().catch(() => undefined);
     await this.redis.eval(RELEASE_NODE, 1, nodeKey(this.nodeId), this.instance).catch(() => undefined);
     // The last batch (closes of relayed sockets, answers) is published before the connection quits.
     if (this.bound === undefined) this.subscriber.disconnect();
@@ -228,7 +249,21 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       case 'sync-open': {
         const owns = this.leases.owns(message.userId);
         if (owns) this.lastUse.set(message.userId, Date.now());
-        bound.owner.open(message, owns ? (bound.bindings.sessionExists(message.sessionId) ? 'serve' : 'session-ended') : 'not-owner');
+        bound.owner.open(message, owns ? 'serve' : 'not-owner');
+        // The session may have ended on the way, after its revocation reached this node: read
+        // again (not from the cache). The frames are served meanwhile, as those of any socket
+        // whose session ends while it is open; an ended one is closed with 4401 once known.
+        if (owns) {
+          bound.bindings.sessionExists(message.sessionId).then(
+            (exists) => {
+              if (!exists) bound.owner.end(message.conn, CLOSE_CODES.SESSION_REVOKED, 'Session revoked');
+            },
+            (error: unknown) => {
+              this.logger.warn({ err: error, conn: message.conn }, 'could not check the session of a relayed socket; it is closed, to reconnect');
+              bound.owner.end(message.conn, CLOSE_CODES.TRY_AGAIN_LATER, 'Server busy; reconnect shortly');
+            },
+          );
+        }
         return;
       }
       case 'sync-frame':
@@ -279,6 +314,8 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     this.ticking = true;
     try {
       await this.redis.set(nodeKey(this.nodeId), this.instance, 'PX', this.leaseMs).catch(() => undefined);
+      // Renews the worker id and reserves ids' time ahead (or takes a free worker id, when lost).
+      await this.workerIds.renew();
       for (const userId of await this.leases.renew()) this.lost(userId);
       this.releaseIdle();
       await this.checkOwners();

@@ -38,7 +38,7 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
    * A device's socket opened on another node: served here, or ended — told to reconnect when this
    * node does not own its user, or 4401 when its session ended on the way.
    */
-  open(message: Extract<NodeMessage, { kind: 'sync-open' }>, verdict: 'serve' | 'not-owner' | 'session-ended'): void {
+  open(message: Extract<NodeMessage, { kind: 'sync-open' }>, verdict: 'serve' | 'not-owner'): void {
     const docName = message.docName;
     if (docName !== 'notes' && docName !== 'settings') {
       this.logger.warn({ docName, from: message.from }, 'ignored a relayed socket for a document that does not exist');
@@ -51,10 +51,6 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
     );
     if (verdict === 'not-owner') {
       socket.end(CLOSE_CODES.TRY_AGAIN_LATER, 'Your data is moving between servers; reconnect');
-      return;
-    }
-    if (verdict === 'session-ended') {
-      socket.end(CLOSE_CODES.SESSION_REVOKED, 'Session revoked');
       return;
     }
     this.sockets.set(message.conn, socket);
@@ -72,6 +68,11 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
     const edge = message.conn.slice(0, message.conn.indexOf('/'));
     if (edge === '') return;
     this.bus.send(edge, { kind: 'sync-end', conn: message.conn, code: CLOSE_CODES.SERVICE_RESTART, reason: 'Your data moved to another server; reconnect' });
+  }
+
+  /** Ends a relayed socket served here (its session ended on the way, say); nothing if it is gone. */
+  end(conn: string, code: number, reason: string): void {
+    this.sockets.get(conn)?.end(code, reason);
   }
 
   closedByEdge(message: Extract<NodeMessage, { kind: 'sync-close' }>): void {

@@ -40,3 +40,15 @@ export function openUserFile(storage: Storage, logger: Logger, userId: string): 
     throw unavailableOnStorageFailure(logger, error, STORAGE_FAILURE.read);
   }
 }
+
+/**
+ * Awaits `work`; a storage failure a retry can cure (the directory store busy or unreachable
+ * included) rejects with the 503 of `unavailableOnStorageFailure`, saying `message`.
+ */
+export async function guardStorage<T>(logger: Logger, message: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    throw unavailableOnStorageFailure(logger, error, message);
+  }
+}

@@ -21,7 +21,8 @@ export interface HttpOptions {
   /** Bytes of raw (upload) bodies buffered at once, over all requests; past it uploads get 503. */
   maxUploadMemoryBytes: number;
   /** Synchronous on purpose: a bad token is refused before any body byte is buffered. */
-  authenticate: (token: string) => Principal | null;
+  /** The session of a bearer token, or null; a promise when the directory has to be read. */
+  authenticate: (token: string) => Principal | null | Promise<Principal | null>;
   /**
    * Names each request (`X-Request-Id`, the logs). Pass the source the sync socket uses, so REST
    * requests and sync upgrades share one counter; without it the routes get a source of their own.
@@ -280,8 +281,40 @@ function handle(server: Server, x: Exchange): unknown {
   if (server.metrics !== undefined) x.recorder = server.metrics.byRoute.get(route);
   const raw = isRawBodySpec(route.body) ? route.body : undefined;
   if (raw !== undefined) x.drainLimit = drainLimitFor(raw.maxBytes);
-  const principal = route.auth === 'required' ? authenticate(server, x) : null;
-  const body = startBody(server, x, route, raw);
+  const authenticated = route.auth === 'required' ? authenticate(server, x) : null;
+  if (authenticated instanceof Promise) {
+    // A token not seen lately: the directory is read while the body arrives (uWS wants `onData`
+    // attached now). A refusal of the body waits for the caller to be known: an unknown token is
+    // 401 whatever its body, as when the token is known at once.
+    let body: Promise<Buffer | undefined> | undefined;
+    try {
+      body = startBody(server, x, route, raw);
+    } catch (refusal) {
+      return authenticated.then(() => {
+        throw refusal;
+      });
+    }
+    return authenticated.then(
+      (principal) => proceed(server, x, route, params, principal, body),
+      (error: unknown) => {
+        // Refused: the body is not wanted any more, and must not fail unheard.
+        body?.catch(() => undefined);
+        throw error;
+      },
+    );
+  }
+  return proceed(server, x, route, params, authenticated, startBody(server, x, route, raw));
+}
+
+/** The rest of `handle`, once the caller is known. */
+function proceed(
+  server: Server,
+  x: Exchange,
+  route: Route,
+  params: Record<string, string>,
+  principal: Principal | null,
+  body: Promise<Buffer | undefined> | undefined,
+): unknown {
   const { cluster } = server.options;
   if (principal !== null && cluster !== undefined) {
     const where = cluster.placement.locate(principal.userId);
@@ -292,23 +325,41 @@ function handle(server: Server, x: Exchange): unknown {
   return runAfterBody(x, route, params, principal, body);
 }
 
-/** The caller of a route that requires auth; throws 401, or 503 when the session store is busy. */
-function authenticate(server: Server, x: Exchange): Principal {
-  let principal: Principal | null;
+/**
+ * The caller of a route that requires auth (a promise when the directory is read); throws or
+ * rejects with 401, or 503 when the session store is busy.
+ */
+function authenticate(server: Server, x: Exchange): Principal | Promise<Principal> {
+  let found: Principal | null | Promise<Principal | null>;
   try {
-    principal = authenticateHeader(x.headers.get('authorization'), server.options.authenticate);
+    found = authenticateHeader(x.headers.get('authorization'), server.options.authenticate);
   } catch (error) {
-    // Reading the session failed: a storage failure a retry can cure is answered as such; anything
-    // else is a bug, for `fail` to log and answer. Either way this request fails, never the process.
-    if (!isRetryableStorageError(error)) throw error;
-    server.logger.warn({ err: error, requestId: x.requestId, method: x.method, path: x.path }, 'could not check a token');
-    throw new AppError('service_unavailable', 'Storage is busy right now; retry later', { headers: { 'Retry-After': '5' } });
+    throw unreadableSession(server, x, error);
   }
+  if (found instanceof Promise) {
+    return found.then(admitted, (error: unknown) => {
+      throw unreadableSession(server, x, error);
+    });
+  }
+  return admitted(found);
+}
+
+function admitted(principal: Principal | null): Principal {
   if (principal === null) throw new AppError('unauthorized', 'A valid bearer token is required', { headers: { 'WWW-Authenticate': 'Bearer' } });
   return principal;
 }
 
-function authenticateHeader(header: string | undefined, authenticate: HttpOptions['authenticate']): Principal | null {
+/**
+ * Reading the session failed: a storage failure a retry can cure is answered as such; anything
+ * else is a bug, for `fail` to log and answer. Either way this request fails, never the process.
+ */
+function unreadableSession(server: Server, x: Exchange, error: unknown): unknown {
+  if (!isRetryableStorageError(error)) return error;
+  server.logger.warn({ err: error, requestId: x.requestId, method: x.method, path: x.path }, 'could not check a token');
+  return new AppError('service_unavailable', 'Storage is busy right now; retry later', { headers: { 'Retry-After': '5' } });
+}
+
+function authenticateHeader(header: string | undefined, authenticate: HttpOptions['authenticate']): Principal | null | Promise<Principal | null> {
   if (header === undefined) return null;
   const match = /^Bearer[ ]+([A-Za-z0-9._~+/=-]{1,512})[ ]*$/i.exec(header);
   return match ? authenticate(match[1] as string) : null;

@@ -49,7 +49,7 @@ export interface MfaDeps {
 interface Ticket {
   userId: string;
   /** Starts the session exactly as the password login that issued the ticket would have (auth). */
-  start: () => AuthResponse;
+  start: () => Promise<AuthResponse>;
   expiresAt: number;
   attemptsLeft: number;
 }
@@ -89,7 +89,7 @@ export class MfaService {
    * the session: null when the account has no second factor (auth starts the session), else the
    * answer to give instead. `start` is kept with the ticket and called once a code is right.
    */
-  challenge(userId: string, start: () => AuthResponse): MfaRequiredResponse | null {
+  challenge(userId: string, start: () => Promise<AuthResponse>): MfaRequiredResponse | null {
     const file = this.file(userId);
     if (!this.guarded(STORAGE_FAILURE.login, () => repo.isTotpEnabled(file))) return null;
     const ticket = TICKET_PREFIX + randomBytes(32).toString('base64url');
@@ -119,14 +119,14 @@ export class MfaService {
     }
     // The code is spent (user file) before the session is stored (directory): stopped in between,
     // the code cannot be replayed and nothing else happened, the safe order (storage/schema.ts).
+    // The ticket is used up before the session is awaited, so no other attempt can use it meanwhile.
+    this.tickets.delete(key);
     try {
-      const answer = ticket.start();
-      this.tickets.delete(key);
-      return answer;
+      return await ticket.start();
     } catch (error) {
-      // A failure a retry can cure keeps the ticket (the client retries with the next code: this
-      // one is used); anything else (the password changed meanwhile: 401) ends it.
-      if (!(error instanceof AppError && error.code === 'service_unavailable')) this.tickets.delete(key);
+      // A failure a retry can cure gives the ticket back (the client retries with the next code:
+      // this one is used); anything else (the password changed meanwhile: 401) ends it.
+      if (error instanceof AppError && error.code === 'service_unavailable') this.tickets.set(key, ticket);
       throw error;
     }
   }

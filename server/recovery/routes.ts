@@ -17,8 +17,8 @@ export function recoveryRoutes(recovery: RecoveryService, options: { attemptsPer
       auth: 'none',
       body: verifyEmailBodySchema,
       rateLimiter,
-      handler: (ctx) => {
-        recovery.verifyEmail(ctx.body.token);
+      handler: async (ctx) => {
+        await recovery.verifyEmail(ctx.body.token);
         return Reply.noContent();
       },
     }),

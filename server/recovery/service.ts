@@ -2,14 +2,14 @@ import type { Logger } from 'pino';
 import type { ResetPasswordBody } from '../../shared/schemas/recovery.ts';
 import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
-import { STORAGE_FAILURE, unavailableOnStorageFailure } from '../core/storage-failure.ts';
+import { STORAGE_FAILURE, guardStorage, unavailableOnStorageFailure } from '../core/storage-failure.ts';
 import type { Throttle, Throttles } from '../core/throttle.ts';
 import type { AuthService } from '../auth/service.ts';
 import type { Mailer, OutgoingMail } from '../mail/mailer.ts';
+import type { MailTokenPurpose } from '../storage/directory-store.ts';
 import type { Storage } from '../storage/index.ts';
 import type { EmailChange, UsersService } from '../users/service.ts';
 import { emailChangedMail, passwordResetMail, verificationMail } from './mails.ts';
-import * as repo from './repo.ts';
 import { hashMailToken, newMailToken } from './tokens.ts';
 
 /** How long a mailed link works. A reset link is a key to the account: short. */
@@ -33,7 +33,7 @@ const MAIL_RETRY_AFTER_S = 60;
 export interface RecoveryDeps {
   storage: Storage;
   users: UsersService;
-  auth: Pick<AuthService, 'endAllSessions'>;
+  auth: Pick<AuthService, 'announceEndedSessions'>;
   mailer: Mailer;
   logger: Logger;
   /** Base of the links in mails (`--public-url`, known once the server listens). */
@@ -68,10 +68,10 @@ export class RecoveryService {
   }
 
   /** `POST /auth/verify-email`: the address the token was mailed to is verified, if the account still has it. */
-  verifyEmail(token: string): void {
+  async verifyEmail(token: string): Promise<void> {
     const { directory } = this.deps.storage;
     const hash = hashMailToken(token);
-    const row = this.reading(() => repo.findLiveMailToken(directory, hash, 'verify_email', nowSeconds()));
+    const row = await this.reading(() => directory.findLiveMailToken(hash, 'verify_email', nowSeconds()));
     if (row === undefined) throw invalidMailToken();
     let verified: boolean;
     try {
@@ -79,8 +79,8 @@ export class RecoveryService {
       // token can only verify the same address again. Verified, the account's other links are
       // spent too; a token for an address the account left goes alone.
       verified = this.deps.users.markEmailVerified(row.user_id, row.email_lower);
-      if (verified) repo.deleteMailTokensOf(directory, row.user_id, 'verify_email');
-      else repo.deleteMailToken(directory, hash);
+      if (verified) await directory.deleteMailTokensOf(row.user_id, 'verify_email');
+      else await directory.deleteMailToken(hash);
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.write);
     }
@@ -94,7 +94,7 @@ export class RecoveryService {
     if (user.email_verified) throw new AppError('email_already_verified', 'The email address is already verified');
     let mail: OutgoingMail;
     try {
-      mail = this.verificationMail(user.id, user);
+      mail = await this.verificationMail(user.id, user);
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.write);
     }
@@ -118,13 +118,13 @@ export class RecoveryService {
     const address = email.toLowerCase();
     await this.forgotPerEmail.consume(address);
     this.later(async () => {
-      const userId = this.deps.users.idForLogin(address);
+      const userId = await this.deps.users.idForLogin(address);
       if (userId === undefined) {
         this.deps.logger.debug('a password reset was asked for an address no account has');
         return;
       }
       const user = this.deps.users.privateUser(userId);
-      const token = this.issue(userId, user.email, 'reset_password', RESET_PASSWORD_TTL_MINUTES * 60);
+      const token = await this.issue(userId, user.email, 'reset_password', RESET_PASSWORD_TTL_MINUTES * 60);
       await this.send(passwordResetMail(user, { publicUrl: this.deps.publicUrl(), token }, RESET_PASSWORD_TTL_MINUTES), userId);
     }, 'a password-reset mail');
   }
@@ -137,26 +137,24 @@ export class RecoveryService {
   async resetPassword(body: ResetPasswordBody): Promise<void> {
     const { directory } = this.deps.storage;
     const hash = hashMailToken(body.token);
-    const row = this.reading(() => repo.findLiveMailToken(directory, hash, 'reset_password', nowSeconds()));
+    const row = await this.reading(() => directory.findLiveMailToken(hash, 'reset_password', nowSeconds()));
     if (row === undefined) throw invalidMailToken();
     await this.resetPerAccount.consume(row.user_id);
     let changed: boolean;
     try {
-      changed = await this.deps.users.resetPassword(row.user_id, row.email_lower, body.password, () =>
-        // One directory transaction, before the new hash is stored (storage/schema.ts). Taken
-        // again here, under the user file's lock: of two resets with one token exactly one wins.
-        directory.transaction(() => {
-          if (!repo.takeLiveMailToken(directory, hash, 'reset_password', nowSeconds())) throw invalidMailToken();
-          repo.deleteMailTokensOf(directory, row.user_id, 'reset_password');
-          this.deps.auth.endAllSessions(row.user_id);
-        }),
-      );
+      changed = await this.deps.users.resetPassword(row.user_id, row.email_lower, body.password, async () => {
+        // One directory step, before the new hash is stored (storage/schema.ts): the token is
+        // taken (of two resets with one token exactly one wins) and every session ends.
+        const ended = await directory.spendResetToken(hash, row.user_id, nowSeconds());
+        if (ended === null) throw invalidMailToken();
+        this.deps.auth.announceEndedSessions(ended);
+      });
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.write);
     }
     if (!changed) {
       // Mailed to an address the account has left: it will never work, so it goes.
-      this.bestEffort(() => repo.deleteMailToken(directory, hash));
+      await this.bestEffort(() => directory.deleteMailToken(hash));
       throw invalidMailToken();
     }
     this.deps.logger.info({ userId: row.user_id }, 'password reset: every session of the account ended');
@@ -178,26 +176,23 @@ export class RecoveryService {
 
   /** Users' announcement: the new address gets a link, the old one a notice; older links stop working. */
   private emailChanged(change: EmailChange): void {
-    const { directory } = this.deps.storage;
-    try {
-      // Links mailed to the old address prove nothing about the new one (they are bound to their
-      // address anyway: this only keeps them from lingering).
-      repo.deleteAllMailTokensOf(directory, change.userId);
-    } catch (error) {
+    // Links mailed to the old address prove nothing about the new one (they are bound to their
+    // address anyway: this only keeps them from lingering).
+    this.deps.storage.directory.deleteMailTokensOf(change.userId).catch((error: unknown) => {
       this.deps.logger.warn({ err: error, userId: change.userId }, 'could not delete the mail tokens of an old address; they stay bound to it');
-    }
+    });
     this.later(() => this.send(emailChangedMail(change, this.deps.publicUrl()), change.userId), 'an email-change notice');
     this.mailVerificationLater(change.userId, { username: change.username, email: change.email });
   }
 
   /** A verification link for `to.email`, mailed in the background (storing its token too: a registration is not held up). */
   private mailVerificationLater(userId: string, to: { username: string; email: string }): void {
-    this.later(() => this.send(this.verificationMail(userId, to), userId), 'a verification mail');
+    this.later(async () => this.send(await this.verificationMail(userId, to), userId), 'a verification mail');
   }
 
   /** Stores a new verification token for the address and writes its mail. */
-  private verificationMail(userId: string, to: { username: string; email: string }): OutgoingMail {
-    const token = this.issue(userId, to.email, 'verify_email', VERIFY_EMAIL_TTL_HOURS * 3600);
+  private async verificationMail(userId: string, to: { username: string; email: string }): Promise<OutgoingMail> {
+    const token = await this.issue(userId, to.email, 'verify_email', VERIFY_EMAIL_TTL_HOURS * 3600);
     return verificationMail(to, { publicUrl: this.deps.publicUrl(), token }, VERIFY_EMAIL_TTL_HOURS);
   }
 
@@ -207,21 +202,13 @@ export class RecoveryService {
    * not be sent then never costs a link that was. How many an account can have is bounded by the
    * per-account budgets and the lifetimes. Expired tokens of everyone are swept on the way.
    */
-  private issue(userId: string, email: string, purpose: repo.MailTokenPurpose, lifetimeSeconds: number): string {
-    const { directory } = this.deps.storage;
+  private async issue(userId: string, email: string, purpose: MailTokenPurpose, lifetimeSeconds: number): Promise<string> {
     const token = newMailToken(purpose);
     const now = nowSeconds();
-    directory.transaction(() => {
-      repo.deleteExpiredMailTokens(directory, now);
-      repo.insertMailToken(directory, {
-        hash: hashMailToken(token),
-        userId,
-        purpose,
-        emailLower: email.toLowerCase(),
-        createdAt: now,
-        expiresAt: now + lifetimeSeconds,
-      });
-    });
+    await this.deps.storage.directory.insertMailToken(
+      { hash: hashMailToken(token), userId, purpose, emailLower: email.toLowerCase(), createdAt: now, expiresAt: now + lifetimeSeconds },
+      now,
+    );
     return token;
   }
 
@@ -251,21 +238,17 @@ export class RecoveryService {
     void done.finally(() => this.pending.delete(done));
   }
 
-  private bestEffort(write: () => void): void {
+  private async bestEffort(write: () => Promise<void>): Promise<void> {
     try {
-      write();
+      await write();
     } catch (error) {
       this.deps.logger.warn({ err: error }, 'could not delete a mail token that can no longer work');
     }
   }
 
   /** A read: a storage failure a retry can cure answers 503. */
-  private reading<T>(read: () => T): T {
-    try {
-      return read();
-    } catch (error) {
-      throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.read);
-    }
+  private reading<T>(read: () => Promise<T>): Promise<T> {
+    return guardStorage(this.deps.logger, STORAGE_FAILURE.read, read);
   }
 }
 

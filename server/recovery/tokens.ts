@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import type { MailTokenPurpose } from './repo.ts';
+import type { MailTokenPurpose } from '../storage/directory-store.ts';
 
 /** Prefixes tell the two kinds apart at a glance (and to secret scanners); 256 random bits follow. */
 const PREFIXES: Record<MailTokenPurpose, string> = { verify_email: 'pxv_', reset_password: 'pxr_' };

@@ -21,8 +21,8 @@ export function relationshipsRoutes(relationships: RelationshipsService): Route[
       method: 'DELETE',
       path: '/users/@me/relationships/:user_id',
       params: userIdParamSchema,
-      handler: (ctx) => {
-        relationships.remove(ctx.principal.userId, ctx.params.user_id);
+      handler: async (ctx) => {
+        await relationships.remove(ctx.principal.userId, ctx.params.user_id);
         return Reply.noContent();
       },
     }),

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { SnowflakeGenerator } from '../../shared/snowflake.ts';
 import type { DirectoryFile } from './directory.ts';
+import { StorageBusyError } from './errors.ts';
 import { deleteMeta, readMeta } from './meta-repo.ts';
 import { ID_FILE_MIGRATIONS } from './schema.ts';
 import { StatementCache, openDatabase, type Db } from './sqlite.ts';
@@ -11,6 +12,41 @@ const LEGACY_HIGH_WATER_KEY = 'snowflake_high_water_ms';
 const LEASE_MS = 1000;
 
 export type IdGenerator = () => string;
+
+/**
+ * The worker id of every process that issues ids through `ids.sqlite` beside a cluster: admin
+ * commands (and a single server left at the default `--worker-id`). Cluster nodes never lease it
+ * (cluster/worker-ids.ts), so a command's ids cannot be a node's, whatever their clocks say.
+ */
+export const FILE_RESERVATION_WORKER_ID = 0;
+
+/**
+ * No id can be issued right now (cluster mode: this node holds no worker id it can count on, or it
+ * has used up the time it reserved ahead). Retryable: answered 503 like a busy storage.
+ */
+export class IdsUnavailableError extends StorageBusyError {
+  override readonly name = 'IdsUnavailableError';
+}
+
+/** `ids.sqlite`'s mark as a floor other generators respect (cluster/worker-ids.ts). */
+export interface ReservationMark {
+  /** Every id issued through `ids.sqlite`, and every range a node started, is below this (0: none). */
+  read(): number;
+  /** Raises it (never lowers it); a write of its own. */
+  raise(untilMs: number): void;
+}
+
+/**
+ * A worker id held by this process alone, and the milliseconds it may issue ids in:
+ * `[fromMs, untilMs)`. Nobody else issued an id of this worker id at or after `fromMs`, and
+ * whoever holds the worker id next starts at or after `untilMs`. `untilMs` only grows while
+ * the same holding lasts (the holder renews it); a new holding is a new object.
+ */
+export interface WorkerHolding {
+  readonly workerId: number;
+  readonly fromMs: number;
+  readonly untilMs: number;
+}
 
 /**
  * `<dataDir>/ids.sqlite`: how far the id generator has reserved time ahead. A file of its own
@@ -108,4 +144,31 @@ export function createIdGenerator(reservations: IdReservationFile, workerId: num
     return next();
   };
   return next;
+}
+
+/**
+ * Snowflakes of a worker id leased elsewhere (cluster mode, cluster/worker-ids.ts): `current`
+ * says which worker id this process holds and the milliseconds reserved for it, or undefined
+ * while it holds none it can count on (lost, expired, Redis unreachable). Every id is issued
+ * inside the holding's reserved range, so it can never be one issued by another holder of the
+ * same worker id, before or after; without a holding, or past its range, no id is issued at all
+ * (IdsUnavailableError), rather than one that might repeat.
+ */
+export function createLeasedIdGenerator(current: () => WorkerHolding | undefined, now: () => number = Date.now): IdGenerator {
+  let holding: WorkerHolding | undefined;
+  let generator: SnowflakeGenerator | undefined;
+  return () => {
+    const held = current();
+    if (held === undefined) throw new IdsUnavailableError('no snowflake worker id is held right now (Redis unreachable, or the lease was lost)');
+    if (generator === undefined || held !== holding) {
+      // A new holding: its range starts at `fromMs` (notBeforeMs is one past the first millisecond
+      // the generator may use, see createIdGenerator).
+      holding = held;
+      generator = new SnowflakeGenerator({ workerId: held.workerId, notBeforeMs: held.fromMs + 1, now });
+    }
+    const id = generator.next();
+    // Dropped unseen: past the range, another holder may come to issue the same id.
+    if (generator.lastTimestampMs >= held.untilMs) throw new IdsUnavailableError('the time reserved for ids ran out before it could be renewed');
+    return id;
+  };
 }

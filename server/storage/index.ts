@@ -1,13 +1,23 @@
 import { snowflakeTimeMs } from '../../shared/snowflake.ts';
 import { DirectoryFile } from './directory.ts';
-import { IdReservationFile, adoptLegacyReservation, createIdGenerator, type IdGenerator } from './ids.ts';
+import type { DirectoryStore } from './directory-store.ts';
+import {
+  IdReservationFile,
+  adoptLegacyReservation,
+  createIdGenerator,
+  createLeasedIdGenerator,
+  type IdGenerator,
+  type ReservationMark,
+  type WorkerHolding,
+} from './ids.ts';
+import { SqliteDirectory } from './sqlite-directory.ts';
 import { UserFiles } from './user-files.ts';
 
-export { DirectoryFile } from './directory.ts';
 export { UserFile, UserFileDeletedError, UserFileMissingError } from './user-files.ts';
 
 export interface Storage {
-  directory: DirectoryFile;
+  /** What crosses users: `directory.sqlite` here (a cluster swaps in its Redis store). */
+  directory: DirectoryStore;
   userFiles: UserFiles;
   /** A fresh snowflake. Safe inside any transaction: its reservation is written apart (ids.ts). */
   nextId: IdGenerator;
@@ -16,6 +26,14 @@ export interface Storage {
    * millisecond, so this data folder never issues it again.
    */
   adoptId(id: string): void;
+  /**
+   * Cluster mode: from now on ids are issued with the worker id `current` holds (leased in Redis,
+   * cluster/worker-ids.ts), inside its reserved range, instead of through `ids.sqlite`. Called
+   * once, at start, before anything takes an id.
+   */
+  issueIdsFrom(current: () => WorkerHolding | undefined): void;
+  /** `ids.sqlite`'s mark, which cluster nodes also raise past each range they start (cluster/worker-ids.ts). */
+  reservationMark: ReservationMark;
   close(): void;
 }
 
@@ -28,25 +46,32 @@ export interface StorageOptions {
 }
 
 export function openStorage(options: StorageOptions): Storage {
-  const directory = new DirectoryFile(options.dataDir);
+  const directoryFile = new DirectoryFile(options.dataDir);
   let reservations: IdReservationFile;
   try {
     reservations = new IdReservationFile(options.dataDir);
-    adoptLegacyReservation(directory, reservations);
+    adoptLegacyReservation(directoryFile, reservations);
   } catch (error) {
-    directory.close();
+    directoryFile.close();
     throw error;
   }
+  const directory = new SqliteDirectory(directoryFile);
   const userFiles = new UserFiles(options.dataDir, options.maxOpenUserFiles);
+  // One function for the services to keep, whichever generator is behind it.
+  let issue: IdGenerator = createIdGenerator(reservations, options.workerId, options.clock);
   return {
     directory,
     userFiles,
-    nextId: createIdGenerator(reservations, options.workerId, options.clock),
+    nextId: () => issue(),
     adoptId: (id) => reservations.raise(snowflakeTimeMs(id) + 1),
+    issueIdsFrom(current) {
+      issue = createLeasedIdGenerator(current, options.clock);
+    },
+    reservationMark: { read: () => reservations.read() ?? 0, raise: (untilMs) => reservations.raise(untilMs) },
     close() {
       userFiles.closeAll();
       reservations.close();
-      directory.close();
+      directoryFile.close();
     },
   };
 }

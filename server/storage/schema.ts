@@ -50,8 +50,13 @@ import type { Migration } from './sqlite.ts';
  *   again) finishes it.
  * - Import of an exported user file: the file first (under a temporary name, linked in under its
  *   id, never over another), then the index entry, as a registration.
- * A change holds its user file's write lock around the directory's commit, so two changes of one
- * user run one after the other, and of two password changes from the same password exactly one wins.
+ * The directory is one interface with two stores (storage/directory-store.ts: this SQLite file, or
+ * Redis in a cluster); each of its steps is atomic on its own, and a change's directory step and
+ * its user-file write are two commits in the orders above. The server runs the changes of one
+ * account that touch both one at a time (a per-account lock in UsersService), so of two password
+ * changes from the same password exactly one wins; a change re-reads the profile under the user
+ * file's write lock before it commits, so one that another process (an admin command) overtook
+ * stops there, in one of the states the orders above make safe.
  *
  * Processes. One server per data folder (a second is refused at start: see storage/coordination.ts),
  * and beside it, at any time, admin commands (`plexichat admin …`, `doctor --fix`) writing the same

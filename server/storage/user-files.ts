@@ -306,7 +306,7 @@ export class UserFiles {
    * file. Returns what `check` returned; the file is then open here, not yet indexed (the caller
    * indexes it, and removes it if that fails). Nothing is left behind on failure.
    */
-  async adopt<T extends { userId: string }>(source: string, check: (file: UserFile) => T): Promise<T> {
+  async adopt<T extends { userId: string }>(source: string, check: (file: UserFile) => T | Promise<T>): Promise<T> {
     if (!fs.existsSync(source)) throw new Error(`${source} does not exist`);
     // A dot name: `list()` never takes it for a user, and a failure leaves nothing a start would read.
     const temporary = path.join(this.dir, `.import-${randomBytes(8).toString('hex')}.sqlite`);
@@ -326,7 +326,7 @@ export class UserFiles {
       try {
         const candidate = new UserFile('', db);
         if (isMarkedDeleted(candidate)) throw new Error('this file belongs to an account that was deleted');
-        adopted = check(candidate);
+        adopted = await check(candidate);
       } finally {
         // Closing the last connection folds its WAL into the file, which then moves alone.
         db.close();

@@ -17,7 +17,8 @@ import type { DecodedUpdate } from './update-check.ts';
 export interface SyncSocketOptions {
   registry: DocRegistry;
   logger: Logger;
-  authenticate: (token: string) => Principal | null;
+  /** The session of a token, or null; a promise when the directory has to be read. */
+  authenticate: (token: string) => Principal | null | Promise<Principal | null>;
   /** Which of the user's documents `{doc}` names, or null when it is none of theirs. */
   resolveDoc: (userId: string, docParam: string) => DocName | null;
   nextRequestId: () => string;
@@ -90,12 +91,14 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
     compression: 0,
 
     upgrade: (res: HttpResponse, req: HttpRequest, context) => {
-      // Everything below is synchronous, so the response is always answered before an abort could
-      // be observed; uWS still wants the handler.
-      res.onAborted(() => {});
+      // Before anything else: an upgrade that waits for the directory must know when the client left.
+      const upgrading: Upgrading = { aborted: false };
+      res.onAborted(() => {
+        upgrading.aborted = true;
+      });
       const requestId = options.nextRequestId();
       try {
-        upgrade(res, req, context, requestId);
+        upgrade(res, req, context, requestId, upgrading);
       } catch (error) {
         refuseFor(res, requestId, error);
       }
@@ -160,7 +163,7 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
     }
   }
 
-  function upgrade(res: HttpResponse, req: HttpRequest, context: Parameters<HttpResponse['upgrade']>[4], requestId: string): void {
+  function upgrade(res: HttpResponse, req: HttpRequest, context: Parameters<HttpResponse['upgrade']>[4], requestId: string, upgrading: Upgrading): void {
     // Copied now: `req` is invalid once this function returns.
     const url = req.getUrl();
     const key = req.getHeader('sec-websocket-key');
@@ -181,7 +184,40 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
     const protocolToken = offered.find((p) => TOKEN_PATTERN.test(p));
     const bearer = /^Bearer[ ]+(\S+)$/i.exec(authorization)?.[1];
     const token = bearer ?? protocolToken ?? queryToken;
-    const principal = token ? options.authenticate(token) : null;
+    const found = token ? options.authenticate(token) : null;
+    const request = { url, key, offered, protocolToken, extensions, ack };
+    if (found instanceof Promise) {
+      // A token not seen lately: the upgrade waits for the directory (uWS allows it once
+      // `onAborted` is set), then answers corked, unless the client has gone meanwhile.
+      found.then(
+        (principal) => {
+          if (upgrading.aborted) return;
+          res.cork(() => {
+            try {
+              accept(res, context, requestId, principal, request);
+            } catch (error) {
+              refuseFor(res, requestId, error);
+            }
+          });
+        },
+        (error: unknown) => {
+          if (!upgrading.aborted) refuseFor(res, requestId, error);
+        },
+      );
+      return;
+    }
+    accept(res, context, requestId, found, request);
+  }
+
+  /** The upgrade of a socket whose token was checked: refused (401, 404), or accepted and placed. */
+  function accept(
+    res: HttpResponse,
+    context: Parameters<HttpResponse['upgrade']>[4],
+    requestId: string,
+    principal: Principal | null,
+    request: { url: string; key: string; offered: string[]; protocolToken: string | undefined; extensions: string; ack: boolean },
+  ): void {
+    const { url, key, offered, protocolToken, extensions, ack } = request;
     if (!principal) {
       refuse(res, requestId, 'unauthorized', 'A valid token is required (Authorization header, Sec-WebSocket-Protocol or ?token=)');
       return;
@@ -431,6 +467,11 @@ class OversizeMemory {
     this.cut.delete(key);
     return until > Date.now();
   }
+}
+
+/** Whether the client of a pending upgrade went away (uWS's `onAborted`). */
+interface Upgrading {
+  aborted: boolean;
 }
 
 function refuse(res: HttpResponse, requestId: string, code: ErrorCode, message: string): void {

@@ -1,5 +1,6 @@
 import { compareSnowflakes } from '../../shared/snowflake.ts';
 import { UserFileDeletedError, type Storage, type UserFile } from '../storage/index.ts';
+import type { IndexEntry } from '../storage/directory-store.ts';
 import * as repo from './repo.ts';
 
 /** What a rebuild did. */
@@ -13,7 +14,7 @@ export interface IndexRebuild {
 }
 
 /**
- * Derives the directory's users index again from the user files, in one directory transaction:
+ * Derives the directory's users index again from the user files, in one directory step:
  * afterwards it holds one row per user file, made from its profile, and nothing else. The
  * sessions, relationships and DM channels of every account that keeps its row stay.
  *
@@ -26,7 +27,7 @@ export interface IndexRebuild {
  * A file whose account was deleted (a deletion that stopped before the file went) is no account
  * and gets no row. Throws, changing nothing, if a user file cannot be read.
  */
-export function rebuildDirectoryIndex(storage: Storage): IndexRebuild {
+export async function rebuildDirectoryIndex(storage: Storage): Promise<IndexRebuild> {
   const { directory, userFiles } = storage;
   const profiles = userFiles
     .list()
@@ -41,7 +42,7 @@ export function rebuildDirectoryIndex(storage: Storage): IndexRebuild {
       }
     });
   const holders = { username: new Map<string, string>(), email: new Map<string, string>() };
-  const kept: repo.IndexEntry[] = [];
+  const kept: IndexEntry[] = [];
   const leftOut: IndexRebuild['leftOut'] = [];
   for (const profile of profiles) {
     const username = profile.username.toLowerCase();
@@ -56,12 +57,7 @@ export function rebuildDirectoryIndex(storage: Storage): IndexRebuild {
       kept.push(profile);
     }
   }
-  const removed = directory.transaction(() => {
-    repo.releaseIndexedNames(directory);
-    repo.clearAllIndexPending(directory);
-    for (const profile of kept) repo.upsertIndexedUser(directory, profile);
-    return repo.deleteUnclaimedIndexRows(directory);
-  });
+  const removed = await directory.replaceUsers(kept);
   return { indexed: kept.length, removed, leftOut };
 }
 
@@ -85,15 +81,15 @@ export type IndexProblem =
  * now (the server may be running: a registration or a change between the two reads can show up
  * once, which is why doctor asks twice). Changes nothing.
  */
-export function checkDirectoryIndex(storage: Storage): IndexProblem[] {
+export async function checkDirectoryIndex(storage: Storage): Promise<IndexProblem[]> {
   const { directory, userFiles } = storage;
-  const rows = new Map(repo.listIndexed(directory).map((row) => [row.id, row]));
-  const pending = new Set(repo.listIndexPending(directory));
+  const rows = new Map((await directory.listUsers()).map((row) => [row.id, row]));
+  const pending = new Set(await directory.listPendingUsers());
   const problems: IndexProblem[] = [];
   const files = userFiles.list().sort(compareSnowflakes);
   for (const userId of files) {
     const row = rows.get(userId);
-    let entry: repo.IndexEntry;
+    let entry: IndexEntry;
     try {
       entry = userFiles.use(userId, entryOf);
     } catch (error) {
@@ -120,17 +116,12 @@ export function checkDirectoryIndex(storage: Storage): IndexProblem[] {
 }
 
 /** Derives one user's index row again from their file, and clears its pending mark. */
-export function rederiveIndexEntry(storage: Storage, userId: string): void {
-  const { directory, userFiles } = storage;
-  const entry = userFiles.use(userId, entryOf);
-  directory.transaction(() => {
-    repo.upsertIndexedUser(directory, entry);
-    repo.clearIndexPending(directory, userId);
-  });
+export async function rederiveIndexEntry(storage: Storage, userId: string): Promise<void> {
+  await storage.directory.settleUser(storage.userFiles.use(userId, entryOf));
 }
 
 /** The index entry a user file derives: under the id the file is found by (its name). */
-function entryOf(file: UserFile): repo.IndexEntry {
+function entryOf(file: UserFile): IndexEntry {
   const profile = repo.readProfile(file);
   return { id: file.userId, username: profile.username, email: profile.email, createdAt: profile.created_at };
 }

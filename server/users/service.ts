@@ -8,10 +8,12 @@ import { isSnowflake } from '../../shared/snowflake.ts';
 import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
-import { STORAGE_FAILURE, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
+import { KeyedLock } from '../core/keyed-lock.ts';
+import { STORAGE_FAILURE, guardStorage, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
 import type { Throttle, Throttles } from '../core/throttle.ts';
 import type { AvatarsService } from '../avatars/service.ts';
 import type { MfaService } from '../mfa/service.ts';
+import { NameTakenError, type IndexedUser, type NewSession } from '../storage/directory-store.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
 import { checkDirectoryIndex, rebuildDirectoryIndex, rederiveIndexEntry, type IndexProblem, type IndexRebuild } from './directory-index.ts';
 import { PasswordHasher } from './passwords.ts';
@@ -37,9 +39,9 @@ const CURRENT_PASSWORD_WINDOW_S = 15 * 60;
 
 /**
  * Runs inside a password change, once the change is decided and before the new password is stored;
- * if it throws, the password does not change.
+ * if it rejects, the password does not change.
  */
-export type PasswordChangeHandler = (principal: Principal) => void;
+export type PasswordChangeHandler = (principal: Principal) => Promise<void>;
 
 /** A new account, announced once it exists (its file and index entry committed). */
 export interface RegisteredUser {
@@ -84,6 +86,12 @@ export class UsersService {
   private readonly currentPasswordThrottle: Throttle;
   private readonly registeredListeners = new Set<(user: RegisteredUser) => void>();
   private readonly emailChangeListeners = new Set<(change: EmailChange) => void>();
+  /**
+   * A user's changes that write both the directory and their file, one at a time: the directory's
+   * step and the file's are atomic each, not together, so two changes of one account must not
+   * interleave (of two password changes from the same password, exactly one wins).
+   */
+  private readonly changes = new KeyedLock();
 
   constructor(private readonly deps: UsersDeps) {
     this.currentPasswordThrottle = deps.throttles({
@@ -126,35 +134,31 @@ export class UsersService {
 
   /**
    * Creates the user file and indexes it; 409 if the username or email is taken (race-safe).
-   * `inSameTransaction` runs in the directory transaction that indexes the user (registration
-   * creates the first session there): if it throws, the account is not created at all.
+   * `firstSession` (registration) is started in the same directory step that indexes the user:
+   * an account never exists without it, nor it without the account. Returns the new id.
    */
-  async create<T>(body: RegisterBody, inSameTransaction: (user: { id: string }) => T): Promise<{ id: string; result: T }> {
+  async create(body: RegisterBody, firstSession?: (userId: string) => NewSession): Promise<string> {
     const weakness = passwordWeakness(body.password, body);
     if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
     const { directory, userFiles } = this.deps.storage;
     try {
       // Fast answer for the common case; the unique index below settles races.
-      this.assertAvailable(body.username, body.email, null);
+      await this.assertAvailable(body.username, body.email, null);
       const passwordHash = await this.hasher.hash(body.password);
       const id = this.deps.storage.nextId();
       const user = { id, username: body.username, email: body.email, createdAt: nowSeconds() };
       // The user file first, then the index entry that makes the account exist: a failure in
       // between leaves only a file nobody indexed, removed here (storage/schema.ts).
       userFiles.create(id, (f) => repo.insertProfile(f, { ...user, passwordHash }));
-      let result: T;
       try {
-        result = directory.transaction(() => {
-          repo.indexUser(directory, user);
-          return inSameTransaction({ id });
-        });
+        await directory.indexUser(user, firstSession?.(id));
       } catch (error) {
         userFiles.remove(id);
         throw conflictError(error) ?? error;
       }
       this.deps.logger.info({ userId: id }, 'user registered');
       this.announce(this.registeredListeners, { id, username: body.username, email: body.email }, 'a registration');
-      return { id, result };
+      return id;
     } catch (error) {
       throw unavailableOnStorageFailure(this.deps.logger, error, STORAGE_FAILURE.register);
     }
@@ -180,8 +184,8 @@ export class UsersService {
   }
 
   /** The public object of an indexed user; 404 for ids that are not accounts. */
-  publicUser(userId: string): PublicUser {
-    if (!isSnowflake(userId) || !this.reading(() => repo.findIndexedById(this.deps.storage.directory, userId))) {
+  async publicUser(userId: string): Promise<PublicUser> {
+    if (!isSnowflake(userId) || !(await this.readingDirectory((directory) => directory.findUserById(userId)))) {
       throw new AppError('user_not_found', 'No user with that id');
     }
     const { row, avatarUrl } = this.profile(userId);
@@ -194,16 +198,16 @@ export class UsersService {
     };
   }
 
-  findByUsername(username: string): PublicUser {
-    const indexed = this.reading(() => repo.findIndexedByUsername(this.deps.storage.directory, username));
+  async findByUsername(username: string): Promise<PublicUser> {
+    const indexed = await this.readingDirectory((directory) => directory.findUserByUsername(username));
     if (!indexed) throw new AppError('user_not_found', 'No user with that username');
     return this.publicUser(indexed.id);
   }
 
   /** The account a login names: a username, or an email when it contains "@"; any case. */
-  idForLogin(login: string): string | undefined {
-    const { directory } = this.deps.storage;
-    return this.reading(() => (login.includes('@') ? repo.findIndexedByEmail(directory, login) : repo.findIndexedByUsername(directory, login)))?.id;
+  async idForLogin(login: string): Promise<string | undefined> {
+    const found = await this.readingDirectory((directory) => (login.includes('@') ? directory.findUserByEmail(login) : directory.findUserByUsername(login)));
+    return found?.id;
   }
 
   /**
@@ -255,26 +259,31 @@ export class UsersService {
   /**
    * Sets a new password without the current one, for an account whose address a mailed token
    * proved (a password reset); the same strength rules as a change (400 `weak_password`). Returns
-   * false, changing nothing, when the profile no longer has `address`. `inChange` runs under the
-   * user file's write lock, after that check and before the new hash is stored (sessions end
-   * first: storage/schema.ts); if it throws, nothing changes. The reset also marks the address
-   * verified: the mail reached it.
+   * false, changing nothing, when the profile no longer has `address`. `inChange` runs after that
+   * check and before the new hash is stored (sessions end first: storage/schema.ts), with the
+   * account's other changes held off; if it rejects, nothing changes. The reset also marks the
+   * address verified: the mail reached it.
    */
-  async resetPassword(userId: string, address: string, password: string, inChange: () => void): Promise<boolean> {
+  async resetPassword(userId: string, address: string, password: string, inChange: () => Promise<void>): Promise<boolean> {
     const before = this.reading(() => repo.readProfile(this.file(userId)));
     if (!sameAddress(before.email, address)) return false;
     const weakness = passwordWeakness(password, { username: before.username, email: before.email });
     if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
     const passwordHash = await this.hasher.hash(password);
-    // Fetched after the await: an unpinned handle may have been evicted meanwhile.
-    const file = this.file(userId);
-    return file.transaction(() => {
-      const profile = repo.readProfile(file);
-      if (!sameAddress(profile.email, address)) return false;
-      inChange();
-      repo.updateProfilePasswordHash(file, passwordHash);
-      if (profile.email_verified !== 1) repo.updateProfileEmail(file, profile.email, true);
-      return true;
+    return this.changes.run(userId, async () => {
+      if (!sameAddress(repo.readProfile(this.file(userId)).email, address)) return false;
+      await inChange();
+      // Fetched after the await: an unpinned handle may have been evicted meanwhile.
+      const file = this.file(userId);
+      return file.transaction(() => {
+        // Another process (an admin command) may have changed the address meanwhile: then the
+        // sessions are over and the old password stays, the state a crash between the two leaves.
+        const profile = repo.readProfile(file);
+        if (!sameAddress(profile.email, address)) return false;
+        repo.updateProfilePasswordHash(file, passwordHash);
+        if (profile.email_verified !== 1) repo.updateProfileEmail(file, profile.email, true);
+        return true;
+      });
     });
   }
 
@@ -287,10 +296,10 @@ export class UsersService {
   // --- administration (`plexichat admin …`): the same files and rules, from another process ----
 
   /** The account a reference names: its id, username or email (any case); 404 when none. */
-  resolveAccount(reference: string): string {
+  async resolveAccount(reference: string): Promise<string> {
     const { directory } = this.deps.storage;
-    const byId = isSnowflake(reference) ? repo.findIndexedById(directory, reference) : undefined;
-    const id = byId?.id ?? this.idForLogin(reference);
+    const byId = isSnowflake(reference) ? await directory.findUserById(reference) : undefined;
+    const id = byId?.id ?? (await this.idForLogin(reference));
     if (id === undefined) throw new AppError('user_not_found', `No account with the id, username or email ${JSON.stringify(reference)}`);
     return id;
   }
@@ -299,8 +308,8 @@ export class UsersService {
    * Every account of the index, oldest first, as its file describes it. An index row whose file
    * is gone is no account anyone can use, and is left out (doctor reports it).
    */
-  listAccounts(): AccountSummary[] {
-    return repo.listIndexed(this.deps.storage.directory).flatMap(({ id }) => {
+  async listAccounts(): Promise<AccountSummary[]> {
+    return (await this.deps.storage.directory.listUsers()).flatMap(({ id }) => {
       let profile: ReturnType<UsersService['profile']>;
       try {
         profile = this.profile(id);
@@ -377,32 +386,32 @@ export class UsersService {
 
   /**
    * Sets a new password without the current one (an administrator's reset), with the same
-   * strength rules (400 `weak_password`). `inChange` runs under the user file's write lock before
-   * the new hash is stored (auth ends every session there: storage/schema.ts); if it throws,
-   * nothing changes.
+   * strength rules (400 `weak_password`). `inChange` runs before the new hash is stored (auth
+   * ends every session there: storage/schema.ts), with the account's other changes held off; if
+   * it rejects, nothing changes.
    */
-  async setPassword(userId: string, password: string, inChange: () => void): Promise<void> {
+  async setPassword(userId: string, password: string, inChange: () => Promise<void>): Promise<void> {
     const before = this.reading(() => repo.readProfile(this.file(userId)));
     const weakness = passwordWeakness(password, { username: before.username, email: before.email });
     if (weakness) throw new AppError('weak_password', weakness, { errors: [{ path: 'password', message: weakness }] });
     const passwordHash = await this.hasher.hash(password);
-    // Fetched after the await: an unpinned handle may have been evicted meanwhile.
-    const file = this.file(userId);
-    file.transaction(() => {
-      inChange();
-      repo.updateProfilePasswordHash(file, passwordHash);
+    await this.changes.run(userId, async () => {
+      await inChange();
+      // Fetched after the await: an unpinned handle may have been evicted meanwhile.
+      const file = this.file(userId);
+      file.transaction(() => repo.updateProfilePasswordHash(file, passwordHash));
     });
   }
 
   /**
    * Deletes the account, in the order in which stopping anywhere is safe (storage/schema.ts): the
    * file is marked deleted first (from then on it is no account: every process stops using it, and
-   * no rebuild of the index brings it back); `inDirectory` (auth: every session ends) runs in the
-   * directory transaction that removes the index row, and with it everything of the account the
-   * directory holds (relationships, DM channels, mailed tokens); the file goes last. Running it
-   * again finishes a deletion that stopped half-way.
+   * no rebuild of the index brings it back); then the directory's row goes, and with it
+   * everything of the account the directory holds (sessions, relationships, DM channels, mailed
+   * tokens); the file goes last. Running it again finishes a deletion that stopped half-way.
+   * Returns the sessions that ended, for their sockets to be closed.
    */
-  deleteAccount(userId: string, inDirectory: () => void): void {
+  async deleteAccount(userId: string): Promise<string[]> {
     const { directory, userFiles } = this.deps.storage;
     try {
       userFiles.markDeleted(userId, nowSeconds());
@@ -410,12 +419,10 @@ export class UsersService {
       // Marked already (a deletion that stopped half-way), or no file at all: the rest still goes.
       if (!(error instanceof UserFileMissingError)) throw error;
     }
-    directory.transaction(() => {
-      inDirectory();
-      repo.unindexUser(directory, userId);
-    });
+    const ended = await directory.deleteUser(userId);
     userFiles.remove(userId);
     this.deps.logger.info({ userId }, 'account deleted');
+    return ended;
   }
 
   /** Copies the account's file to `destination` (which must not exist) while it stays in use: everything of the account, credentials included. */
@@ -432,7 +439,7 @@ export class UsersService {
    */
   async importAccount(source: string): Promise<{ id: string; username: string; email: string }> {
     const { directory, userFiles } = this.deps.storage;
-    const entry = await userFiles.adopt(source, (file) => {
+    const entry = await userFiles.adopt(source, async (file) => {
       let profile: repo.ProfileRow;
       try {
         profile = repo.readProfile(file);
@@ -440,14 +447,14 @@ export class UsersService {
         throw new AppError('invalid_input', `${source} is not a Plexichat user file (${error instanceof Error ? error.message : String(error)})`);
       }
       const found = { userId: profile.id, username: profile.username, email: profile.email, createdAt: profile.created_at };
-      if (isSnowflake(found.userId) && repo.findIndexedById(directory, found.userId)) {
+      if (isSnowflake(found.userId) && (await directory.findUserById(found.userId))) {
         throw new AppError('already_exists', `An account with the id ${found.userId} exists here already`);
       }
-      this.assertAvailable(found.username, found.email, null);
+      await this.assertAvailable(found.username, found.email, null);
       return found;
     });
     try {
-      directory.transaction(() => repo.indexUser(directory, { id: entry.userId, username: entry.username, email: entry.email, createdAt: entry.createdAt }));
+      await directory.indexUser({ id: entry.userId, username: entry.username, email: entry.email, createdAt: entry.createdAt });
     } catch (error) {
       userFiles.remove(entry.userId);
       throw conflictError(error) ?? error;
@@ -458,12 +465,12 @@ export class UsersService {
   }
 
   /** How the directory's users index disagrees with the user files (doctor); changes nothing. */
-  checkDirectoryIndex(): IndexProblem[] {
+  checkDirectoryIndex(): Promise<IndexProblem[]> {
     return checkDirectoryIndex(this.deps.storage);
   }
 
   /** Derives the whole users index again from the user files (doctor --fix; see rebuildDirectoryIndex). */
-  rebuildDirectoryIndex(): IndexRebuild {
+  rebuildDirectoryIndex(): Promise<IndexRebuild> {
     return rebuildDirectoryIndex(this.deps.storage);
   }
 
@@ -479,19 +486,19 @@ export class UsersService {
    * rows a change left pending (the server stopped between its two writes) are derived again.
    * A rebuild that fails stops the start: a server with an empty index would refuse every login.
    */
-  repairDirectoryIndex(): void {
+  async repairDirectoryIndex(): Promise<void> {
     const { storage, logger } = this.deps;
-    if (repo.countIndexed(storage.directory) === 0 && storage.userFiles.list().length > 0) {
-      const rebuilt = rebuildDirectoryIndex(storage);
+    if ((await storage.directory.countUsers()) === 0 && storage.userFiles.list().length > 0) {
+      const rebuilt = await rebuildDirectoryIndex(storage);
       logger.warn({ indexed: rebuilt.indexed }, "rebuilt the directory's users index from the user files (it was empty)");
       for (const left of rebuilt.leftOut) {
         logger.error(left, `a user file was left out of the rebuilt index: a newer account has the same ${left.field}; rename or remove that file`);
       }
       return;
     }
-    for (const userId of repo.listIndexPending(storage.directory)) {
+    for (const userId of await storage.directory.listPendingUsers()) {
       try {
-        rederiveIndexEntry(storage, userId);
+        await rederiveIndexEntry(storage, userId);
         logger.warn({ userId }, 'derived a directory index entry again from its user file (a change had stopped half-way)');
       } catch (error) {
         logger.error({ err: error, userId }, 'could not derive a directory index entry from its user file; it stays pending');
@@ -528,47 +535,45 @@ export class UsersService {
 
     const newUsername = body.username !== undefined && body.username !== before.username ? body.username : undefined;
     const newEmail = body.email !== undefined && body.email !== before.email ? body.email : undefined;
-    this.assertAvailable(
+    await this.assertAvailable(
       newUsername !== undefined && newUsername.toLowerCase() !== before.username.toLowerCase() ? newUsername : null,
       newEmail !== undefined && newEmail.toLowerCase() !== before.email.toLowerCase() ? newEmail : null,
       userId,
     );
 
-    const { directory } = this.deps.storage;
-    // Fetched after the awaits above: an unpinned handle may have been evicted meanwhile.
-    const file = this.file(userId);
-    let indexAhead = false;
-    try {
-      // The user file's write lock is held from the check below to the profile's commit; the
-      // directory's writes commit inside it, first (storage/schema.ts has the rule and why).
-      file.transaction(() => {
-        // current_password was checked against `before` while hashing (no lock held): if another
-        // change committed since, it no longer proves anything. Checked under the lock, so of two
-        // changes racing from the same old password exactly one wins.
-        if (newPasswordHash !== undefined && repo.readProfile(file).password_hash !== before.password_hash) {
-          throw invalidCurrentPassword();
-        }
+    await this.changes.run(userId, async () => {
+      // current_password was checked against `before` while hashing (no lock held): if another
+      // change committed since, it no longer proves anything. Checked with the account's other
+      // changes held off, so of two changes racing from the same old password exactly one wins.
+      const stale = () => newPasswordHash !== undefined && repo.readProfile(this.file(userId)).password_hash !== before.password_hash;
+      if (stale()) throw invalidCurrentPassword();
+      let indexAhead = false;
+      try {
+        // The directory first (storage/schema.ts has the order and why): the new names are claimed
+        // (409 if taken) and the row marked pending until the profile is written.
         if (newUsername !== undefined || newEmail !== undefined) {
-          directory.transaction(() => {
-            repo.markIndexPending(directory, userId);
-            if (newUsername !== undefined) repo.reindexUsername(directory, userId, newUsername);
-            if (newEmail !== undefined) repo.reindexEmail(directory, userId, newEmail);
-          });
           indexAhead = true;
+          await this.deps.storage.directory.claimNames(userId, { username: newUsername, email: newEmail });
         }
         // Before the new hash is stored: stopped in between, sessions are over and the old password
         // still works; never the other way round.
-        endOtherSessions?.(principal);
-        if (newUsername !== undefined) repo.updateProfileUsername(file, newUsername);
-        if (newEmail !== undefined) repo.updateProfileEmail(file, newEmail, sameAddress(newEmail, before.email) && before.email_verified === 1);
-        if (newPasswordHash !== undefined) repo.updateProfilePasswordHash(file, newPasswordHash);
-      });
-    } catch (error) {
-      // The index may now be ahead of a profile that was not written: derive it from the file again.
-      if (indexAhead) this.settleIndexEntry(userId);
-      throw conflictError(error) ?? error;
-    }
-    if (indexAhead) this.settleIndexEntry(userId);
+        await endOtherSessions?.(principal);
+        // Fetched after the awaits: an unpinned handle may have been evicted meanwhile.
+        const file = this.file(userId);
+        file.transaction(() => {
+          // Another process (an admin command) may have set a password meanwhile.
+          if (stale()) throw invalidCurrentPassword();
+          if (newUsername !== undefined) repo.updateProfileUsername(file, newUsername);
+          if (newEmail !== undefined) repo.updateProfileEmail(file, newEmail, sameAddress(newEmail, before.email) && before.email_verified === 1);
+          if (newPasswordHash !== undefined) repo.updateProfilePasswordHash(file, newPasswordHash);
+        });
+      } catch (error) {
+        throw conflictError(error) ?? error;
+      } finally {
+        // The index may be ahead of a profile that was not written: derived from the file again.
+        if (indexAhead) await this.settleIndexEntry(userId);
+      }
+    });
     if (newEmail === undefined || sameAddress(newEmail, before.email)) return undefined;
     return { userId, username: newUsername ?? before.username, previousEmail: before.email, email: newEmail };
   }
@@ -589,19 +594,19 @@ export class UsersService {
    * landed) and clears its pending mark. If even that fails, the mark stays and the next start
    * derives it; until then the row may name what the file does not.
    */
-  private settleIndexEntry(userId: string): void {
+  private async settleIndexEntry(userId: string): Promise<void> {
     try {
-      rederiveIndexEntry(this.deps.storage, userId);
+      await rederiveIndexEntry(this.deps.storage, userId);
     } catch (error) {
       this.deps.logger.error({ err: error, userId }, 'could not derive a directory index entry from its user file; the next start will');
     }
   }
 
-  private assertAvailable(username: string | null, email: string | null, selfId: string | null): void {
+  private async assertAvailable(username: string | null, email: string | null, selfId: string | null): Promise<void> {
     const { directory } = this.deps.storage;
-    const byName = username === null ? undefined : repo.findIndexedByUsername(directory, username);
+    const byName: IndexedUser | undefined = username === null ? undefined : await directory.findUserByUsername(username);
     if (byName && byName.id !== selfId) throw conflictFor('username');
-    const byEmail = email === null ? undefined : repo.findIndexedByEmail(directory, email);
+    const byEmail: IndexedUser | undefined = email === null ? undefined : await directory.findUserByEmail(email);
     if (byEmail && byEmail.id !== selfId) throw conflictFor('email');
   }
 
@@ -615,6 +620,11 @@ export class UsersService {
     return this.reading(() =>
       file.memo('profile', () => ({ row: repo.readProfile(file), avatarUrl: this.deps.avatars.urlOf(file), totpEnabled: this.deps.mfa.totpEnabledOf(file) })),
     );
+  }
+
+  /** A read of the directory, answering a failure a retry can cure with 503 instead of 500. */
+  private readingDirectory<T>(read: (directory: Storage['directory']) => Promise<T>): Promise<T> {
+    return guardStorage(this.deps.logger, STORAGE_FAILURE.read, () => read(this.deps.storage.directory));
   }
 
   /** Runs a read, answering a storage failure a retry can cure with 503 instead of 500. */
@@ -638,8 +648,7 @@ function conflictFor(field: 'username' | 'email'): AppError {
 }
 
 function conflictError(error: unknown): AppError | null {
-  const field = repo.uniqueConflict(error);
-  return field ? conflictFor(field) : null;
+  return error instanceof NameTakenError ? conflictFor(error.field) : null;
 }
 
 /** Addresses are unique case-insensitively (the index): two spellings of one are the same address. */

@@ -1,0 +1,366 @@
+import type { RelationshipType } from '../../shared/schemas/relationships.ts';
+import { DirectoryFile } from './directory.ts';
+import {
+  NameTakenError,
+  type DeviceSessionRow,
+  type DirectoryStore,
+  type DmChannelRow,
+  type IndexEntry,
+  type IndexedUser,
+  type MailTokenPurpose,
+  type MailTokenRow,
+  type NewMailToken,
+  type NewSession,
+  type RelationshipPair,
+  type RelationshipRow,
+  type SessionRow,
+  type StoredIndexRow,
+} from './directory-store.ts';
+
+/**
+ * The directory of one node: `<dataDir>/directory.sqlite` (schema: storage/schema.ts). Each method
+ * is one IMMEDIATE transaction (or one statement), run synchronously: the promise it returns is
+ * settled before anything else runs, so a caller inside a user file's transaction may not await it,
+ * but gets it committed before its own commit all the same.
+ */
+export class SqliteDirectory implements DirectoryStore {
+  readonly file: DirectoryFile;
+
+  constructor(dataDirOrFile: string | DirectoryFile) {
+    this.file = typeof dataDirOrFile === 'string' ? new DirectoryFile(dataDirOrFile) : dataDirOrFile;
+  }
+
+  // Users index.
+
+  async indexUser(entry: IndexEntry, firstSession?: NewSession): Promise<void> {
+    this.indexUserNow(entry, firstSession);
+  }
+
+  /** `indexUser`, synchronously (a registration's step inside its own flow). */
+  indexUserNow(entry: IndexEntry, firstSession?: NewSession): void {
+    this.transaction(() => {
+      this.file
+        .stmt('INSERT INTO users (id, username, username_lower, email_lower, created_at) VALUES (?, ?, ?, ?, ?)')
+        .run(entry.id, entry.username, entry.username.toLowerCase(), entry.email.toLowerCase(), entry.createdAt);
+      if (firstSession !== undefined && !this.insertSession(firstSession, 0)) {
+        throw new Error(`the credential epoch of user ${entry.id} changed inside its own creation`);
+      }
+    });
+  }
+
+  async findUserByUsername(username: string): Promise<IndexedUser | undefined> {
+    return this.file.stmt('SELECT id, username FROM users WHERE username_lower = ?').get(username.toLowerCase()) as IndexedUser | undefined;
+  }
+
+  async findUserByEmail(email: string): Promise<IndexedUser | undefined> {
+    return this.file.stmt('SELECT id, username FROM users WHERE email_lower = ?').get(email.toLowerCase()) as IndexedUser | undefined;
+  }
+
+  async findUserById(id: string): Promise<IndexedUser | undefined> {
+    return this.file.stmt('SELECT id, username FROM users WHERE id = ?').get(id) as IndexedUser | undefined;
+  }
+
+  async countUsers(): Promise<number> {
+    return (this.file.stmt('SELECT count(*) AS n FROM users').get() as { n: number }).n;
+  }
+
+  async listUsers(): Promise<StoredIndexRow[]> {
+    return this.file.stmt('SELECT id, username, email_lower, created_at FROM users ORDER BY length(id), id').all() as StoredIndexRow[];
+  }
+
+  async claimNames(userId: string, names: { username?: string | undefined; email?: string | undefined }): Promise<void> {
+    this.transaction(() => {
+      this.file.stmt('INSERT OR IGNORE INTO users_index_pending (user_id) VALUES (?)').run(userId);
+      if (names.username !== undefined) {
+        this.file.stmt('UPDATE users SET username = ?, username_lower = ? WHERE id = ?').run(names.username, names.username.toLowerCase(), userId);
+      }
+      if (names.email !== undefined) this.file.stmt('UPDATE users SET email_lower = ? WHERE id = ?').run(names.email.toLowerCase(), userId);
+    });
+  }
+
+  async settleUser(entry: IndexEntry): Promise<void> {
+    this.transaction(() => {
+      this.upsertUser(entry);
+      this.file.stmt('DELETE FROM users_index_pending WHERE user_id = ?').run(entry.id);
+    });
+  }
+
+  async listPendingUsers(): Promise<string[]> {
+    return (this.file.stmt('SELECT user_id FROM users_index_pending').all() as { user_id: string }[]).map((row) => row.user_id);
+  }
+
+  async replaceUsers(entries: readonly IndexEntry[]): Promise<string[]> {
+    return this.transaction(() => {
+      // Every row first gives up its names for a placeholder no real one can equal (`#` is in no
+      // username, and an email has an `@`), so the rows written next may take any name whatever
+      // row held it before; the rows nobody wrote still hold the placeholder, and go.
+      this.file.stmt("UPDATE users SET username_lower = '#' || id, email_lower = '#' || id").run();
+      this.file.stmt('DELETE FROM users_index_pending').run();
+      for (const entry of entries) this.upsertUser(entry);
+      const rows = this.file.stmt("DELETE FROM users WHERE username_lower = '#' || id RETURNING id").all() as { id: string }[];
+      return rows.map((row) => row.id);
+    });
+  }
+
+  async deleteUser(userId: string): Promise<string[]> {
+    return this.transaction(() => {
+      const sessions = this.file.stmt('SELECT id FROM sessions WHERE user_id = ?').all(userId) as { id: string }[];
+      // ON DELETE CASCADE takes everything else of the account with the row.
+      this.file.stmt('DELETE FROM users WHERE id = ?').run(userId);
+      return sessions.map((row) => row.id);
+    });
+  }
+
+  // Sessions.
+
+  async readCredentialEpoch(userId: string): Promise<number> {
+    const row = this.file.stmt('SELECT epoch FROM credential_epochs WHERE user_id = ?').get(userId) as { epoch: number } | undefined;
+    return row?.epoch ?? 0;
+  }
+
+  async insertSessionIfEpoch(session: NewSession, epoch: number): Promise<boolean> {
+    return this.insertSession(session, epoch);
+  }
+
+  async findSessionByTokenHash(tokenHash: Buffer): Promise<SessionRow | undefined> {
+    return this.findSessionByTokenHashNow(tokenHash);
+  }
+
+  /** `findSessionByTokenHash`, synchronously: a token check needs no turn of the event loop here. */
+  findSessionByTokenHashNow(tokenHash: Buffer): SessionRow | undefined {
+    return this.file.stmt('SELECT id, user_id, created_at, last_used_at FROM sessions WHERE token_hash = ?').get(tokenHash) as SessionRow | undefined;
+  }
+
+  async listUserSessions(userId: string): Promise<DeviceSessionRow[]> {
+    return this.file
+      .stmt('SELECT id, device_name, user_agent, created_at, last_used_at FROM sessions WHERE user_id = ? ORDER BY last_used_at DESC, length(id) DESC, id DESC')
+      .all(userId) as DeviceSessionRow[];
+  }
+
+  async touchSession(sessionId: string, now: number): Promise<void> {
+    this.file.stmt('UPDATE sessions SET last_used_at = ? WHERE id = ?').run(now, sessionId);
+  }
+
+  async deleteSession(sessionId: string): Promise<boolean> {
+    return this.file.stmt('DELETE FROM sessions WHERE id = ?').run(sessionId).changes > 0;
+  }
+
+  async deleteUserSession(userId: string, sessionId: string): Promise<boolean> {
+    return this.file.stmt('DELETE FROM sessions WHERE id = ? AND user_id = ?').run(sessionId, userId).changes > 0;
+  }
+
+  async deleteOtherSessions(userId: string, keepSessionId: string): Promise<string[]> {
+    return this.deleteSessionsOf(userId, keepSessionId);
+  }
+
+  async endCredentials(userId: string, keepSessionId: string | null): Promise<string[]> {
+    return this.transaction(() => {
+      this.file.stmt('INSERT INTO credential_epochs (user_id, epoch) VALUES (?, 1) ON CONFLICT (user_id) DO UPDATE SET epoch = epoch + 1').run(userId);
+      // No session has the empty id: with no session to keep, all of them go.
+      return this.deleteSessionsOf(userId, keepSessionId ?? '');
+    });
+  }
+
+  async sweepSessions(inUse: readonly string[], now: number, idleBefore: number, createdBefore: number): Promise<string[]> {
+    return this.transaction(() => {
+      const touch = this.file.stmt('UPDATE sessions SET last_used_at = ? WHERE id = ?');
+      for (const id of inUse) touch.run(now, id);
+      const rows = this.file.stmt('DELETE FROM sessions WHERE last_used_at <= ? OR created_at <= ? RETURNING id').all(idleBefore, createdBefore) as {
+        id: string;
+      }[];
+      return rows.map((row) => row.id);
+    });
+  }
+
+  async existingSessions(sessionIds: readonly string[]): Promise<Set<string>> {
+    return this.existingSessionsNow(sessionIds);
+  }
+
+  /** `existingSessions`, synchronously (a look after another process's commit). */
+  existingSessionsNow(sessionIds: readonly string[]): Set<string> {
+    const rows = this.file.stmt('SELECT id FROM sessions WHERE id IN (SELECT value FROM json_each(?))').all(JSON.stringify(sessionIds)) as { id: string }[];
+    return new Set(rows.map((row) => row.id));
+  }
+
+  // Relationships.
+
+  async readRelationshipPair(userId: string, otherId: string): Promise<RelationshipPair> {
+    return { mine: this.findRelationship(userId, otherId), theirs: this.findRelationship(otherId, userId) };
+  }
+
+  async replaceRelationshipPair(userId: string, otherId: string, expected: RelationshipPair, next: RelationshipPair, changedId: string): Promise<boolean> {
+    return this.transaction(() => {
+      if (this.findRelationship(userId, otherId) !== expected.mine || this.findRelationship(otherId, userId) !== expected.theirs) return false;
+      this.writeRelationship(userId, otherId, next.mine, changedId);
+      this.writeRelationship(otherId, userId, next.theirs, changedId);
+      return true;
+    });
+  }
+
+  async listRelationships(userId: string): Promise<RelationshipRow[]> {
+    return this.file
+      .stmt('SELECT other_id, type FROM relationships WHERE user_id = ? ORDER BY length(changed_id) DESC, changed_id DESC')
+      .all(userId) as RelationshipRow[];
+  }
+
+  // DM channels.
+
+  async openDmChannel(userId: string, recipientId: string, newId: string, createdAt: number): Promise<string> {
+    const [low, high] = userId < recipientId ? [userId, recipientId] : [recipientId, userId];
+    // The unique key on the ordered pair settles races (also between processes sharing the
+    // directory): a losing insert does nothing and the select finds the winner's channel.
+    this.file
+      .stmt('INSERT INTO dm_channels (id, user_low, user_high, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (user_low, user_high) DO NOTHING')
+      .run(newId, low, high, createdAt);
+    const row = this.file.stmt('SELECT id FROM dm_channels WHERE user_low = ? AND user_high = ?').get(low, high) as { id: string } | undefined;
+    if (row === undefined) throw new Error(`DM channel of ${low} and ${high} missing right after its insert`);
+    return row.id;
+  }
+
+  async listDmChannels(userId: string): Promise<DmChannelRow[]> {
+    return this.file
+      .stmt(
+        `SELECT id, recipient_id, last_message_id FROM (
+           SELECT id, user_high AS recipient_id, last_message_id FROM dm_channels WHERE user_low = ?
+           UNION ALL
+           SELECT id, user_low AS recipient_id, last_message_id FROM dm_channels WHERE user_high = ?
+         )
+         ORDER BY length(COALESCE(last_message_id, id)) DESC, COALESCE(last_message_id, id) DESC`,
+      )
+      .all(userId, userId) as DmChannelRow[];
+  }
+
+  // Mail tokens.
+
+  async insertMailToken(token: NewMailToken, now: number): Promise<void> {
+    this.transaction(() => {
+      this.file.stmt('DELETE FROM mail_tokens WHERE expires_at <= ?').run(now);
+      this.file
+        .stmt('INSERT INTO mail_tokens (token_hash, user_id, purpose, email_lower, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(token.hash, token.userId, token.purpose, token.emailLower, token.createdAt, token.expiresAt);
+    });
+  }
+
+  async findLiveMailToken(tokenHash: Buffer, purpose: MailTokenPurpose, now: number): Promise<MailTokenRow | undefined> {
+    return this.file
+      .stmt('SELECT user_id, email_lower FROM mail_tokens WHERE token_hash = ? AND purpose = ? AND expires_at > ?')
+      .get(tokenHash, purpose, now) as MailTokenRow | undefined;
+  }
+
+  async takeLiveMailToken(tokenHash: Buffer, purpose: MailTokenPurpose, now: number): Promise<boolean> {
+    return this.takeToken(tokenHash, purpose, now);
+  }
+
+  async spendResetToken(tokenHash: Buffer, userId: string, now: number): Promise<string[] | null> {
+    return this.transaction(() => {
+      if (!this.takeToken(tokenHash, 'reset_password', now)) return null;
+      this.file.stmt("DELETE FROM mail_tokens WHERE user_id = ? AND purpose = 'reset_password'").run(userId);
+      this.file.stmt('INSERT INTO credential_epochs (user_id, epoch) VALUES (?, 1) ON CONFLICT (user_id) DO UPDATE SET epoch = epoch + 1').run(userId);
+      return this.deleteSessionsOf(userId, '');
+    });
+  }
+
+  async deleteMailToken(tokenHash: Buffer): Promise<void> {
+    this.file.stmt('DELETE FROM mail_tokens WHERE token_hash = ?').run(tokenHash);
+  }
+
+  async deleteMailTokensOf(userId: string, purpose?: MailTokenPurpose): Promise<void> {
+    if (purpose === undefined) this.file.stmt('DELETE FROM mail_tokens WHERE user_id = ?').run(userId);
+    else this.file.stmt('DELETE FROM mail_tokens WHERE user_id = ? AND purpose = ?').run(userId, purpose);
+  }
+
+  changedElsewhere(): boolean {
+    return this.file.changedElsewhere();
+  }
+
+  async close(): Promise<void> {
+    this.file.close();
+  }
+
+  /** One IMMEDIATE transaction; a unique-name collision becomes `NameTakenError`. */
+  private transaction<T>(fn: () => T): T {
+    try {
+      return this.file.transaction(fn);
+    } catch (error) {
+      throw nameTaken(error) ?? error;
+    }
+  }
+
+  private upsertUser(entry: IndexEntry): void {
+    this.file
+      .stmt(
+        `INSERT INTO users (id, username, username_lower, email_lower, created_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET username = excluded.username, username_lower = excluded.username_lower,
+           email_lower = excluded.email_lower, created_at = excluded.created_at`,
+      )
+      .run(entry.id, entry.username, entry.username.toLowerCase(), entry.email.toLowerCase(), entry.createdAt);
+  }
+
+  /**
+   * One statement, so the check and the insert are one atomic step: a password change that commits
+   * while a login is verifying either comes first, and this inserts nothing, or comes after, and
+   * deletes the session. An account deleted meanwhile took its epoch row with it: nothing either.
+   */
+  private insertSession(session: NewSession, epoch: number): boolean {
+    return (
+      this.file
+        .stmt(
+          `INSERT INTO sessions (id, token_hash, user_id, created_at, last_used_at, user_agent, device_name)
+           SELECT ?, ?, ?, ?, ?, ?, ? WHERE COALESCE((SELECT epoch FROM credential_epochs WHERE user_id = ?), 0) = ?
+             AND EXISTS (SELECT 1 FROM users WHERE id = ?)`,
+        )
+        .run(
+          session.id,
+          session.tokenHash,
+          session.userId,
+          session.now,
+          session.now,
+          session.userAgent,
+          session.deviceName,
+          session.userId,
+          epoch,
+          session.userId,
+        ).changes === 1
+    );
+  }
+
+  private deleteSessionsOf(userId: string, keepSessionId: string): string[] {
+    const rows = this.file.stmt('DELETE FROM sessions WHERE user_id = ? AND id != ? RETURNING id').all(userId, keepSessionId) as { id: string }[];
+    return rows.map((row) => row.id);
+  }
+
+  private findRelationship(userId: string, otherId: string): RelationshipType | undefined {
+    const row = this.file.stmt('SELECT type FROM relationships WHERE user_id = ? AND other_id = ?').get(userId, otherId) as
+      | { type: RelationshipType }
+      | undefined;
+    return row?.type;
+  }
+
+  /** Sets the row (undefined: deletes it); `changedId` is kept only when the type really changes. */
+  private writeRelationship(userId: string, otherId: string, type: RelationshipType | undefined, changedId: string): void {
+    if (type === undefined) {
+      this.file.stmt('DELETE FROM relationships WHERE user_id = ? AND other_id = ?').run(userId, otherId);
+      return;
+    }
+    this.file
+      .stmt(
+        `INSERT INTO relationships (user_id, other_id, type, changed_id) VALUES (?, ?, ?, ?)
+         ON CONFLICT (user_id, other_id) DO UPDATE SET type = excluded.type, changed_id = excluded.changed_id
+         WHERE type <> excluded.type`,
+      )
+      .run(userId, otherId, type, changedId);
+  }
+
+  /** Deletes the token if it is of that purpose and still live: one statement, so exactly one taker wins. */
+  private takeToken(tokenHash: Buffer, purpose: MailTokenPurpose, now: number): boolean {
+    return this.file.stmt('DELETE FROM mail_tokens WHERE token_hash = ? AND purpose = ? AND expires_at > ?').run(tokenHash, purpose, now).changes === 1;
+  }
+}
+
+/** Which unique key a write collided with, as the store's error; null for any other failure. */
+function nameTaken(error: unknown): NameTakenError | null {
+  if (!(error instanceof Error) || (error as { code?: string }).code !== 'SQLITE_CONSTRAINT_UNIQUE') return null;
+  if (error.message.includes('users.username_lower')) return new NameTakenError('username');
+  if (error.message.includes('users.email_lower')) return new NameTakenError('email');
+  return null;
+}
