@@ -8,12 +8,16 @@
 import { after, describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { pino } from 'pino';
 import type { Redis } from 'ioredis';
 import { connectRedis } from '../server/cluster/redis.ts';
 import { RedisDirectory } from '../server/cluster/redis-directory.ts';
 import { type DirectoryStore, type IndexEntry, NameTakenError, type NewMailToken, type NewSession } from '../server/storage/directory-store.ts';
 import { isRetryableStorageError } from '../server/storage/errors.ts';
+import { SqliteDirectory } from '../server/storage/sqlite-directory.ts';
 import { missingRedis, RedisServer } from './helpers/redis.ts';
 
 interface OpenedStore {
@@ -61,7 +65,22 @@ async function openRedis(): Promise<OpenedStore> {
   };
 }
 
-const STORES: StoreUnderTest[] = [{ name: 'Redis', skip: missingRedis(), open: openRedis }];
+async function openSqlite(): Promise<OpenedStore> {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'plexichat-directory-'));
+  const store = new SqliteDirectory(dataDir);
+  return {
+    store,
+    async close() {
+      await store.close();
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+const STORES: StoreUnderTest[] = [
+  { name: 'SQLite', skip: undefined, open: openSqlite },
+  { name: 'Redis', skip: missingRedis(), open: openRedis },
+];
 
 // Fixtures. Ids are snowflake-like decimal strings; some differ in length on purpose, since
 // snowflakes compare as numbers (a shorter one is smaller) and as strings the other way round.
