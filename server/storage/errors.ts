@@ -32,6 +32,15 @@ export class NotOwnerError extends StorageBusyError {
   }
 }
 
+/**
+ * Cluster mode: the directory's Redis did not answer (connection down, a command timed out, Redis
+ * loading or out of memory). Whether a step whose answer was lost was applied is unknown, as with
+ * any lost answer. Retryable: the connection comes back by itself, and the client asks again.
+ */
+export class DirectoryUnavailableError extends StorageBusyError {
+  override readonly name = 'DirectoryUnavailableError';
+}
+
 export function isRetryableStorageError(error: unknown): boolean {
   // The cause chain is followed a few links deep: a wrapper must not hide a full disk.
   for (let current = error, depth = 0; depth < 4 && typeof current === 'object' && current !== null; depth += 1) {
