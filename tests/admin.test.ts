@@ -294,7 +294,7 @@ test('an admin command issues ids with worker id 0 whatever --worker-id says: cl
     const { id } = await admin.create('olga', 'olga@example.com', 'olga has a passphrase');
     assert.equal((BigInt(id) >> 12n) & 1023n, 0n);
   } finally {
-    admin.close();
+    await admin.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
 });

@@ -797,6 +797,10 @@ for (const kind of STORES) {
         assert.equal(await store.spendResetToken(tokenHash('mail r'), '1', 2000), null);
         assert.equal(await store.spendResetToken(tokenHash('mail v'), '1', 1500), null);
         assert.equal(await store.spendResetToken(tokenHash('mail unknown'), '1', 1500), null);
+        await store.insertSessionIfEpoch(session('s2', '2'), 0);
+        assert.equal(await store.spendResetToken(tokenHash('mail r'), '2', 1500), null, "another account's token ends nothing of this one");
+        assert.deepEqual([...(await store.existingSessions(['s2']))], ['s2']);
+        assert.equal(await store.readCredentialEpoch('2'), 0);
         assert.equal(await store.readCredentialEpoch('1'), 0);
         assert.deepEqual([...(await store.existingSessions(['s1']))], ['s1']);
         assert.ok(await store.findLiveMailToken(tokenHash('mail r'), 'reset_password', 1500));

@@ -262,7 +262,11 @@ export class SqliteDirectory implements DirectoryStore {
 
   async spendResetToken(tokenHash: Buffer, userId: string, now: number): Promise<string[] | null> {
     return this.transaction(() => {
-      if (!this.takeToken(tokenHash, 'reset_password', now)) return null;
+      // Only a token of this account: a token is never spent for another's sessions.
+      const taken = this.file
+        .stmt("DELETE FROM mail_tokens WHERE token_hash = ? AND purpose = 'reset_password' AND expires_at > ? AND user_id = ?")
+        .run(tokenHash, now, userId).changes;
+      if (taken !== 1) return null;
       this.file.stmt("DELETE FROM mail_tokens WHERE user_id = ? AND purpose = 'reset_password'").run(userId);
       this.file.stmt('INSERT INTO credential_epochs (user_id, epoch) VALUES (?, 1) ON CONFLICT (user_id) DO UPDATE SET epoch = epoch + 1').run(userId);
       return this.deleteSessionsOf(userId, '');
