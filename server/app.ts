@@ -8,6 +8,8 @@ import { route, type Route } from './http/route.ts';
 import { closeAllSockets, createApp, listen, stopListening } from './http/uws.ts';
 import { openStorage, type Storage } from './storage/index.ts';
 import { DIRECTORY_IN_REDIS } from './storage/sqlite-directory.ts';
+import { moveDirectoryToRedis } from './cluster/directory-move.ts';
+import { RedisDirectory } from './cluster/redis-directory.ts';
 import { listenForNotices, watchExternalChanges, type ExternalChangeWatch, type NoticeListener } from './storage/coordination.ts';
 import { AuthService } from './auth/service.ts';
 import { authRoutes } from './auth/routes.ts';
@@ -116,7 +118,13 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   if (config.redisUrl !== undefined) {
     try {
       cluster = await ClusterNode.start({ redisUrl: config.redisUrl, nodeId: config.nodeId, leaseMs: config.leaseMs, port: config.port }, storage, logger);
+      // The cluster's directory is in Redis: every node shares it (no node reads directory.sqlite
+      // again, once its rows moved there). Set before any service is made: they keep it.
+      const directory = new RedisDirectory(cluster.redis);
+      await moveDirectoryToRedis(storage.localDirectory, directory, cluster.redis, cluster.nodeId, logger);
+      storage.directory = directory;
     } catch (error) {
+      await cluster?.close();
       storage.close();
       await notices.close();
       throw error;

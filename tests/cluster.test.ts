@@ -14,7 +14,7 @@ import { insertNote, listNotes, type Message } from '../shared/index.ts';
 import { MAX_WORKER_ID, snowflakeTimeMs } from '../shared/snowflake.ts';
 import { NO_FREE_WORKER_ID, workerKey, workerUntilKey } from '../server/cluster/worker-ids.ts';
 import { nodeKey } from '../server/cluster/leases.ts';
-import { STORAGE_FAILURE } from '../server/core/storage-failure.ts';
+import { CLUSTER_UNREACHABLE } from '../server/core/storage-failure.ts';
 import { Redis } from 'ioredis';
 
 const skip = missingRedis();
@@ -275,8 +275,8 @@ test('a node whose worker id another took over issues no ids until it holds one 
       json: { username: 'nolease', email: 'nolease@example.com', password: 'a long enough password' },
     });
     assert.equal(refused.status, 503);
-    assert.equal(refused.headers.get('retry-after'), '5');
-    assert.deepEqual(refused.body, { error: 'Service unavailable', code: 'service_unavailable', message: STORAGE_FAILURE.register });
+    assert.equal(refused.headers.get('retry-after'), '1');
+    assert.deepEqual(refused.body, { error: 'Service unavailable', code: 'service_unavailable', message: CLUSTER_UNREACHABLE });
     // The other nodes issue ids as before.
     await registerUser(node(0).api);
     // A worker id is freed, whose former holder had reserved a minute ahead: the node takes it and starts past that.

@@ -1,3 +1,4 @@
+import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Config } from '../config.ts';
 import { AuthService } from '../auth/service.ts';
@@ -7,6 +8,11 @@ import { FILE_RESERVATION_WORKER_ID } from '../storage/ids.ts';
 import { openStorage, type Storage } from '../storage/index.ts';
 import { DIRECTORY_IN_REDIS } from '../storage/sqlite-directory.ts';
 import { notifyServer } from '../storage/coordination.ts';
+import type { DirectoryStore } from '../storage/directory-store.ts';
+import { announceEndedSessions } from '../cluster/announce.ts';
+import { moveDirectoryToRedis } from '../cluster/directory-move.ts';
+import { RedisDirectory } from '../cluster/redis-directory.ts';
+import { connectRedis } from '../cluster/redis.ts';
 import { UsersService, type AccountSummary } from '../users/service.ts';
 
 /** User files an admin command keeps open at once: it touches a few, or walks them one by one. */
@@ -26,16 +32,24 @@ export class AccountsAdmin {
   readonly storage: Storage;
   readonly users: UsersService;
   private readonly auth: AuthService;
+  /** Sessions this command ended, for the cluster's nodes to be told (`notify`). */
+  private readonly endedSessions: string[] = [];
 
+  /**
+   * The data folder of one node; with `cluster` (see `open`), a cluster's, whose directory is the
+   * Redis store given.
+   */
   constructor(
     private readonly config: Config,
     logger: Logger,
+    private readonly cluster?: { redis: Redis; directory: DirectoryStore },
   ) {
     // Worker id 0, whatever the server's: commands reserve their milliseconds in ids.sqlite, so no
     // server without Redis repeats their ids, and cluster nodes never lease 0 (docs/cluster.md).
     this.storage = openStorage({ dataDir: config.dataDir, workerId: FILE_RESERVATION_WORKER_ID, maxOpenUserFiles: ADMIN_MAX_OPEN_USER_FILES });
     try {
-      if (this.storage.localDirectory.movedToRedis()) throw new Error(DIRECTORY_IN_REDIS);
+      if (cluster !== undefined) this.storage.directory = cluster.directory;
+      else if (this.storage.localDirectory.movedToRedis()) throw new Error(DIRECTORY_IN_REDIS);
       // A command makes no attempt a budget counts (no login, no search): memory, never Redis.
       const throttles = createThrottles();
       const mfa: MfaService = new MfaService({
@@ -69,6 +83,7 @@ export class AccountsAdmin {
         throttles,
         secondFactor: mfa,
       });
+      this.auth.onSessionsRevoked((sessionIds) => this.endedSessions.push(...sessionIds));
     } catch (error) {
       this.storage.close();
       throw error;
@@ -117,13 +132,41 @@ export class AccountsAdmin {
     return { account, notice: await this.notify() };
   }
 
-  /** Tells a server running on the data folder to look at what this process committed. */
-  notify(): Promise<ServerNotice> {
-    return notifyServer(this.config.dataDir);
+  /**
+   * The administration of the folder `config` names: of a cluster's when `config.redisUrl` is set
+   * (its directory in Redis, moved there first if no node has yet), else of one node's.
+   */
+  static async open(config: Config, logger: Logger): Promise<AccountsAdmin> {
+    if (config.redisUrl === undefined) return new AccountsAdmin(config, logger);
+    const redis = await connectRedis(config.redisUrl, logger, `plexichat:admin-${process.pid}`);
+    let admin: AccountsAdmin | undefined;
+    try {
+      const directory = new RedisDirectory(redis);
+      admin = new AccountsAdmin(config, logger, { redis, directory });
+      await moveDirectoryToRedis(admin.storage.localDirectory, directory, redis, `admin-${process.pid}`, logger);
+      return admin;
+    } catch (error) {
+      if (admin !== undefined) await admin.close();
+      else redis.disconnect();
+      throw error;
+    }
+  }
+
+  /**
+   * Tells what runs on the data folder to look at what this process committed: the server, through
+   * its notice socket; a cluster's nodes, through Redis (the sessions this command ended are closed
+   * on every node; user files they poll every second).
+   */
+  async notify(): Promise<ServerNotice> {
+    if (this.cluster === undefined) return notifyServer(this.config.dataDir);
+    const ended = this.endedSessions.splice(0);
+    const listening = await announceEndedSessions(this.cluster.redis, `admin-${process.pid}`, ended);
+    return listening > 0 ? 'confirmed' : 'no-server';
   }
 
   async close(): Promise<void> {
     await this.auth.close();
     this.storage.close();
+    await this.cluster?.redis.quit().catch(() => this.cluster?.redis.disconnect());
   }
 }

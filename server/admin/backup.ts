@@ -13,7 +13,13 @@ import {
   listUserFiles,
   type DataFile,
 } from '../storage/data-folder.ts';
+import { SqliteDirectory } from '../storage/sqlite-directory.ts';
 import { AccountsAdmin } from './accounts.ts';
+
+/** What a backup of a cluster's data folder says it leaves out. */
+const DIRECTORY_NOT_COPIED =
+  "the directory (users index, sessions, relationships, DM channels) is in the cluster's Redis, not in this backup: keep Redis's own backups " +
+  '(its RDB or AOF files) beside it (docs/cluster.md)';
 import type { Progress } from './progress.ts';
 
 /** Rounds of taking conflicting user files again before a backup gives up (see `makeCopiesAgree`). */
@@ -91,6 +97,10 @@ export async function backupDataFolder(config: Config, target: string, progress:
  * user files whose names collide again from the source (bounded). Returns what it did, if anything.
  */
 async function makeCopiesAgree(config: Config, target: string, logger: Logger): Promise<string | undefined> {
+  const copied = new SqliteDirectory(target);
+  const moved = copied.movedToRedis();
+  await copied.close();
+  if (moved) return DIRECTORY_NOT_COPIED;
   let summary: string | undefined;
   for (let round = 0; round < AGREEMENT_ROUNDS; round += 1) {
     const admin = new AccountsAdmin({ ...config, dataDir: target }, logger);

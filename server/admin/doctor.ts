@@ -46,7 +46,7 @@ export async function examineDataFolder(config: Config, logger: Logger, progress
 
   let index: IndexProblem[] | undefined;
   if (!damaged.some((health) => health.file.kind === 'directory')) {
-    const admin = new AccountsAdmin(config, logger);
+    const admin = await AccountsAdmin.open(config, logger);
     try {
       const first = await admin.users.checkDirectoryIndex();
       const again = new Set((await admin.users.checkDirectoryIndex()).map((problem) => JSON.stringify(problem)));
@@ -92,7 +92,7 @@ export async function repairDataFolder(config: Config, report: DoctorReport, log
   }
   const problems = report.index ?? [];
   if (problems.length === 0) return { finishedDeletions: [], rebuilt: undefined, notice: undefined };
-  const admin = new AccountsAdmin(config, logger);
+  const admin = await AccountsAdmin.open(config, logger);
   try {
     const finishedDeletions: string[] = [];
     for (const problem of problems) {

@@ -159,7 +159,7 @@ async function withAdmin(config: Config, io: CliIo, options: { mayCreate: boolea
   if (!options.mayCreate && !isDataFolder(config.dataDir)) {
     throw new CliError(`no Plexichat data folder at ${config.dataDir} (no directory.sqlite): check --data-dir`);
   }
-  const accounts = new AccountsAdmin(config, adminLogger(io));
+  const accounts = await AccountsAdmin.open(config, adminLogger(io));
   try {
     await fn(accounts);
   } finally {

@@ -72,9 +72,12 @@ function buildProgram(io: CliIo, onServing: () => void): Command {
   }
   program.addHelpText('after', () => `\n'plexichat --port 9000' is 'plexichat serve --port 9000'.\n\nOptions of serve:\n${optionLines(serve)}`);
 
-  const dataDir = SETTINGS.dataDir;
+  const { dataDir, redisUrl } = SETTINGS;
+  // A cluster's data folder keeps its directory in Redis: commands reach it with the nodes' URL.
   const withDataDir = (command: Command): Command =>
-    command.addOption(new Option(`--${dataDir.flag} <dir>`, `the data folder [${dataDir.env}, default ${dataDir.default}]`));
+    command
+      .addOption(new Option(`--${dataDir.flag} <dir>`, `the data folder [${dataDir.env}, default ${dataDir.default}]`))
+      .addOption(new Option(`--${redisUrl.flag} <url>`, `a cluster's data folder: the Redis its nodes share [${redisUrl.env}]`));
   const configFor = (command: Command) => resolveConfig(settingsFrom(command, command.opts()), io.env);
   // Subcommands take the exit override and the output settings from the program as they are made.
   addAdminCommands(program, io, configFor, withDataDir);

@@ -5,7 +5,7 @@ import { KEY_PREFIX } from './leases.ts';
 import { MalformedNodeMessage, decodeNodeMessages, writeNodeMessage, type NodeMessage } from './wire.ts';
 
 const channelOf = (nodeId: string) => `${KEY_PREFIX}to:${nodeId}`;
-const BROADCAST = `${KEY_PREFIX}all`;
+export const BROADCAST = `${KEY_PREFIX}all`;
 
 /** Why messages for a node were lost: it is not listening (gone), or Redis could not take them. */
 export type LinkLoss = 'gone' | 'unreachable';

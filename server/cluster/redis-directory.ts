@@ -4,6 +4,7 @@ import type { RelationshipType } from '../../shared/schemas/relationships.ts';
 import { compareSnowflakes } from '../../shared/snowflake.ts';
 import {
   type DeviceSessionRow,
+  type DirectoryDump,
   type DirectoryStore,
   type DmChannelRow,
   type IndexEntry,
@@ -60,6 +61,8 @@ import { KEY_PREFIX } from './leases.ts';
  * primary, with replicas if wanted), not a Redis Cluster, like the leases.
  */
 const DIR = `${KEY_PREFIX}dir:`;
+/** Commands per round trip when a whole directory is written (`importAll`). */
+const IMPORT_BATCH = 1000;
 
 /** Functions every script may use (Lua, prepended to each). */
 const LIB = `
@@ -717,6 +720,94 @@ export class RedisDirectory implements DirectoryStore {
   /** Never: nodes tell each other what they changed (the cluster's bus), Redis does not. */
   changedElsewhere(): boolean {
     return false;
+  }
+
+  /**
+   * Writes every row of a dump (one node's directory, moving to the cluster) in the layout above,
+   * in pipelined batches. Not one atomic step: it runs once, under the move's lock, into a Redis
+   * directory with no users yet (cluster/directory-move.ts), before any node serves from it.
+   */
+  async importAll(dump: DirectoryDump): Promise<void> {
+    const commands: (string | number)[][] = [];
+    for (const user of dump.users) {
+      const usernameLower = user.username.toLowerCase();
+      commands.push([
+        'hset',
+        `${DIR}user:${user.id}`,
+        'username',
+        user.username,
+        'username_lower',
+        usernameLower,
+        'email_lower',
+        user.email_lower,
+        'created_at',
+        user.created_at,
+      ]);
+      commands.push(['set', `${DIR}username:${usernameLower}`, user.id], ['set', `${DIR}email:${user.email_lower}`, user.id], ['sadd', `${DIR}users`, user.id]);
+    }
+    for (const id of dump.pending) commands.push(['sadd', `${DIR}pending`, id]);
+    for (const { user_id, epoch } of dump.epochs) commands.push(['set', `${DIR}epoch:${user_id}`, epoch]);
+    for (const session of dump.sessions) {
+      const fields: (string | number)[] = [
+        'user_id',
+        session.user_id,
+        'token',
+        hex(session.token_hash),
+        'created_at',
+        session.created_at,
+        'last_used_at',
+        session.last_used_at,
+      ];
+      if (session.device_name !== null) fields.push('device_name', session.device_name);
+      if (session.user_agent !== null) fields.push('user_agent', session.user_agent);
+      commands.push(['hset', `${DIR}session:${session.id}`, ...fields], ['set', `${DIR}session-token:${hex(session.token_hash)}`, session.id]);
+      commands.push(['sadd', `${DIR}user-sessions:${session.user_id}`, session.id]);
+      commands.push(
+        ['zadd', `${DIR}sessions-by-use`, session.last_used_at, session.id],
+        ['zadd', `${DIR}sessions-by-creation`, session.created_at, session.id],
+      );
+    }
+    for (const row of dump.relationships) {
+      commands.push(
+        ['hset', `${DIR}rel:${row.user_id}`, row.other_id, `${row.type} ${row.changed_id}`],
+        ['sadd', `${DIR}rel-about:${row.other_id}`, row.user_id],
+      );
+    }
+    for (const channel of dump.dmChannels) {
+      const fields: (string | number)[] = ['user_low', channel.user_low, 'user_high', channel.user_high, 'created_at', channel.created_at];
+      if (channel.last_message_id !== null) fields.push('last_message_id', channel.last_message_id);
+      commands.push(['set', `${DIR}dm-pair:${channel.user_low}:${channel.user_high}`, channel.id], ['hset', `${DIR}dm:${channel.id}`, ...fields]);
+      commands.push(
+        ['hset', `${DIR}user-dms:${channel.user_low}`, channel.user_high, channel.id],
+        ['hset', `${DIR}user-dms:${channel.user_high}`, channel.user_low, channel.id],
+      );
+    }
+    for (const token of dump.mailTokens) {
+      const digest = hex(token.token_hash);
+      const fields = [
+        'user_id',
+        token.user_id,
+        'purpose',
+        token.purpose,
+        'email_lower',
+        token.email_lower,
+        'created_at',
+        token.created_at,
+        'expires_at',
+        token.expires_at,
+      ];
+      commands.push(
+        ['hset', `${DIR}mail:${digest}`, ...fields],
+        ['sadd', `${DIR}user-mail:${token.user_id}`, digest],
+        ['zadd', `${DIR}mail-by-expiry`, token.expires_at, digest],
+      );
+    }
+    for (let start = 0; start < commands.length; start += IMPORT_BATCH) {
+      const batch = commands.slice(start, start + IMPORT_BATCH);
+      const results = await this.call(() => this.redis.pipeline(batch).exec());
+      const failed = results?.find(([error]) => error !== null);
+      if (failed) throw storeError(failed[0]);
+    }
   }
 
   /** Nothing to release: the connection is the node's, which quits it after everything using it stopped. */

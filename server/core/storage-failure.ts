@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { isRetryableStorageError } from '../storage/errors.ts';
+import { isClusterUnavailable, isRetryableStorageError } from '../storage/errors.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
 import { AppError } from './app-error.ts';
 
@@ -14,8 +14,23 @@ export const STORAGE_RETRY_AFTER_S = 5;
  */
 export function unavailableOnStorageFailure(logger: Logger, error: unknown, message: string): unknown {
   if (!isRetryableStorageError(error)) return error;
+  const cluster = clusterUnavailable(logger, error);
+  if (cluster !== undefined) return cluster;
   logger.warn({ err: error }, `storage failure answered with 503: ${message}`);
   return new AppError('service_unavailable', message, { headers: { 'Retry-After': String(STORAGE_RETRY_AFTER_S) } });
+}
+
+/** What the cluster's 503 says: nothing is wrong with the disk, the shared Redis is out of reach. */
+export const CLUSTER_UNREACHABLE = 'The cluster cannot be reached right now; retry';
+
+/**
+ * Cluster mode: the 503 for a failure of what the nodes share in Redis (the directory, the worker
+ * id's lease), retry in a second, as the cluster's other refusals; undefined for any other error.
+ */
+export function clusterUnavailable(logger: Logger, error: unknown): AppError | undefined {
+  if (!isClusterUnavailable(error)) return undefined;
+  logger.warn({ err: error }, 'the cluster could not be reached: answered with 503');
+  return new AppError('service_unavailable', CLUSTER_UNREACHABLE, { headers: { 'Retry-After': '1' } });
 }
 
 /** The messages of those answers, one per kind of operation; each says what did not happen. */

@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import type { ForwardRequest, ForwardedRequest, Placement, RelayedAnswer } from '../core/placement.ts';
+import { clusterUnavailable } from '../core/storage-failure.ts';
 import { isRetryableStorageError } from '../storage/errors.ts';
 import { CLIENT_CLOSED_REQUEST, type HttpMetrics, type RouteRequests } from '../metrics/recorders.ts';
 import { UserFileMissingError } from '../storage/user-files.ts';
@@ -355,6 +356,8 @@ function admitted(principal: Principal | null): Principal {
  */
 function unreadableSession(server: Server, x: Exchange, error: unknown): unknown {
   if (!isRetryableStorageError(error)) return error;
+  const cluster = clusterUnavailable(server.logger, error);
+  if (cluster !== undefined) return cluster;
   server.logger.warn({ err: error, requestId: x.requestId, method: x.method, path: x.path }, 'could not check a token');
   return new AppError('service_unavailable', 'Storage is busy right now; retry later', { headers: { 'Retry-After': '5' } });
 }
@@ -628,6 +631,8 @@ function toAppError(server: Server, x: RequestInfo, error: unknown, answered: bo
   if (error instanceof UserFileMissingError) return new AppError('user_not_found', 'No user with that id');
   const context = { err: error, requestId: x.requestId, method: x.method, path: x.path };
   if (isRetryableStorageError(error)) {
+    const cluster = clusterUnavailable(server.logger, error);
+    if (cluster !== undefined) return cluster;
     server.logger.warn(context, 'storage failure answered with 503');
     return new AppError('service_unavailable', 'Storage is full or busy right now; nothing was changed; retry later', { headers: { 'Retry-After': '5' } });
   }

@@ -37,8 +37,26 @@ export class NotOwnerError extends StorageBusyError {
  * loading or out of memory). Whether a step whose answer was lost was applied is unknown, as with
  * any lost answer. Retryable: the connection comes back by itself, and the client asks again.
  */
-export class DirectoryUnavailableError extends StorageBusyError {
+/**
+ * Cluster mode: what the nodes share in Redis (the directory, a worker id's lease) cannot be
+ * reached or used right now. Retryable; answered with the cluster's own 503 (retry in a second).
+ */
+export class ClusterUnavailableError extends StorageBusyError {
+  override readonly name: string = 'ClusterUnavailableError';
+}
+
+/** The cluster's directory (Redis) did not answer, or answered that it cannot serve now. */
+export class DirectoryUnavailableError extends ClusterUnavailableError {
   override readonly name = 'DirectoryUnavailableError';
+}
+
+/** Whether `error`, or one of its causes, is a `ClusterUnavailableError`. */
+export function isClusterUnavailable(error: unknown): boolean {
+  for (let current = error, depth = 0; depth < 4 && typeof current === 'object' && current !== null; depth += 1) {
+    if (current instanceof ClusterUnavailableError) return true;
+    current = (current as { cause?: unknown }).cause;
+  }
+  return false;
 }
 
 export function isRetryableStorageError(error: unknown): boolean {

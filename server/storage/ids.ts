@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { SnowflakeGenerator } from '../../shared/snowflake.ts';
 import type { DirectoryFile } from './directory.ts';
-import { StorageBusyError } from './errors.ts';
+import { ClusterUnavailableError } from './errors.ts';
 import { deleteMeta, readMeta } from './meta-repo.ts';
 import { ID_FILE_MIGRATIONS } from './schema.ts';
 import { StatementCache, openDatabase, type Db } from './sqlite.ts';
@@ -24,7 +24,7 @@ export const FILE_RESERVATION_WORKER_ID = 0;
  * No id can be issued right now (cluster mode: this node holds no worker id it can count on, or it
  * has used up the time it reserved ahead). Retryable: answered 503 like a busy storage.
  */
-export class IdsUnavailableError extends StorageBusyError {
+export class IdsUnavailableError extends ClusterUnavailableError {
   override readonly name = 'IdsUnavailableError';
 }
 

@@ -7,7 +7,7 @@ import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import type { Placement } from '../core/placement.ts';
 import type { HttpRequest, HttpResponse, TemplatedApp } from '../http/uws.ts';
-import { isRetryableStorageError } from '../storage/errors.ts';
+import { isClusterUnavailable, isRetryableStorageError } from '../storage/errors.ts';
 import { AwarenessRefused } from './awareness.ts';
 import { newConnection, type Connection, type SyncSocket } from './document.ts';
 import { docKey, type DocRegistry } from './registry.ts';
@@ -154,6 +154,9 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
   function refuseFor(res: HttpResponse, requestId: string, error: unknown): void {
     if (error instanceof AppError) {
       refuse(res, requestId, error.code, error.message);
+    } else if (isClusterUnavailable(error)) {
+      logger.warn({ err: error, requestId }, 'sync upgrade refused: the cluster cannot be reached');
+      refuse(res, requestId, 'service_unavailable', 'The cluster cannot be reached right now; retry shortly');
     } else if (isRetryableStorageError(error)) {
       logger.warn({ err: error, requestId }, 'sync upgrade refused: storage busy');
       refuse(res, requestId, 'service_unavailable', 'Storage is busy; retry shortly');

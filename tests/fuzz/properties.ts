@@ -153,10 +153,11 @@ export async function fuzzSyncFrames(run: FuzzRun): Promise<void> {
     for (const probe of Object.values(probes)) probe?.ws.close();
 
     assert.deepEqual((await srv.api.get<UserSettings>('/users/@me/settings', { token: bystander.token })).body, { kept: [1, 'two', { three: 3 }] });
-    // Restarted (one node), the documents hold everything that was acknowledged.
+    // Restarted (one node; of the cluster, whose directory is in Redis), the documents hold
+    // everything that was acknowledged.
     if (edge !== srv) await edge.close();
     await srv.close();
-    srv = await startServer({ dataDir });
+    srv = await startServer({ dataDir, ...cluster('fuzz-owner') });
     for (const doc of ['notes', 'settings'] as const) {
       const state = await fetchState(srv, user, docs[doc]);
       const replica = new Y.Doc();

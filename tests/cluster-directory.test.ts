@@ -1,0 +1,111 @@
+/**
+ * A data folder moving from one node to a cluster (docs/cluster.md): its directory (sessions,
+ * relationships, DM channels, the users index) is copied into Redis at the first clustered start,
+ * served from there by every node, and the stale directory.sqlite is refused from then on.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { Redis } from 'ioredis';
+import { AccountsAdmin } from '../server/admin/accounts.ts';
+import { makeConfig } from '../server/config.ts';
+import { DIRECTORY_IN_REDIS } from '../server/storage/sqlite-directory.ts';
+import { type Api, registerUser, runCommand, startServer, tempDir, type TestServer, type TestUser } from './helpers/server.ts';
+import { RedisServer, missingRedis } from './helpers/redis.ts';
+import { captureLog } from './fixtures/log.ts';
+
+const skip = missingRedis();
+
+interface Entry {
+  id: string;
+  type?: string;
+  recipient_id?: string;
+}
+
+/** Retries `check` until it holds, for at most `ms`: a bounded wait for what another node does, no sleep. */
+async function within(ms: number, label: string, check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${label}`);
+}
+
+async function login(api: Api, user: TestUser): Promise<string> {
+  const res = await api.post<{ token: string }>('/auth/login', { json: { login: user.username, password: user.password } });
+  assert.equal(res.status, 200);
+  return res.body.token;
+}
+
+test('a folder moving to a cluster keeps its sessions, friends and DM channels; one node and commands without Redis then refuse it', {
+  skip,
+  timeout: 60_000,
+}, async () => {
+  const dataDir = tempDir('plexichat-move-');
+  const redis = await RedisServer.start();
+  const nodes: TestServer[] = [];
+  try {
+    // One node, as a self-hoster runs it.
+    const single = await startServer({ dataDir });
+    const alice = await registerUser(single.api);
+    const bob = await registerUser(single.api);
+    const aliceLaptop = await login(single.api, alice);
+    assert.equal((await single.api.request('PUT', `/users/@me/relationships/${bob.id}`, { token: alice.token, json: { type: 'friend' } })).status, 200);
+    assert.equal((await single.api.request('PUT', `/users/@me/relationships/${alice.id}`, { token: bob.token, json: { type: 'friend' } })).status, 200);
+    const dm = await single.api.post<Entry>('/users/@me/channels', { token: alice.token, json: { recipient_id: bob.id } });
+    assert.equal(dm.status, 200);
+    await single.close();
+
+    // Two nodes on Redis: the first to start copies the directory; both serve from Redis.
+    for (const name of ['a', 'b']) nodes.push(await startServer({ dataDir, redisUrl: redis.url, nodeId: name, leaseMs: 2000 }));
+    const [a, b] = nodes as [TestServer, TestServer];
+    const client = new Redis(redis.url);
+    try {
+      assert.equal(await client.scard('plexichat:dir:users'), 2, 'the users index is in Redis');
+    } finally {
+      client.disconnect();
+    }
+    assert.equal((await b.api.get<{ id: string }>('/users/@me', { token: aliceLaptop })).body.id, alice.id, 'a session started on the single node works');
+    const sessions = await a.api.get<Entry[]>('/auth/sessions', { token: alice.token });
+    assert.equal(sessions.body.length, 2);
+    const friends = await b.api.get<Entry[]>('/users/@me/relationships', { token: alice.token });
+    assert.deepEqual(
+      friends.body.map((entry) => ({ id: entry.id, type: entry.type })),
+      [{ id: bob.id, type: 'friend' }],
+    );
+    const channels = await a.api.get<Entry[]>('/users/@me/channels', { token: bob.token });
+    assert.deepEqual(
+      channels.body.map((entry) => ({ id: entry.id, recipient_id: entry.recipient_id })),
+      [{ id: dm.body.id, recipient_id: alice.id }],
+    );
+    // Logging out through one node ends the session on the other (the directory is shared).
+    assert.equal((await a.api.post('/auth/logout', { token: aliceLaptop })).status, 204);
+    assert.equal((await b.api.get('/users/@me', { token: aliceLaptop })).status, 401);
+    // An admin command given the nodes' Redis works on the cluster's directory, and the sessions
+    // it ends are closed on every node.
+    assert.equal((await b.api.get('/users/@me', { token: bob.token })).status, 200, "bob's session is in b's cache");
+    const admin = await AccountsAdmin.open(makeConfig({ dataDir, redisUrl: redis.url, logLevel: 'silent' }), captureLog().logger);
+    try {
+      assert.deepEqual((await admin.list()).map((account) => account.id).sort(), [alice.id, bob.id].sort());
+      assert.equal(await admin.resetPassword(bob.id, 'a brand new passphrase for bob'), 'confirmed');
+    } finally {
+      await admin.close();
+    }
+    await within(5_000, "bob's old session refused on b", async () => (await b.api.get('/users/@me', { token: bob.token })).status === 401);
+    const listed = await runCommand(['admin', 'user', 'list', '--json', '--data-dir', dataDir, '--redis-url', redis.url]);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.deepEqual((JSON.parse(listed.stdout) as { username: string }[]).map((account) => account.username).sort(), [alice.username, bob.username].sort());
+    // A node started later finds the folder moved and copies nothing.
+    nodes.push(await startServer({ dataDir, redisUrl: redis.url, nodeId: 'c', leaseMs: 2000 }));
+    assert.equal((await (nodes[2] as TestServer).api.get<Entry[]>('/auth/sessions', { token: alice.token })).body.length, 1);
+    for (const node of nodes.splice(0)) await node.close();
+
+    // directory.sqlite is out of date now: one node, or a command without --redis-url, refuses it.
+    await assert.rejects(startServer({ dataDir }), (error: Error) => error.message === DIRECTORY_IN_REDIS);
+    assert.throws(
+      () => new AccountsAdmin(makeConfig({ dataDir, logLevel: 'silent' }), captureLog().logger),
+      (error: Error) => error.message === DIRECTORY_IN_REDIS,
+    );
+  } finally {
+    for (const node of nodes) await node.close();
+    await redis.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+});
