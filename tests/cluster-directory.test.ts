@@ -92,6 +92,21 @@ test('a folder moving to a cluster keeps its sessions, friends and DM channels; 
     const listed = await runCommand(['admin', 'user', 'list', '--json', '--data-dir', dataDir, '--redis-url', redis.url]);
     assert.equal(listed.code, 0, listed.stderr);
     assert.deepEqual((JSON.parse(listed.stdout) as { username: string }[]).map((account) => account.username).sort(), [alice.username, bob.username].sort());
+    // doctor compares the user files with the cluster's users index; a backup says the directory
+    // is Redis's to keep.
+    const doctor = await runCommand(['doctor', '--data-dir', dataDir, '--redis-url', redis.url]);
+    assert.equal(doctor.code, 0, doctor.stdout + doctor.stderr);
+    const backupDir = tempDir('plexichat-move-backup-');
+    try {
+      const backup = await runCommand(['backup', `${backupDir}/copy`, '--data-dir', dataDir]);
+      assert.equal(backup.code, 0, backup.stderr);
+      assert.match(backup.stderr, /the directory \(users index, sessions, relationships, DM channels\) is in the cluster's Redis, not in this backup/);
+    } finally {
+      fs.rmSync(backupDir, { recursive: true, force: true });
+    }
+    const refused = await runCommand(['doctor', '--data-dir', dataDir]);
+    assert.equal(refused.code, 1);
+    assert.ok(refused.stderr.includes(DIRECTORY_IN_REDIS), refused.stderr);
     // A node started later finds the folder moved and copies nothing.
     nodes.push(await startServer({ dataDir, redisUrl: redis.url, nodeId: 'c', leaseMs: 2000 }));
     assert.equal((await (nodes[2] as TestServer).api.get<Entry[]>('/auth/sessions', { token: alice.token })).body.length, 1);
