@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Config } from './config.ts';
+import { MULTIPART_OVERHEAD_BYTES, type Config } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createThrottles } from './core/throttle.ts';
 import { mountRoutes } from './http/dispatch.ts';
@@ -109,7 +109,22 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   let cluster: ClusterNode | undefined;
   if (config.redisUrl !== undefined) {
     try {
-      cluster = await ClusterNode.start({ redisUrl: config.redisUrl, nodeId: config.nodeId, leaseMs: config.leaseMs, port: config.port }, storage, logger);
+      cluster = await ClusterNode.start(
+        {
+          redisUrl: config.redisUrl,
+          nodeId: config.nodeId,
+          leaseMs: config.leaseMs,
+          port: config.port,
+          dataDir: config.dataDir,
+          clusterHost: config.clusterHost,
+          clusterPort: config.clusterPort,
+          clusterAdvertise: config.clusterAdvertise,
+          // A relayed sync frame, or a relayed request's body (JSON, or an avatar upload).
+          maxMessageBytes: Math.max(config.maxSyncMessageBytes, config.maxJsonBodyBytes, config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES),
+        },
+        storage,
+        logger,
+      );
     } catch (error) {
       storage.close();
       await notices.close();
