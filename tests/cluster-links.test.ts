@@ -2,7 +2,9 @@
  * The direct links between cluster nodes (docs/cluster.md#links-between-nodes): nodes as processes
  * on one data folder and a real redis-server. A link whose other end is killed mid-stream ends
  * what was relayed over it with the documented codes, and the nodes serve again; strangers on the
- * cluster port are dropped without disturbing anything.
+ * cluster port are dropped without disturbing anything. Then, without Redis, the links of one
+ * node in this process against stand-ins: the cluster key, a node that is gone, a node that stops
+ * reading.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,6 +20,9 @@ import { Api, registerUser, spawnServer, tempDir, type ServerProcess, type TestU
 import { ackingDevice, closeEvent, notesChannelOf, openDevice, rawSocket, synced, until, within } from './helpers/sync.ts';
 import { RedisServer, missingRedis } from './helpers/redis.ts';
 import { listNotes, type Message } from '../shared/index.ts';
+import { readClusterKey } from '../server/cluster/cluster-key.ts';
+import { Links, type LinkLoss, type LinkSettings } from '../server/cluster/links.ts';
+import pino from 'pino';
 
 const skip = missingRedis();
 /**
@@ -107,19 +112,31 @@ function hello(from: string, to: string, instance: string, nonce: Uint8Array): U
   return encoding.toUint8Array(e);
 }
 
-/** The proof a connecting node gives (docs/cluster.md): HMAC-SHA256 under the cluster key. */
-function clientProof(key: Buffer, from: string, to: string, instance: string, clientNonce: Uint8Array, serverNonce: Uint8Array): Uint8Array {
+/** The proof each side of a link gives (docs/cluster.md): HMAC-SHA256 under the cluster key. */
+function proofOf(
+  role: 'client' | 'server',
+  key: Uint8Array,
+  from: string,
+  to: string,
+  instance: string,
+  clientNonce: Uint8Array,
+  serverNonce: Uint8Array,
+): Buffer {
   const e = encoding.createEncoder();
-  encoding.writeVarString(e, `${PROTOCOL} client`);
+  encoding.writeVarString(e, `${PROTOCOL} ${role}`);
   encoding.writeVarUint8Array(e, clientNonce);
   encoding.writeVarUint8Array(e, serverNonce);
   encoding.writeVarString(e, from);
   encoding.writeVarString(e, to);
   encoding.writeVarString(e, instance);
-  const proof = createHmac('sha256', key).update(encoding.toUint8Array(e)).digest();
-  const framedProof = encoding.createEncoder();
-  encoding.writeVarUint8Array(framedProof, proof);
-  return encoding.toUint8Array(framedProof);
+  return createHmac('sha256', key).update(encoding.toUint8Array(e)).digest();
+}
+
+/** A handshake frame of byte strings, each with its length (lib0's varUint8Array). */
+function byteStrings(...parts: Uint8Array[]): Uint8Array {
+  const e = encoding.createEncoder();
+  for (const part of parts) encoding.writeVarUint8Array(e, part);
+  return encoding.toUint8Array(e);
 }
 
 /** A bare TCP client on a cluster port: what it received, and when the node closed it. */
@@ -235,9 +252,7 @@ test('strangers on the cluster port (garbage, another node id, a wrong proof) ar
   const challenge = decoding.createDecoder(await guesser.frame());
   assert.equal(decoding.readVarUint8Array(challenge).byteLength, 32, 'a nonce');
   assert.equal(decoding.readVarUint8Array(challenge).byteLength, 32, "the node's own proof");
-  const wrong = encoding.createEncoder();
-  encoding.writeVarUint8Array(wrong, randomBytes(32));
-  guesser.socket.write(framed(encoding.toUint8Array(wrong)));
+  guesser.socket.write(framed(byteStrings(randomBytes(32))));
   await guesser.closed;
 
   // With the key from the data folder the link is admitted and its frames are read (here: a
@@ -255,7 +270,7 @@ test('strangers on the cluster port (garbage, another node id, a wrong proof) ar
   const nonce = randomBytes(32);
   peer.socket.write(framed(hello('intruder', 'b', instance, nonce)));
   const serverNonce = decoding.readVarUint8Array(decoding.createDecoder(await peer.frame()));
-  peer.socket.write(framed(clientProof(key, 'intruder', 'b', instance, nonce, serverNonce)));
+  peer.socket.write(framed(byteStrings(proofOf('client', key, 'intruder', 'b', instance, nonce, serverNonce))));
   const ended = encoding.createEncoder();
   encoding.writeVarUint(ended, 8); // sessions-ended
   encoding.writeVarString(ended, 'intruder');
@@ -272,4 +287,115 @@ test('strangers on the cluster port (garbage, another node id, a wrong proof) ar
   assert.equal(posted.status, 201);
   await until(relayed.doc, (doc) => listNotes(doc).some((note) => note.content === 'still here'), 'the relayed device gets the note');
   relayed.destroy();
+});
+
+test('the cluster key: made by the first start (mode 0600, no draft left), the same for every later one; a file too short to be a secret is refused', () => {
+  const folder = tempDir('plexichat-key-');
+  try {
+    const key = readClusterKey(folder);
+    assert.equal(key.length, 32);
+    assert.equal(fs.statSync(path.join(folder, 'cluster.key')).mode & 0o777, 0o600);
+    assert.deepEqual(fs.readdirSync(folder), ['cluster.key']);
+    assert.deepEqual(readClusterKey(folder), key);
+    fs.writeFileSync(path.join(folder, 'cluster.key'), 'short');
+    assert.throws(() => readClusterKey(folder), { message: `${path.join(folder, 'cluster.key')} holds 5 bytes, too few for the cluster key (at least 16)` });
+  } finally {
+    fs.rmSync(folder, { recursive: true, force: true });
+  }
+});
+
+/** A node's links, in this process, with a silent log; `locate` says where the other node is. */
+async function linksOf(nodeId: string, key: Uint8Array, locate: LinkSettings['locate'], lost: (node: string, loss: LinkLoss) => void): Promise<Links> {
+  const links = await Links.listen(
+    { nodeId, instance: `${nodeId}-1`, key, host: '127.0.0.1', port: 0, maxFrameBytes: 1024 * 1024, maxQueuedBytes: 1024 * 1024, locate },
+    pino({ level: 'silent' }),
+  );
+  links.serve({ onFrame: () => undefined, onInterrupted: () => undefined, onLost: lost });
+  return links;
+}
+
+/** A frame of `bytes` zeros, its length in front, as the bus hands them to the links. */
+function zeros(bytes: number): Uint8Array {
+  const frame = new Uint8Array(4 + bytes);
+  new DataView(frame.buffer).setUint32(0, bytes);
+  return frame;
+}
+
+test('a node with no node key, or with nothing listening where it said, is reported gone', async () => {
+  const key = randomBytes(32);
+  const losses: [string, LinkLoss][] = [];
+  const closed = net.createServer();
+  closed.listen(0, '127.0.0.1');
+  await once(closed, 'listening');
+  const { port } = closed.address() as net.AddressInfo;
+  closed.close();
+  await once(closed, 'close');
+  let reported: () => void = () => undefined;
+  const links = await linksOf(
+    'a',
+    key,
+    async (node) => (node === 'nobody' ? undefined : { host: '127.0.0.1', port, instance: 'x' }),
+    (node, loss) => {
+      losses.push([node, loss]);
+      if (losses.length === 2) reported();
+    },
+  );
+  try {
+    const both = new Promise<void>((resolve) => (reported = resolve));
+    links.send('nobody', [zeros(10), zeros(10)]);
+    links.send('vanished', [zeros(10)]);
+    await both;
+    assert.deepEqual(losses.sort(), [
+      ['nobody', 'gone'],
+      ['vanished', 'gone'],
+    ]);
+  } finally {
+    await links.close();
+  }
+});
+
+test('a node that does not read what it is sent is given up past the bound, as a lost link, instead of buffered', async () => {
+  const key = randomBytes(32);
+  // The other node: a real handshake, then it stops reading.
+  const stalled = net.createServer((socket) => {
+    socket.once('data', (chunk: Buffer) => {
+      const hello = decoding.createDecoder(chunk.subarray(4, 4 + chunk.readUInt32BE(0)));
+      decoding.readVarString(hello);
+      const [from, to, instance] = [decoding.readVarString(hello), decoding.readVarString(hello), decoding.readVarString(hello)];
+      const clientNonce = decoding.readVarUint8Array(hello);
+      const serverNonce = randomBytes(32);
+      socket.write(framed(byteStrings(serverNonce, proofOf('server', key, from, to, instance, clientNonce, serverNonce))));
+      socket.pause();
+    });
+  });
+  stalled.listen(0, '127.0.0.1');
+  await once(stalled, 'listening');
+  const { port } = stalled.address() as net.AddressInfo;
+  let lost: (loss: LinkLoss) => void = () => undefined;
+  const given = new Promise<LinkLoss>((resolve) => (lost = resolve));
+  let over = false;
+  const links = await linksOf(
+    'a',
+    key,
+    async () => ({ host: '127.0.0.1', port, instance: 'b-1' }),
+    (_node, loss) => {
+      over = true;
+      lost(loss);
+    },
+  );
+  try {
+    // 256 KiB a turn: the kernel's buffers fill, then this node's own, up to its 1 MiB bound.
+    let sent = 0;
+    while (!over && sent < 256) {
+      links.send('b', [zeros(256 * 1024)]);
+      sent += 1;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    assert.equal(await given, 'unreachable');
+    assert.ok(sent < 256, `given up after ${sent} frames of 256 KiB`);
+  } finally {
+    await links.close();
+    stalled.close();
+    stalled.unref();
+  }
 });
