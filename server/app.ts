@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Config } from './config.ts';
+import { MULTIPART_OVERHEAD_BYTES, type Config } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createThrottles } from './core/throttle.ts';
 import { mountRoutes } from './http/dispatch.ts';
@@ -117,7 +117,22 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   let cluster: ClusterNode | undefined;
   if (config.redisUrl !== undefined) {
     try {
-      cluster = await ClusterNode.start({ redisUrl: config.redisUrl, nodeId: config.nodeId, leaseMs: config.leaseMs, port: config.port }, storage, logger);
+      cluster = await ClusterNode.start(
+        {
+          redisUrl: config.redisUrl,
+          nodeId: config.nodeId,
+          leaseMs: config.leaseMs,
+          port: config.port,
+          dataDir: config.dataDir,
+          clusterHost: config.clusterHost,
+          clusterPort: config.clusterPort,
+          clusterAdvertise: config.clusterAdvertise,
+          // A relayed sync frame, or a relayed request's body (JSON, or an avatar upload).
+          maxMessageBytes: Math.max(config.maxSyncMessageBytes, config.maxJsonBodyBytes, config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES),
+        },
+        storage,
+        logger,
+      );
       // The cluster's directory is in Redis: every node shares it (no node reads directory.sqlite
       // again, once its rows moved there). Set before any service is made: they keep it.
       const directory = new RedisDirectory(cluster.redis);
@@ -172,6 +187,11 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     await notices.close();
     throw error;
   }
+  // A Redis that came back empty (restarted without its data) has lost the directory: the users
+  // index is derived again from the user files, by every node that sees it back (the same result).
+  cluster?.onRedisBack(() => {
+    users.repairDirectoryIndex().catch((error: unknown) => logger.error({ err: error }, 'could not check the users index after Redis came back'));
+  });
   const authService = new AuthService({
     storage,
     users,

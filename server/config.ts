@@ -118,6 +118,19 @@ export const SETTINGS = {
   redisUrl: { flag: 'redis-url', env: 'PLEXICHAT_REDIS_URL', help: 'cluster mode: the Redis every node shares (docs/cluster.md)', default: '(none: one node)' },
   nodeId: { flag: 'node-id', env: 'PLEXICHAT_NODE_ID', help: "cluster mode: this node's unique name", default: '<hostname>-<port>' },
   leaseMs: { flag: 'lease-ms', env: 'PLEXICHAT_LEASE_MS', help: "cluster mode: a dead node's users move after this long", default: '5000' },
+  clusterHost: {
+    flag: 'cluster-host',
+    env: 'PLEXICHAT_CLUSTER_HOST',
+    help: 'cluster mode: address the links from other nodes are accepted on; reachable by the nodes only',
+    default: '127.0.0.1',
+  },
+  clusterPort: { flag: 'cluster-port', env: 'PLEXICHAT_CLUSTER_PORT', help: 'cluster mode: TCP port of those links (0 = any free port)', default: '0' },
+  clusterAdvertise: {
+    flag: 'cluster-advertise',
+    env: 'PLEXICHAT_CLUSTER_ADVERTISE',
+    help: 'cluster mode: the host name or address other nodes reach this one at',
+    default: '<cluster-host>',
+  },
   metricsPort: {
     flag: 'metrics-port',
     env: 'PLEXICHAT_METRICS_PORT',
@@ -142,6 +155,9 @@ const MAIL_FROM_PATTERN = /^(?:[^<>@\r\n]*<[^<>@\s]+@[^<>@\s]+>|[^<>@\s]+@[^<>@\
 
 /** What `Authorization: Bearer` may carry (RFC 6750's token68), at a length no one guesses. */
 const METRICS_TOKEN_PATTERN = /^[A-Za-z0-9._~+/=-]{16,512}$/;
+
+/** Addresses that mean "listen on every interface", which no other node can connect to. */
+const WILDCARD_HOSTS = new Set(['0.0.0.0', '::', '[::]', '0:0:0:0:0:0:0:0']);
 
 const intInRange = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 
@@ -244,6 +260,14 @@ const configSchema = z
      */
     leaseMs: intInRange(1000, 600_000).default(5000),
     /**
+     * Where this node accepts the other nodes' links (relayed requests and frames, docs/cluster.md).
+     * Loopback by default, not `--host`: the API may face the world, the cluster port must not.
+     */
+    clusterHost: z.string().min(1).default('127.0.0.1'),
+    clusterPort: intInRange(0, 65535).default(0),
+    /** The address the other nodes connect to (advertised in Redis); `clusterHost` unless that is every address. */
+    clusterAdvertise: z.string().min(1).max(255).optional(),
+    /**
      * Serves `GET /metrics` (Prometheus) on this port of `--host`, apart from the API (0 = any free
      * port). Unset, and without a metrics token, there are no metrics (`/metrics` is a 404).
      */
@@ -262,6 +286,15 @@ const configSchema = z
     // A node's would be ignored, and an admin command beside the cluster uses 0 whatever it is told.
     message: 'cluster nodes lease their worker id in Redis (docs/cluster.md): leave it unset',
     path: ['workerId'],
+  })
+  .refine((config) => config.clusterPort === 0 || (config.clusterPort !== config.port && config.clusterPort !== config.metricsPort), {
+    message: 'must differ from --port and --metrics-port',
+    path: ['clusterPort'],
+  })
+  .refine((config) => config.redisUrl === undefined || config.clusterAdvertise !== undefined || !WILDCARD_HOSTS.has(config.clusterHost), {
+    // Other nodes cannot connect to "every address": which one reaches this node only the operator knows.
+    message: 'listens on every address: set --cluster-advertise to the address the other nodes reach this one at',
+    path: ['clusterHost'],
   })
   .refine((config) => config.maxUploadMemoryBytes >= config.maxAvatarBytes + MULTIPART_OVERHEAD_BYTES, {
     // Smaller, and the largest avatar the server accepts could never be uploaded.

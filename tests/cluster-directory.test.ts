@@ -124,3 +124,36 @@ test('a folder moving to a cluster keeps its sessions, friends and DM channels; 
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
 });
+
+test('Redis restarted without its data: the nodes derive the users index again from the user files; sessions are to start again', {
+  skip,
+  timeout: 60_000,
+}, async () => {
+  const dataDir = tempDir('plexichat-lost-');
+  const redis = await RedisServer.start();
+  const nodes: TestServer[] = [];
+  try {
+    for (const name of ['a', 'b']) nodes.push(await startServer({ dataDir, redisUrl: redis.url, nodeId: name, leaseMs: 2000 }));
+    const [a, b] = nodes as [TestServer, TestServer];
+    const alice = await registerUser(a.api);
+    await redis.stop();
+    redis.wipe();
+    await redis.run();
+    // Back, the nodes find the index empty and derive it again: alice can sign in (through either node).
+    await within(
+      10_000,
+      'alice signs in again',
+      async () => (await b.api.post('/auth/login', { json: { login: alice.username, password: alice.password } })).status === 200,
+    );
+    assert.equal((await a.api.get('/auth/sessions', { token: alice.token })).status, 401, 'her old session went with Redis');
+    // Her name is still hers: nobody else can register it.
+    const taken = await a.api.post('/auth/register', {
+      json: { username: alice.username, email: 'someone-else@example.com', password: 'a long enough password' },
+    });
+    assert.equal(taken.status, 409);
+  } finally {
+    for (const node of nodes) await node.close();
+    await redis.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+});

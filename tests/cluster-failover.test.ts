@@ -6,12 +6,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import type WebSocket from 'ws';
-import * as Y from 'yjs';
 import { Api, registerUser, spawnServer, tempDir, type ServerProcess, type TestUser } from './helpers/server.ts';
-import { closeEvent, frameOf, notesChannelOf, rawSocket } from './helpers/sync.ts';
+import { ackingDevice, closeEvent, notesChannelOf, rawSocket, within } from './helpers/sync.ts';
 import { RedisServer, missingRedis } from './helpers/redis.ts';
-import { readMessage, type Message } from '../shared/index.ts';
+import type { Message } from '../shared/index.ts';
 
 const skip = missingRedis();
 /** Short, so that a dead node's users move quickly; the nodes renew every third of it. */
@@ -65,57 +63,10 @@ function api(name: string): Api {
   return new Api(server.url);
 }
 
-/** Retries `attempt` until it returns a value (not undefined), for at most `ms`: a bounded wait for a condition, no sleep. */
-async function within<T>(ms: number, label: string, attempt: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await attempt();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${label}`);
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}
-
 /** The contents of a user's notes, read over REST through `name` (relayed to the owner). */
 async function notesThrough(name: string, user: TestUser, channel: string): Promise<string[] | undefined> {
   const res = await api(name).get<Message[]>(`/channels/${channel}/messages?limit=100`, { token: user.token });
   return res.status === 200 ? res.body.map((m) => m.content) : undefined;
-}
-
-/** A raw device socket with acknowledgements: sends one note per update and counts what the server acknowledged. */
-async function ackingDevice(url: string, channel: string, user: TestUser) {
-  const { ws, status } = await rawSocket(`${url}/sync/${channel}?token=${user.token}&ack=1`);
-  assert.equal(status, 101);
-  const doc = new Y.Doc();
-  const device = { ws, acked: 0, sent: 0, closed: closeEvent(ws) };
-  ws.on('message', (data: ArrayBuffer) => {
-    const message = readMessage(new Uint8Array(data));
-    if (message.type === 'ack') device.acked = message.count;
-  });
-  return {
-    ws,
-    closed: device.closed,
-    get acked() {
-      return device.acked;
-    },
-    get sent() {
-      return device.sent;
-    },
-    send(content: string): void {
-      const before = Y.encodeStateVector(doc);
-      const id = String(1_100_000_000_000_000_000n + BigInt(device.sent));
-      doc.transact(() => {
-        const entry = new Y.Map<unknown>();
-        doc.getMap('messages').set(id, entry);
-        entry.set('id', id);
-        entry.set('content', new Y.Text(content));
-        entry.set('created_at', device.sent);
-        entry.set('edited_at', null);
-      });
-      device.sent += 1;
-      (ws as WebSocket).send(frameOf(0, 2, Y.encodeStateAsUpdate(doc, before)));
-    },
-  };
 }
 
 test('kill -9 of the owner mid-burst: another node serves the user within 10 s, with every acknowledged update', { skip, timeout: 60_000 }, async () => {
@@ -212,6 +163,12 @@ test('Redis restarted under running nodes: requests that need it answer 503, rel
     return res.status === 200 ? res.body : undefined;
   });
   assert.equal(me.id, user.id);
+  // Each node reconnects on its own schedule: the next test counts on every one being back.
+  for (const name of nodes.keys()) {
+    await within(FAILOVER_BOUND_MS, `${name} reaches Redis again`, async () =>
+      (await api(name).get<{ redis: string }>('/health')).body.redis === 'up' ? true : undefined,
+    );
+  }
 });
 
 test('a node shut down with SIGTERM gives its users up at once: the next request through another node is served without waiting for a lease', {

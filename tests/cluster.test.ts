@@ -171,7 +171,7 @@ test("the owner counts a user's sockets on every node: past --max-sync-connectio
       assert.equal(status, 101);
       open.push(ws);
     }
-    // The relayed ones reach the owner (node 0, which took the user) through Redis: wait until it counts all 32.
+    // The relayed ones reach the owner (node 0, which took the user) over their links: wait until it counts all 32.
     while (node(0).server.stats().syncConnections < 32) await new Promise((resolve) => setImmediate(resolve));
     const { ws, status } = await rawSocket(`${node(2).url}/sync/${channel}?token=${user.token}`);
     assert.equal(status, 101);
@@ -199,7 +199,7 @@ test("each node's metrics say what it owns and relays", { skip, timeout: 30_000 
   const { ws, status } = await rawSocket(`${node(1).url}/sync/${channel}?token=${user.token}`);
   assert.equal(status, 101);
   try {
-    // The relayed socket reaches the owner through Redis: wait until node 0 serves it.
+    // The relayed socket reaches the owner over the link: wait until node 0 serves it.
     const gauge = async (index: number, name: string): Promise<number> => {
       const res = await node(index).api.get('/metrics', { headers: { authorization: `Bearer ${METRICS_TOKEN}` } });
       assert.equal(res.status, 200);

@@ -110,6 +110,38 @@ test('brute-force budgets: defaults, flags and environment, validated', () => {
   }
 });
 
+test('cluster links: loopback and any free port by default; every address needs an advertised one', () => {
+  const defaults = loadConfig([], {});
+  assert.equal(defaults.clusterHost, '127.0.0.1');
+  assert.equal(defaults.clusterPort, 0);
+  assert.equal(defaults.clusterAdvertise, undefined);
+  const fromEnv = loadConfig(['--redis-url', 'redis://10.0.0.5:6379'], {
+    PLEXICHAT_CLUSTER_HOST: '0.0.0.0',
+    PLEXICHAT_CLUSTER_PORT: '7400',
+    PLEXICHAT_CLUSTER_ADVERTISE: 'node-a.internal',
+  });
+  assert.equal(fromEnv.clusterHost, '0.0.0.0');
+  assert.equal(fromEnv.clusterPort, 7400);
+  assert.equal(fromEnv.clusterAdvertise, 'node-a.internal');
+  const refused: [string[], string][] = [
+    [
+      ['--redis-url', 'redis://10.0.0.5:6379', '--cluster-host', '::'],
+      'invalid --cluster-host / PLEXICHAT_CLUSTER_HOST: listens on every address: set --cluster-advertise to the address the other nodes reach this one at',
+    ],
+    [['--port', '7400', '--cluster-port', '7400'], 'invalid --cluster-port / PLEXICHAT_CLUSTER_PORT: must differ from --port and --metrics-port'],
+    [['--cluster-port', '70000'], 'invalid --cluster-port / PLEXICHAT_CLUSTER_PORT: Too big: expected number to be <=65535'],
+  ];
+  for (const [argv, message] of refused) {
+    assert.throws(
+      () => loadConfig(argv, {}),
+      (error: unknown) => error instanceof ConfigError && error.message === message,
+      argv.join(' '),
+    );
+  }
+  // Without cluster mode the links are never opened: every address is no error there.
+  assert.equal(loadConfig(['--cluster-host', '0.0.0.0'], {}).clusterHost, '0.0.0.0');
+});
+
 test('the cache folder of the single executable: $XDG_CACHE_HOME when absolute, else ~/.cache', () => {
   assert.equal(cacheHome({ XDG_CACHE_HOME: '/var/cache/px', HOME: '/home/px' }), '/var/cache/px');
   assert.equal(cacheHome({ XDG_CACHE_HOME: 'relative/cache', HOME: '/home/px' }), '/home/px/.cache', 'a relative one is ignored, as the XDG spec says');

@@ -58,8 +58,8 @@ export class EdgeSockets implements EdgeRelay {
     const id = this.idOf(conn);
     if (this.sockets.get(id)?.ws !== ws) return;
     this.sockets.delete(id);
-    // Lost only when Redis cannot be reached, and then the owner's own subscription drops too,
-    // which ends every socket it serves for other nodes (`resetRelays`).
+    // Lost only with the link that carried it, and the owner, seeing that link drop, ends every
+    // socket it serves for this node (`onInterrupted`).
     this.bus.send(conn.remote, { kind: 'sync-close', conn: id });
   }
 

@@ -9,9 +9,12 @@ import type { Storage } from '../storage/index.ts';
 import type { SyncSocket } from '../sync/document.ts';
 import type { DocRelay } from '../sync/registry.ts';
 import type { EdgeRelay } from '../sync/socket.ts';
+import { z } from 'zod';
 import { NodeBus, type LinkLoss } from './bus.ts';
+import { readClusterKey } from './cluster-key.ts';
 import { EdgeSockets, type PublishRelayed } from './edge-sockets.ts';
 import { KEY_PREFIX, Leases, nodeKey } from './leases.ts';
+import { Links, type LinkAddress } from './links.ts';
 import { OwnerSockets, type SyncSessions } from './owner-sockets.ts';
 import { connectRedis } from './redis.ts';
 import { RestRelay, type ServeForwarded } from './rest-relay.ts';
@@ -19,6 +22,10 @@ import { unavailable } from './unavailable.ts';
 import type { NodeMessage } from './wire.ts';
 import { WorkerIds } from './worker-ids.ts';
 
+/** Room in a link frame beyond its largest message: the other messages of its batch, and each one's fields. */
+const FRAME_SLACK_BYTES = 2 * 1024 * 1024;
+/** What may wait to go to one node at least, before its link is given up as too slow. */
+const MIN_QUEUED_BYTES = 64 * 1024 * 1024;
 /** A user this node has not served for this long (no socket, no request) is given up. */
 const IDLE_RELEASE_MS = 60_000;
 const INTERRUPTED = 'The cluster connection was interrupted; reconnect';
@@ -29,6 +36,14 @@ export interface ClusterSettings {
   leaseMs: number;
   /** For the derived node id. */
   port: number;
+  /** The shared data folder, which holds the cluster key. */
+  dataDir: string;
+  /** Where the other nodes' links are accepted, and the address they are told to reach. */
+  clusterHost: string;
+  clusterPort: number;
+  clusterAdvertise: string | undefined;
+  /** The largest message one node may relay another (a sync frame, a request or answer body). */
+  maxMessageBytes: number;
 }
 
 /** What the node uses of the rest of the server, bound once everything exists (`bind`). */
@@ -60,7 +75,7 @@ interface Bound {
 /**
  * One node of a cluster (docs/cluster.md). It owns users through leases in Redis (each user's file
  * has one owner node, checked by a fencing token in the file), serves what it owns, and relays the
- * rest to their owners over Redis pub/sub: REST requests (`rest-relay.ts`) and sync sockets
+ * rest to their owners over direct links (links.ts, found through each node's key in Redis): REST requests (`rest-relay.ts`) and sync sockets
  * (`edge-sockets.ts` where the device is, `owner-sockets.ts` where its document is). It is the
  * server's `Placement`, and the relay the registry and the sync channel are given.
  */
@@ -76,10 +91,12 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
 
   private constructor(
     readonly nodeId: string,
-    private readonly instance: string,
+    /** What this process keeps in its node key: who it is and where its links are accepted. */
+    private readonly record: string,
     /** The node's connection to Redis, for what else the nodes share there (rate limits). */
     readonly redis: Redis,
     private readonly subscriber: Redis,
+    private readonly links: Links,
     private readonly leaseMs: number,
     private readonly storage: Storage,
     private readonly logger: Logger,
@@ -103,23 +120,42 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     const nodeId = settings.nodeId ?? `${host}-${settings.port === 0 ? process.pid : settings.port}`;
     const redis = await connectRedis(settings.redisUrl, logger, `plexichat:${nodeId}`);
     let subscriber: Redis | undefined;
+    let links: Links | undefined;
     const instance = randomBytes(8).toString('hex');
     let tookNodeId = false;
+    let record = '';
     let workerIds: WorkerIds | undefined;
     try {
-      await takeNodeId(redis, nodeId, instance, settings.leaseMs);
+      const maxFrameBytes = settings.maxMessageBytes + FRAME_SLACK_BYTES;
+      links = await Links.listen(
+        {
+          nodeId,
+          instance,
+          key: readClusterKey(settings.dataDir),
+          host: settings.clusterHost,
+          port: settings.clusterPort,
+          maxFrameBytes,
+          maxQueuedBytes: Math.max(MIN_QUEUED_BYTES, 2 * maxFrameBytes),
+          locate: (node) => locateNode(redis, node),
+        },
+        logger,
+      );
+      const address: LinkAddress = { instance, host: settings.clusterAdvertise ?? settings.clusterHost, port: links.port };
+      record = JSON.stringify(address);
+      await takeNodeId(redis, nodeId, record, settings.leaseMs);
       tookNodeId = true;
       workerIds = await WorkerIds.acquire(redis, `${nodeId}|${instance}`, settings.leaseMs, storage.reservationMark, logger);
       const leased = workerIds;
       storage.issueIdsFrom(() => leased.current());
       subscriber = await connectRedis(settings.redisUrl, logger, `plexichat:${nodeId}:sub`);
-      logger.info({ nodeId, leaseMs: settings.leaseMs, workerId: workerIds.workerId }, `cluster node ${nodeId}`);
-      return new ClusterNode(nodeId, instance, redis, subscriber, settings.leaseMs, storage, logger, workerIds);
+      logger.info({ nodeId, leaseMs: settings.leaseMs, workerId: workerIds.workerId, link: `${address.host}:${address.port}` }, `cluster node ${nodeId}`);
+      return new ClusterNode(nodeId, record, redis, subscriber, links, settings.leaseMs, storage, logger, workerIds);
     } catch (error) {
+      await links?.close();
       subscriber?.disconnect();
       // A start refused half-way gives back what it took, so that a retry need not wait a lease.
       await workerIds?.release().catch(() => undefined);
-      if (tookNodeId) await redis.eval(RELEASE_NODE, 1, nodeKey(nodeId), instance).catch(() => undefined);
+      if (tookNodeId) await redis.eval(RELEASE_NODE, 1, nodeKey(nodeId), record).catch(() => undefined);
       redis.disconnect();
       throw error;
     }
@@ -127,14 +163,18 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
 
   /** Starts serving: listens for the other nodes and renews leases. */
   async bind(bindings: ClusterBindings): Promise<void> {
-    const bus = await NodeBus.open(this.nodeId, this.redis, this.subscriber, this.logger, {
+    const bus = await NodeBus.open(this.nodeId, this.links, this.redis, this.subscriber, this.logger, {
       onMessage: (message) => this.handle(message),
-      // Pub/sub delivers at most once: while this node was not subscribed, messages for it were
-      // lost (frames, answers, closes). Nothing relayed can be trusted to be whole after that, so
-      // it all ends now and the clients start again (sockets resync by state vector, requests retry).
-      onInterrupted: () => this.resetRelays(),
+      // A link delivers at most once: what came over one that dropped may be missing frames,
+      // answers, closes. Nothing relayed with that node can be trusted to be whole after that, so
+      // it ends now and the clients start again (sockets resync by state vector, requests retry).
+      onInterrupted: (node) => this.linkLost(node, 'unreachable'),
       // The same, for what this node sent one other node.
       onLinkLost: (node, loss) => this.linkLost(node, loss),
+      // Redis is unreachable: no owner can be confirmed nor lease renewed, so what is relayed ends
+      // at once, with the code that says to retry shortly (the broadcasts lost meanwhile, ended
+      // sessions, are seen in the directory within a second).
+      onBroadcastInterrupted: () => this.resetRelays(),
     });
     this.bound = {
       bindings,
@@ -148,6 +188,15 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
   }
 
   /** For `GET /health`. */
+  /**
+   * Calls `listener` each time the connection to Redis is back after it was lost (not at the
+   * first connection): what may have been lost with a Redis restarted without its data can be
+   * derived again then.
+   */
+  onRedisBack(listener: () => void): void {
+    this.redis.on('ready', listener);
+  }
+
   health(): { node: string; redis: 'up' | 'down'; owned_users: number; worker_id: number | null } {
     return {
       node: this.nodeId,
@@ -228,11 +277,14 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       }),
     );
     await this.workerIds.release().catch(() => undefined);
-    await this.redis.eval(RELEASE_NODE, 1, nodeKey(this.nodeId), this.instance).catch(() => undefined);
-    // The last batch (closes of relayed sockets, answers) is published before the connection quits.
-    if (this.bound === undefined) this.subscriber.disconnect();
-    else this.bound.bus.close();
-    // After what is queued (the last frames and closes for other nodes) has gone out.
+    await this.redis.eval(RELEASE_NODE, 1, nodeKey(this.nodeId), this.record).catch(() => undefined);
+    // The last batch (closes of relayed sockets, answers) goes out before the links close.
+    if (this.bound === undefined) {
+      await this.links.close();
+      this.subscriber.disconnect();
+    } else {
+      await this.bound.bus.close();
+    }
     await this.redis.quit().catch(() => this.redis.disconnect());
   }
 
@@ -313,7 +365,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     if (this.ticking || this.stopped) return;
     this.ticking = true;
     try {
-      await this.redis.set(nodeKey(this.nodeId), this.instance, 'PX', this.leaseMs).catch(() => undefined);
+      await this.redis.set(nodeKey(this.nodeId), this.record, 'PX', this.leaseMs).catch(() => undefined);
       // Renews the worker id and reserves ids' time ahead (or takes a free worker id, when lost).
       await this.workerIds.renew();
       for (const userId of await this.leases.renew()) this.lost(userId);
@@ -338,12 +390,12 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     bound.owner.endAll(node, CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED);
   }
 
-  /** Ends everything relayed through Redis, in both directions, for the clients to start again. */
+  /** Ends everything relayed, in both directions, for the clients to start again. */
   private resetRelays(): void {
     const bound = this.bound;
     if (this.stopped || bound === undefined) return;
     if (bound.edge.size + bound.owner.size > 0) {
-      this.logger.warn('lost the connection to the cluster channel: ending relayed sockets and requests, which the clients retry');
+      this.logger.warn('lost the connection to Redis: ending relayed sockets and requests, which the clients retry');
     }
     bound.rest.fail(undefined, 'The cluster connection was interrupted; retry');
     bound.edge.endAll(undefined, CLOSE_CODES.TRY_AGAIN_LATER, INTERRUPTED);
@@ -388,6 +440,8 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       this.logger.warn({ node: owner }, 'a node is gone; ending what was relayed to it');
       bound.edge.endAll(owner, CLOSE_CODES.SERVICE_RESTART, 'The server holding your data went away; reconnect');
       bound.rest.fail(owner, 'The server holding your data went away; retry');
+      // A machine that vanished leaves its link open until TCP gives up: nothing more is written to it.
+      bound.bus.forget(owner);
     }
   }
 }
@@ -405,14 +459,31 @@ if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 0
 `;
 
+const linkAddressSchema = z.object({ instance: z.string().min(1), host: z.string().min(1), port: z.number().int().min(1).max(65535) });
+
+/** Where a node accepts links, from its node key; undefined when it has none (gone). */
+async function locateNode(redis: Redis, node: string): Promise<LinkAddress | undefined> {
+  const record = await redis.get(nodeKey(node));
+  if (record === null) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(record);
+  } catch {
+    parsed = undefined;
+  }
+  const address = linkAddressSchema.safeParse(parsed);
+  // A node of an older version (no address in its key) cannot be linked to: as good as gone.
+  return address.success ? address.data : undefined;
+}
+
 /** How often a start looks again whether a node id held by a crashed process has expired. */
 const NODE_ID_POLL_MS = 200;
 
 /** Takes the node id in Redis, waiting out (one lease) a previous process of the same id that died. */
-async function takeNodeId(redis: Redis, nodeId: string, instance: string, leaseMs: number): Promise<void> {
+async function takeNodeId(redis: Redis, nodeId: string, record: string, leaseMs: number): Promise<void> {
   const giveUpAt = Date.now() + leaseMs + 1000;
   for (;;) {
-    if ((await redis.set(nodeKey(nodeId), instance, 'PX', leaseMs, 'NX')) === 'OK') return;
+    if ((await redis.set(nodeKey(nodeId), record, 'PX', leaseMs, 'NX')) === 'OK') return;
     if (Date.now() > giveUpAt) throw new Error(`another running node uses the node id ${nodeId}: give each node its own --node-id`);
     await new Promise((resolve) => setTimeout(resolve, NODE_ID_POLL_MS));
   }

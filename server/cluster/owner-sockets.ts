@@ -91,7 +91,7 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
     if (nodes === undefined) return;
     // A relayed sender's node needs the frame only for its other sockets on the document.
     const senderNode = except.includes('/') ? except.slice(0, except.indexOf('/')) : '';
-    // Written into each node's batch; a lost batch ends that node's sockets (`endEdge`), to resync.
+    // Written into each node's batch; a lost link ends that node's sockets (`endAll`), to resync.
     for (const [node, count] of nodes) {
       if (node === senderNode && count === 1) continue;
       this.bus.send(node, { kind: 'sync-publish', doc: docKey, except, bytes: frame });
@@ -104,7 +104,7 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
     const conn = socket.getUserData().id;
     const full: NodeMessage =
       message.kind === 'sync-send' ? { kind: 'sync-send', conn, bytes: message.bytes } : { kind: 'sync-end', conn, code: message.code, reason: message.reason };
-    // A lost frame would leave the device silently behind: the node ends its edge's sockets instead (`endEdge`).
+    // A lost frame would leave the device silently behind: the node ends its edge's sockets instead (`endAll`).
     this.bus.send(socket.edge, full);
   }
 

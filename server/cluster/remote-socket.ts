@@ -15,7 +15,7 @@ export interface RemoteSocketHost {
 /**
  * Cluster mode, on the owner: a device's sync socket that another node (the edge) holds, served
  * here exactly as a socket of this node — the same checks, the same document, the same acks.
- * What it sends goes to the edge through Redis; its frames come from there.
+ * What it sends goes to the edge over the link to it; its frames come from there.
  */
 export class RemoteSocket implements SyncSocket {
   /** The document topic it subscribed to, if any. */

@@ -37,7 +37,7 @@ export class RestRelay {
       const id = this.nextId++;
       const timer = setTimeout(() => this.settle(id, undefined, unavailable('The server holding your data did not answer in time; retry')), FORWARD_TIMEOUT_MS);
       this.pending.set(id, { node, resolve, reject, timer });
-      // Lost on the way (the node is gone, Redis unreachable): the node's link-loss handler fails it.
+      // Lost on the way (the node is gone, the link dropped): the node's link-loss handler fails it.
       this.bus.send(node, { kind: 'http-request', id, from: this.bus.self, request: JSON.stringify(request), body: body ?? EMPTY });
     });
   }

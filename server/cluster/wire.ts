@@ -2,8 +2,9 @@ import * as decoding from 'lib0/decoding';
 import * as encoding from 'lib0/encoding';
 
 /**
- * What nodes tell each other over Redis pub/sub, one binary message each (lib0's varint codec,
- * as the sync protocol): a message is encoded once and its payload bytes are never re-encoded.
+ * What nodes tell each other (over their links, or Redis pub/sub for all), one binary message
+ * each (lib0's varint codec, as the sync protocol): a message is encoded once and its payload
+ * bytes are never re-encoded.
  *
  * - `http-request`/`http-answer`: a REST request for a user another node owns, and its answer.
  * - `sync-open`/`sync-frame`/`sync-close`: a device's sync socket held by an edge node, relayed to

@@ -262,8 +262,9 @@ async function plexichatDocs(server: ListeningServer, count: number): Promise<Sy
 async function notesEndpoint(server: ListeningServer, token: string): Promise<SyncEndpoint | { skip: string }> {
   const response = await fetch(`${server.url}/users/@me/notes`, { headers: { authorization: `Bearer ${token}` } });
   if (response.status !== 200) {
-    await response.body?.cancel();
-    return { skip: `sync channel not on this build (GET /users/@me/notes → ${response.status})` };
+    // The body says why (a 404: no such route on this build; a 503: what was unavailable).
+    const why = (await response.text()).slice(0, 200);
+    return { skip: `sync channel not on this build (GET /users/@me/notes → ${response.status} ${why})` };
   }
   const { id } = (await response.json()) as { id: string };
   return {

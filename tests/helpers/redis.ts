@@ -87,6 +87,12 @@ export class RedisServer {
     await ready;
   }
 
+  /** While it is stopped: forgets everything it persisted, as a Redis whose disk was lost. */
+  wipe(): void {
+    if (this.child !== undefined) throw new Error('stop redis-server before wiping its data');
+    for (const entry of fs.readdirSync(this.dir)) fs.rmSync(path.join(this.dir, entry), { recursive: true, force: true });
+  }
+
   /** Stops it (SIGTERM, or SIGKILL to play a crash) and waits for the exit. */
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     const child = this.child;

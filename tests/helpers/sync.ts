@@ -2,8 +2,9 @@ import * as Y from 'yjs';
 import * as encoding from 'lib0/encoding';
 import WebSocket from 'ws';
 import { WebsocketProvider } from 'y-websocket';
+import assert from 'node:assert/strict';
 import type { Api, TestUser } from './server.ts';
-import type { NotesChannel } from '../../shared/index.ts';
+import { readMessage, type NotesChannel } from '../../shared/index.ts';
 
 export interface Device {
   doc: Y.Doc;
@@ -110,4 +111,51 @@ export function frameOf(type: number, step: number | null, payload: Uint8Array):
   if (step !== null) encoding.writeVarUint(encoder, step);
   encoding.writeVarUint8Array(encoder, payload);
   return encoding.toUint8Array(encoder);
+}
+
+/** Retries `attempt` until it returns a value (not undefined), for at most `ms`: a bounded wait for a condition, no sleep. */
+export async function within<T>(ms: number, label: string, attempt: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await attempt();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${label}`);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+/** A raw device socket with acknowledgements: sends one note per update and counts what the server acknowledged. */
+export async function ackingDevice(url: string, channel: string, user: TestUser) {
+  const { ws, status } = await rawSocket(`${url}/sync/${channel}?token=${user.token}&ack=1`);
+  assert.equal(status, 101);
+  const doc = new Y.Doc();
+  const device = { ws, acked: 0, sent: 0, closed: closeEvent(ws) };
+  ws.on('message', (data: ArrayBuffer) => {
+    const message = readMessage(new Uint8Array(data));
+    if (message.type === 'ack') device.acked = message.count;
+  });
+  return {
+    ws,
+    closed: device.closed,
+    get acked() {
+      return device.acked;
+    },
+    get sent() {
+      return device.sent;
+    },
+    send(content: string): void {
+      const before = Y.encodeStateVector(doc);
+      const id = String(1_100_000_000_000_000_000n + BigInt(device.sent));
+      doc.transact(() => {
+        const entry = new Y.Map<unknown>();
+        doc.getMap('messages').set(id, entry);
+        entry.set('id', id);
+        entry.set('content', new Y.Text(content));
+        entry.set('created_at', device.sent);
+        entry.set('edited_at', null);
+      });
+      device.sent += 1;
+      (ws as WebSocket).send(frameOf(0, 2, Y.encodeStateAsUpdate(doc, before)));
+    },
+  };
 }
