@@ -764,6 +764,18 @@ for (const kind of STORES) {
     });
 
     describe('mail tokens', () => {
+      test('a token of a digest stored already is refused while that one is live, and replaces it once it expired by `now`', async (t) => {
+        const store = await threeUsers(t);
+        await store.insertMailToken(mailToken('t', '1', 'verify_email', 2000), 1000);
+        await assert.rejects(store.insertMailToken(mailToken('t', '2', 'reset_password', 3000), 1999));
+        assert.deepEqual(await store.findLiveMailToken(tokenHash('mail t'), 'verify_email', 1000), { user_id: '1', email_lower: '1@example.test' });
+        // Expired at 2000: swept on the way, as every expired token, so the new one takes its place.
+        await store.insertMailToken(mailToken('t', '2', 'reset_password', 3000), 2000);
+        assert.equal(await store.findLiveMailToken(tokenHash('mail t'), 'verify_email', 1000), undefined);
+        assert.deepEqual(await store.findLiveMailToken(tokenHash('mail t'), 'reset_password', 2000), { user_id: '2', email_lower: '2@example.test' });
+        assert.deepEqual(await store.spendResetToken(tokenHash('mail t'), '2', 2000), []);
+      });
+
       test('a token is found only for its purpose and while live at `now`', async (t) => {
         const store = await threeUsers(t);
         await store.insertMailToken({ ...mailToken('v', '1', 'verify_email', 2000), emailLower: 'alice@example.test' }, 1000);
