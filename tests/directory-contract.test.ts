@@ -164,6 +164,18 @@ for (const kind of STORES) {
         await store.indexUser(entry('2', 'Other', 'other@example.test'));
       });
 
+      test('indexing an id indexed already is a refused misuse, never NameTakenError (even with its own names), and changes nothing', async (t) => {
+        const store = await threeUsers(t);
+        const misuse = (error: unknown) => !(error instanceof NameTakenError) && !isRetryableStorageError(error);
+        await assert.rejects(store.indexUser(entry('1', 'Alice')), misuse);
+        await assert.rejects(store.indexUser(entry('1', 'Bob')), misuse);
+        await assert.rejects(store.indexUser(entry('1', 'Other'), session('s', '1')), misuse);
+        assert.deepEqual(await store.findUserById('1'), { id: '1', username: 'Alice' });
+        assert.equal(await store.findUserByUsername('other'), undefined);
+        assert.equal(await store.findSessionByTokenHash(tokenHash('session s')), undefined);
+        assert.equal(await store.countUsers(), 3);
+      });
+
       test('when both names are taken, the one named is the same in every store (what a 409 says)', async (t) => {
         const store = await threeUsers(t);
         await assertNameTaken(store.indexUser(entry('4', 'bob', 'CAROL@example.test'), session('s', '4')), 'email');
@@ -325,6 +337,19 @@ for (const kind of STORES) {
         assert.deepEqual([...(await store.existingSessions(['s1']))], ['s1']);
         assert.deepEqual(await store.listRelationships('1'), [{ other_id: '2', type: 'friend' }]);
         assert.deepEqual(await store.listDmChannels('1'), [{ id: dm, recipient_id: '2', last_message_id: null }]);
+      });
+
+      test('replaceUsers with entries repeating a username or an email (any case) is a refused misuse and changes nothing', async (t) => {
+        const store = await threeUsers(t);
+        await store.claimNames('2', { username: 'Robert' });
+        const misuse = (error: unknown) => !(error instanceof NameTakenError) && !isRetryableStorageError(error);
+        await assert.rejects(store.replaceUsers([entry('1', 'Alice', 'one@example.test'), entry('2', 'ALICE', 'two@example.test')]), misuse);
+        await assert.rejects(store.replaceUsers([entry('1', 'One', 'same@example.test'), entry('4', 'Four', 'SAME@example.test')]), misuse);
+        assert.deepEqual(
+          (await store.listUsers()).map((row) => row.username),
+          ['Alice', 'Robert', 'Carol'],
+        );
+        assert.deepEqual(await store.listPendingUsers(), ['2']);
       });
 
       test('replaceUsers makes the index exactly the entries: names may move between rows, pending marks go', async (t) => {
@@ -739,6 +764,18 @@ for (const kind of STORES) {
     });
 
     describe('mail tokens', () => {
+      test('a token of a digest stored already is refused while that one is live, and replaces it once it expired by `now`', async (t) => {
+        const store = await threeUsers(t);
+        await store.insertMailToken(mailToken('t', '1', 'verify_email', 2000), 1000);
+        await assert.rejects(store.insertMailToken(mailToken('t', '2', 'reset_password', 3000), 1999));
+        assert.deepEqual(await store.findLiveMailToken(tokenHash('mail t'), 'verify_email', 1000), { user_id: '1', email_lower: '1@example.test' });
+        // Expired at 2000: swept on the way, as every expired token, so the new one takes its place.
+        await store.insertMailToken(mailToken('t', '2', 'reset_password', 3000), 2000);
+        assert.equal(await store.findLiveMailToken(tokenHash('mail t'), 'verify_email', 1000), undefined);
+        assert.deepEqual(await store.findLiveMailToken(tokenHash('mail t'), 'reset_password', 2000), { user_id: '2', email_lower: '2@example.test' });
+        assert.deepEqual(await store.spendResetToken(tokenHash('mail t'), '2', 2000), []);
+      });
+
       test('a token is found only for its purpose and while live at `now`', async (t) => {
         const store = await threeUsers(t);
         await store.insertMailToken({ ...mailToken('v', '1', 'verify_email', 2000), emailLower: 'alice@example.test' }, 1000);

@@ -17,7 +17,8 @@ export interface DirectoryStore {
   /**
    * Indexes a new account (registration, import); with `firstSession`, starts it in the same step
    * (the account's epoch is 0). Rejects with `NameTakenError` when the username or email (any case)
-   * is another account's, changing nothing.
+   * is another account's, changing nothing. An id indexed already is a misuse, refused with another
+   * error (never `NameTakenError`, though its names may collide with its own row).
    */
   indexUser(entry: IndexEntry, firstSession?: NewSession): Promise<void>;
   findUserByUsername(username: string): Promise<IndexedUser | undefined>;
@@ -40,6 +41,8 @@ export interface DirectoryStore {
    * Makes the index exactly `entries` (names unique among them: the caller settled who keeps a
    * name), clearing every pending mark. Accounts that keep their row keep everything else; those
    * whose row goes lose everything of theirs, as `deleteUser`. Returns the ids whose row went.
+   * Entries repeating an id, a username or an email (any case) are a misuse, refused with another
+   * error than `NameTakenError`, changing nothing.
    */
   replaceUsers(entries: readonly IndexEntry[]): Promise<string[]>;
   /**

@@ -48,6 +48,12 @@ export class SqliteDirectory implements DirectoryStore {
   /** `indexUser`, synchronously (a registration's step inside its own flow). */
   indexUserNow(entry: IndexEntry, firstSession?: NewSession): void {
     this.transaction(() => {
+      // An id indexed already is a misuse, refused as the Redis store refuses it, before the unique
+      // names are checked: its own names would otherwise collide and answer NameTakenError (a 409
+      // instead of a bug's 500), and the stores would differ (the differential fuzz found it).
+      if (this.file.stmt('SELECT 1 FROM users WHERE id = ?').get(entry.id) !== undefined) {
+        throw new Error(`directory: user ${entry.id} is indexed already`);
+      }
       this.file
         .stmt('INSERT INTO users (id, username, username_lower, email_lower, created_at) VALUES (?, ?, ?, ?, ?)')
         .run(entry.id, entry.username, entry.username.toLowerCase(), entry.email.toLowerCase(), entry.createdAt);
@@ -99,6 +105,14 @@ export class SqliteDirectory implements DirectoryStore {
   }
 
   async replaceUsers(entries: readonly IndexEntry[]): Promise<string[]> {
+    // Entries that repeat a name break the caller's promise: refused as a misuse before anything is
+    // written, as the Redis store does, not as the NameTakenError the unique index would raise half-way
+    // (the differential fuzz found the stores differing here).
+    for (const key of ['id', 'username', 'email'] as const) {
+      if (new Set(entries.map((entry) => entry[key].toLowerCase())).size !== entries.length) {
+        throw new Error('directory: the new index repeats an id, a username or an email');
+      }
+    }
     return this.transaction(() => {
       // Every row first gives up its names for a placeholder no real one can equal (`#` is in no
       // username, and an email has an `@`), so the rows written next may take any name whatever

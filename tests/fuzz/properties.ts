@@ -28,7 +28,7 @@ export interface FuzzRun {
   redisUrl?: string;
 }
 
-const params = (run: FuzzRun): fc.Parameters<unknown> => ({
+export const params = (run: FuzzRun): fc.Parameters<unknown> => ({
   seed: run.seed,
   numRuns: run.numRuns,
   endOnFailure: true,
