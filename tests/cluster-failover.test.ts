@@ -169,6 +169,12 @@ test('Redis restarted under running nodes: requests that need it answer 503, rel
       (await api(name).get<{ redis: string }>('/health')).body.redis === 'up' ? true : undefined,
     );
   }
+  // Relaying works again too: a device on `b`, linked to the owner, is served through it.
+  const again = await rawSocket(`${nodes.get('b')?.url ?? ''}/sync/${channel}?token=${user.token}`);
+  assert.equal(again.status, 101);
+  const first = await new Promise<Uint8Array>((resolve) => again.ws.once('message', (data: ArrayBuffer) => resolve(new Uint8Array(data))));
+  assert.equal(first[0], 0, 'the owner answers with a sync message');
+  again.ws.close();
 });
 
 test('a node shut down with SIGTERM gives its users up at once: the next request through another node is served without waiting for a lease', {
