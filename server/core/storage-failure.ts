@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { isClusterUnavailable, isRetryableStorageError } from '../storage/errors.ts';
+import { NotOwnerError, isClusterUnavailable, isRetryableStorageError } from '../storage/errors.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
 import { AppError } from './app-error.ts';
 
@@ -22,6 +22,12 @@ export function unavailableOnStorageFailure(logger: Logger, error: unknown, mess
 
 /** What the cluster's 503 says: nothing is wrong with the disk, the shared Redis is out of reach. */
 export const CLUSTER_UNREACHABLE = 'The cluster cannot be reached right now; retry';
+/** ... or this node stopped serving the user on the way (its lease ended): another one takes over. */
+const USER_MOVING = 'Your data is moving between servers right now; retry shortly';
+
+function isNotOwner(error: unknown): boolean {
+  return error instanceof NotOwnerError || (error instanceof Error && error.cause instanceof NotOwnerError);
+}
 
 /**
  * Cluster mode: the 503 for a failure of what the nodes share in Redis (the directory, the worker
@@ -29,8 +35,9 @@ export const CLUSTER_UNREACHABLE = 'The cluster cannot be reached right now; ret
  */
 export function clusterUnavailable(logger: Logger, error: unknown): AppError | undefined {
   if (!isClusterUnavailable(error)) return undefined;
-  logger.warn({ err: error }, 'the cluster could not be reached: answered with 503');
-  return new AppError('service_unavailable', CLUSTER_UNREACHABLE, { headers: { 'Retry-After': '1' } });
+  logger.warn({ err: error }, 'the cluster could not serve this right now: answered with 503');
+  const message = isNotOwner(error) ? USER_MOVING : CLUSTER_UNREACHABLE;
+  return new AppError('service_unavailable', message, { headers: { 'Retry-After': '1' } });
 }
 
 /** The messages of those answers, one per kind of operation; each says what did not happen. */

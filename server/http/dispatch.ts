@@ -4,7 +4,7 @@ import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import type { ForwardRequest, ForwardedRequest, Placement, RelayedAnswer } from '../core/placement.ts';
 import { clusterUnavailable } from '../core/storage-failure.ts';
-import { isRetryableStorageError } from '../storage/errors.ts';
+import { NotOwnerError, isRetryableStorageError } from '../storage/errors.ts';
 import { CLIENT_CLOSED_REQUEST, type HttpMetrics, type RouteRequests } from '../metrics/recorders.ts';
 import { UserFileMissingError } from '../storage/user-files.ts';
 import { InflightTracker } from './inflight.ts';
@@ -318,8 +318,9 @@ function proceed(
 ): unknown {
   const { cluster } = server.options;
   if (principal !== null && cluster !== undefined) {
-    const where = cluster.placement.locate(principal.userId);
-    if (where !== 'here') return runWhereOwned(x, route, params, principal, body, where, cluster);
+    // Served here or relayed; even here, the handler may find the lease ended meanwhile (a stalled
+    // event loop outlived it), and then the user is looked up again as a relayed request would be.
+    return runWhereOwned(x, route, params, principal, body, cluster.placement.locate(principal.userId), cluster);
   }
   // Fast path: nothing to wait for.
   if (body === undefined && route.rateLimiter === undefined) return run(x, route, params, principal, undefined);
@@ -489,7 +490,7 @@ async function runWhereOwned(
   params: Record<string, string>,
   principal: Principal,
   pending: Promise<Buffer | undefined> | undefined,
-  where: Promise<'here' | { node: string }>,
+  where: 'here' | Promise<'here' | { node: string }>,
   cluster: NonNullable<HttpOptions['cluster']>,
 ): Promise<unknown> {
   const rawBody = pending === undefined ? undefined : await pending;
@@ -498,7 +499,18 @@ async function runWhereOwned(
   let location = await where;
   for (let misdirected = 0; ; misdirected += 1) {
     if (x.aborted) return undefined;
-    if (location === 'here') return run(x, route, params, principal, body);
+    if (location === 'here') {
+      try {
+        return await run(x, route, params, principal, body);
+      } catch (error) {
+        // The user's file took nothing (the fencing check refused the commit, or the document was
+        // never loaded), and a handler's other steps (the directory's) may run again: it is run
+        // again where the user is served now.
+        if (!(error instanceof NotOwnerError) || misdirected >= MAX_MISDIRECTED) throw error;
+        location = await cluster.placement.locate(principal.userId);
+        continue;
+      }
+    }
     const request: ForwardedRequest = {
       method: x.method,
       path: x.path,

@@ -16,23 +16,6 @@ export class StorageBusyError extends Error {
 }
 
 /**
- * Cluster mode: this node no longer owns the user's file (its lease ended, another node took it
- * over and wrote a newer fencing token). Nothing was written. Retryable: the client's next try
- * reaches the owner.
- */
-export class NotOwnerError extends StorageBusyError {
-  override readonly name = 'NotOwnerError';
-
-  constructor(
-    message: string,
-    /** The newer token found in the file, when that is why. */
-    readonly storedToken?: number,
-  ) {
-    super(message);
-  }
-}
-
-/**
  * Cluster mode: the directory's Redis did not answer (connection down, a command timed out, Redis
  * loading or out of memory). Whether a step whose answer was lost was applied is unknown, as with
  * any lost answer. Retryable: the connection comes back by itself, and the client asks again.
@@ -43,6 +26,23 @@ export class NotOwnerError extends StorageBusyError {
  */
 export class ClusterUnavailableError extends StorageBusyError {
   override readonly name: string = 'ClusterUnavailableError';
+}
+
+/**
+ * Cluster mode: this node no longer owns the user's file (its lease ended, another node took it
+ * over and wrote a newer fencing token). Nothing was written. Retryable: the client's next try
+ * reaches the owner.
+ */
+export class NotOwnerError extends ClusterUnavailableError {
+  override readonly name = 'NotOwnerError';
+
+  constructor(
+    message: string,
+    /** The newer token found in the file, when that is why. */
+    readonly storedToken?: number,
+  ) {
+    super(message);
+  }
 }
 
 /** The cluster's directory (Redis) did not answer, or answered that it cannot serve now. */
