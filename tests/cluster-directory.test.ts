@@ -7,11 +7,15 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { Redis } from 'ioredis';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import http from 'node:http';
 import { AccountsAdmin } from '../server/admin/accounts.ts';
 import { makeConfig } from '../server/config.ts';
 import { DIRECTORY_IN_REDIS } from '../server/storage/sqlite-directory.ts';
 import { type Api, registerUser, runCommand, startServer, tempDir, type TestServer, type TestUser } from './helpers/server.ts';
 import { RedisServer, missingRedis } from './helpers/redis.ts';
+import { notesChannelOf, rawSocket } from './helpers/sync.ts';
 import { captureLog } from './fixtures/log.ts';
 
 const skip = missingRedis();
@@ -153,6 +157,57 @@ test('Redis restarted without its data: the nodes derive the users index again f
     assert.equal(taken.status, 409);
   } finally {
     for (const node of nodes) await node.close();
+    await redis.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
+test('while Redis hangs, a token not seen lately waits for the directory: a client that gives up meanwhile costs nothing, and the rest is served once Redis answers', {
+  skip,
+  timeout: 60_000,
+}, async () => {
+  const dataDir = tempDir('plexichat-hang-');
+  const redis = await RedisServer.start();
+  let node: TestServer | undefined;
+  try {
+    node = await startServer({ dataDir, redisUrl: redis.url, nodeId: 'a', leaseMs: 5000 });
+    const alice = await registerUser(node.api);
+    // A second session: its token has never been checked, so no node has it in its cache.
+    const token = await login(node.api, alice);
+    const channel = await notesChannelOf(node.api, alice);
+    redis.pause();
+    try {
+      // Upgrades and requests that must read the directory wait (at most the command timeout);
+      // their clients give up first. Once /health, asked after them, is answered, the server has
+      // read them (their bytes were in before its, and one turn of its loop reads every socket).
+      const url = new URL(node.url);
+      const waiting = [
+        ...[0, 1, 2].map(() => ({
+          path: `/sync/${channel}?token=${token}`,
+          headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': randomBytes(16).toString('base64') },
+        })),
+        { path: '/users/@me', headers: { authorization: `Bearer ${token}` } },
+      ].map(async ({ path, headers }) => {
+        const req = http.request({ host: url.hostname, port: url.port, path, headers });
+        req.on('error', () => undefined);
+        req.end();
+        await once(req, 'finish');
+        return req;
+      });
+      const sent = await Promise.all(waiting);
+      assert.equal((await node.api.get('/health')).status, 200);
+      for (const req of sent) req.destroy();
+    } finally {
+      redis.resume();
+    }
+    // The node is alive, and the same token works once Redis answers again.
+    await within(10_000, 'served again', async () => (await node?.api.get('/users/@me', { token }))?.status === 200);
+    const { ws, status } = await rawSocket(`${node.url}/sync/${channel}?token=${token}`);
+    assert.equal(status, 101);
+    ws.close();
+  } finally {
+    redis.resume();
+    await node?.close();
     await redis.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
