@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { Api, registerUser, spawnServer, tempDir, type ServerProcess, type TestUser } from './helpers/server.ts';
+import { Api, registerUser, spawnClusterNode, tempDir, type ServerProcess, type TestUser } from './helpers/server.ts';
 import { ackingDevice, closeEvent, notesChannelOf, rawSocket, within } from './helpers/sync.ts';
 import { RedisServer, missingRedis } from './helpers/redis.ts';
 import type { Message } from '../shared/index.ts';
@@ -22,20 +22,7 @@ let dataDir: string;
 const nodes = new Map<string, ServerProcess>();
 
 function startNode(name: string): Promise<ServerProcess> {
-  return spawnServer([
-    '--port',
-    '0',
-    '--data-dir',
-    dataDir,
-    '--redis-url',
-    redis.url,
-    '--node-id',
-    name,
-    '--lease-ms',
-    String(LEASE_MS),
-    '--log-level',
-    'warn',
-  ]);
+  return spawnClusterNode({ dataDir, redisUrl: redis.url, nodeId: name, leaseMs: LEASE_MS });
 }
 
 before(async () => {

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import * as decoding from 'lib0/decoding';
 import * as encoding from 'lib0/encoding';
-import { Api, registerUser, spawnServer, tempDir, type ServerProcess, type TestUser } from './helpers/server.ts';
+import { Api, registerUser, spawnClusterNode, tempDir, type ServerProcess, type TestUser } from './helpers/server.ts';
 import { ackingDevice, closeEvent, notesChannelOf, openDevice, rawSocket, synced, until, within } from './helpers/sync.ts';
 import { RedisServer, missingRedis } from './helpers/redis.ts';
 import { listNotes, type Message } from '../shared/index.ts';
@@ -38,20 +38,7 @@ let dataDir: string;
 const nodes = new Map<string, ServerProcess>();
 
 function startNode(name: string): Promise<ServerProcess> {
-  return spawnServer([
-    '--port',
-    '0',
-    '--data-dir',
-    dataDir,
-    '--redis-url',
-    redis.url,
-    '--node-id',
-    name,
-    '--lease-ms',
-    String(LEASE_MS),
-    '--log-level',
-    'warn',
-  ]);
+  return spawnClusterNode({ dataDir, redisUrl: redis.url, nodeId: name, leaseMs: LEASE_MS });
 }
 
 before(async () => {

@@ -123,6 +123,25 @@ export function spawnServer(args: string[], env: NodeJS.ProcessEnv = {}, wrapper
   return startListening({ args: ourServerArgs(args), env: { ...process.env, ...env }, wrapper });
 }
 
+/** One node of a cluster as its own process (for kill -9 and SIGSTOP), logging warnings and errors. */
+export function spawnClusterNode(options: { dataDir: string; redisUrl: string; nodeId: string; leaseMs: number }): Promise<ServerProcess> {
+  const { dataDir, redisUrl, nodeId, leaseMs } = options;
+  return spawnServer([
+    '--port',
+    '0',
+    '--data-dir',
+    dataDir,
+    '--redis-url',
+    redisUrl,
+    '--node-id',
+    nodeId,
+    '--lease-ms',
+    String(leaseMs),
+    '--log-level',
+    'warn',
+  ]);
+}
+
 /** Runs main.ts expecting it to exit; resolves with its exit code and everything it printed. */
 export function runServerToExit(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
   return runToExit({ args: ourServerArgs(args), env: { ...process.env, ...env } });
