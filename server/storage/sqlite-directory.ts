@@ -28,12 +28,11 @@ const MOVED_KEY = 'directory_moved_to_redis_at';
 
 /**
  * The directory of one node: `<dataDir>/directory.sqlite` (schema: storage/schema.ts). Each method
- * is one IMMEDIATE transaction (or one statement), run synchronously: the promise it returns is
- * settled before anything else runs, so a caller inside a user file's transaction may not await it,
- * but gets it committed before its own commit all the same.
+ * is one IMMEDIATE transaction (or one statement), run at once: the promise it returns is settled
+ * when the call returns (the interface is asynchronous for the Redis store's sake).
  */
 export class SqliteDirectory implements DirectoryStore {
-  readonly file: DirectoryFile;
+  private readonly file: DirectoryFile;
 
   constructor(dataDirOrFile: string | DirectoryFile) {
     this.file = typeof dataDirOrFile === 'string' ? new DirectoryFile(dataDirOrFile) : dataDirOrFile;
@@ -42,11 +41,6 @@ export class SqliteDirectory implements DirectoryStore {
   // Users index.
 
   async indexUser(entry: IndexEntry, firstSession?: NewSession): Promise<void> {
-    this.indexUserNow(entry, firstSession);
-  }
-
-  /** `indexUser`, synchronously (a registration's step inside its own flow). */
-  indexUserNow(entry: IndexEntry, firstSession?: NewSession): void {
     this.transaction(() => {
       // An id indexed already is a misuse, refused as the Redis store refuses it, before the unique
       // names are checked: its own names would otherwise collide and answer NameTakenError (a 409
@@ -146,11 +140,6 @@ export class SqliteDirectory implements DirectoryStore {
   }
 
   async findSessionByTokenHash(tokenHash: Buffer): Promise<SessionRow | undefined> {
-    return this.findSessionByTokenHashNow(tokenHash);
-  }
-
-  /** `findSessionByTokenHash`, synchronously: a token check needs no turn of the event loop here. */
-  findSessionByTokenHashNow(tokenHash: Buffer): SessionRow | undefined {
     return this.file.stmt('SELECT id, user_id, created_at, last_used_at FROM sessions WHERE token_hash = ?').get(tokenHash) as SessionRow | undefined;
   }
 
@@ -196,11 +185,6 @@ export class SqliteDirectory implements DirectoryStore {
   }
 
   async existingSessions(sessionIds: readonly string[]): Promise<Set<string>> {
-    return this.existingSessionsNow(sessionIds);
-  }
-
-  /** `existingSessions`, synchronously (a look after another process's commit). */
-  existingSessionsNow(sessionIds: readonly string[]): Set<string> {
     const rows = this.file.stmt('SELECT id FROM sessions WHERE id IN (SELECT value FROM json_each(?))').all(JSON.stringify(sessionIds)) as { id: string }[];
     return new Set(rows.map((row) => row.id));
   }
