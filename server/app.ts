@@ -328,6 +328,13 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       registry.revokeSessions(sessionIds);
     },
     sessionExists: (sessionId) => authService.sessionExists(sessionId),
+    filesChangedElsewhere: () => {
+      try {
+        external?.check();
+      } catch (error) {
+        logger.error({ err: error }, 'looking at changes of an admin command failed; looking again at the next tick');
+      }
+    },
   });
   // What a start that fails half-way must close (no sweep may run against a closed storage).
   const abandon = async () => {

@@ -212,3 +212,33 @@ test('while Redis hangs, a token not seen lately waits for the directory: a clie
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
 });
+
+test('an admin command given --redis-url reaches the nodes at once: a badge it gives is served by the owner without waiting for its poll', {
+  skip,
+  timeout: 60_000,
+}, async () => {
+  const dataDir = tempDir('plexichat-admin-');
+  const redis = await RedisServer.start();
+  let node: TestServer | undefined;
+  try {
+    // The poll pushed far out: only the command's announcement can make the node look.
+    node = await startServer({ dataDir, redisUrl: redis.url, nodeId: 'a', leaseMs: 5000 }, { externalChangePollMs: 600_000 });
+    const alice = await registerUser(node.api);
+    assert.deepEqual((await node.api.get<{ badges: string[] }>('/users/@me', { token: alice.token })).body.badges, []);
+    const admin = await AccountsAdmin.open(makeConfig({ dataDir, redisUrl: redis.url, logLevel: 'silent' }), captureLog().logger);
+    try {
+      const { notice } = await admin.change(() => admin.users.addBadge(alice.id, 'early_supporter'));
+      assert.equal(notice, 'confirmed');
+    } finally {
+      await admin.close();
+    }
+    await within(5_000, 'the badge is served', async () => {
+      const me = await node?.api.get<{ badges: string[] }>('/users/@me', { token: alice.token });
+      return me?.body.badges.includes('early_supporter') === true;
+    });
+  } finally {
+    await node?.close();
+    await redis.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+});

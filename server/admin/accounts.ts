@@ -9,7 +9,7 @@ import { openStorage, type Storage } from '../storage/index.ts';
 import { DIRECTORY_IN_REDIS } from '../storage/sqlite-directory.ts';
 import { notifyServer } from '../storage/coordination.ts';
 import type { DirectoryStore } from '../storage/directory-store.ts';
-import { announceEndedSessions } from '../cluster/announce.ts';
+import { announceAdminChanges } from '../cluster/announce.ts';
 import { moveDirectoryToRedis } from '../cluster/directory-move.ts';
 import { RedisDirectory } from '../cluster/redis-directory.ts';
 import { connectRedis } from '../cluster/redis.ts';
@@ -154,13 +154,14 @@ export class AccountsAdmin {
 
   /**
    * Tells what runs on the data folder to look at what this process committed: the server, through
-   * its notice socket; a cluster's nodes, through Redis (the sessions this command ended are closed
-   * on every node; user files they poll every second).
+   * its notice socket; a cluster's nodes, through Redis (each closes the sockets of the sessions this
+   * command ended, and looks at the user files). 'confirmed' there means the nodes were sent it
+   * (they act on it as it arrives), not that they have acted.
    */
   async notify(): Promise<ServerNotice> {
     if (this.cluster === undefined) return notifyServer(this.config.dataDir);
     const ended = this.endedSessions.splice(0);
-    const listening = await announceEndedSessions(this.cluster.redis, `admin-${process.pid}`, ended);
+    const listening = await announceAdminChanges(this.cluster.redis, `admin-${process.pid}`, ended);
     return listening > 0 ? 'confirmed' : 'no-server';
   }
 

@@ -61,6 +61,8 @@ export interface ClusterBindings {
   sessionsEndedElsewhere(sessionIds: string[]): void;
   /** Whether a session still exists (a relayed socket's session may have ended on its way here). */
   sessionExists(sessionId: string): Promise<boolean>;
+  /** An admin command changed user files: look at once at what this node keeps over them. */
+  filesChangedElsewhere(): void;
 }
 
 /** The parts that exist once the node is bound. */
@@ -331,6 +333,9 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
         return;
       case 'sessions-ended':
         if (message.from !== this.nodeId) bound.bindings.sessionsEndedElsewhere(message.sessionIds);
+        return;
+      case 'files-changed':
+        bound.bindings.filesChangedElsewhere();
         return;
     }
   }

@@ -13,6 +13,8 @@ import * as encoding from 'lib0/encoding';
  * - `sync-publish`: a frame for every socket of a document on the edge node, encoded once per node
  *   (`except`: the socket that sent it, which must not get it back; '' for none).
  * - `sessions-ended`: sessions that ended on one node (logout, password change), for every node.
+ * - `files-changed`: a process that is no node (an admin command) changed user files: every node
+ *   looks at once at what it keeps over them, instead of at its next poll.
  */
 export type NodeMessage =
   | { kind: 'http-request'; id: number; from: string; request: string; body: Uint8Array }
@@ -23,9 +25,22 @@ export type NodeMessage =
   | { kind: 'sync-send'; conn: string; bytes: Uint8Array }
   | { kind: 'sync-end'; conn: string; code: number; reason: string }
   | { kind: 'sync-publish'; doc: string; except: string; bytes: Uint8Array }
-  | { kind: 'sessions-ended'; from: string; sessionIds: string[] };
+  | { kind: 'sessions-ended'; from: string; sessionIds: string[] }
+  | { kind: 'files-changed'; from: string };
 
-const KINDS = ['http-request', 'http-answer', 'sync-open', 'sync-frame', 'sync-close', 'sync-send', 'sync-end', 'sync-publish', 'sessions-ended'] as const;
+// Appended to, never reordered: a message's kind is its index here.
+const KINDS = [
+  'http-request',
+  'http-answer',
+  'sync-open',
+  'sync-frame',
+  'sync-close',
+  'sync-send',
+  'sync-end',
+  'sync-publish',
+  'sessions-ended',
+  'files-changed',
+] as const;
 
 export class MalformedNodeMessage extends Error {}
 
@@ -76,6 +91,9 @@ export function writeNodeMessage(e: encoding.Encoder, message: NodeMessage): voi
       encoding.writeVarString(e, message.from);
       encoding.writeVarUint(e, message.sessionIds.length);
       for (const id of message.sessionIds) encoding.writeVarString(e, id);
+      break;
+    case 'files-changed':
+      encoding.writeVarString(e, message.from);
       break;
   }
 }
@@ -129,6 +147,8 @@ function readNodeMessage(d: decoding.Decoder): NodeMessage {
       for (let i = 0; i < count; i += 1) sessionIds.push(decoding.readVarString(d));
       return { kind, from, sessionIds };
     }
+    case 'files-changed':
+      return { kind, from: decoding.readVarString(d) };
     default:
       throw new MalformedNodeMessage('unknown message kind');
   }
