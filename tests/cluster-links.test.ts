@@ -31,7 +31,7 @@ const skip = missingRedis();
  */
 const LEASE_MS = 5000;
 const FAILOVER_BOUND_MS = 10_000;
-const PROTOCOL = 'plexichat-link/1';
+const PROTOCOL = 'plexichat-link/2';
 
 let redis: RedisServer;
 let dataDir: string;
@@ -89,13 +89,21 @@ function framed(payload: Uint8Array): Buffer {
   return frame;
 }
 
-function hello(from: string, to: string, instance: string, nonce: Uint8Array): Uint8Array {
-  const e = encoding.createEncoder();
-  encoding.writeVarString(e, PROTOCOL);
+/** A hello's fields as the protocol lays them out (no reply address: port 0). */
+function helloFields(e: encoding.Encoder, from: string, to: string, instance: string, nonce: Uint8Array): void {
   encoding.writeVarString(e, from);
   encoding.writeVarString(e, to);
   encoding.writeVarString(e, instance);
   encoding.writeVarUint8Array(e, nonce);
+  encoding.writeVarString(e, '');
+  encoding.writeVarUint(e, 0);
+  encoding.writeVarString(e, '');
+}
+
+function hello(from: string, to: string, instance: string, nonce: Uint8Array): Uint8Array {
+  const e = encoding.createEncoder();
+  encoding.writeVarString(e, PROTOCOL);
+  helloFields(e, from, to, instance, nonce);
   return encoding.toUint8Array(e);
 }
 
@@ -111,11 +119,8 @@ function proofOf(
 ): Buffer {
   const e = encoding.createEncoder();
   encoding.writeVarString(e, `${PROTOCOL} ${role}`);
-  encoding.writeVarUint8Array(e, clientNonce);
   encoding.writeVarUint8Array(e, serverNonce);
-  encoding.writeVarString(e, from);
-  encoding.writeVarString(e, to);
-  encoding.writeVarString(e, instance);
+  helloFields(e, from, to, instance, clientNonce);
   return createHmac('sha256', key).update(encoding.toUint8Array(e)).digest();
 }
 

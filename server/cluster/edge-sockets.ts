@@ -2,6 +2,16 @@ import type { Connection, SyncSocket } from '../sync/document.ts';
 import type { EdgeRelay } from '../sync/socket.ts';
 import type { NodeBus } from './bus.ts';
 import type { NodeMessage } from './wire.ts';
+import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
+
+/**
+ * How long a relayed socket waits for the owner's first word (its state vector, or a close): the
+ * owner answers an open at once, so silence means the open or the answer was lost (a link that
+ * could not be made, which only the sending side learns of), and the device is told to reconnect
+ * instead of waiting on a socket nobody serves.
+ */
+export const OPEN_ANSWER_TIMEOUT_MS = 10_000;
+export const OWNER_SILENT = 'The server holding your data did not answer; reconnect';
 
 /** Delivers an owner's frame to this node's sockets on a document, except the one that sent it. */
 export type PublishRelayed = (docKey: string, frame: Uint8Array, sender: SyncSocket | undefined) => void;
@@ -14,7 +24,7 @@ export type PublishRelayed = (docKey: string, frame: Uint8Array, sender: SyncSoc
  */
 export class EdgeSockets implements EdgeRelay {
   /** By cluster-wide connection id: `<this node>/<request id>`. */
-  private readonly sockets = new Map<string, { ws: SyncSocket; owner: string }>();
+  private readonly sockets = new Map<string, { ws: SyncSocket; owner: string; unanswered: NodeJS.Timeout | undefined }>();
 
   constructor(
     private readonly bus: NodeBus,
@@ -34,7 +44,13 @@ export class EdgeSockets implements EdgeRelay {
     const conn = ws.getUserData();
     if (conn.remote === undefined) return;
     const id = this.idOf(conn);
-    this.sockets.set(id, { ws, owner: conn.remote });
+    const unanswered = setTimeout(() => {
+      // Outside any uWS callback: corked, as uWS wants.
+      if (this.sockets.get(id)?.ws === ws && !conn.closed) ws.cork(() => ws.end(CLOSE_CODES.TRY_AGAIN_LATER, OWNER_SILENT));
+    }, OPEN_ANSWER_TIMEOUT_MS);
+    // Never the reason a process stays up.
+    unanswered.unref();
+    this.sockets.set(id, { ws, owner: conn.remote, unanswered });
     this.bus.send(conn.remote, {
       kind: 'sync-open',
       conn: id,
@@ -56,7 +72,9 @@ export class EdgeSockets implements EdgeRelay {
     const conn = ws.getUserData();
     if (conn.remote === undefined) return;
     const id = this.idOf(conn);
-    if (this.sockets.get(id)?.ws !== ws) return;
+    const socket = this.sockets.get(id);
+    if (socket?.ws !== ws) return;
+    clearTimeout(socket.unanswered);
     this.sockets.delete(id);
     // Lost only with the link that carried it, and the owner, seeing that link drop, ends every
     // socket it serves for this node (`onInterrupted`).
@@ -67,9 +85,15 @@ export class EdgeSockets implements EdgeRelay {
   receive(message: Extract<NodeMessage, { kind: 'sync-send' | 'sync-end' | 'sync-publish' }>): void {
     switch (message.kind) {
       case 'sync-send': {
-        const ws = this.sockets.get(message.conn)?.ws;
+        const socket = this.sockets.get(message.conn);
+        if (socket === undefined) return;
+        if (socket.unanswered !== undefined) {
+          clearTimeout(socket.unanswered);
+          socket.unanswered = undefined;
+        }
+        const { ws } = socket;
         // Outside any uWS callback: corked, as uWS wants.
-        if (ws !== undefined && !ws.getUserData().closed) ws.cork(() => ws.send(message.bytes, true));
+        if (!ws.getUserData().closed) ws.cork(() => ws.send(message.bytes, true));
         return;
       }
       case 'sync-end': {

@@ -42,7 +42,7 @@ export interface LinkHandlers {
 
 /** Every frame on a link starts with its length (big-endian), then that many bytes. */
 export const FRAME_HEADER_BYTES = 4;
-const PROTOCOL = 'plexichat-link/1';
+const PROTOCOL = 'plexichat-link/2';
 const NONCE_BYTES = 32;
 /** Handshake frames are small: an unauthenticated peer is never buffered more than this. */
 const HANDSHAKE_FRAME_BYTES = 1024;
@@ -71,6 +71,10 @@ export class Links {
   /** The authenticated link from each node. */
   private readonly incoming = new Map<string, net.Socket>();
   private readonly sockets = new Set<net.Socket>();
+  /** Where each node with an open link to this one accepts links, as its hello said (proven with the key). */
+  private readonly replyAddresses = new Map<string, LinkAddress>();
+  /** Where this node accepts links, as it tells the nodes it links to (`advertise`). */
+  private advertised: LinkAddress | undefined;
   private unauthenticated = 0;
   private handlers: LinkHandlers | undefined;
   private closed = false;
@@ -100,19 +104,44 @@ export class Links {
     this.handlers = handlers;
   }
 
+  /**
+   * Where this node accepts links, told in every hello: a node this one links to can answer it
+   * over a link of its own without looking it up in Redis (whose node key may be missing for a
+   * moment, when Redis restarts without it).
+   */
+  advertise(address: LinkAddress): void {
+    this.advertised = address;
+  }
+
   /** Sends frames (each `FRAME_HEADER_BYTES` of length, then its bytes) to `node`, in one write. */
   send(node: string, frames: Uint8Array[]): void {
     const handlers = this.handlers;
     if (this.closed || handlers === undefined) return;
     let link = this.outgoing.get(node);
     if (link === undefined) {
-      link = new Outgoing(node, this.settings, this.logger, (ended, loss) => {
-        if (this.outgoing.get(node) === ended) this.outgoing.delete(node);
-        if (!this.closed) handlers.onLost(node, loss);
-      });
+      link = new Outgoing(
+        node,
+        this.settings,
+        this.advertised,
+        () => this.replyAddressOf(node),
+        this.logger,
+        (ended, loss) => {
+          if (this.outgoing.get(node) === ended) this.outgoing.delete(node);
+          if (!this.closed) handlers.onLost(node, loss);
+        },
+      );
       this.outgoing.set(node, link);
     }
     link.write(frames);
+  }
+
+  /**
+   * Where `node` said it accepts links, while its own link to this node is open (it is alive): the
+   * way back to a node that sent something, should its node key not say where it is.
+   */
+  private replyAddressOf(node: string): LinkAddress | undefined {
+    const socket = this.incoming.get(node);
+    return socket === undefined || socket.destroyed ? undefined : this.replyAddresses.get(node);
   }
 
   /** Lets go of the link to a node known to be gone, without reporting it (what depended on it ended already). */
@@ -177,6 +206,7 @@ export class Links {
             reader.limit = this.settings.maxFrameBytes;
             const previous = this.incoming.get(peer);
             this.incoming.set(peer, socket);
+            if (hello.reply !== undefined) this.replyAddresses.set(peer, hello.reply);
             // A node links anew only once its previous link failed: what that one carried may be lost.
             if (previous !== undefined) {
               previous.destroy();
@@ -203,6 +233,7 @@ export class Links {
       this.sockets.delete(socket);
       if (peer === undefined || this.incoming.get(peer) !== socket) return;
       this.incoming.delete(peer);
+      this.replyAddresses.delete(peer);
       if (!this.closed) handlers.onInterrupted(peer);
     });
   }
@@ -220,6 +251,10 @@ class Outgoing {
   constructor(
     private readonly node: string,
     private readonly settings: LinkSettings,
+    /** Where this node accepts links (told in the hello). */
+    private readonly advertised: LinkAddress | undefined,
+    /** Where `node` accepts links by its own open link to this node, when its node key cannot say. */
+    private readonly replyAddress: () => LinkAddress | undefined,
     private readonly logger: Logger,
     private readonly onEnd: (link: Outgoing, loss: LinkLoss) => void,
   ) {
@@ -282,10 +317,13 @@ class Outgoing {
   private async connect(): Promise<void> {
     let address: LinkAddress | undefined;
     try {
-      address = await this.settings.locate(this.node);
+      address = (await this.settings.locate(this.node)) ?? this.replyAddress();
     } catch (error) {
-      this.fail('unreachable', error instanceof Error ? error.message : String(error));
-      return;
+      address = this.replyAddress();
+      if (address === undefined) {
+        this.fail('unreachable', error instanceof Error ? error.message : String(error));
+        return;
+      }
     }
     if (this.state === 'over') return;
     if (address === undefined) {
@@ -293,7 +331,7 @@ class Outgoing {
       return;
     }
     const { nodeId, key } = this.settings;
-    const hello: Hello = { from: nodeId, to: this.node, instance: address.instance, nonce: randomBytes(NONCE_BYTES) };
+    const hello: Hello = { from: nodeId, to: this.node, instance: address.instance, nonce: randomBytes(NONCE_BYTES), reply: this.advertised };
     const socket = net.connect({ host: address.host, port: address.port });
     this.socket = socket;
     this.state = 'handshake';
@@ -410,24 +448,40 @@ interface Hello {
   to: string;
   instance: string;
   nonce: Uint8Array;
+  /** Where the sender accepts links (absent: it does not say). */
+  reply: LinkAddress | undefined;
 }
 
 function writeHello(hello: Hello): Uint8Array {
   const e = encoding.createEncoder();
   encoding.writeVarString(e, PROTOCOL);
+  writeHelloFields(e, hello);
+  return encoding.toUint8Array(e);
+}
+
+/** The hello's fields, in the hello and in both proofs (so nobody without the key can change one). */
+function writeHelloFields(e: encoding.Encoder, hello: Hello): void {
   encoding.writeVarString(e, hello.from);
   encoding.writeVarString(e, hello.to);
   encoding.writeVarString(e, hello.instance);
   encoding.writeVarUint8Array(e, hello.nonce);
-  return encoding.toUint8Array(e);
+  // Port 0 says "no address": no node accepts links there.
+  encoding.writeVarString(e, hello.reply?.host ?? '');
+  encoding.writeVarUint(e, hello.reply?.port ?? 0);
+  encoding.writeVarString(e, hello.reply?.instance ?? '');
 }
 
 function readHello(frame: Uint8Array): Hello {
   const d = decoding.createDecoder(frame);
   if (decoding.readVarString(d) !== PROTOCOL) throw new Error('not the link protocol of this version');
-  const hello = { from: decoding.readVarString(d), to: decoding.readVarString(d), instance: decoding.readVarString(d), nonce: decoding.readVarUint8Array(d) };
-  if (hello.nonce.byteLength !== NONCE_BYTES || decoding.hasContent(d)) throw new Error('a malformed hello');
-  return hello;
+  const from = decoding.readVarString(d);
+  const to = decoding.readVarString(d);
+  const instance = decoding.readVarString(d);
+  const nonce = decoding.readVarUint8Array(d);
+  const reply = { host: decoding.readVarString(d), port: decoding.readVarUint(d), instance: decoding.readVarString(d) };
+  if (nonce.byteLength !== NONCE_BYTES || decoding.hasContent(d)) throw new Error('a malformed hello');
+  if (reply.port > 65535) throw new Error('a malformed hello');
+  return { from, to, instance, nonce, reply: reply.port === 0 || reply.host === '' ? undefined : reply };
 }
 
 function writeChallenge(nonce: Uint8Array, serverProof: Uint8Array): Uint8Array {
@@ -465,11 +519,8 @@ function readProof(frame: Uint8Array): Uint8Array {
 function proof(key: Uint8Array, role: 'server' | 'client', hello: Hello, serverNonce: Uint8Array): Uint8Array {
   const e = encoding.createEncoder();
   encoding.writeVarString(e, `${PROTOCOL} ${role}`);
-  encoding.writeVarUint8Array(e, hello.nonce);
   encoding.writeVarUint8Array(e, serverNonce);
-  encoding.writeVarString(e, hello.from);
-  encoding.writeVarString(e, hello.to);
-  encoding.writeVarString(e, hello.instance);
+  writeHelloFields(e, hello);
   return createHmac('sha256', key).update(encoding.toUint8Array(e)).digest();
 }
 

@@ -143,6 +143,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
         logger,
       );
       const address: LinkAddress = { instance, host: settings.clusterAdvertise ?? settings.clusterHost, port: links.port };
+      links.advertise(address);
       record = JSON.stringify(address);
       await takeNodeId(redis, nodeId, record, settings.leaseMs);
       tookNodeId = true;
@@ -189,7 +190,6 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     this.timer.unref();
   }
 
-  /** For `GET /health`. */
   /**
    * Calls `listener` each time the connection to Redis is back after it was lost (not at the
    * first connection): what may have been lost with a Redis restarted without its data can be
@@ -199,6 +199,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     this.redis.on('ready', listener);
   }
 
+  /** For `GET /health`. */
   health(): { node: string; redis: 'up' | 'down'; owned_users: number; worker_id: number | null } {
     return {
       node: this.nodeId,
