@@ -48,6 +48,7 @@ const METRICS: Record<ScenarioName, MetricInfo[]> = {
     m('updates_per_s', 'updates/s', 'higher', 0),
     m('cpu_us_per_update', 'CPU µs/update', 'lower', 1),
     m('redis_cpu_us_per_update', 'of it Redis', 'lower', 1),
+    m('cold_cpu_us_per_update', 'cold CPU µs/update', 'lower', 1),
     m('peak_rss_mb', 'peak RSS MB', 'lower', 0),
     m('delivery_p50_ms', 'delivery p50 ms', 'lower', 2),
     m('delivery_p99_ms', 'delivery p99 ms', 'lower', 2),

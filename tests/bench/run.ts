@@ -63,7 +63,10 @@ const params: Params = {
   timeoutMs: quick ? 60_000 : 300_000,
   unpaced: values.unpaced,
 };
-const clusterParams: ClusterParams = { ...(quick ? { docs: 20, edits: 40, pings: 50 } : { docs: 100, edits: 100, pings: 200 }), timeoutMs: params.timeoutMs };
+const clusterParams: ClusterParams = {
+  ...(quick ? { docs: 20, edits: 40, warmupEdits: 40, pings: 50 } : { docs: 100, edits: 100, warmupEdits: 100, pings: 200 }),
+  timeoutMs: params.timeoutMs,
+};
 const titles: Record<ScenarioName, string> = {
   trace: `automerge-paper, ${trace.txns.length.toLocaleString('en-US')} of ${trace.totalTxns.toLocaleString('en-US')} updates (one per txn), 1 writer${params.unpaced ? ' (unpaced)' : ''} → 3 readers, until every reader holds the text; settle = from then until a persisting server's CPU is idle (that CPU counts too)`,
   cold: 'SIGTERM after the trace (flush+exit = time to exit), restart, then a fresh client syncs the doc from disk',
