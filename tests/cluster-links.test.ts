@@ -238,6 +238,20 @@ test('strangers on the cluster port (garbage, another node id, a wrong proof) ar
     await misdirected.closed;
   }
 
+  // A hello whose return address names no port there can be (past 65535): malformed, dropped.
+  const badReturn = await stranger(port);
+  const bad = encoding.createEncoder();
+  encoding.writeVarString(bad, PROTOCOL);
+  encoding.writeVarString(bad, 'intruder');
+  encoding.writeVarString(bad, 'b');
+  encoding.writeVarString(bad, instance);
+  encoding.writeVarUint8Array(bad, randomBytes(32));
+  encoding.writeVarString(bad, '127.0.0.1');
+  encoding.writeVarUint(bad, 70_000);
+  encoding.writeVarString(bad, 'x');
+  badReturn.socket.write(framed(encoding.toUint8Array(bad)));
+  await badReturn.closed;
+
   // The right hello, then a proof made without the cluster key: challenged, then dropped.
   const guesser = await stranger(port);
   guesser.socket.write(framed(hello('intruder', 'b', instance, randomBytes(32))));
