@@ -9,7 +9,8 @@ import type { Migration } from './sqlite.ts';
  *   password hash exists only in its `profile` row, the second factor (TOTP secret, the last time
  *   step used, backup-code digests) only in the `totp` tables the mfa feature owns. A user's data is
  *   that one file, so it can be exported, imported or deleted as a whole.
- * - directory.sqlite holds what crosses users. Its `users` table is an index derived from the user
+ * - directory.sqlite (one node; a cluster keeps the same in Redis, storage/directory-store.ts) holds
+ *   what crosses users. Its `users` table is an index derived from the user
  *   files (id, display username, lower-cased username and email, creation time), kept to find
  *   accounts by name and to keep names unique; it holds nothing a user file does not, and
  *   `rebuildDirectoryIndex` (server/users/directory-index.ts) derives it again from the files (the
@@ -19,9 +20,9 @@ import type { Migration } from './sqlite.ts';
  * - ids.sqlite holds the id generator's reservation, written outside every other transaction.
  *
  * Credentials. A session is inserted only if the user's credential epoch (directory, owned by auth)
- * is still the one read before the password was verified, checked in the insert statement itself;
- * a password change moves the epoch on and deletes the other sessions, in one directory
- * transaction, before the new hash is stored. So no session started with an old password survives
+ * is still the one read before the password was verified, checked in the same atomic step as the
+ * insert; a password change moves the epoch on and deletes the other sessions, in one directory
+ * step, before the new hash is stored. So no session started with an old password survives
  * a change, and the epoch is not a copy of anything: it is the sessions' own guard.
  *
  * Writes that touch both files go in the one order in which a failure between them is safe: first
@@ -36,7 +37,7 @@ import type { Migration } from './sqlite.ts';
  *   file nobody indexed is no account, and deleting it needs no free space, so a failure leaves
  *   nothing a retry would trip over.
  * - Password reset (server/recovery): the mailed token is used up and every session of the user
- *   ends, in one directory transaction, then the new hash is stored. Stopped in between, the user
+ *   ends, in one directory step, then the new hash is stored. Stopped in between, the user
  *   is signed out everywhere and the old password still works; the token is spent (a new mail
  *   is one request away), so it never resets a password twice.
  * - Email verification: `email_verified` is set in the user file first (only if the profile still
