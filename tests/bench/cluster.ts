@@ -7,12 +7,11 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import * as Y from 'yjs';
 import type { ListeningServer } from '../helpers/process.ts';
 import { RedisServer, missingRedis } from '../helpers/redis.ts';
 import type { SyncClient, SyncEndpoint } from './client.ts';
-import { connectMany, failure, measuredGroup, prng, until, withTimeout, type ScenarioResult } from './scenarios.ts';
+import { connectMany, editRounds, failure, measuredGroup, prng, until, withTimeout, type ScenarioResult } from './scenarios.ts';
 import type { ServerEntry } from './servers.ts';
 
 export interface ClusterParams {
@@ -158,19 +157,7 @@ export async function clusterScenario(setup: ClusterSetup, params: ClusterParams
 
     const pids = [...nodes.map((node) => node.pid), ...(redis?.pid === undefined ? [] : [redis.pid])];
     const random = prng(7);
-    // Every device edits `rounds` times, one character per round; resolves once all replicas agree.
-    const edit = async (rounds: number, label: string) => {
-      const finalLength = clients[0]!.content()!.length + DEVICES * rounds;
-      const converged = Promise.all(clients.map((client) => until(client, (c) => c.content()!.length === finalLength)));
-      for (let round = 0; round < rounds; round++) {
-        for (const client of clients) {
-          const content = client.content()!;
-          content.insert(Math.floor(random() * (content.length + 1)), 'x');
-        }
-        await yieldToLoop();
-      }
-      await withTimeout(converged, params.timeoutMs, label);
-    };
+    const edit = (rounds: number, label: string) => editRounds(clients, DEVICES, rounds, random, params.timeoutMs, label);
     // The same load once, unmeasured, on every row: each process's JIT has compiled the hot paths
     // (a cluster pays that once per node, a one-off a long-running node does not pay per update),
     // and the links, leases and caches are in place. The measured load is then the steady state.

@@ -295,6 +295,31 @@ async function replay(writer: SyncClient, readers: readonly SyncClient[], trace:
 }
 
 /** Small deterministic PRNG so every server sees the same edit positions. */
+/**
+ * fanout's load (the cluster's too): `rounds` times, every client inserts one character at a random
+ * place in its document's note, one round per event-loop turn; resolves once every replica holds
+ * every edit. Clients come `perDoc` to a document, whose notes all start equally long.
+ */
+export async function editRounds(
+  clients: readonly SyncClient[],
+  perDoc: number,
+  rounds: number,
+  random: () => number,
+  timeoutMs: number,
+  label: string,
+): Promise<void> {
+  const finalLength = clients[0]!.content()!.length + perDoc * rounds;
+  const converged = Promise.all(clients.map((client) => until(client, (c) => c.content()!.length === finalLength)));
+  for (let round = 0; round < rounds; round++) {
+    for (const client of clients) {
+      const content = client.content()!;
+      content.insert(Math.floor(random() * (content.length + 1)), 'x');
+    }
+    await yieldToLoop();
+  }
+  await withTimeout(converged, timeoutMs, label);
+}
+
 export function prng(seed: number): () => number {
   let state = seed >>> 0;
   return () => {
@@ -315,21 +340,10 @@ export async function fanout(entry: ServerEntry, params: Params): Promise<Scenar
         const groups = Array.from({ length: docCount }, (_, doc) => clients.slice(doc * perDoc, (doc + 1) * perDoc));
         for (const group of groups) group[0]!.createNote();
         await withTimeout(Promise.all(clients.map((client) => until(client, (c) => c.content() !== undefined))), params.timeoutMs, 'note creation');
-        const finalLength = perDoc * edits;
         const random = prng(7);
         const run = await measured(
           server,
-          async () => {
-            const converged = Promise.all(clients.map((client) => until(client, (c) => c.content()!.length === finalLength)));
-            for (let round = 0; round < edits; round++) {
-              for (const client of clients) {
-                const content = client.content()!;
-                content.insert(Math.floor(random() * (content.length + 1)), 'x');
-              }
-              await yieldToLoop();
-            }
-            await withTimeout(converged, params.timeoutMs, 'fanout convergence');
-          },
+          () => editRounds(clients, perDoc, edits, random, params.timeoutMs, 'fanout convergence'),
           entry.persists,
           params.timeoutMs,
         );
