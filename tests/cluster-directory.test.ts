@@ -14,6 +14,7 @@ import { AccountsAdmin } from '../server/admin/accounts.ts';
 import { makeConfig } from '../server/config.ts';
 import { DIRECTORY_IN_REDIS } from '../server/storage/sqlite-directory.ts';
 import { type Api, registerUser, runCommand, startServer, tempDir, type TestServer, type TestUser } from './helpers/server.ts';
+import type { ServerOptions } from '../server/app.ts';
 import { RedisServer, missingRedis } from './helpers/redis.ts';
 import { notesChannelOf, rawSocket } from './helpers/sync.ts';
 import { captureLog } from './fixtures/log.ts';
@@ -32,6 +33,43 @@ async function within(ms: number, label: string, check: () => Promise<boolean>):
   while (!(await check())) if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${label}`);
 }
 
+/** A data folder and a Redis of a test's own, and the nodes it starts on them. */
+interface ClusterRig {
+  dataDir: string;
+  redis: RedisServer;
+  /** A node (an in-process server) on the folder and the Redis; closed with the rig. */
+  startNode(nodeId: string, leaseMs: number, options?: ServerOptions): Promise<TestServer>;
+  /** Closes the nodes started so far. */
+  stopNodes(): Promise<void>;
+}
+
+/** Runs `body` with a fresh rig, and closes its nodes, its Redis and its folder whatever happens. */
+async function withCluster(prefix: string, body: (rig: ClusterRig) => Promise<void>): Promise<void> {
+  const dataDir = tempDir(prefix);
+  const redis = await RedisServer.start();
+  const nodes: TestServer[] = [];
+  const stopNodes = async () => {
+    for (const node of nodes.splice(0)) await node.close();
+  };
+  try {
+    await body({
+      dataDir,
+      redis,
+      startNode: async (nodeId, leaseMs, options) => {
+        const node = await startServer({ dataDir, redisUrl: redis.url, nodeId, leaseMs }, options);
+        nodes.push(node);
+        return node;
+      },
+      stopNodes,
+    });
+  } finally {
+    redis.resume();
+    await stopNodes();
+    await redis.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
 async function login(api: Api, user: TestUser): Promise<string> {
   const res = await api.post<{ token: string }>('/auth/login', { json: { login: user.username, password: user.password } });
   assert.equal(res.status, 200);
@@ -42,10 +80,7 @@ test('a folder moving to a cluster keeps its sessions, friends and DM channels; 
   skip,
   timeout: 60_000,
 }, async () => {
-  const dataDir = tempDir('plexichat-move-');
-  const redis = await RedisServer.start();
-  const nodes: TestServer[] = [];
-  try {
+  await withCluster('plexichat-move-', async ({ dataDir, redis, startNode, stopNodes }) => {
     // One node, as a self-hoster runs it.
     const single = await startServer({ dataDir });
     const alice = await registerUser(single.api);
@@ -58,8 +93,8 @@ test('a folder moving to a cluster keeps its sessions, friends and DM channels; 
     await single.close();
 
     // Two nodes on Redis: the first to start copies the directory; both serve from Redis.
-    for (const name of ['a', 'b']) nodes.push(await startServer({ dataDir, redisUrl: redis.url, nodeId: name, leaseMs: 2000 }));
-    const [a, b] = nodes as [TestServer, TestServer];
+    const a = await startNode('a', 2000);
+    const b = await startNode('b', 2000);
     const client = new Redis(redis.url);
     try {
       assert.equal(await client.scard('plexichat:dir:users'), 2, 'the users index is in Redis');
@@ -112,9 +147,9 @@ test('a folder moving to a cluster keeps its sessions, friends and DM channels; 
     assert.equal(refused.code, 1);
     assert.ok(refused.stderr.includes(DIRECTORY_IN_REDIS), refused.stderr);
     // A node started later finds the folder moved and copies nothing.
-    nodes.push(await startServer({ dataDir, redisUrl: redis.url, nodeId: 'c', leaseMs: 2000 }));
-    assert.equal((await (nodes[2] as TestServer).api.get<Entry[]>('/auth/sessions', { token: alice.token })).body.length, 1);
-    for (const node of nodes.splice(0)) await node.close();
+    const c = await startNode('c', 2000);
+    assert.equal((await c.api.get<Entry[]>('/auth/sessions', { token: alice.token })).body.length, 1);
+    await stopNodes();
 
     // directory.sqlite is out of date now: one node, or a command without --redis-url, refuses it.
     await assert.rejects(startServer({ dataDir }), (error: Error) => error.message === DIRECTORY_IN_REDIS);
@@ -122,23 +157,16 @@ test('a folder moving to a cluster keeps its sessions, friends and DM channels; 
       () => new AccountsAdmin(makeConfig({ dataDir, logLevel: 'silent' }), captureLog().logger),
       (error: Error) => error.message === DIRECTORY_IN_REDIS,
     );
-  } finally {
-    for (const node of nodes) await node.close();
-    await redis.close();
-    fs.rmSync(dataDir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('Redis restarted without its data: the nodes derive the users index again from the user files; sessions are to start again', {
   skip,
   timeout: 60_000,
 }, async () => {
-  const dataDir = tempDir('plexichat-lost-');
-  const redis = await RedisServer.start();
-  const nodes: TestServer[] = [];
-  try {
-    for (const name of ['a', 'b']) nodes.push(await startServer({ dataDir, redisUrl: redis.url, nodeId: name, leaseMs: 2000 }));
-    const [a, b] = nodes as [TestServer, TestServer];
+  await withCluster('plexichat-lost-', async ({ redis, startNode }) => {
+    const a = await startNode('a', 2000);
+    const b = await startNode('b', 2000);
     const alice = await registerUser(a.api);
     await redis.stop();
     redis.wipe();
@@ -155,22 +183,15 @@ test('Redis restarted without its data: the nodes derive the users index again f
       json: { username: alice.username, email: 'someone-else@example.com', password: 'a long enough password' },
     });
     assert.equal(taken.status, 409);
-  } finally {
-    for (const node of nodes) await node.close();
-    await redis.close();
-    fs.rmSync(dataDir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('while Redis hangs, a token not seen lately waits for the directory: a client that gives up meanwhile costs nothing, and the rest is served once Redis answers', {
   skip,
   timeout: 60_000,
 }, async () => {
-  const dataDir = tempDir('plexichat-hang-');
-  const redis = await RedisServer.start();
-  let node: TestServer | undefined;
-  try {
-    node = await startServer({ dataDir, redisUrl: redis.url, nodeId: 'a', leaseMs: 5000 });
+  await withCluster('plexichat-hang-', async ({ redis, startNode }) => {
+    const node = await startNode('a', 5000);
     const alice = await registerUser(node.api);
     // A second session: its token has never been checked, so no node has it in its cache.
     const token = await login(node.api, alice);
@@ -201,28 +222,20 @@ test('while Redis hangs, a token not seen lately waits for the directory: a clie
       redis.resume();
     }
     // The node is alive, and the same token works once Redis answers again.
-    await within(10_000, 'served again', async () => (await node?.api.get('/users/@me', { token }))?.status === 200);
+    await within(10_000, 'served again', async () => (await node.api.get('/users/@me', { token })).status === 200);
     const { ws, status } = await rawSocket(`${node.url}/sync/${channel}?token=${token}`);
     assert.equal(status, 101);
     ws.close();
-  } finally {
-    redis.resume();
-    await node?.close();
-    await redis.close();
-    fs.rmSync(dataDir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('an admin command given --redis-url reaches the nodes at once: a badge it gives is served by the owner without waiting for its poll', {
   skip,
   timeout: 60_000,
 }, async () => {
-  const dataDir = tempDir('plexichat-admin-');
-  const redis = await RedisServer.start();
-  let node: TestServer | undefined;
-  try {
+  await withCluster('plexichat-admin-', async ({ dataDir, redis, startNode }) => {
     // The poll pushed far out: only the command's announcement can make the node look.
-    node = await startServer({ dataDir, redisUrl: redis.url, nodeId: 'a', leaseMs: 5000 }, { externalChangePollMs: 600_000 });
+    const node = await startNode('a', 5000, { externalChangePollMs: 600_000 });
     const alice = await registerUser(node.api);
     assert.deepEqual((await node.api.get<{ badges: string[] }>('/users/@me', { token: alice.token })).body.badges, []);
     const admin = await AccountsAdmin.open(makeConfig({ dataDir, redisUrl: redis.url, logLevel: 'silent' }), captureLog().logger);
@@ -233,12 +246,8 @@ test('an admin command given --redis-url reaches the nodes at once: a badge it g
       await admin.close();
     }
     await within(5_000, 'the badge is served', async () => {
-      const me = await node?.api.get<{ badges: string[] }>('/users/@me', { token: alice.token });
-      return me?.body.badges.includes('early_supporter') === true;
+      const me = await node.api.get<{ badges: string[] }>('/users/@me', { token: alice.token });
+      return me.body.badges.includes('early_supporter');
     });
-  } finally {
-    await node?.close();
-    await redis.close();
-    fs.rmSync(dataDir, { recursive: true, force: true });
-  }
+  });
 });
