@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { NotOwnerError, isClusterUnavailable, isRetryableStorageError } from '../storage/errors.ts';
+import { isClusterUnavailable, isNotOwner, isRetryableStorageError } from '../storage/errors.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
 import { AppError } from './app-error.ts';
 
@@ -24,10 +24,6 @@ export function unavailableOnStorageFailure(logger: Logger, error: unknown, mess
 export const CLUSTER_UNREACHABLE = 'The cluster cannot be reached right now; retry';
 /** ... or this node stopped serving the user on the way (its lease ended): another one takes over. */
 const USER_MOVING = 'Your data is moving between servers right now; retry shortly';
-
-function isNotOwner(error: unknown): boolean {
-  return error instanceof NotOwnerError || (error instanceof Error && error.cause instanceof NotOwnerError);
-}
 
 /**
  * Cluster mode: the 503 for a failure of what the nodes share in Redis (the directory, the worker

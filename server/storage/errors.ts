@@ -50,27 +50,35 @@ export class DirectoryUnavailableError extends ClusterUnavailableError {
   override readonly name = 'DirectoryUnavailableError';
 }
 
-/** Whether `error`, or one of its causes, is a `ClusterUnavailableError`. */
-export function isClusterUnavailable(error: unknown): boolean {
+/**
+ * Whether `error`, or one of its causes a few links deep, passes `test`: a wrapper must not hide
+ * what it wraps (a full disk, a lost lease).
+ */
+function inCauses(error: unknown, test: (cause: object) => boolean): boolean {
   for (let current = error, depth = 0; depth < 4 && typeof current === 'object' && current !== null; depth += 1) {
-    if (current instanceof ClusterUnavailableError) return true;
+    if (test(current)) return true;
     current = (current as { cause?: unknown }).cause;
   }
   return false;
 }
 
+/** Whether `error`, or one of its causes, is a `ClusterUnavailableError`. */
+export function isClusterUnavailable(error: unknown): boolean {
+  return inCauses(error, (cause) => cause instanceof ClusterUnavailableError);
+}
+
+/** Whether `error`, or one of its causes, is a `NotOwnerError`. */
+export function isNotOwner(error: unknown): boolean {
+  return inCauses(error, (cause) => cause instanceof NotOwnerError);
+}
+
 export function isRetryableStorageError(error: unknown): boolean {
-  // The cause chain is followed a few links deep: a wrapper must not hide a full disk.
-  for (let current = error, depth = 0; depth < 4 && typeof current === 'object' && current !== null; depth += 1) {
-    if (current instanceof StorageBusyError) return true;
-    const code = (current as { code?: unknown }).code;
-    if (typeof code === 'string') {
-      if (RETRYABLE_SQLITE_CODES.has(code) || RETRYABLE_NODE_CODES.has(code)) return true;
-      if (RETRYABLE_SQLITE_FAMILIES.some((family) => code.startsWith(family))) return true;
-    }
-    current = (current as { cause?: unknown }).cause;
-  }
-  return false;
+  return inCauses(error, (cause) => {
+    if (cause instanceof StorageBusyError) return true;
+    const code = (cause as { code?: unknown }).code;
+    if (typeof code !== 'string') return false;
+    return RETRYABLE_SQLITE_CODES.has(code) || RETRYABLE_NODE_CODES.has(code) || RETRYABLE_SQLITE_FAMILIES.some((family) => code.startsWith(family));
+  });
 }
 
 /** SQLite says CANTOPEN both for a missing file and for a process out of descriptors. */
