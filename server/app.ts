@@ -328,6 +328,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       registry.revokeSessions(sessionIds);
     },
     sessionExists: (sessionId) => authService.sessionExists(sessionId),
+    resolveDoc: (userId, docParam) => notes.syncDocOf(userId, docParam),
     filesChangedElsewhere: () => {
       try {
         external?.check();

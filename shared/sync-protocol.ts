@@ -30,6 +30,12 @@ export const CLOSE_CODES = {
   MALFORMED_MESSAGE: 4400,
   /** The session behind the token ended (logout, password change). Needs a new token. */
   SESSION_REVOKED: 4401,
+  /**
+   * Cluster mode: a document the user does not have, found out after the upgrade (the node the
+   * device reached does not serve the user, so only the owner could check it); elsewhere an
+   * unknown document is refused at the upgrade with 404.
+   */
+  DOCUMENT_NOT_FOUND: 4404,
   /** A message over the size limit. */
   MESSAGE_TOO_BIG: 4413,
   /** This connection fell too far behind on reading: reconnect and resync by state vector. */

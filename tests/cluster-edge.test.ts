@@ -13,7 +13,7 @@ import { CLOSE_CODES } from '../shared/sync-protocol.ts';
 
 /** A stand-in socket: records what the edge sends it and how it ends it. */
 function fakeSocket(id: string) {
-  const conn = { ...newConnection({ id, userId: '1', sessionId: '2', docName: 'notes', ack: false }), remote: 'owner' };
+  const conn = { ...newConnection({ id, userId: '1', sessionId: '2', docName: 'notes', docParam: '3', ack: false }), remote: 'owner' };
   const sent: Uint8Array[] = [];
   const ended: { code: number; reason: string }[] = [];
   const ws = {

@@ -31,7 +31,7 @@ const skip = missingRedis();
  */
 const LEASE_MS = 5000;
 const FAILOVER_BOUND_MS = 10_000;
-const PROTOCOL = 'plexichat-link/2';
+const PROTOCOL = 'plexichat-link/3';
 
 let redis: RedisServer;
 let dataDir: string;

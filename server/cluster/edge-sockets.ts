@@ -57,7 +57,7 @@ export class EdgeSockets implements EdgeRelay {
       from: this.bus.self,
       userId: conn.userId,
       sessionId: conn.sessionId,
-      docName: conn.docName,
+      docParam: conn.docParam,
       ack: conn.ack,
     });
   }

@@ -42,7 +42,7 @@ export interface LinkHandlers {
 
 /** Every frame on a link starts with its length (big-endian), then that many bytes. */
 export const FRAME_HEADER_BYTES = 4;
-const PROTOCOL = 'plexichat-link/2';
+const PROTOCOL = 'plexichat-link/3';
 const NONCE_BYTES = 32;
 /** Handshake frames are small: an unauthenticated peer is never buffered more than this. */
 const HANDSHAKE_FRAME_BYTES = 1024;

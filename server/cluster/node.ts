@@ -4,7 +4,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import type { ForwardedRequest, Placement, RelayedAnswer } from '../core/placement.ts';
-import { NotOwnerError } from '../storage/errors.ts';
+import { ClusterUnavailableError, NotOwnerError } from '../storage/errors.ts';
 import type { Storage } from '../storage/index.ts';
 import type { SyncSocket } from '../sync/document.ts';
 import type { DocRelay } from '../sync/registry.ts';
@@ -59,6 +59,8 @@ export interface ClusterBindings {
   holdsNothingOf(userId: string): boolean;
   /** Sessions another node ended: refuse them here and close their sockets. */
   sessionsEndedElsewhere(sessionIds: string[]): void;
+  /** Which of the user's documents a relayed socket's name means (this node owns the user); null for none of theirs. */
+  resolveDoc(userId: string, docParam: string): 'settings' | 'notes' | null;
   /** Whether a session still exists (a relayed socket's session may have ended on its way here). */
   sessionExists(sessionId: string): Promise<boolean>;
   /** An admin command changed user files: look at once at what this node keeps over them. */
@@ -106,6 +108,9 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     private readonly workerIds: WorkerIds,
   ) {
     this.leases = new Leases(redis, nodeId, leaseMs, logger);
+    // Only the owner opens a user's file, and holds it alone (exclusive locking, no shared memory:
+    // safe on a network volume); a write after the lease ran out locally is refused.
+    storage.userFiles.ownOnly({ mayUse: (userId) => this.leases.owns(userId), claimNew: (userId) => this.claimNew(userId) });
   }
 
   /**
@@ -304,7 +309,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       case 'sync-open': {
         const owns = this.leases.owns(message.userId);
         if (owns) this.lastUse.set(message.userId, Date.now());
-        bound.owner.open(message, owns ? 'serve' : 'not-owner');
+        bound.owner.open(message, owns ? this.verdictOn(message.userId, message.docParam) : 'not-owner');
         // The session may have ended on the way, after its revocation reached this node: read
         // again (not from the cache). The frames are served meanwhile, as those of any socket
         // whose session ends while it is open; an ended one is closed with 4401 once known.
@@ -339,6 +344,31 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
         bound.bindings.filesChangedElsewhere();
         return;
     }
+  }
+
+  /** Whether a relayed socket's document is the user's: the edge could not read it (only the owner opens the file). */
+  private verdictOn(userId: string, docParam: string): 'serve' | 'not-owner' | 'not-found' {
+    try {
+      return this.bound?.bindings.resolveDoc(userId, docParam) === null ? 'not-found' : 'serve';
+    } catch (error) {
+      // The file could not be read now (storage busy or failing): the device retries shortly.
+      this.logger.warn({ err: error, userId }, 'could not check the document of a relayed socket');
+      return 'not-owner';
+    }
+  }
+
+  /** Takes a new account's id (nobody can hold it yet) for this node; resolves with its fencing token. */
+  private async claimNew(userId: string): Promise<number> {
+    let claim: Awaited<ReturnType<Leases['acquire']>>;
+    try {
+      claim = await this.leases.acquire(userId);
+    } catch (error) {
+      this.logger.warn({ err: error, userId }, 'could not take a new user for this node');
+      throw new ClusterUnavailableError('cannot reach Redis to take a new user', { cause: error });
+    }
+    if ('owner' in claim) throw new NotOwnerError(`the new user ${userId} is held by ${claim.owner}`);
+    this.lastUse.set(userId, Date.now());
+    return claim.token;
   }
 
   private async claim(userId: string): Promise<'here' | { node: string }> {

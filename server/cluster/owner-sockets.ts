@@ -6,6 +6,8 @@ import type { NodeBus } from './bus.ts';
 import { RemoteSocket, type RemoteSocketHost } from './remote-socket.ts';
 import type { NodeMessage } from './wire.ts';
 
+const NO_SUCH_DOCUMENT = 'No such document';
+
 /** What the sync channel does for a socket another node holds, exactly as for its own. */
 export interface SyncSessions {
   open(ws: SyncSocket): void;
@@ -38,19 +40,26 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
    * A device's socket opened on another node: served here, or ended — told to reconnect when this
    * node does not own its user, or 4401 when its session ended on the way.
    */
-  open(message: Extract<NodeMessage, { kind: 'sync-open' }>, verdict: 'serve' | 'not-owner'): void {
-    const docName = message.docName;
-    if (docName !== 'notes' && docName !== 'settings') {
-      this.logger.warn({ docName, from: message.from }, 'ignored a relayed socket for a document that does not exist');
-      return;
-    }
+  open(message: Extract<NodeMessage, { kind: 'sync-open' }>, verdict: 'serve' | 'not-owner' | 'not-found'): void {
+    const { docParam } = message;
     const socket = new RemoteSocket(
-      newConnection({ id: message.conn, userId: message.userId, sessionId: message.sessionId, docName, ack: message.ack }),
+      newConnection({
+        id: message.conn,
+        userId: message.userId,
+        sessionId: message.sessionId,
+        docName: docParam === 'settings' ? 'settings' : 'notes',
+        docParam,
+        ack: message.ack,
+      }),
       message.from,
       this,
     );
     if (verdict === 'not-owner') {
       socket.end(CLOSE_CODES.TRY_AGAIN_LATER, 'Your data is moving between servers; reconnect');
+      return;
+    }
+    if (verdict === 'not-found') {
+      socket.end(CLOSE_CODES.DOCUMENT_NOT_FOUND, NO_SUCH_DOCUMENT);
       return;
     }
     this.sockets.set(message.conn, socket);

@@ -8,7 +8,8 @@ import * as encoding from 'lib0/encoding';
  *
  * - `http-request`/`http-answer`: a REST request for a user another node owns, and its answer.
  * - `sync-open`/`sync-frame`/`sync-close`: a device's sync socket held by an edge node, relayed to
- *   the owner of its document: opened, each frame as it came, closed.
+ *   the owner of its document: opened (with the document as the device named it, which the owner
+ *   checks), each frame as it came, closed.
  * - `sync-send`/`sync-end`: the owner's answer to one such socket, and its close code.
  * - `sync-publish`: a frame for every socket of a document on the edge node, encoded once per node
  *   (`except`: the socket that sent it, which must not get it back; '' for none).
@@ -19,7 +20,7 @@ import * as encoding from 'lib0/encoding';
 export type NodeMessage =
   | { kind: 'http-request'; id: number; from: string; request: string; body: Uint8Array }
   | { kind: 'http-answer'; id: number; answer: string; body: Uint8Array }
-  | { kind: 'sync-open'; conn: string; from: string; userId: string; sessionId: string; docName: string; ack: boolean }
+  | { kind: 'sync-open'; conn: string; from: string; userId: string; sessionId: string; docParam: string; ack: boolean }
   | { kind: 'sync-frame'; conn: string; bytes: Uint8Array }
   | { kind: 'sync-close'; conn: string }
   | { kind: 'sync-send'; conn: string; bytes: Uint8Array }
@@ -66,7 +67,7 @@ export function writeNodeMessage(e: encoding.Encoder, message: NodeMessage): voi
       encoding.writeVarString(e, message.from);
       encoding.writeVarString(e, message.userId);
       encoding.writeVarString(e, message.sessionId);
-      encoding.writeVarString(e, message.docName);
+      encoding.writeVarString(e, message.docParam);
       encoding.writeUint8(e, message.ack ? 1 : 0);
       break;
     case 'sync-frame':
@@ -128,7 +129,7 @@ function readNodeMessage(d: decoding.Decoder): NodeMessage {
         from: decoding.readVarString(d),
         userId: decoding.readVarString(d),
         sessionId: decoding.readVarString(d),
-        docName: decoding.readVarString(d),
+        docParam: decoding.readVarString(d),
         ack: decoding.readUint8(d) === 1,
       };
     case 'sync-frame':

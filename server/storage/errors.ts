@@ -34,7 +34,7 @@ export class ClusterUnavailableError extends StorageBusyError {
  * reaches the owner.
  */
 export class NotOwnerError extends ClusterUnavailableError {
-  override readonly name = 'NotOwnerError';
+  override readonly name: string = 'NotOwnerError';
 
   constructor(
     message: string,
@@ -43,6 +43,15 @@ export class NotOwnerError extends ClusterUnavailableError {
   ) {
     super(message);
   }
+}
+
+/**
+ * Cluster mode: the user's file is held by another process (its owner node, or a command it was
+ * handed to), which opened it in exclusive locking mode; nothing was read or written. Retryable:
+ * the holder lets go when it gives the user up.
+ */
+export class FileHeldElsewhereError extends NotOwnerError {
+  override readonly name = 'FileHeldElsewhereError';
 }
 
 /** The cluster's directory (Redis) did not answer, or answered that it cannot serve now. */

@@ -10,17 +10,30 @@ export interface OpenOptions {
   migrations: readonly Migration[];
   /** Open only an existing file (user files are created explicitly, never by a lookup). */
   mustExist?: boolean;
+  /**
+   * Hold the file for this connection alone (cluster mode, user files): SQLite's EXCLUSIVE locking
+   * mode, set before the first access, so WAL runs without its shared-memory index (a heap copy
+   * instead), which network filesystems cannot share safely. The lock is taken by the open's first
+   * read and kept until the connection closes; an open that finds the file held by another
+   * connection fails at once with SQLITE_BUSY (no busy wait: the holder keeps it for as long as it
+   * serves the user).
+   */
+  exclusive?: boolean;
 }
 
 /** Opens a SQLite file in WAL mode and brings its schema up to date in one transaction. */
 export function openDatabase(file: string, options: OpenOptions): Db {
   const db = new Database(file, { fileMustExist: options.mustExist ?? false });
   try {
+    if (options.exclusive === true) {
+      db.pragma('locking_mode = EXCLUSIVE');
+      db.pragma('busy_timeout = 0');
+    }
     db.pragma('journal_mode = WAL');
     // NORMAL in WAL mode: a committed transaction survives a process crash (kill -9); only an OS
     // crash or power loss can drop the last few. Acknowledged writes are committed first.
     db.pragma('synchronous = NORMAL');
-    db.pragma('busy_timeout = 5000');
+    if (options.exclusive !== true) db.pragma('busy_timeout = 5000');
     // better-sqlite3 builds SQLite with a 16 MB page cache per connection, and up to
     // --max-open-user-files connections are open: SQLite's own default of 2 MB bounds that (the
     // rest is served from the OS page cache). A long sync session on one document otherwise

@@ -2,9 +2,19 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { isSnowflake } from '../../shared/snowflake.ts';
-import { NotOwnerError, StorageBusyError, isOutOfDescriptors } from './errors.ts';
+import { FileHeldElsewhereError, NotOwnerError, StorageBusyError, isOutOfDescriptors } from './errors.ts';
 import { USER_FILE_MIGRATIONS } from './schema.ts';
 import { StatementCache, dataVersionReader, openDatabase, openExistingForReading, type Db, type Statement } from './sqlite.ts';
+
+/**
+ * Cluster mode: which users' files this process may open and write now (it holds their lease).
+ * Asked before every open and inside every write transaction, so it must be cheap (no I/O).
+ */
+export interface FileAccess {
+  mayUse(userId: string): boolean;
+  /** Takes a user that does not exist yet (a new account's id) for this process; resolves with the fencing token. */
+  claimNew(userId: string): Promise<number>;
+}
 
 /** An open user file: its connection and the statements prepared on it. */
 export class UserFile {
@@ -28,6 +38,8 @@ export class UserFile {
   constructor(
     readonly userId: string,
     readonly db: Db,
+    /** Cluster mode: asked under the write lock before every write (see `FileAccess`). */
+    private readonly access?: Pick<FileAccess, 'mayUse'>,
   ) {
     this.statements = new StatementCache(db);
     this.readDataVersion = dataVersionReader(db);
@@ -50,6 +62,10 @@ export class UserFile {
       return this.db
         .transaction(() => {
           if (this.refresh() === 'deleted') throw new UserFileDeletedError(`the account ${this.userId} was deleted`);
+          // A lease that ran out while this process was paused or cut off from Redis: another
+          // process may hold the user now (on a network volume whose server broke a stale lock,
+          // even the file), so nothing more is written here.
+          if (this.access !== undefined && !this.access.mayUse(this.userId)) throw new NotOwnerError(`this process no longer holds ${this.userId}`);
           this.checkFence();
           return fn();
         })
@@ -79,7 +95,7 @@ export class UserFile {
     this.transaction(() => {
       const stored = readFence(this);
       if (stored !== undefined && stored > token) throw new NotOwnerError(`a newer owner's token is stored in the file of ${this.userId}`, stored);
-      this.stmt('INSERT INTO owner_lease (singleton, token) VALUES (1, ?) ON CONFLICT (singleton) DO UPDATE SET token = excluded.token').run(token);
+      writeFence(this, token);
     });
     this.fence = token;
     this.fenceSeenAt = this.dataVersion;
@@ -112,6 +128,10 @@ export class UserFile {
     this.deleted = isMarkedDeleted(this);
     return this.deleted ? 'deleted' : 'changed';
   }
+}
+
+function writeFence(file: UserFile, token: number): void {
+  file.stmt('INSERT INTO owner_lease (singleton, token) VALUES (1, ?) ON CONFLICT (singleton) DO UPDATE SET token = excluded.token').run(token);
 }
 
 function readFence(file: UserFile): number | undefined {
@@ -151,6 +171,8 @@ export class UserFiles {
   private readonly closingListeners = new Set<(userId: string) => void>();
   /** Cluster mode: the fencing token of each user this node owns, given to their file whenever it is opened. */
   private readonly fences = new Map<string, number>();
+  /** Cluster mode (`ownOnly`): the users whose files this process may open, which it then holds exclusively. */
+  private access: FileAccess | undefined;
   /** Files opened and idle files closed to make room, since start (for metrics: many evictions = cap too low). */
   opened = 0;
   evicted = 0;
@@ -177,6 +199,18 @@ export class UserFiles {
     this.closingListeners.add(listener);
   }
 
+  /**
+   * Cluster mode: from now on this process opens only the files of users `access` says it holds,
+   * and opens them in exclusive locking mode (storage/sqlite.ts): no other process can read or
+   * write a file this one has open, and an open of a file another process holds fails at once
+   * (FileHeldElsewhereError, answered as "your data is moving"). Called once, before any file is
+   * opened.
+   */
+  ownOnly(access: FileAccess): void {
+    if (this.open.size > 0) throw new Error('ownOnly must be called before any user file is opened');
+    this.access = access;
+  }
+
   /** The ids of every user file there is, opened or not (names that are not snowflakes are skipped). */
   list(): string[] {
     const ids: string[] = [];
@@ -196,6 +230,7 @@ export class UserFiles {
       return cached;
     }
     const file = this.pathOf(userId);
+    this.assertMayUse(userId);
     // Checked first: a user that does not exist must not cost another user's open file.
     if (!fs.existsSync(file)) throw new UserFileMissingError(`no user file for ${userId}`);
     let db: Db;
@@ -205,7 +240,7 @@ export class UserFiles {
       if (!(error instanceof StorageBusyError) && !fs.existsSync(file)) throw new UserFileMissingError(`no user file for ${userId}`);
       throw error;
     }
-    const opened = new UserFile(userId, db);
+    const opened = new UserFile(userId, db, this.access);
     opened.fence = this.fences.get(userId);
     // A deletion stopped half-way (or still going on in another process) leaves a marked file:
     // it is no account any more, whatever else still names it.
@@ -217,17 +252,32 @@ export class UserFiles {
   }
 
   /**
+   * Cluster mode: takes a new account's id for this process before its file is created, so that
+   * `create` makes the file as its owner, fencing token included. Nothing to do on one node.
+   */
+  async claimNew(userId: string): Promise<void> {
+    if (this.access === undefined) return;
+    this.fences.set(userId, await this.access.claimNew(userId));
+  }
+
+  /**
    * Creates a new user file and runs `init` on it in one transaction. If anything fails, no file
    * is left behind (a half-made file would block the id and hold nothing).
    */
   create(userId: string, init: (file: UserFile) => void): UserFile {
     const file = this.pathOf(userId);
+    this.assertMayUse(userId);
     if (fs.existsSync(file)) throw new Error(`user file for ${userId} already exists`);
     let userFile: UserFile | undefined;
     try {
-      userFile = new UserFile(userId, this.openFile(file, false));
+      userFile = new UserFile(userId, this.openFile(file, false), this.access);
       const created = userFile;
-      created.transaction(() => init(created));
+      const token = this.fences.get(userId);
+      created.transaction(() => {
+        init(created);
+        if (token !== undefined) writeFence(created, token);
+      });
+      created.fence = token;
     } catch (error) {
       if (userFile?.db.open) userFile.db.close();
       removeDatabaseFiles(file);
@@ -363,6 +413,34 @@ export class UserFiles {
     this.forget(userId);
   }
 
+  /**
+   * Runs `fn` on the user's file to read it, whoever serves the user: through the open handle
+   * when this process may use the file, otherwise (cluster mode: another process owns the user, or
+   * nobody does) on a connection of its own, opened for this call and closed after it, without
+   * taking the user over. That open fails at once (FileHeldElsewhereError) while another process
+   * holds the file, and a node claiming the user meanwhile is refused the same way and retries:
+   * two processes never have the file open together. For what reads every file (the users index
+   * derived again); `fn` must not write.
+   */
+  read<T>(userId: string, fn: (file: UserFile) => T): T {
+    if (this.access === undefined || this.open.has(userId) || this.access.mayUse(userId)) return this.use(userId, fn);
+    const file = this.pathOf(userId);
+    if (!fs.existsSync(file)) throw new UserFileMissingError(`no user file for ${userId}`);
+    let db: Db;
+    try {
+      db = openDatabase(file, { migrations: USER_FILE_MIGRATIONS, mustExist: true, exclusive: true });
+    } catch (error) {
+      throw this.openFailure(error, file, userId);
+    }
+    try {
+      const peeked = new UserFile(userId, db, { mayUse: () => false });
+      if (isMarkedDeleted(peeked)) throw new UserFileDeletedError(`the account ${userId} was deleted`);
+      return fn(peeked);
+    } finally {
+      db.close();
+    }
+  }
+
   /** Keeps a handle open until the returned release function is called. */
   pin(userId: string): { file: UserFile; release: () => void } {
     const file = this.get(userId);
@@ -397,20 +475,34 @@ export class UserFiles {
     this.open.clear();
   }
 
+  private assertMayUse(userId: string): void {
+    if (this.access !== undefined && !this.access.mayUse(userId)) throw new NotOwnerError(`this process does not hold ${userId}`);
+  }
+
+  /** What a failed open of `file` throws: FileHeldElsewhereError when another process holds it exclusively. */
+  private openFailure(error: unknown, file: string, userId: string): unknown {
+    if (this.access !== undefined && (error as { code?: unknown }).code === 'SQLITE_BUSY') {
+      return new FileHeldElsewhereError(`the file of ${userId} is held by another process (${path.basename(file)})`);
+    }
+    return error;
+  }
+
   /** Opens a database file once there is room, recovering once from a process out of descriptors. */
   private openFile(file: string, mustExist: boolean): Db {
     this.makeRoom(this.maxOpen - 1);
+    const exclusive = this.access !== undefined;
+    const userId = path.basename(file, '.sqlite');
     try {
-      return openDatabase(file, { migrations: USER_FILE_MIGRATIONS, mustExist });
+      return openDatabase(file, { migrations: USER_FILE_MIGRATIONS, mustExist, exclusive });
     } catch (error) {
-      if (!isOutOfDescriptors(error) || (mustExist && !fs.existsSync(file))) throw error;
+      if (!isOutOfDescriptors(error) || (mustExist && !fs.existsSync(file))) throw this.openFailure(error, file, userId);
       // The process limit (ulimit -n) is below what our cap needs: give back idle files and retry once.
       if (this.closeIdle(Math.ceil(this.open.size / 2)) === 0) throw new StorageBusyError('out of file descriptors, with every user file in use');
       try {
-        return openDatabase(file, { migrations: USER_FILE_MIGRATIONS, mustExist });
+        return openDatabase(file, { migrations: USER_FILE_MIGRATIONS, mustExist, exclusive });
       } catch (retryError) {
         if (isOutOfDescriptors(retryError)) throw new StorageBusyError('out of file descriptors');
-        throw retryError;
+        throw this.openFailure(retryError, file, userId);
       }
     }
   }

@@ -17,6 +17,12 @@ export interface Connection {
   userId: string;
   sessionId: string;
   docName: DocName;
+  /**
+   * The document as the device named it (`settings`, or its notes channel id). Cluster mode: an
+   * edge node cannot read whose notes channel an id is (only the owner opens the user's file), so
+   * the owner checks it when the socket is placed there.
+   */
+  docParam: string;
   /** Opted in to acknowledgements (`?ack=1`). */
   ack: boolean;
   doc: SyncDocument | undefined;
@@ -41,7 +47,7 @@ export interface Connection {
 }
 
 /** A connection's state as it starts: nothing stored, acknowledged or sent yet. */
-export function newConnection(fields: Pick<Connection, 'id' | 'userId' | 'sessionId' | 'docName' | 'ack'>): Connection {
+export function newConnection(fields: Pick<Connection, 'id' | 'userId' | 'sessionId' | 'docName' | 'docParam' | 'ack'>): Connection {
   return { ...fields, doc: undefined, closed: false, refused: false, stored: 0, acked: 0, catchUp: 0, remote: undefined, placing: undefined, held: undefined };
 }
 

@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { ERROR_CATALOGUE, type ErrorCode } from '../../shared/errors.ts';
 import { MalformedMessageError, type SyncMessage, encodeAwareness, encodeSyncStep2, readMessage } from '../../shared/sync-codec.ts';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
+import { isSnowflake } from '../../shared/snowflake.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import type { Placement } from '../core/placement.ts';
@@ -225,19 +226,22 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
       refuse(res, requestId, 'unauthorized', 'A valid token is required (Authorization header, Sec-WebSocket-Protocol or ?token=)');
       return;
     }
-    const docName = options.resolveDoc(principal.userId, safeDecode(url.slice('/sync/'.length)));
+    const docParam = safeDecode(url.slice('/sync/'.length));
+    // Cluster mode: where the user is served is known at once when it is here; otherwise it is
+    // looked up while the socket opens (`place`). The upgrade itself never waits.
+    const where = options.cluster?.placement.locate(principal.userId) ?? 'here';
+    // Only the node serving the user may read their file: elsewhere only the name's form is checked
+    // here, and the owner checks the rest once the socket is placed (4404 then).
+    const docName = where === 'here' ? options.resolveDoc(principal.userId, docParam) : docNameOfForm(docParam);
     if (docName === null) {
       // Someone else's document and one that does not exist look the same.
       refuse(res, requestId, 'not_found', 'No such document');
       return;
     }
-    const conn = newConnection({ id: requestId, userId: principal.userId, sessionId: principal.sessionId, docName, ack });
+    const conn = newConnection({ id: requestId, userId: principal.userId, sessionId: principal.sessionId, docName, docParam, ack });
     // A browser that offered protocols needs one of them back, but the token must never be echoed
     // into a response header: clients offer `plexichat` beside it (a lone token gets none back).
     const chosen = offered.find((p) => p !== protocolToken) ?? '';
-    // Cluster mode: where the user is served is known at once when it is here; otherwise it is
-    // looked up while the socket opens (`place`). The upgrade itself never waits.
-    const where = options.cluster?.placement.locate(principal.userId) ?? 'here';
     if (where !== 'here') conn.placing = where;
     res.cork(() => res.upgrade(conn, key, chosen, extensions, context));
   }
@@ -258,6 +262,11 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
         ws.cork(() => {
           try {
             if (location === 'here') {
+              // This node just took the user: now the document's name can be checked here.
+              if (options.resolveDoc(conn.userId, conn.docParam) === null) {
+                end(ws, conn, CLOSE_CODES.DOCUMENT_NOT_FOUND, 'No such document');
+                return;
+              }
               attach(ws, conn);
               for (const bytes of held) receive(ws, conn, bytes);
             } else {
@@ -501,4 +510,10 @@ function safeDecode(segment: string): string {
 
 function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/** The document a name can be, judged by its form alone (`settings`, or an id that may be the notes channel's). */
+function docNameOfForm(docParam: string): DocName | null {
+  if (docParam === 'settings') return 'settings';
+  return isSnowflake(docParam) ? 'notes' : null;
 }

@@ -34,7 +34,7 @@ export async function rebuildDirectoryIndex(storage: Storage): Promise<IndexRebu
     .sort((a, b) => compareSnowflakes(b, a))
     .flatMap((id) => {
       try {
-        return [userFiles.use(id, entryOf)];
+        return [userFiles.read(id, entryOf)];
       } catch (error) {
         if (error instanceof UserFileDeletedError) return [];
         // Said with the file's path: an operator has to find it to repair it or move it aside.
@@ -91,7 +91,7 @@ export async function checkDirectoryIndex(storage: Storage): Promise<IndexProble
     const row = rows.get(userId);
     let entry: IndexEntry;
     try {
-      entry = userFiles.use(userId, entryOf);
+      entry = userFiles.read(userId, entryOf);
     } catch (error) {
       if (error instanceof UserFileDeletedError) problems.push({ kind: 'deleted', userId, indexed: row !== undefined });
       else problems.push({ kind: 'unreadable', userId, reason: error instanceof Error ? error.message : String(error) });
@@ -117,7 +117,7 @@ export async function checkDirectoryIndex(storage: Storage): Promise<IndexProble
 
 /** Derives one user's index row again from their file, and clears its pending mark. */
 export async function rederiveIndexEntry(storage: Storage, userId: string): Promise<void> {
-  await storage.directory.settleUser(storage.userFiles.use(userId, entryOf));
+  await storage.directory.settleUser(storage.userFiles.read(userId, entryOf));
 }
 
 /** The index entry a user file derives: under the id the file is found by (its name). */

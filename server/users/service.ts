@@ -146,6 +146,8 @@ export class UsersService {
       await this.assertAvailable(body.username, body.email, null);
       const passwordHash = await this.hasher.hash(body.password);
       const id = this.deps.storage.nextId();
+      // Cluster mode: the node that creates the file owns the new user from the start.
+      await userFiles.claimNew(id);
       const user = { id, username: body.username, email: body.email, createdAt: nowSeconds() };
       // The user file first, then the index entry that makes the account exist: a failure in
       // between leaves only a file nobody indexed, removed here (storage/schema.ts).
