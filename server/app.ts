@@ -179,8 +179,9 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   });
   const users: UsersService = new UsersService({ storage, logger, avatars, mfa, currentPasswordLimit: config.loginFailureLimit, throttles });
   // Before anything reads the users index: make it what the user files derive (storage/schema.ts).
+  const repairIndex = () => (cluster === undefined ? users.repairDirectoryIndex() : cluster.repairIndex(() => users.repairDirectoryIndex()));
   try {
-    await users.repairDirectoryIndex();
+    await repairIndex();
   } catch (error) {
     await cluster?.close();
     storage.close();
@@ -188,9 +189,10 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     throw error;
   }
   // A Redis that came back empty (restarted without its data) has lost the directory: the users
-  // index is derived again from the user files, by every node that sees it back (the same result).
+  // index is derived again from the user files, by the first node that sees it back (the others
+  // wait for it, then find it done).
   cluster?.onRedisBack(() => {
-    users.repairDirectoryIndex().catch((error: unknown) => logger.error({ err: error }, 'could not check the users index after Redis came back'));
+    repairIndex().catch((error: unknown) => logger.error({ err: error }, 'could not check the users index after Redis came back'));
   });
   const authService = new AuthService({
     storage,

@@ -1,7 +1,7 @@
 /**
  * Cluster mode when things fail (docs/cluster.md): nodes as processes on one data folder and a real
  * redis-server. The owner of a user killed mid-burst (kill -9), a paused owner (SIGSTOP) that
- * resumes after another node took its user over, Redis restarted under running nodes.
+ * keeps its users' files held and resumes after its leases ended, Redis restarted under running nodes.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -94,7 +94,10 @@ test('kill -9 of the owner mid-burst: another node serves the user within 10 s, 
   nodes.set('a', await startNode('a'));
 });
 
-test('a paused owner (SIGSTOP) that resumes after another node took its user over cannot write', { skip, timeout: 60_000 }, async () => {
+test('a paused owner (SIGSTOP) keeps its file from every other node, and once resumed after its lease ended cannot write', {
+  skip,
+  timeout: 60_000,
+}, async () => {
   const user = await registerUser(api('b'));
   const channel = await notesChannelOf(api('b'), user);
   const paused = nodes.get('b');
@@ -104,22 +107,34 @@ test('a paused owner (SIGSTOP) that resumes after another node took its user ove
   device.send('before the pause');
   await within(5000, 'the first note is acknowledged', async () => (device.acked === 1 ? true : undefined));
   paused.child.kill('SIGSTOP');
+  let refusals = 0;
   try {
     device.send('sent to the paused owner');
-    // Another node takes the user over once the paused owner's lease ends, and writes.
-    const posted = await within(FAILOVER_BOUND_MS, 'another node takes the user over', async () => {
+    // Once the paused owner's lease ends, another node may take the lease, but the file is still
+    // held (exclusive locking) by the paused process: the open fails at once, nothing is written,
+    // and the client is told its data is moving.
+    await within(FAILOVER_BOUND_MS, 'another node finds the file held by the paused owner', async () => {
       const res = await api('c').post<Message>(`/channels/${channel}/messages`, { token: user.token, json: { content: 'from the new owner' } });
-      return res.status === 201 ? res : undefined;
+      assert.notEqual(res.status, 201, 'written while the paused owner held the file');
+      if (res.status !== 503 || (res.body as unknown as { message: string }).message !== 'Your data is moving between servers right now; retry shortly')
+        return undefined;
+      refusals += 1;
+      return refusals >= 2 ? true : undefined;
     });
-    assert.equal(posted.body.content, 'from the new owner');
   } finally {
     paused.child.kill('SIGCONT');
   }
-  // Resumed, the former owner reads the queued update and tries to store it: the fencing token in
-  // the file is no longer its own, so nothing is written, and the device is told to reconnect.
+  // Resumed, the former owner reads the queued update and tries to store it: its lease ended while
+  // it was paused, so nothing is written, and the device is told to reconnect. It then finds the
+  // lease gone, closes the file, and another node serves the user.
   const { code } = await device.closed;
   assert.ok([1011, 1012, 1013].includes(code), `closed with ${code}`);
   assert.equal(device.acked, 1, 'the update sent to the paused owner was never acknowledged');
+  const posted = await within(FAILOVER_BOUND_MS, 'another node takes the user over', async () => {
+    const res = await api('c').post<Message>(`/channels/${channel}/messages`, { token: user.token, json: { content: 'from the new owner' } });
+    return res.status === 201 ? res : undefined;
+  });
+  assert.equal(posted.body.content, 'from the new owner');
   const contents = await within(FAILOVER_BOUND_MS, 'the notes are served', () => notesThrough('a', user, channel));
   assert.deepEqual(contents.sort(), ['before the pause', 'from the new owner']);
 });

@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import type { ForwardedRequest, Placement, RelayedAnswer } from '../core/placement.ts';
 import { ClusterUnavailableError, NotOwnerError } from '../storage/errors.ts';
+import { repairIndexAlone } from './index-repair.ts';
 import type { Storage } from '../storage/index.ts';
 import type { SyncSocket } from '../sync/document.ts';
 import type { DocRelay } from '../sync/registry.ts';
@@ -47,6 +48,9 @@ export interface ClusterSettings {
 }
 
 /** What the node uses of the rest of the server, bound once everything exists (`bind`). */
+/** How long a repair of the users index is tried again while former owners still hold files. */
+const REPAIR_BOUND_MS = 30_000;
+
 export interface ClusterBindings {
   serveForwarded: ServeForwarded;
   /** The sync channel: serves relayed sockets here as its own, and delivers frames to this node's sockets. */
@@ -189,7 +193,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       bus,
       rest: new RestRelay(bus),
       edge: new EdgeSockets(bus, bindings.publishRelayed),
-      owner: new OwnerSockets(bus, bindings.sessions, bindings.publishLocal, this.logger),
+      owner: new OwnerSockets(bus, bindings.sessions, bindings.publishLocal),
     };
     this.timer = setInterval(() => void this.tick(), Math.max(100, Math.floor(this.leaseMs / 3)));
     this.timer.unref();
@@ -202,6 +206,14 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
    */
   onRedisBack(listener: () => void): void {
     this.redis.on('ready', listener);
+  }
+
+  /**
+   * Runs a repair of the users index (it reads every user file) alone in the cluster, tried again
+   * while files are still held by owners that have not yet seen their leases end (index-repair.ts).
+   */
+  repairIndex(repair: () => Promise<void>): Promise<void> {
+    return repairIndexAlone(this.redis, this.record, this.leaseMs, Math.max(REPAIR_BOUND_MS, 10 * this.leaseMs), repair, this.logger);
   }
 
   /** For `GET /health`. */

@@ -1,4 +1,3 @@
-import type { Logger } from 'pino';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import { newConnection, type SyncSocket } from '../sync/document.ts';
 import type { DocRelay } from '../sync/registry.ts';
@@ -29,7 +28,6 @@ export class OwnerSockets implements DocRelay, RemoteSocketHost {
     private readonly bus: NodeBus,
     private readonly sessions: SyncSessions,
     private readonly publishToLocal: (topic: string, frame: Uint8Array) => void,
-    private readonly logger: Logger,
   ) {}
 
   get size(): number {
