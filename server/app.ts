@@ -255,7 +255,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const notes = new NotesService({ storage, users, registry, logger });
   const userSettings = new UserSettingsService(registry, logger);
   const relationships = new RelationshipsService(storage, users, logger);
-  const channels = new ChannelsService({ storage, users, relationships, messaging, logger });
+  const channels = new ChannelsService({ storage, users, relationships, logger });
   const metrics =
     recorders &&
     exposition &&

@@ -9,11 +9,11 @@ import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import { KeyedLock } from '../core/keyed-lock.ts';
-import { STORAGE_FAILURE, guardStorage, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
+import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, guardStorage, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
 import type { Throttle, Throttles } from '../core/throttle.ts';
 import type { AvatarsService } from '../avatars/service.ts';
 import type { MfaService } from '../mfa/service.ts';
-import { NameTakenError, type IndexedUser, type NewSession } from '../storage/directory-store.ts';
+import { NameTakenError, type IndexEntry, type IndexedUser, type NewSession } from '../storage/directory-store.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
 import {
   type CardSources,
@@ -199,19 +199,39 @@ export class UsersService {
     };
   }
 
-  /** The public object of an indexed user; 404 for ids that are not accounts. */
+  /**
+   * The public object of an indexed user, from their card in the directory (their file may be
+   * another node's to open); 404 for ids that are not accounts.
+   */
   async publicUser(userId: string): Promise<PublicUser> {
-    if (!isSnowflake(userId) || !(await this.readingDirectory((directory) => directory.findUserById(userId)))) {
-      throw new AppError('user_not_found', 'No user with that id');
-    }
-    const { row, avatarUrl } = this.profile(userId);
+    return this.publicUserOf(await this.cardOf(userId));
+  }
+
+  /** The public object a card makes: the same bytes as the profile it was derived from would. */
+  publicUserOf(card: IndexEntry): PublicUser {
     return {
-      id: row.id,
-      username: row.username,
-      avatar_url: avatarUrl,
-      created_at: row.created_at,
-      badges: repo.parseBadges(row.badges),
+      id: card.id,
+      username: card.username,
+      avatar_url: this.deps.avatars.urlOf(card.id, card.avatarHash),
+      created_at: card.createdAt,
+      badges: card.badges,
     };
+  }
+
+  /**
+   * What other users' requests may know of an account (its public object, who may open a DM with
+   * it, where its mail goes), read from the directory's index alone, never from the user's file.
+   * 404 for ids that are not accounts. A row no start has derived a card for yet (an upgrade's,
+   * whose file could not be read) answers 503: the file it waits for is failing.
+   */
+  async cardOf(userId: string): Promise<IndexEntry> {
+    const row = isSnowflake(userId) ? await this.readingDirectory((directory) => directory.findUserRow(userId)) : undefined;
+    if (row === undefined) throw new AppError('user_not_found', 'No user with that id');
+    if (row.card === null) {
+      this.deps.logger.error({ userId }, 'an index row has no card yet (its user file could not be read since the upgrade): answered with 503');
+      throw new AppError('service_unavailable', STORAGE_FAILURE.read, { headers: { 'Retry-After': String(STORAGE_RETRY_AFTER_S) } });
+    }
+    return { id: row.id, username: row.username, createdAt: row.created_at, ...row.card };
   }
 
   async findByUsername(username: string): Promise<PublicUser> {
