@@ -15,7 +15,8 @@ import { AuthService } from './auth/service.ts';
 import { authRoutes } from './auth/routes.ts';
 import { UsersService } from './users/service.ts';
 import { usersRoutes } from './users/routes.ts';
-import { MessagingSettingsService } from './settings/messaging-service.ts';
+import { MessagingSettingsService, allowDmsFromOf } from './settings/messaging-service.ts';
+import { avatarHashOf } from './avatars/card.ts';
 import { UserSettingsService } from './settings/user-settings-service.ts';
 import { settingsDocPolicy } from './settings/doc-policy.ts';
 import { NotesService } from './notes/service.ts';
@@ -137,6 +138,10 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       // again, once its rows moved there). Set before any service is made: they keep it.
       const directory = new RedisDirectory(cluster.redis);
       await moveDirectoryToRedis(storage.localDirectory, directory, cluster.redis, cluster.nodeId, logger);
+      // A directory an older version wrote holds no cards: its rows are marked pending, and the
+      // repair below derives them before this node serves.
+      const marked = await directory.upgradeLayout();
+      if (marked > 0) logger.warn({ rows: marked }, "the directory in Redis was written by an older version: its rows' cards are derived from the user files");
       storage.directory = directory;
     } catch (error) {
       await cluster?.close();
@@ -162,6 +167,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       maxFrames: config.maxAvatarFrames,
       jobs: config.avatarJobs,
     },
+    changeCard: (userId, write) => users.changeCard(userId, write),
   });
   // Users ask mfa whether 2FA is on (`totp_enabled`); mfa asks users to check a password. The
   // second is given as functions, so neither feature imports the other (no cycle); they are only
@@ -177,7 +183,15 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     throttles,
     clock: options.clock ?? Date.now,
   });
-  const users: UsersService = new UsersService({ storage, logger, avatars, mfa, currentPasswordLimit: config.loginFailureLimit, throttles });
+  const users: UsersService = new UsersService({
+    storage,
+    logger,
+    avatars,
+    cardSources: { avatarHashOf, allowDmsFromOf },
+    mfa,
+    currentPasswordLimit: config.loginFailureLimit,
+    throttles,
+  });
   // Before anything reads the users index: make it what the user files derive (storage/schema.ts).
   const repairIndex = () => (cluster === undefined ? users.repairDirectoryIndex() : cluster.repairIndex(() => users.repairDirectoryIndex()));
   try {
@@ -243,7 +257,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const notes = new NotesService({ storage, users, registry, logger });
   const userSettings = new UserSettingsService(registry, logger);
   const relationships = new RelationshipsService(storage, users, logger);
-  const channels = new ChannelsService({ storage, users, relationships, messaging, logger });
+  const channels = new ChannelsService({ storage, users, relationships, logger });
   const metrics =
     recorders &&
     exposition &&

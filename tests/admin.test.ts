@@ -220,7 +220,7 @@ test('a process that still has a deleted account open writes no more to it, and 
   try {
     const { id } = await server.create('frank', 'frank@example.com', 'frank has a passphrase');
     assert.deepEqual(server.users.featuresOf(id), { badges: [], tier: 'free' });
-    other.users.addBadge(id, 'vip');
+    await other.users.addBadge(id, 'vip');
     assert.deepEqual(server.users.featuresOf(id).badges, [], 'memoised until the process looks');
     assert.deepEqual(server.storage.userFiles.refreshOpen(), []);
     assert.deepEqual(server.users.featuresOf(id).badges, ['vip'], 'after a look: what the other process committed');

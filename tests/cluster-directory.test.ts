@@ -18,6 +18,10 @@ import type { ServerOptions } from '../server/app.ts';
 import { RedisServer, missingRedis } from './helpers/redis.ts';
 import { notesChannelOf, rawSocket } from './helpers/sync.ts';
 import { captureLog } from './fixtures/log.ts';
+import Database from 'better-sqlite3';
+import { DIRECTORY_MIGRATIONS } from '../server/storage/schema.ts';
+import type { PrivateUser, PublicUser } from '../shared/index.ts';
+import { makePng } from './helpers/images.ts';
 
 const skip = missingRedis();
 
@@ -249,5 +253,115 @@ test('an admin command given --redis-url reaches the nodes at once: a badge it g
       const me = await node.api.get<{ badges: string[] }>('/users/@me', { token: alice.token });
       return me.body.badges.includes('early_supporter');
     });
+  });
+});
+
+/** A user's public object as their own file makes it (GET /users/@me), for comparing with what others are answered. */
+async function publicFromFile(api: Api, user: TestUser): Promise<PublicUser> {
+  const me = await api.get<PrivateUser>('/users/@me', { token: user.token });
+  assert.equal(me.status, 200);
+  const { id, username, avatar_url, created_at, badges } = me.body;
+  return { id, username, avatar_url, created_at, badges };
+}
+
+const CANNOT_MESSAGE = { error: 'Cannot message', code: 'cannot_message', message: 'You cannot message this user' };
+
+async function openDm(api: Api, sender: TestUser, recipientId: string): Promise<{ status: number; body: unknown }> {
+  const res = await api.post('/users/@me/channels', { token: sender.token, json: { recipient_id: recipientId } });
+  return { status: res.status, body: res.body };
+}
+
+test("a user's card changed through one node is what every node answers: avatar, badges, DM privacy", { skip, timeout: 60_000 }, async () => {
+  await withCluster('plexichat-cards-', async ({ dataDir, redis, startNode }) => {
+    const a = await startNode('a', 5000);
+    const b = await startNode('b', 5000);
+    const alice = await registerUser(a.api);
+    const bob = await registerUser(b.api);
+
+    const body = new FormData();
+    body.append('file', new Blob([new Uint8Array(await makePng())], { type: 'image/png' }), 'avatar.png');
+    const upload = await fetch(`${a.url}/users/@me/avatar`, { method: 'POST', headers: { authorization: `Bearer ${alice.token}` }, body });
+    assert.equal(upload.status, 200);
+    const admin = await AccountsAdmin.open(makeConfig({ dataDir, redisUrl: redis.url, logLevel: 'silent' }), captureLog().logger);
+    try {
+      await admin.change(() => admin.users.addBadge(alice.id, 'vip'));
+    } finally {
+      await admin.close();
+    }
+    assert.equal((await a.api.patch('/users/@me/messaging-settings', { token: alice.token, json: { allow_dms_from: 'none' } })).status, 200);
+
+    // Node a's answer to alice herself, from her file; b's to bob, from her card in Redis.
+    const alicePublic = await publicFromFile(a.api, alice);
+    assert.deepEqual(alicePublic.badges, ['vip']);
+    // The avatar's URL starts with the --public-url of the node serving bob (here its own port).
+    const withoutOrigin = (user: PublicUser) => ({ ...user, avatar_url: user.avatar_url === null ? null : user.avatar_url.replace(/^http:\/\/[^/]+/, '') });
+    assert.notEqual(alicePublic.avatar_url, null);
+    for (const node of [a, b]) {
+      const seen = await node.api.get<PublicUser>(`/users/${alice.id}`, { token: bob.token });
+      assert.equal(seen.status, 200);
+      assert.deepEqual(withoutOrigin(seen.body), withoutOrigin(alicePublic));
+      assert.deepEqual(await openDm(node.api, bob, alice.id), { status: 403, body: CANNOT_MESSAGE });
+    }
+    assert.equal((await a.api.patch('/users/@me/messaging-settings', { token: alice.token, json: { allow_dms_from: 'everyone' } })).status, 200);
+    assert.equal((await b.api.delete('/users/@me/avatar', { token: alice.token })).status, 204);
+    const opened = await openDm(b.api, bob, alice.id);
+    assert.equal(opened.status, 200);
+    assert.deepEqual((opened.body as { recipient: PublicUser }).recipient, { ...alicePublic, avatar_url: null });
+  });
+});
+
+test('upgrades in a cluster: an old directory.sqlite moved into Redis, and an old Redis directory, both end with every card derived at start', {
+  skip,
+  timeout: 60_000,
+}, async () => {
+  await withCluster('plexichat-card-upgrade-', async ({ dataDir, redis, startNode, stopNodes }) => {
+    const single = await startServer({ dataDir });
+    const alice = await registerUser(single.api);
+    const bob = await registerUser(single.api);
+    assert.equal((await single.api.patch('/users/@me/messaging-settings', { token: alice.token, json: { allow_dms_from: 'friends' } })).status, 200);
+    const admin = new AccountsAdmin(makeConfig({ dataDir, logLevel: 'silent' }), captureLog().logger);
+    try {
+      await admin.change(() => admin.users.addBadge(alice.id, 'beta_tester'));
+    } finally {
+      await admin.close();
+    }
+    const truth = await publicFromFile(single.api, alice);
+    await single.close();
+    // The previous version's directory.sqlite: no card columns.
+    const db = new Database(`${dataDir}/directory.sqlite`);
+    try {
+      for (const column of ['email', 'avatar_hash', 'badges', 'allow_dms_from']) db.exec(`ALTER TABLE users DROP COLUMN ${column}`);
+      db.pragma(`user_version = ${DIRECTORY_MIGRATIONS.length - 1}`);
+    } finally {
+      db.close();
+    }
+
+    const assertCards = async (node: TestServer) => {
+      assert.deepEqual((await node.api.get<PublicUser>(`/users/${alice.id}`, { token: bob.token })).body, truth);
+      assert.deepEqual(await openDm(node.api, bob, alice.id), { status: 403, body: CANNOT_MESSAGE });
+      const doctor = await AccountsAdmin.open(makeConfig({ dataDir, redisUrl: redis.url, logLevel: 'silent' }), captureLog().logger);
+      try {
+        assert.deepEqual(await doctor.users.checkDirectoryIndex(), []);
+      } finally {
+        await doctor.close();
+      }
+    };
+    // Migrated on open (rows marked pending), moved into Redis with their marks, derived at start.
+    await assertCards(await startNode('a', 2000));
+    await stopNodes();
+
+    // A Redis directory of the previous version: rows without their cards, no layout version.
+    const client = new Redis(redis.url);
+    try {
+      for (const id of [alice.id, bob.id]) await client.hdel(`plexichat:dir:user:${id}`, 'email', 'avatar_hash', 'badges', 'allow_dms_from');
+      await client.del('plexichat:dir:version');
+    } finally {
+      client.disconnect();
+    }
+    const log = captureLog();
+    const b = await startNode('b', 2000, { logger: log.logger });
+    assert.ok(log.records.some((record) => record.rows === 2 && String(record.msg).startsWith('the directory in Redis was written by an older version')));
+    // The session bob started on the single node lives on through both moves.
+    await assertCards(b);
   });
 });

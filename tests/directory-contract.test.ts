@@ -15,9 +15,19 @@ import { pino } from 'pino';
 import type { Redis } from 'ioredis';
 import { connectRedis } from '../server/cluster/redis.ts';
 import { RedisDirectory } from '../server/cluster/redis-directory.ts';
-import { type DirectoryStore, type IndexEntry, NameTakenError, type NewMailToken, type NewSession } from '../server/storage/directory-store.ts';
+import {
+  type DirectoryStore,
+  type IndexEntry,
+  NameTakenError,
+  type NewMailToken,
+  type NewSession,
+  type StoredIndexRow,
+  type UserCard,
+} from '../server/storage/directory-store.ts';
 import { isRetryableStorageError } from '../server/storage/errors.ts';
 import { SqliteDirectory } from '../server/storage/sqlite-directory.ts';
+import { DIRECTORY_MIGRATIONS } from '../server/storage/schema.ts';
+import { openDatabase } from '../server/storage/sqlite.ts';
 import { missingRedis, RedisServer } from './helpers/redis.ts';
 
 interface OpenedStore {
@@ -85,9 +95,17 @@ const STORES: StoreUnderTest[] = [
 // Fixtures. Ids are snowflake-like decimal strings; some differ in length on purpose, since
 // snowflakes compare as numbers (a shorter one is smaller) and as strings the other way round.
 
-function entry(id: string, username: string, email = `${username.toLowerCase()}@example.test`, createdAt = 1000): IndexEntry {
-  return { id, username, email, createdAt };
+/** An entry whose card is a new account's (no avatar, no badges, DMs from everyone) unless `card` says otherwise. */
+function entry(id: string, username: string, email = `${username.toLowerCase()}@example.test`, createdAt = 1000, card: Partial<UserCard> = {}): IndexEntry {
+  return { id, username, email, createdAt, avatarHash: null, badges: [], allowDmsFrom: 'everyone', ...card };
 }
+
+/** The row an entry is stored as. */
+function stored({ id, username, email, createdAt, avatarHash, badges, allowDmsFrom }: IndexEntry): StoredIndexRow {
+  return { id, username, email_lower: email.toLowerCase(), created_at: createdAt, card: { email, avatarHash, badges, allowDmsFrom } };
+}
+
+const AVATAR = `${'c0ffee'.repeat(10)}abcd`;
 
 function tokenHash(name: string): Buffer {
   return createHash('sha256').update(name).digest();
@@ -145,7 +163,7 @@ for (const kind of STORES) {
         assert.equal(await store.findUserByEmail('bob@example.test'), undefined);
         assert.equal(await store.findUserById('2'), undefined);
         assert.equal(await store.countUsers(), 1);
-        assert.deepEqual(await store.listUsers(), [{ id: '1', username: 'Alice', email_lower: 'alice@example.test', created_at: 1234 }]);
+        assert.deepEqual(await store.listUsers(), [stored(entry('1', 'Alice', 'Alice@Example.TEST', 1234))]);
       });
 
       test('a username or email another account holds, in any case, is refused with NameTakenError and changes nothing', async (t) => {
@@ -223,12 +241,15 @@ for (const kind of STORES) {
           ['1000', 'd'],
         ] as const)
           await store.indexUser(entry(id, name.toUpperCase(), `${name}@Example.test`, Number(id)));
-        assert.deepEqual(await store.listUsers(), [
-          { id: '9', username: 'A', email_lower: 'a@example.test', created_at: 9 },
-          { id: '11', username: 'B', email_lower: 'b@example.test', created_at: 11 },
-          { id: '100', username: 'C', email_lower: 'c@example.test', created_at: 100 },
-          { id: '1000', username: 'D', email_lower: 'd@example.test', created_at: 1000 },
-        ]);
+        assert.deepEqual(
+          await store.listUsers(),
+          [
+            ['9', 'a'],
+            ['11', 'b'],
+            ['100', 'c'],
+            ['1000', 'd'],
+          ].map(([id, name]) => stored(entry(id!, name!.toUpperCase(), `${name}@Example.test`, Number(id)))),
+        );
         assert.equal(await store.countUsers(), 4);
       });
 
@@ -238,6 +259,67 @@ for (const kind of STORES) {
         assert.equal(await store.readCredentialEpoch('1'), 0);
         assert.deepEqual(await store.findSessionByTokenHash(tokenHash('session s1')), { id: 's1', user_id: '1', created_at: 1500, last_used_at: 1500 });
         assert.deepEqual(await store.listUserSessions('1'), [{ id: 's1', device_name: 'laptop', user_agent: 'curl/8', created_at: 1500, last_used_at: 1500 }]);
+      });
+
+      test("a row keeps the entry's card as given, read back whole by findUserRow and listUsers", async (t) => {
+        const store = await fresh(t);
+        const alice = entry('1', 'Alice', 'Alice@Example.TEST', 1234, { avatarHash: AVATAR, badges: ['vip', 'beta_tester'], allowDmsFrom: 'none' });
+        const bob = entry('2', 'Bob', 'bob@example.test', 1500, { allowDmsFrom: 'friends' });
+        await store.indexUser(alice);
+        await store.indexUser(bob, session('s', '2'));
+        assert.deepEqual(await store.findUserRow('1'), {
+          id: '1',
+          username: 'Alice',
+          email_lower: 'alice@example.test',
+          created_at: 1234,
+          card: { email: 'Alice@Example.TEST', avatarHash: AVATAR, badges: ['vip', 'beta_tester'], allowDmsFrom: 'none' },
+        });
+        assert.deepEqual(await store.findUserRow('2'), stored(bob));
+        assert.equal(await store.findUserRow('3'), undefined);
+        assert.deepEqual(await store.listUsers(), [stored(alice), stored(bob)]);
+        // settleUser and replaceUsers write the card with the rest of the row, in any order of badges.
+        const settled = entry('1', 'Alice', 'alice@EXAMPLE.test', 1234, { avatarHash: null, badges: ['zz', 'aa'], allowDmsFrom: 'everyone' });
+        await store.settleUser(settled);
+        assert.deepEqual(await store.findUserRow('1'), stored(settled));
+        const replaced = entry('2', 'Bob', 'Bob@example.test', 1500, { avatarHash: AVATAR, badges: ['x'], allowDmsFrom: 'none' });
+        await store.replaceUsers([settled, replaced]);
+        assert.deepEqual(await store.listUsers(), [stored(settled), stored(replaced)]);
+        assert.deepEqual(await store.findUserRow('2'), stored(replaced));
+      });
+
+      test('claimNames of an email keeps the address as spelt in the card, and nothing else of the card changes', async (t) => {
+        const store = await fresh(t);
+        await store.indexUser(entry('1', 'Alice', 'alice@example.test', 1000, { avatarHash: AVATAR, badges: ['vip'], allowDmsFrom: 'friends' }));
+        await store.claimNames('1', { email: 'Alice.New@Example.test' });
+        assert.deepEqual(await store.findUserRow('1'), {
+          id: '1',
+          username: 'Alice',
+          email_lower: 'alice.new@example.test',
+          created_at: 1000,
+          card: { email: 'Alice.New@Example.test', avatarHash: AVATAR, badges: ['vip'], allowDmsFrom: 'friends' },
+        });
+        await store.claimNames('1', { username: 'Alicia' });
+        assert.equal((await store.findUserRow('1'))?.card?.email, 'Alice.New@Example.test');
+      });
+
+      test('markPending marks an indexed row and changes nothing else; a user not indexed is not marked', async (t) => {
+        const store = await threeUsers(t);
+        const before = await store.listUsers();
+        assert.equal(await store.markPending('2'), true);
+        assert.equal(await store.markPending('2'), true, 'marked twice is marked');
+        assert.deepEqual(await store.listPendingUsers(), ['2']);
+        assert.deepEqual(await store.listUsers(), before);
+        assert.equal(await store.markPending('404'), false);
+        assert.deepEqual(await store.listPendingUsers(), ['2']);
+        // The card written after the file: the mark goes.
+        await store.settleUser(entry('2', 'Bob', 'bob@example.test', 1000, { badges: ['vip'] }));
+        assert.deepEqual(await store.listPendingUsers(), []);
+        assert.deepEqual((await store.findUserRow('2'))?.card?.badges, ['vip']);
+        // A deleted account takes its mark with it.
+        await store.markPending('30');
+        await store.deleteUser('30');
+        assert.deepEqual(await store.listPendingUsers(), []);
+        assert.equal(await store.markPending('30'), false);
       });
 
       test('claimNames moves the row to the new names, frees the old ones and marks it pending', async (t) => {
@@ -307,7 +389,7 @@ for (const kind of STORES) {
         assert.deepEqual(await store.listPendingUsers(), []);
         assert.deepEqual(
           (await store.listUsers()).find((row) => row.id === '2'),
-          { id: '2', username: 'Robert', email_lower: 'bob@example.test', created_at: 2000 },
+          stored(entry('2', 'Robert', 'bob@example.test', 2000)),
         );
         assert.equal(await store.findUserByUsername('bob'), undefined);
         // A row that is not there is written.
@@ -364,10 +446,10 @@ for (const kind of STORES) {
         ]);
         assert.deepEqual(removed, []);
         assert.deepEqual(await store.listUsers(), [
-          { id: '1', username: 'Bob', email_lower: 'bob@example.test', created_at: 10 },
-          { id: '2', username: 'Alice', email_lower: 'alice@example.test', created_at: 20 },
-          { id: '4', username: 'Dan', email_lower: 'dan@example.test', created_at: 40 },
-          { id: '30', username: 'Carol', email_lower: 'carol@example.test', created_at: 30 },
+          stored(entry('1', 'Bob', 'bob@example.test', 10)),
+          stored(entry('2', 'Alice', 'alice@example.test', 20)),
+          stored(entry('4', 'Dan', 'dan@example.test', 40)),
+          stored(entry('30', 'Carol', 'carol@example.test', 30)),
         ]);
         assert.deepEqual(await store.findUserByUsername('alice'), { id: '2', username: 'Alice' });
         assert.deepEqual(await store.findUserByEmail('bob@example.test'), { id: '1', username: 'Bob' });
@@ -970,5 +1052,61 @@ describe('the Redis directory: Redis itself', { skip: missingRedis() }, () => {
     await redis.script('FLUSH');
     assert.deepEqual(await store.findSessionByTokenHash(tokenHash('session s1')), { id: 's1', user_id: '1', created_at: 1000, last_used_at: 1000 });
     assert.equal(store.changedElsewhere(), false);
+  });
+});
+
+describe('directories an older version wrote, without cards', () => {
+  test('Redis: upgradeLayout marks every row without a card pending, once; the rows read with no card until settled', {
+    skip: missingRedis(),
+  }, async (t) => {
+    const redis = await connectTo(await sharedRedis());
+    t.after(() => redis.quit());
+    await redis.flushdb();
+    const store = new RedisDirectory(redis);
+    // Two rows as the previous version wrote them (names only), and one of this version.
+    for (const [id, name] of [
+      ['1', 'Alice'],
+      ['2', 'Bob'],
+    ] as const) {
+      const lower = name.toLowerCase();
+      await redis.hset(`plexichat:dir:user:${id}`, 'username', name, 'username_lower', lower, 'email_lower', `${lower}@example.test`, 'created_at', 1000);
+      await redis.set(`plexichat:dir:username:${lower}`, id);
+      await redis.set(`plexichat:dir:email:${lower}@example.test`, id);
+      await redis.sadd('plexichat:dir:users', id);
+    }
+    await store.indexUser(entry('30', 'Carol'));
+    assert.deepEqual(await store.findUserRow('1'), { id: '1', username: 'Alice', email_lower: 'alice@example.test', created_at: 1000, card: null });
+    assert.deepEqual(await store.findUserById('1'), { id: '1', username: 'Alice' }, 'found by its names all the same');
+
+    assert.equal(await store.upgradeLayout(), 2);
+    assert.deepEqual(sorted(await store.listPendingUsers()), ['1', '2']);
+    assert.deepEqual(
+      (await store.listUsers()).map((row) => [row.id, row.card === null]),
+      [
+        ['1', true],
+        ['2', true],
+        ['30', false],
+      ],
+    );
+    // Done once: a row left without a card later (none is: every write gives one) is not looked for again.
+    await store.settleUser(entry('1', 'Alice', 'Alice@example.test', 1000, { badges: ['vip'] }));
+    assert.equal(await store.upgradeLayout(), 0);
+    assert.deepEqual(await store.listPendingUsers(), ['2']);
+    assert.deepEqual(await store.findUserRow('1'), stored(entry('1', 'Alice', 'Alice@example.test', 1000, { badges: ['vip'] })));
+  });
+
+  test('SQLite: the migration that adds the card marks every existing row pending; the rows read with no card until settled', async (t) => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'plexichat-directory-'));
+    t.after(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+    const old = openDatabase(path.join(dataDir, 'directory.sqlite'), { migrations: DIRECTORY_MIGRATIONS.slice(0, 6) });
+    old.prepare("INSERT INTO users (id, username, username_lower, email_lower, created_at) VALUES ('1', 'Alice', 'alice', 'alice@example.test', 1000)").run();
+    old.close();
+    const store = new SqliteDirectory(dataDir);
+    t.after(() => store.close());
+    assert.deepEqual(await store.findUserRow('1'), { id: '1', username: 'Alice', email_lower: 'alice@example.test', created_at: 1000, card: null });
+    assert.deepEqual(await store.listPendingUsers(), ['1']);
+    await store.settleUser(entry('1', 'Alice', 'Alice@Example.test', 1000, { allowDmsFrom: 'none' }));
+    assert.deepEqual(await store.findUserRow('1'), stored(entry('1', 'Alice', 'Alice@Example.test', 1000, { allowDmsFrom: 'none' })));
+    assert.deepEqual(await store.listPendingUsers(), []);
   });
 });

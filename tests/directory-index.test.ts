@@ -8,6 +8,8 @@ import { captureLog } from './fixtures/log.ts';
 import { compareSnowflakes, type AuthResponse, type PrivateUser, type PublicUser, type Relationship } from '../shared/index.ts';
 import { openStorage } from '../server/storage/index.ts';
 import { rebuildDirectoryIndex } from '../server/users/directory-index.ts';
+import { avatarHashOf } from '../server/avatars/card.ts';
+import { allowDmsFromOf } from '../server/settings/messaging-service.ts';
 
 const REBUILT = "rebuilt the directory's users index from the user files (it was empty)";
 
@@ -105,7 +107,7 @@ test('rebuildDirectoryIndex derives a damaged index again; the sessions and rela
 
     const storage = openStorage({ dataDir, maxOpenUserFiles: 2, workerId: 0 });
     try {
-      const report = await rebuildDirectoryIndex(storage);
+      const report = await rebuildDirectoryIndex(storage, { avatarHashOf, allowDmsFromOf });
       assert.deepEqual(report, { indexed: 4, removed: ['999'], leftOut: [] });
     } finally {
       storage.close();

@@ -25,10 +25,10 @@ const FEATURES_FILE = {
 };
 
 /** Gives accounts badges and tiers as `plexichat admin` does (here in-process), telling the server. */
-async function administer(srv: TestServer, change: (admin: AccountsAdmin) => void): Promise<void> {
+async function administer(srv: TestServer, change: (admin: AccountsAdmin) => void | Promise<void>): Promise<void> {
   const admin = new AccountsAdmin(makeConfig({ dataDir: srv.dataDir, logLevel: 'silent' }), captureLog().logger);
   try {
-    change(admin);
+    await change(admin);
     assert.equal(await admin.notify(), 'confirmed');
   } finally {
     await admin.close();
@@ -65,12 +65,12 @@ test('flags of --features-file are evaluated per account: badges (false wins), t
     const pro = await registerUser(srv.api);
     const proTester = await registerUser(srv.api);
     const optedOut = await registerUser(srv.api);
-    await administer(srv, (admin) => {
+    await administer(srv, async (admin) => {
       admin.users.setTier(pro.id, 'pro');
       admin.users.setTier(proTester.id, 'pro');
-      admin.users.addBadge(proTester.id, 'beta_tester');
-      admin.users.addBadge(optedOut.id, 'beta_tester');
-      admin.users.addBadge(optedOut.id, 'no_experiments');
+      await admin.users.addBadge(proTester.id, 'beta_tester');
+      await admin.users.addBadge(optedOut.id, 'beta_tester');
+      await admin.users.addBadge(optedOut.id, 'no_experiments');
     });
     const expected = (user: TestUser, tier: string, badges: string[], own: { pro_only: boolean; beta: boolean }): UserFeatures => ({
       badges,

@@ -233,6 +233,8 @@ test('profile reads and writes answer 503 with Retry-After when storage fails, n
     const evicted = await registerUser(full.api);
     const user = await registerUser(full.api);
     await registerUser(full.api);
+    const publicView = await full.api.get<PublicUser>(`/users/${evicted.id}`, { token: user.token });
+    assert.equal(publicView.status, 200);
 
     const freeSpace = mount.fillSpace();
     const write = await full.api.patch<ErrorBody>('/users/@me', { token: user.token, json: { username: 'Renamed.On.Full.Disk' } });
@@ -249,8 +251,9 @@ test('profile reads and writes answer 503 with Retry-After when storage fails, n
     assert.equal(read.status, 503);
     assert.equal(read.headers.get('retry-after'), '5');
     assert.deepEqual(read.body, { error: 'Service unavailable', code: 'service_unavailable', message: `Could not read: ${STORAGE_FAILING}` });
-    const lookup = await full.api.get<ErrorBody>(`/users/${evicted.id}`, { token: user.token });
-    assert.deepEqual({ status: lookup.status, body: lookup.body }, { status: 503, body: read.body });
+    // Another user's public profile is their card in the directory, not their file: served as before.
+    const lookup = await full.api.get<PublicUser>(`/users/${evicted.id}`, { token: user.token });
+    assert.deepEqual({ status: lookup.status, body: lookup.body }, { status: 200, body: publicView.body });
 
     freeInodes();
     freeSpace();

@@ -14,6 +14,8 @@ import { moveDirectoryToRedis } from '../cluster/directory-move.ts';
 import { RedisDirectory } from '../cluster/redis-directory.ts';
 import { connectRedis } from '../cluster/redis.ts';
 import { UsersService, type AccountSummary } from '../users/service.ts';
+import { avatarHashOf } from '../avatars/card.ts';
+import { allowDmsFromOf } from '../settings/messaging-service.ts';
 
 /** User files an admin command keeps open at once: it touches a few, or walks them one by one. */
 const ADMIN_MAX_OPEN_USER_FILES = 16;
@@ -64,11 +66,13 @@ export class AccountsAdmin {
         clock: Date.now,
       });
       // Admin commands never answer avatar URLs: the avatars feature (and its image library) is not
-      // loaded for them.
+      // loaded for them. They derive cards all the same (a badge, an import, a rebuild), from the
+      // avatar's hash alone.
       this.users = new UsersService({
         storage: this.storage,
         logger,
         avatars: { urlOf: () => null },
+        cardSources: { avatarHashOf, allowDmsFromOf },
         mfa,
         currentPasswordLimit: config.loginFailureLimit,
         throttles,
@@ -118,8 +122,8 @@ export class AccountsAdmin {
   }
 
   /** Runs a change of the account's profile, then tells the server. */
-  async change<T>(apply: () => T): Promise<{ result: T; notice: ServerNotice }> {
-    const result = apply();
+  async change<T>(apply: () => T | Promise<T>): Promise<{ result: T; notice: ServerNotice }> {
+    const result = await apply();
     return { result, notice: await this.notify() };
   }
 

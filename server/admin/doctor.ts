@@ -124,8 +124,10 @@ function describe(problem: IndexProblem): string {
       return `the directory's users index names ${problem.userId} (${problem.username}), but there is no ${file}`;
     case 'differs':
       return `${file}: the index says ${problem.field} ${JSON.stringify(problem.inIndex)}, the file says ${JSON.stringify(problem.inFile)}`;
+    case 'no_card':
+      return `${file}: its index entry has no card (written by an older version; the next start derives it)`;
     case 'pending':
-      return `${file}: a change of username or email stopped between its two writes (the index entry is marked to be derived again)`;
+      return `${file}: a change stopped between its two writes, or an upgrade marked it (the index entry is marked to be derived again)`;
     case 'deleted':
       return `${file} belongs to a deleted account: the deletion stopped before the file went${problem.indexed ? ' (the index still names it)' : ''}`;
     case 'unreadable':

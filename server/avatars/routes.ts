@@ -23,8 +23,8 @@ export function avatarsRoutes(avatars: AvatarsService, options: { maxBytes: numb
     route({
       method: 'DELETE',
       path: '/users/@me/avatar',
-      handler: (ctx) => {
-        avatars.remove(ctx.principal.userId);
+      handler: async (ctx) => {
+        await avatars.remove(ctx.principal.userId);
         return Reply.noContent();
       },
     }),

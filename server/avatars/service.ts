@@ -22,6 +22,11 @@ export interface AvatarsDeps {
   /** Base of the URLs the API returns (known only once the server listens). */
   publicUrl: () => string;
   limits: AvatarLimits;
+  /**
+   * Runs a write of the user's avatar as a change of their card (users: the directory's index keeps
+   * the avatar's hash, for other users' requests): marked before the write, derived after it.
+   */
+  changeCard: <T>(userId: string, write: () => T) => Promise<T>;
 }
 
 /** Uploads that may wait for a job slot, per slot (each holds up to maxBytes meanwhile). */
@@ -55,19 +60,21 @@ export class AvatarsService {
     const probed = await probeImage(input, this.limits);
     const encoded = await this.jobs.run(() => encodeAvatar(input, probed, this.limits));
     const hash = createHash('sha256').update(encoded.bytes).digest('hex');
-    // Looked up after the awaits: an unpinned handle may have been evicted meanwhile.
-    const file = this.file(userId);
-    file.transaction(() =>
-      repo.saveAvatar(file, {
-        hash,
-        content_type: encoded.contentType,
-        width: encoded.width,
-        height: encoded.height,
-        animated: encoded.animated,
-        updatedAt: nowSeconds(),
-        bytes: encoded.bytes,
-      }),
-    );
+    await this.deps.changeCard(userId, () => {
+      // Looked up after the awaits: an unpinned handle may have been evicted meanwhile.
+      const file = this.file(userId);
+      file.transaction(() =>
+        repo.saveAvatar(file, {
+          hash,
+          content_type: encoded.contentType,
+          width: encoded.width,
+          height: encoded.height,
+          animated: encoded.animated,
+          updatedAt: nowSeconds(),
+          bytes: encoded.bytes,
+        }),
+      );
+    });
     return {
       success: true,
       avatar_url: this.urlFor(userId, hash),
@@ -79,9 +86,13 @@ export class AvatarsService {
   }
 
   /** Removes the caller's avatar; removing none is not an error (the end state is the same). */
-  remove(userId: string): void {
-    const file = this.file(userId);
-    file.transaction(() => repo.deleteAvatar(file));
+  async remove(userId: string): Promise<void> {
+    // None to remove: the card stays as it is, and no directory step is spent on it.
+    if (repo.readAvatarHash(this.file(userId)) === null) return;
+    await this.deps.changeCard(userId, () => {
+      const file = this.file(userId);
+      file.transaction(() => repo.deleteAvatar(file));
+    });
   }
 
   /** The public avatar of a user (a snowflake id: the route checks it); the same 404 whether the user or only the avatar is missing. */
@@ -97,12 +108,11 @@ export class AvatarsService {
   }
 
   /**
-   * The `avatar_url` of the user whose file this is, or null without an avatar. Called for every
-   * user object, so it reads the hash only, never the image.
+   * The `avatar_url` of a user whose avatar has this hash (their card's, or read from their file:
+   * avatarHashOf), or null without an avatar.
    */
-  urlOf(file: UserFile): string | null {
-    const hash = repo.readAvatarHash(file);
-    return hash === null ? null : this.urlFor(file.userId, hash);
+  urlOf(userId: string, hash: string | null): string | null {
+    return hash === null ? null : this.urlFor(userId, hash);
   }
 
   /** `?v=` names the image, so a URL may be cached for good (see the GET route). */

@@ -1,10 +1,10 @@
 import type { DmChannel, DmChannelListEntry } from '../../shared/schemas/channels.ts';
+import type { AllowDmsFrom } from '../../shared/schemas/messaging-settings.ts';
 import { nowSeconds } from '../../shared/time.ts';
 import type { Logger } from 'pino';
 import { AppError } from '../core/app-error.ts';
 import { STORAGE_FAILURE, guardStorage } from '../core/storage-failure.ts';
 import type { RelationshipsService } from '../relationships/service.ts';
-import type { MessagingSettingsService } from '../settings/messaging-service.ts';
 import type { Storage } from '../storage/index.ts';
 import type { UsersService } from '../users/service.ts';
 
@@ -12,7 +12,6 @@ export interface ChannelsDeps {
   storage: Storage;
   users: UsersService;
   relationships: RelationshipsService;
-  messaging: MessagingSettingsService;
   logger: Logger;
 }
 
@@ -25,8 +24,11 @@ export class ChannelsService {
     if (recipientId === userId) {
       throw new AppError('cannot_dm_self', 'You cannot open a DM with yourself; your notes channel is GET /users/@me/notes');
     }
-    const recipient = await this.deps.users.publicUser(recipientId);
-    await this.assertMayMessage(userId, recipientId);
+    // The recipient's card (the directory's index), never their file: it says who they are and
+    // who may message them, in one read.
+    const card = await this.deps.users.cardOf(recipientId);
+    const recipient = this.deps.users.publicUserOf(card);
+    await this.assertMayMessage(userId, recipientId, card.allowDmsFrom);
     const { directory, nextId } = this.deps.storage;
     const id = await this.guarded(STORAGE_FAILURE.write, () => directory.openDmChannel(userId, recipientId, nextId(), nowSeconds()));
     return { id, type: 'dm', recipient_id: recipientId, recipient };
@@ -49,9 +51,8 @@ export class ChannelsService {
    * One answer for every refusal (a block either way, "friends" without friendship, "none"), so
    * the sender cannot tell a block from a privacy setting.
    */
-  private async assertMayMessage(senderId: string, recipientId: string): Promise<void> {
-    const { relationships, messaging } = this.deps;
-    const allow = messaging.get(recipientId).allow_dms_from;
+  private async assertMayMessage(senderId: string, recipientId: string, allow: AllowDmsFrom): Promise<void> {
+    const { relationships } = this.deps;
     const allowed =
       !(await relationships.isBlockedEitherWay(senderId, recipientId)) &&
       (allow === 'everyone' || (allow === 'friends' && (await relationships.areFriends(recipientId, senderId))));

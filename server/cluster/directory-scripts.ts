@@ -9,8 +9,12 @@ import { KEY_PREFIX } from './leases.ts';
  *
  * Keys, all under `plexichat:dir:` (ids are snowflakes, names lower-cased, token digests in hex):
  *
+ *   version                   the layout of these keys: '2' since rows hold cards (absent: an
+ *                             older version's, whose rows `upgradeLayout` marks pending)
  *   users                     set of every indexed user id (count, list, rebuild)
- *   user:<id>                 hash username, username_lower, email_lower, created_at: the index row
+ *   user:<id>                 hash username, username_lower, email_lower, created_at: the index
+ *                             row; and the card: email (as spelt), avatar_hash ('': none), badges
+ *                             (a JSON array), allow_dms_from (absent in an older version's row)
  *   username:<name>           the id holding that username: uniqueness, lookup
  *   email:<address>           the id holding that email: uniqueness, lookup
  *   pending                   set of ids whose row a change wrote ahead of its user file
@@ -60,8 +64,12 @@ local function release_names(uid)
   if row[2] and redis.call('GET', P .. 'email:' .. row[2]) == uid then redis.call('DEL', P .. 'email:' .. row[2]) end
 end
 
-local function write_row(uid, username, username_lower, email_lower, created_at)
-  redis.call('HSET', P .. 'user:' .. uid, 'username', username, 'username_lower', username_lower, 'email_lower', email_lower, 'created_at', created_at)
+-- The nine values of an entry (redis-directory.ts, entryArgs) from ARGV[i]: id, username, username_lower,
+-- email_lower, created_at, then the card: email, avatar_hash ('': none), badges, allow_dms_from.
+local function write_row(i)
+  local uid, username_lower, email_lower = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+  redis.call('HSET', P .. 'user:' .. uid, 'username', ARGV[i + 1], 'username_lower', username_lower, 'email_lower', email_lower,
+    'created_at', ARGV[i + 4], 'email', ARGV[i + 5], 'avatar_hash', ARGV[i + 6], 'badges', ARGV[i + 7], 'allow_dms_from', ARGV[i + 8])
   redis.call('SET', P .. 'username:' .. username_lower, uid)
   redis.call('SET', P .. 'email:' .. email_lower, uid)
   redis.call('SADD', P .. 'users', uid)
@@ -155,22 +163,22 @@ end
 /** A script's body (after LIB); errors it raises on purpose start with this (misuse: not retryable). */
 const REFUSED = 'ERR directory:';
 
-/** ARGV: id, username, username_lower, email_lower, created_at, with_session ('1'/'0'), then INSERT_SESSION_IF_EPOCH's seven. */
+/** ARGV: an entry's nine values (write_row), with_session ('1'/'0'), then INSERT_SESSION_IF_EPOCH's seven. */
 const INDEX_USER = `
 local uid = ARGV[1]
 if indexed(uid) then return redis.error_reply('${REFUSED} user ' .. uid .. ' is indexed already') end
 -- Both taken: the email is named, as SQLite's unique indexes do (a 409 must not depend on the store).
 if redis.call('EXISTS', P .. 'email:' .. ARGV[4]) == 1 then return 'email' end
 if redis.call('EXISTS', P .. 'username:' .. ARGV[3]) == 1 then return 'username' end
-local with_session = ARGV[6] == '1'
-if with_session and not session_free(ARGV[7], ARGV[8]) then return redis.error_reply('${REFUSED} that session exists already') end
+local with_session = ARGV[10] == '1'
+if with_session and not session_free(ARGV[11], ARGV[12]) then return redis.error_reply('${REFUSED} that session exists already') end
 redis.call('DEL', P .. 'epoch:' .. uid)
-write_row(uid, ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-if with_session then start_session(ARGV[7], ARGV[8], uid, ARGV[10], ARGV[11], ARGV[12], ARGV[13]) end
+write_row(1)
+if with_session then start_session(ARGV[11], ARGV[12], uid, ARGV[14], ARGV[15], ARGV[16], ARGV[17]) end
 return 'ok'
 `;
 
-/** ARGV: id, has_username, username, username_lower, has_email, email_lower. Both taken: the username is named, as in SQLite. */
+/** ARGV: id, has_username, username, username_lower, has_email, email_lower, email. Both taken: the username is named, as in SQLite. */
 const CLAIM_NAMES = `
 local uid = ARGV[1]
 if not indexed(uid) then return redis.error_reply('${REFUSED} user ' .. uid .. ' is not indexed') end
@@ -186,28 +194,35 @@ end
 if ARGV[5] == '1' then
   local old = redis.call('HGET', u, 'email_lower')
   if old ~= ARGV[6] then redis.call('DEL', P .. 'email:' .. old) end
-  redis.call('HSET', u, 'email_lower', ARGV[6])
+  redis.call('HSET', u, 'email_lower', ARGV[6], 'email', ARGV[7])
   redis.call('SET', P .. 'email:' .. ARGV[6], uid)
 end
 redis.call('SADD', P .. 'pending', uid)
 return 'ok'
 `;
 
-/** ARGV: id, username, username_lower, email_lower, created_at. */
+/** ARGV: id. Returns 1, or 0 (marking nothing) when the user is not indexed. */
+const MARK_PENDING = `
+if not indexed(ARGV[1]) then return 0 end
+redis.call('SADD', P .. 'pending', ARGV[1])
+return 1
+`;
+
+/** ARGV: an entry's nine values (write_row). */
 const SETTLE_USER = `
 local uid = ARGV[1]
 if not name_free('email', ARGV[4], uid) then return 'email' end
 if not name_free('username', ARGV[3], uid) then return 'username' end
 release_names(uid)
-write_row(uid, ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+write_row(1)
 redis.call('SREM', P .. 'pending', uid)
 return 'ok'
 `;
 
-/** ARGV: the rows, five values each as SETTLE_USER's. Returns the ids whose row went. */
+/** ARGV: the rows, nine values each as SETTLE_USER's. Returns the ids whose row went. */
 const REPLACE_USERS = `
 local keep, usernames, emails = {}, {}, {}
-for i = 1, #ARGV, 5 do
+for i = 1, #ARGV, 9 do
   if keep[ARGV[i]] or usernames[ARGV[i + 2]] or emails[ARGV[i + 3]] then
     return redis.error_reply('${REFUSED} the new index repeats an id, a username or an email')
   end
@@ -220,7 +235,7 @@ for _, uid in ipairs(redis.call('SMEMBERS', P .. 'users')) do
   if keep[uid] then release_names(uid) else removed[#removed + 1] = uid end
 end
 for _, uid in ipairs(removed) do delete_user(uid) end
-for i = 1, #ARGV, 5 do write_row(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]) end
+for i = 1, #ARGV, 9 do write_row(i) end
 redis.call('DEL', P .. 'pending')
 return removed
 `;
@@ -234,14 +249,32 @@ if not uid then return false end
 return {uid, redis.call('HGET', P .. 'user:' .. uid, 'username')}
 `;
 
-/** Returns {id, username, email_lower, created_at} per row. */
+/** Returns {id, username, email_lower, created_at, email, avatar_hash, badges, allow_dms_from} per row (a field absent: nil). */
 const LIST_USERS = `
 local out = {}
 for _, uid in ipairs(redis.call('SMEMBERS', P .. 'users')) do
-  local row = redis.call('HMGET', P .. 'user:' .. uid, 'username', 'email_lower', 'created_at')
-  out[#out + 1] = {uid, row[1], row[2], row[3]}
+  local row = redis.call('HMGET', P .. 'user:' .. uid, 'username', 'email_lower', 'created_at', 'email', 'avatar_hash', 'badges', 'allow_dms_from')
+  out[#out + 1] = {uid, row[1], row[2], row[3], row[4], row[5], row[6], row[7]}
 end
 return out
+`;
+
+/**
+ * Once per directory: rows an older version wrote hold no card, and the user files they would be
+ * derived from cannot be read in a script, so they are marked pending (as after a change that
+ * stopped half-way), for the start to derive them before it serves. Returns how many it marked.
+ */
+const UPGRADE_LAYOUT = `
+if redis.call('GET', P .. 'version') == '2' then return 0 end
+local marked = 0
+for _, uid in ipairs(redis.call('SMEMBERS', P .. 'users')) do
+  if redis.call('HEXISTS', P .. 'user:' .. uid, 'badges') == 0 then
+    redis.call('SADD', P .. 'pending', uid)
+    marked = marked + 1
+  end
+end
+redis.call('SET', P .. 'version', '2')
+return marked
 `;
 
 /** ARGV: start_session's seven, then the epoch. */
@@ -432,11 +465,13 @@ export class Script {
 export const SCRIPTS = {
   indexUser: new Script(INDEX_USER),
   claimNames: new Script(CLAIM_NAMES),
+  markPending: new Script(MARK_PENDING),
   settleUser: new Script(SETTLE_USER),
   replaceUsers: new Script(REPLACE_USERS),
   deleteUser: new Script(DELETE_USER),
   findByName: new Script(FIND_BY_NAME),
   listUsers: new Script(LIST_USERS),
+  upgradeLayout: new Script(UPGRADE_LAYOUT),
   insertSessionIfEpoch: new Script(INSERT_SESSION_IF_EPOCH),
   findSession: new Script(FIND_SESSION),
   listSessions: new Script(LIST_SESSIONS),

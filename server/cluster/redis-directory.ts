@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import type { AllowDmsFrom } from '../../shared/schemas/messaging-settings.ts';
 import type { RelationshipType } from '../../shared/schemas/relationships.ts';
 import { compareSnowflakes } from '../../shared/snowflake.ts';
 import {
@@ -64,8 +65,31 @@ function sessionArgs(session: NewSession): string[] {
   ];
 }
 
+/** An entry as the scripts take it (directory-scripts.ts, write_row): nine values. */
 function entryArgs(entry: IndexEntry): string[] {
-  return [entry.id, entry.username, entry.username.toLowerCase(), entry.email.toLowerCase(), String(entry.createdAt)];
+  return [
+    entry.id,
+    entry.username,
+    entry.username.toLowerCase(),
+    entry.email.toLowerCase(),
+    String(entry.createdAt),
+    entry.email,
+    entry.avatarHash ?? '',
+    JSON.stringify(entry.badges),
+    entry.allowDmsFrom,
+  ];
+}
+
+/** The fields of `user:<id>` a row is read from, in `storedRow`'s order. */
+const ROW_FIELDS = ['username', 'email_lower', 'created_at', 'email', 'avatar_hash', 'badges', 'allow_dms_from'] as const;
+
+/** A row from its id and ROW_FIELDS' values; the card is null in a row an older version wrote (no card fields). */
+function storedRow(id: string, [username, emailLower, createdAt, email, avatarHash, badges, allowDmsFrom]: Bulk[]): StoredIndexRow {
+  const card =
+    email == null || badges == null || allowDmsFrom == null
+      ? null
+      : { email, avatarHash: avatarHash ? avatarHash : null, badges: JSON.parse(badges) as string[], allowDmsFrom: allowDmsFrom as AllowDmsFrom };
+  return { id, username: username ?? '', email_lower: emailLower ?? '', created_at: Number(createdAt), card };
 }
 
 /** A relationship row as stored: "<type> <changed id>". */
@@ -105,15 +129,18 @@ export class RedisDirectory implements DirectoryStore {
     return username === null ? undefined : { id, username };
   }
 
+  async findUserRow(id: string): Promise<StoredIndexRow | undefined> {
+    const values = await this.call(() => this.redis.hmget(`${DIR}user:${id}`, ...ROW_FIELDS));
+    return values[0] == null ? undefined : storedRow(id, values);
+  }
+
   countUsers(): Promise<number> {
     return this.call(() => this.redis.scard(`${DIR}users`));
   }
 
   async listUsers(): Promise<StoredIndexRow[]> {
-    const rows = (await this.run(SCRIPTS.listUsers, [])) as [string, string, string, string][];
-    return rows
-      .map(([id, username, emailLower, createdAt]) => ({ id, username, email_lower: emailLower, created_at: Number(createdAt) }))
-      .sort((a, b) => compareSnowflakes(a.id, b.id));
+    const rows = (await this.run(SCRIPTS.listUsers, [])) as [string, ...Bulk[]][];
+    return rows.map(([id, ...values]) => storedRow(id, values)).sort((a, b) => compareSnowflakes(a.id, b.id));
   }
 
   async claimNames(userId: string, names: { username?: string | undefined; email?: string | undefined }): Promise<void> {
@@ -125,8 +152,13 @@ export class RedisDirectory implements DirectoryStore {
       username?.toLowerCase() ?? '',
       email === undefined ? '0' : '1',
       email?.toLowerCase() ?? '',
+      email ?? '',
     ];
     nameTaken(await this.run(SCRIPTS.claimNames, args));
+  }
+
+  async markPending(userId: string): Promise<boolean> {
+    return (await this.run(SCRIPTS.markPending, [userId])) === 1;
   }
 
   async settleUser(entry: IndexEntry): Promise<void> {
@@ -271,6 +303,16 @@ export class RedisDirectory implements DirectoryStore {
   }
 
   /**
+   * Brings a directory an older version wrote to this layout, once (later calls find it done): its
+   * rows hold no card, which only the user files can give, so they are marked pending and the
+   * start derives them (UsersService.repairDirectoryIndex) before the node serves. A node calls it
+   * at start, before that repair. Returns how many rows it marked.
+   */
+  async upgradeLayout(): Promise<number> {
+    return (await this.run(SCRIPTS.upgradeLayout, [])) as number;
+  }
+
+  /**
    * Writes every row of a dump (one node's directory, moving to the cluster) in the layout above,
    * in pipelined batches. Not one atomic step: it runs once, under the move's lock, into a Redis
    * directory with no users yet (cluster/directory-move.ts), before any node serves from it.
@@ -279,9 +321,7 @@ export class RedisDirectory implements DirectoryStore {
     const commands: (string | number)[][] = [];
     for (const user of dump.users) {
       const usernameLower = user.username.toLowerCase();
-      commands.push([
-        'hset',
-        `${DIR}user:${user.id}`,
+      const fields: (string | number)[] = [
         'username',
         user.username,
         'username_lower',
@@ -290,7 +330,14 @@ export class RedisDirectory implements DirectoryStore {
         user.email_lower,
         'created_at',
         user.created_at,
-      ]);
+      ];
+      // A row the file had not derived its card for yet (it came from an older version) is pending
+      // there, and the pending marks come along: the start derives it here instead.
+      if (user.card !== null) {
+        const { email, avatarHash, badges, allowDmsFrom } = user.card;
+        fields.push('email', email, 'avatar_hash', avatarHash ?? '', 'badges', JSON.stringify(badges), 'allow_dms_from', allowDmsFrom);
+      }
+      commands.push(['hset', `${DIR}user:${user.id}`, ...fields]);
       commands.push(['set', `${DIR}username:${usernameLower}`, user.id], ['set', `${DIR}email:${user.email_lower}`, user.id], ['sadd', `${DIR}users`, user.id]);
     }
     for (const id of dump.pending) commands.push(['sadd', `${DIR}pending`, id]);

@@ -123,7 +123,9 @@ export class RecoveryService {
         this.deps.logger.debug('a password reset was asked for an address no account has');
         return;
       }
-      const user = this.deps.users.privateUser(userId);
+      // The account's card (the directory's index) has its name and address as spelt: the mail is
+      // written without its file, which may be another node's to open.
+      const user = await this.deps.users.cardOf(userId);
       const token = await this.issue(userId, user.email, 'reset_password', RESET_PASSWORD_TTL_MINUTES * 60);
       await this.send(passwordResetMail(user, { publicUrl: this.deps.publicUrl(), token }, RESET_PASSWORD_TTL_MINUTES), userId);
     }, 'a password-reset mail');

@@ -1,3 +1,4 @@
+import type { AllowDmsFrom } from '../../shared/schemas/messaging-settings.ts';
 import type { RelationshipType } from '../../shared/schemas/relationships.ts';
 
 /**
@@ -12,7 +13,9 @@ import type { RelationshipType } from '../../shared/schemas/relationships.ts';
  * `NameTakenError`.
  */
 export interface DirectoryStore {
-  // The users index: derived from the user files, which are the truth.
+  // The users index: derived from the user files, which are the truth. Each row also holds the
+  // user's card (`UserCard`): what other users' requests need of the account, so that no node
+  // reads another user's file to show them, to decide whether they may be messaged, or to mail them.
 
   /**
    * Indexes a new account (registration, import); with `firstSession`, starts it in the same step
@@ -24,6 +27,8 @@ export interface DirectoryStore {
   findUserByUsername(username: string): Promise<IndexedUser | undefined>;
   findUserByEmail(email: string): Promise<IndexedUser | undefined>;
   findUserById(id: string): Promise<IndexedUser | undefined>;
+  /** The row as stored, card included (null in a row an older version wrote, until derived again). */
+  findUserRow(id: string): Promise<StoredIndexRow | undefined>;
   countUsers(): Promise<number>;
   /** Every row, by id (snowflake order). */
   listUsers(): Promise<StoredIndexRow[]>;
@@ -33,6 +38,13 @@ export interface DirectoryStore {
    * another account holds one of them, changing nothing.
    */
   claimNames(userId: string, names: { username?: string | undefined; email?: string | undefined }): Promise<void>;
+  /**
+   * A change of what the card holds (avatar, badges, who may open a DM), ahead of the user file's
+   * write: the row is marked pending, as `claimNames` marks it, and changes nothing else
+   * (`settleUser` writes the card once the file is written). False, marking nothing, when the user
+   * is not indexed (an account deleted meanwhile).
+   */
+  markPending(userId: string): Promise<boolean>;
   /** Writes the row as the user file derives it (whatever it held before) and clears its pending mark. */
   settleUser(entry: IndexEntry): Promise<void>;
   /** Rows marked pending by a change that did not settle. */
@@ -140,11 +152,25 @@ export class NameTakenError extends Error {
   }
 }
 
-/** What the index derives from a profile. */
-export interface IndexEntry {
+/**
+ * The part of an index row other users' requests read instead of the user's file: the public user
+ * object (`avatar_url` is made from the avatar's hash, `badges`), the privacy setting a DM is opened
+ * against, and what a mail to the account needs (its address as the profile spells it; the
+ * username is the row's own). Derived from the user file with the rest of the row.
+ */
+export interface UserCard {
+  /** As the profile spells it (the row keeps it lower-cased too, to find it). */
+  email: string;
+  /** The avatar image's SHA-256, in hex (its URL carries a prefix of it); null without an avatar. */
+  avatarHash: string | null;
+  badges: string[];
+  allowDmsFrom: AllowDmsFrom;
+}
+
+/** What the index derives from a user file: the names, and the card. */
+export interface IndexEntry extends UserCard {
   id: string;
   username: string;
-  email: string;
   createdAt: number;
 }
 
@@ -154,12 +180,17 @@ export interface IndexedUser {
   username: string;
 }
 
-/** An index row as it is stored, for comparing it with the user files (doctor). */
+/** An index row as it is stored: what other users' requests read, and what doctor compares with the user files. */
 export interface StoredIndexRow {
   id: string;
   username: string;
   email_lower: string;
   created_at: number;
+  /**
+   * null in a row an older version wrote, which kept no card: upgrading marks such rows pending,
+   * and the start derives them again from the user files before it serves (doctor --fix too).
+   */
+  card: UserCard | null;
 }
 
 export interface NewSession {

@@ -12,7 +12,9 @@ import type { Migration } from './sqlite.ts';
  * - directory.sqlite (one node; a cluster keeps the same in Redis, storage/directory-store.ts) holds
  *   what crosses users. Its `users` table is an index derived from the user
  *   files (id, display username, lower-cased username and email, creation time), kept to find
- *   accounts by name and to keep names unique; it holds nothing a user file does not, and
+ *   accounts by name and to keep names unique, and each user's card (the address as spelt, the
+ *   avatar's hash, badges, who may open a DM: what other users' requests need, so they never read
+ *   another user's file); it holds nothing a user file does not, and
  *   `rebuildDirectoryIndex` (server/users/directory-index.ts) derives it again from the files (the
  *   server does so on start when the index is empty but user files exist). Sessions, credential
  *   epochs, relationships, DM channels and mailed tokens live only here: they are the directory's
@@ -33,6 +35,11 @@ import type { Migration } from './sqlite.ts';
  * - Username or email change: the directory first claims the new name and marks the row pending,
  *   then the profile is written. Stopped in between, the row is derived again from the user file
  *   (at once, or on the next start from the mark): the index comes back to what the file says.
+ * - A change of what a card holds (an avatar uploaded or removed, a badge given or taken, who may
+ *   open a DM): the row is marked pending first, then the file is written, then the row is derived
+ *   again from the file and the mark cleared. Stopped in between, the next start (or, in a cluster,
+ *   any node that sees Redis come back) derives it from the mark; until then others see the card
+ *   of before the change, never one the file does not hold or did not hold a moment ago.
  * - Registration: the user file first, then the directory entry (with the first session). A user
  *   file nobody indexed is no account, and deleting it needs no free space, so a failure leaves
  *   nothing a retry would trip over.
@@ -179,6 +186,20 @@ export const DIRECTORY_MIGRATIONS: readonly Migration[] = [
       ) STRICT, WITHOUT ROWID;
       CREATE INDEX mail_tokens_by_user ON mail_tokens(user_id, purpose);
       CREATE INDEX mail_tokens_by_expiry ON mail_tokens(expires_at);
+    `),
+  // Each user's card (storage/directory-store.ts, UserCard): what other users' requests need of an
+  // account — the address as spelt, the avatar's hash, the badges (a JSON array), who may open a
+  // DM — kept here so that no request reads another user's file (in a cluster, another node's).
+  // NULL until derived: a migration of this file cannot read the user files, so every existing row
+  // is marked pending, and the start derives each from its user file (as after a change that
+  // stopped half-way) before it serves; doctor --fix derives them too.
+  (db) =>
+    db.exec(`
+      ALTER TABLE users ADD COLUMN email TEXT;
+      ALTER TABLE users ADD COLUMN avatar_hash TEXT;
+      ALTER TABLE users ADD COLUMN badges TEXT;
+      ALTER TABLE users ADD COLUMN allow_dms_from TEXT CHECK (allow_dms_from IN ('everyone', 'friends', 'none'));
+      INSERT OR IGNORE INTO users_index_pending (user_id) SELECT id FROM users;
     `),
 ];
 

@@ -1,3 +1,4 @@
+import type { AllowDmsFrom } from '../../shared/schemas/messaging-settings.ts';
 import type { RelationshipType } from '../../shared/schemas/relationships.ts';
 import { DirectoryFile } from './directory.ts';
 import {
@@ -22,6 +23,9 @@ import {
 export const DIRECTORY_IN_REDIS =
   "this data folder is served by a cluster: its directory (the users index, sessions, relationships, DM channels) is in the cluster's Redis, " +
   'and directory.sqlite is out of date; give --redis-url (PLEXICHAT_REDIS_URL) as the nodes have it (docs/cluster.md)';
+
+/** The columns of a users row, as `storedRow` reads them. */
+const USER_COLUMNS = 'id, username, email_lower, created_at, email, avatar_hash, badges, allow_dms_from';
 
 /** The `meta` key that says the directory moved to a cluster's Redis (its value: when, Unix seconds). */
 const MOVED_KEY = 'directory_moved_to_redis_at';
@@ -49,8 +53,11 @@ export class SqliteDirectory implements DirectoryStore {
         throw new Error(`directory: user ${entry.id} is indexed already`);
       }
       this.file
-        .stmt('INSERT INTO users (id, username, username_lower, email_lower, created_at) VALUES (?, ?, ?, ?, ?)')
-        .run(entry.id, entry.username, entry.username.toLowerCase(), entry.email.toLowerCase(), entry.createdAt);
+        .stmt(
+          `INSERT INTO users (id, username, username_lower, email_lower, created_at, email, avatar_hash, badges, allow_dms_from)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(...entryValues(entry));
       if (firstSession !== undefined && !this.insertSession(firstSession, 0)) {
         throw new Error(`the credential epoch of user ${entry.id} changed inside its own creation`);
       }
@@ -69,12 +76,17 @@ export class SqliteDirectory implements DirectoryStore {
     return this.file.stmt('SELECT id, username FROM users WHERE id = ?').get(id) as IndexedUser | undefined;
   }
 
+  async findUserRow(id: string): Promise<StoredIndexRow | undefined> {
+    const row = this.file.stmt(`SELECT ${USER_COLUMNS} FROM users WHERE id = ?`).get(id) as UserTableRow | undefined;
+    return row === undefined ? undefined : storedRow(row);
+  }
+
   async countUsers(): Promise<number> {
     return (this.file.stmt('SELECT count(*) AS n FROM users').get() as { n: number }).n;
   }
 
   async listUsers(): Promise<StoredIndexRow[]> {
-    return this.file.stmt('SELECT id, username, email_lower, created_at FROM users ORDER BY length(id), id').all() as StoredIndexRow[];
+    return (this.file.stmt(`SELECT ${USER_COLUMNS} FROM users ORDER BY length(id), id`).all() as UserTableRow[]).map(storedRow);
   }
 
   async claimNames(userId: string, names: { username?: string | undefined; email?: string | undefined }): Promise<void> {
@@ -83,7 +95,17 @@ export class SqliteDirectory implements DirectoryStore {
       if (names.username !== undefined) {
         this.file.stmt('UPDATE users SET username = ?, username_lower = ? WHERE id = ?').run(names.username, names.username.toLowerCase(), userId);
       }
-      if (names.email !== undefined) this.file.stmt('UPDATE users SET email_lower = ? WHERE id = ?').run(names.email.toLowerCase(), userId);
+      if (names.email !== undefined) {
+        this.file.stmt('UPDATE users SET email_lower = ?, email = ? WHERE id = ?').run(names.email.toLowerCase(), names.email, userId);
+      }
+    });
+  }
+
+  async markPending(userId: string): Promise<boolean> {
+    return this.transaction(() => {
+      if (this.file.stmt('SELECT 1 FROM users WHERE id = ?').get(userId) === undefined) return false;
+      this.file.stmt('INSERT OR IGNORE INTO users_index_pending (user_id) VALUES (?)').run(userId);
+      return true;
     });
   }
 
@@ -288,7 +310,7 @@ export class SqliteDirectory implements DirectoryStore {
   exportAll(): DirectoryDump {
     return this.file.db
       .transaction(() => ({
-        users: this.file.stmt('SELECT id, username, email_lower, created_at FROM users ORDER BY length(id), id').all() as DirectoryDump['users'],
+        users: (this.file.stmt(`SELECT ${USER_COLUMNS} FROM users ORDER BY length(id), id`).all() as UserTableRow[]).map(storedRow),
         pending: (this.file.stmt('SELECT user_id FROM users_index_pending').all() as { user_id: string }[]).map((row) => row.user_id),
         sessions: this.file
           .stmt('SELECT id, user_id, token_hash, device_name, user_agent, created_at, last_used_at FROM sessions')
@@ -333,11 +355,13 @@ export class SqliteDirectory implements DirectoryStore {
   private upsertUser(entry: IndexEntry): void {
     this.file
       .stmt(
-        `INSERT INTO users (id, username, username_lower, email_lower, created_at) VALUES (?, ?, ?, ?, ?)
+        `INSERT INTO users (id, username, username_lower, email_lower, created_at, email, avatar_hash, badges, allow_dms_from)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (id) DO UPDATE SET username = excluded.username, username_lower = excluded.username_lower,
-           email_lower = excluded.email_lower, created_at = excluded.created_at`,
+           email_lower = excluded.email_lower, created_at = excluded.created_at, email = excluded.email,
+           avatar_hash = excluded.avatar_hash, badges = excluded.badges, allow_dms_from = excluded.allow_dms_from`,
       )
-      .run(entry.id, entry.username, entry.username.toLowerCase(), entry.email.toLowerCase(), entry.createdAt);
+      .run(...entryValues(entry));
   }
 
   /**
@@ -399,6 +423,43 @@ export class SqliteDirectory implements DirectoryStore {
   private takeToken(tokenHash: Buffer, purpose: MailTokenPurpose, now: number): boolean {
     return this.file.stmt('DELETE FROM mail_tokens WHERE token_hash = ? AND purpose = ? AND expires_at > ?').run(tokenHash, purpose, now).changes === 1;
   }
+}
+
+/** A users row as SQLite answers it (the card's columns are NULL in a row an older version wrote). */
+interface UserTableRow {
+  id: string;
+  username: string;
+  email_lower: string;
+  created_at: number;
+  email: string | null;
+  avatar_hash: string | null;
+  badges: string | null;
+  allow_dms_from: string | null;
+}
+
+function storedRow(row: UserTableRow): StoredIndexRow {
+  const { id, username, email_lower, created_at, email, avatar_hash, badges, allow_dms_from } = row;
+  // Written together, always: one missing means a row of before the cards, not derived yet.
+  const card =
+    email === null || badges === null || allow_dms_from === null
+      ? null
+      : { email, avatarHash: avatar_hash, badges: JSON.parse(badges) as string[], allowDmsFrom: allow_dms_from as AllowDmsFrom };
+  return { id, username, email_lower, created_at, card };
+}
+
+/** The values of a users row, in the order of the INSERTs above. */
+function entryValues(entry: IndexEntry): [string, string, string, string, number, string, string | null, string, AllowDmsFrom] {
+  return [
+    entry.id,
+    entry.username,
+    entry.username.toLowerCase(),
+    entry.email.toLowerCase(),
+    entry.createdAt,
+    entry.email,
+    entry.avatarHash,
+    JSON.stringify(entry.badges),
+    entry.allowDmsFrom,
+  ];
 }
 
 /** Which unique key a write collided with, as the store's error; null for any other failure. */

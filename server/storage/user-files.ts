@@ -375,8 +375,10 @@ export class UserFiles {
       const db = openDatabase(temporary, { migrations: USER_FILE_MIGRATIONS, mustExist: true });
       try {
         const candidate = new UserFile('', db);
-        if (isMarkedDeleted(candidate)) throw new Error('this file belongs to an account that was deleted');
+        // `check` first: it says what is wrong with a file that is no user file at all (whose
+        // tables the user-file migrations need not have made), before its deletion mark is looked for.
         adopted = await check(candidate);
+        if (isMarkedDeleted(candidate)) throw new Error('this file belongs to an account that was deleted');
       } finally {
         // Closing the last connection folds its WAL into the file, which then moves alone.
         db.close();

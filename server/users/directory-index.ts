@@ -1,7 +1,19 @@
+import type { AllowDmsFrom } from '../../shared/schemas/messaging-settings.ts';
 import { compareSnowflakes } from '../../shared/snowflake.ts';
 import { UserFileDeletedError, type Storage, type UserFile } from '../storage/index.ts';
-import type { IndexEntry } from '../storage/directory-store.ts';
+import type { IndexEntry, UserCard } from '../storage/directory-store.ts';
 import * as repo from './repo.ts';
+
+/**
+ * What a card holds of other features' data, read from the user file through the feature that owns
+ * it (the avatar: avatars; who may open a DM: settings). Given by whoever composes the services:
+ * settings depends on users, so users cannot ask it directly.
+ */
+export interface CardSources {
+  /** The avatar image's SHA-256 in hex, or null without an avatar. */
+  avatarHashOf(file: UserFile): string | null;
+  allowDmsFromOf(file: UserFile): AllowDmsFrom;
+}
 
 /** What a rebuild did. */
 export interface IndexRebuild {
@@ -27,14 +39,14 @@ export interface IndexRebuild {
  * A file whose account was deleted (a deletion that stopped before the file went) is no account
  * and gets no row. Throws, changing nothing, if a user file cannot be read.
  */
-export async function rebuildDirectoryIndex(storage: Storage): Promise<IndexRebuild> {
+export async function rebuildDirectoryIndex(storage: Storage, sources: CardSources): Promise<IndexRebuild> {
   const { directory, userFiles } = storage;
   const profiles = userFiles
     .list()
     .sort((a, b) => compareSnowflakes(b, a))
     .flatMap((id) => {
       try {
-        return [userFiles.read(id, entryOf)];
+        return [userFiles.read(id, (file) => entryOf(file, sources))];
       } catch (error) {
         if (error instanceof UserFileDeletedError) return [];
         // Said with the file's path: an operator has to find it to repair it or move it aside.
@@ -68,7 +80,9 @@ export type IndexProblem =
   /** An index row with no user file: an account that cannot sign in or be read. */
   | { kind: 'no_file'; userId: string; username: string }
   /** The row says something else than the file (the file is the truth). */
-  | { kind: 'differs'; userId: string; field: 'username' | 'email' | 'created_at'; inFile: string; inIndex: string }
+  | { kind: 'differs'; userId: string; field: IndexField; inFile: string; inIndex: string }
+  /** The row holds no card: an older version wrote it, and no start has derived it since. */
+  | { kind: 'no_card'; userId: string }
   /** A change stopped between its two writes; the next start derives the row again. */
   | { kind: 'pending'; userId: string }
   /** A file whose account was deleted, left by a deletion that stopped half-way. */
@@ -76,12 +90,15 @@ export type IndexProblem =
   /** A user file that cannot be read (its own check says why). */
   | { kind: 'unreadable'; userId: string; reason: string };
 
+/** What a row holds that doctor compares with the file. */
+type IndexField = 'username' | 'email' | 'created_at' | 'avatar' | 'badges' | 'allow_dms_from';
+
 /**
  * Compares the directory's users index with what the user files derive, reading both as they are
  * now (the server may be running: a registration or a change between the two reads can show up
  * once, which is why doctor asks twice). Changes nothing.
  */
-export async function checkDirectoryIndex(storage: Storage): Promise<IndexProblem[]> {
+export async function checkDirectoryIndex(storage: Storage, sources: CardSources): Promise<IndexProblem[]> {
   const { directory, userFiles } = storage;
   const rows = new Map((await directory.listUsers()).map((row) => [row.id, row]));
   const pending = new Set(await directory.listPendingUsers());
@@ -91,7 +108,7 @@ export async function checkDirectoryIndex(storage: Storage): Promise<IndexProble
     const row = rows.get(userId);
     let entry: IndexEntry;
     try {
-      entry = userFiles.read(userId, entryOf);
+      entry = userFiles.read(userId, (file) => entryOf(file, sources));
     } catch (error) {
       if (error instanceof UserFileDeletedError) problems.push({ kind: 'deleted', userId, indexed: row !== undefined });
       else problems.push({ kind: 'unreadable', userId, reason: error instanceof Error ? error.message : String(error) });
@@ -101,12 +118,20 @@ export async function checkDirectoryIndex(storage: Storage): Promise<IndexProble
       problems.push({ kind: 'not_indexed', userId, username: entry.username });
       continue;
     }
-    if (row.username !== entry.username) problems.push({ kind: 'differs', userId, field: 'username', inFile: entry.username, inIndex: row.username });
-    if (row.email_lower !== entry.email.toLowerCase()) {
-      problems.push({ kind: 'differs', userId, field: 'email', inFile: entry.email.toLowerCase(), inIndex: row.email_lower });
-    }
-    if (row.created_at !== entry.createdAt) {
-      problems.push({ kind: 'differs', userId, field: 'created_at', inFile: String(entry.createdAt), inIndex: String(row.created_at) });
+    const differs = (field: IndexField, inFile: string, inIndex: string) => {
+      if (inFile !== inIndex) problems.push({ kind: 'differs', userId, field, inFile, inIndex });
+    };
+    differs('username', entry.username, row.username);
+    // The address as it is found (lower-cased), then, when that is right, as the card spells it.
+    if (row.email_lower !== entry.email.toLowerCase()) differs('email', entry.email.toLowerCase(), row.email_lower);
+    else if (row.card !== null) differs('email', entry.email, row.card.email);
+    differs('created_at', String(entry.createdAt), String(row.created_at));
+    if (row.card === null) problems.push({ kind: 'no_card', userId });
+    else {
+      differs('avatar', entry.avatarHash ?? 'none', row.card.avatarHash ?? 'none');
+      const badges = (held: string[]) => (held.length === 0 ? 'none' : held.join(', '));
+      differs('badges', badges(entry.badges), badges(row.card.badges));
+      differs('allow_dms_from', entry.allowDmsFrom, row.card.allowDmsFrom);
     }
     if (pending.has(userId)) problems.push({ kind: 'pending', userId });
   }
@@ -116,12 +141,18 @@ export async function checkDirectoryIndex(storage: Storage): Promise<IndexProble
 }
 
 /** Derives one user's index row again from their file, and clears its pending mark. */
-export async function rederiveIndexEntry(storage: Storage, userId: string): Promise<void> {
-  await storage.directory.settleUser(storage.userFiles.read(userId, entryOf));
+export async function rederiveIndexEntry(storage: Storage, sources: CardSources, userId: string): Promise<void> {
+  await storage.directory.settleUser(storage.userFiles.read(userId, (file) => entryOf(file, sources)));
 }
 
 /** The index entry a user file derives: under the id the file is found by (its name). */
-function entryOf(file: UserFile): IndexEntry {
+export function entryOf(file: UserFile, sources: CardSources): IndexEntry {
   const profile = repo.readProfile(file);
-  return { id: file.userId, username: profile.username, email: profile.email, createdAt: profile.created_at };
+  const card: UserCard = {
+    email: profile.email,
+    avatarHash: sources.avatarHashOf(file),
+    badges: repo.parseBadges(profile.badges),
+    allowDmsFrom: sources.allowDmsFromOf(file),
+  };
+  return { id: file.userId, username: profile.username, createdAt: profile.created_at, ...card };
 }

@@ -14,7 +14,7 @@ export interface ProfileRow {
   tier: string;
 }
 
-export function insertProfile(file: UserFile, profile: IndexEntry & { passwordHash: string }): void {
+export function insertProfile(file: UserFile, profile: Pick<IndexEntry, 'id' | 'username' | 'email' | 'createdAt'> & { passwordHash: string }): void {
   file
     .stmt('INSERT INTO profile (id, username, email, password_hash, created_at) VALUES (?, ?, ?, ?, ?)')
     .run(profile.id, profile.username, profile.email, profile.passwordHash, profile.createdAt);
@@ -38,6 +38,12 @@ export function updateProfileEmail(file: UserFile, email: string, verified: bool
 
 export function updateProfilePasswordHash(file: UserFile, passwordHash: string): void {
   file.stmt('UPDATE profile SET password_hash = ?').run(passwordHash);
+}
+
+/** The profile's badges column: a JSON array of ids (anything else in it counts as none). */
+export function parseBadges(json: string): string[] {
+  const parsed: unknown = JSON.parse(json);
+  return Array.isArray(parsed) ? parsed.filter((b): b is string => typeof b === 'string') : [];
 }
 
 /** Badges as a JSON array of ids (the column the first user-file schema gave them). */

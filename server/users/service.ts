@@ -9,13 +9,21 @@ import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
 import { KeyedLock } from '../core/keyed-lock.ts';
-import { STORAGE_FAILURE, guardStorage, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
+import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, guardStorage, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
 import type { Throttle, Throttles } from '../core/throttle.ts';
 import type { AvatarsService } from '../avatars/service.ts';
 import type { MfaService } from '../mfa/service.ts';
-import { NameTakenError, type IndexedUser, type NewSession } from '../storage/directory-store.ts';
+import { NameTakenError, type IndexEntry, type IndexedUser, type NewSession } from '../storage/directory-store.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
-import { checkDirectoryIndex, rebuildDirectoryIndex, rederiveIndexEntry, type IndexProblem, type IndexRebuild } from './directory-index.ts';
+import {
+  type CardSources,
+  checkDirectoryIndex,
+  entryOf,
+  rebuildDirectoryIndex,
+  rederiveIndexEntry,
+  type IndexProblem,
+  type IndexRebuild,
+} from './directory-index.ts';
 import { PasswordHasher } from './passwords.ts';
 import * as repo from './repo.ts';
 
@@ -24,6 +32,12 @@ export interface UsersDeps {
   logger: Logger;
   /** The avatars feature, which owns avatar images and the URLs that name them. */
   avatars: Pick<AvatarsService, 'urlOf'>;
+  /**
+   * What each user's card (in the directory's index) holds of other features' data, read from the
+   * user file (the avatar's hash, who may open a DM): other users' requests read the card, never
+   * the file.
+   */
+  cardSources: CardSources;
   /**
    * Wrong `current_password`s in a row per account (15 minutes) before password changes are refused
    * with 429; `--login-failure-limit`, like login's per-address count. 0 disables.
@@ -151,9 +165,11 @@ export class UsersService {
       const user = { id, username: body.username, email: body.email, createdAt: nowSeconds() };
       // The user file first, then the index entry that makes the account exist: a failure in
       // between leaves only a file nobody indexed, removed here (storage/schema.ts).
-      userFiles.create(id, (f) => repo.insertProfile(f, { ...user, passwordHash }));
+      const created = userFiles.create(id, (f) => repo.insertProfile(f, { ...user, passwordHash }));
+      // Derived from the file, as every entry (the card's defaults are the new file's own).
+      const entry = entryOf(created, this.deps.cardSources);
       try {
-        await directory.indexUser(user, firstSession?.(id));
+        await directory.indexUser(entry, firstSession?.(id));
       } catch (error) {
         userFiles.remove(id);
         throw conflictError(error) ?? error;
@@ -181,23 +197,43 @@ export class UsersService {
       email_verified: row.email_verified === 1,
       totp_enabled: totpEnabled,
       age_verified: row.age_verified === 1,
-      badges: parseBadges(row.badges),
+      badges: repo.parseBadges(row.badges),
     };
   }
 
-  /** The public object of an indexed user; 404 for ids that are not accounts. */
+  /**
+   * The public object of an indexed user, from their card in the directory (their file may be
+   * another node's to open); 404 for ids that are not accounts.
+   */
   async publicUser(userId: string): Promise<PublicUser> {
-    if (!isSnowflake(userId) || !(await this.readingDirectory((directory) => directory.findUserById(userId)))) {
-      throw new AppError('user_not_found', 'No user with that id');
-    }
-    const { row, avatarUrl } = this.profile(userId);
+    return this.publicUserOf(await this.cardOf(userId));
+  }
+
+  /** The public object a card makes: the same bytes as the profile it was derived from would. */
+  publicUserOf(card: IndexEntry): PublicUser {
     return {
-      id: row.id,
-      username: row.username,
-      avatar_url: avatarUrl,
-      created_at: row.created_at,
-      badges: parseBadges(row.badges),
+      id: card.id,
+      username: card.username,
+      avatar_url: this.deps.avatars.urlOf(card.id, card.avatarHash),
+      created_at: card.createdAt,
+      badges: card.badges,
     };
+  }
+
+  /**
+   * What other users' requests may know of an account (its public object, who may open a DM with
+   * it, where its mail goes), read from the directory's index alone, never from the user's file.
+   * 404 for ids that are not accounts. A row no start has derived a card for yet (an upgrade's,
+   * whose file could not be read) answers 503: the file it waits for is failing.
+   */
+  async cardOf(userId: string): Promise<IndexEntry> {
+    const row = isSnowflake(userId) ? await this.readingDirectory((directory) => directory.findUserRow(userId)) : undefined;
+    if (row === undefined) throw new AppError('user_not_found', 'No user with that id');
+    if (row.card === null) {
+      this.deps.logger.error({ userId }, 'an index row has no card yet (its user file could not be read since the upgrade): answered with 503');
+      throw new AppError('service_unavailable', STORAGE_FAILURE.read, { headers: { 'Retry-After': String(STORAGE_RETRY_AFTER_S) } });
+    }
+    return { id: row.id, username: row.username, createdAt: row.created_at, ...row.card };
   }
 
   async findByUsername(username: string): Promise<PublicUser> {
@@ -292,7 +328,7 @@ export class UsersService {
   /** The account's badges and tier (user features), memoised with the profile. */
   featuresOf(userId: string): { badges: string[]; tier: string } {
     const { row } = this.profile(userId);
-    return { badges: parseBadges(row.badges), tier: row.tier };
+    return { badges: repo.parseBadges(row.badges), tier: row.tier };
   }
 
   // --- administration (`plexichat admin …`): the same files and rules, from another process ----
@@ -328,35 +364,59 @@ export class UsersService {
         email_verified: row.email_verified === 1,
         age_verified: row.age_verified === 1,
         totp_enabled: totpEnabled,
-        badges: parseBadges(row.badges),
+        badges: repo.parseBadges(row.badges),
         tier: row.tier,
       } satisfies AccountSummary;
     });
   }
 
-  /** Gives the account a badge; false when it had it already. */
-  addBadge(userId: string, badge: string): boolean {
-    const id = validFeatureId(badgeSchema, badge, 'badge');
-    return this.changeProfile(userId, (file, row) => {
-      const badges = parseBadges(row.badges);
-      if (badges.includes(id)) return false;
-      if (badges.length >= MAX_BADGES) throw new AppError('invalid_input', `An account holds at most ${MAX_BADGES} badges`);
-      repo.updateProfileBadges(file, [...badges, id]);
-      return true;
+  /**
+   * Runs `write`, a write of the user's file that changes what their card holds (the avatar,
+   * badges, who may open a DM), in the order storage/schema.ts gives: the index row is marked
+   * pending, the file written, then the row derived again from the file. Stopped in between, the
+   * mark has the next start derive it. The directory's step comes first, so a directory that
+   * cannot be reached refuses the change (503) before anything is written; an account gone from
+   * the index meanwhile is 404. One at a time with the account's other changes.
+   */
+  changeCard<T>(userId: string, write: () => T): Promise<T> {
+    return this.changes.run(userId, async () => {
+      if (!(await this.deps.storage.directory.markPending(userId))) throw new AppError('user_not_found', 'No user with that id');
+      try {
+        return write();
+      } finally {
+        // Whether or not the write landed: the row is what the file says.
+        await this.settleIndexEntry(userId);
+      }
     });
   }
 
+  /** Gives the account a badge; false when it had it already. */
+  addBadge(userId: string, badge: string): Promise<boolean> {
+    const id = validFeatureId(badgeSchema, badge, 'badge');
+    return this.changeCard(userId, () =>
+      this.changeProfile(userId, (file, row) => {
+        const badges = repo.parseBadges(row.badges);
+        if (badges.includes(id)) return false;
+        if (badges.length >= MAX_BADGES) throw new AppError('invalid_input', `An account holds at most ${MAX_BADGES} badges`);
+        repo.updateProfileBadges(file, [...badges, id]);
+        return true;
+      }),
+    );
+  }
+
   /** Takes a badge away; false when the account did not have it. */
-  removeBadge(userId: string, badge: string): boolean {
-    return this.changeProfile(userId, (file, row) => {
-      const badges = parseBadges(row.badges);
-      if (!badges.includes(badge)) return false;
-      repo.updateProfileBadges(
-        file,
-        badges.filter((held) => held !== badge),
-      );
-      return true;
-    });
+  removeBadge(userId: string, badge: string): Promise<boolean> {
+    return this.changeCard(userId, () =>
+      this.changeProfile(userId, (file, row) => {
+        const badges = repo.parseBadges(row.badges);
+        if (!badges.includes(badge)) return false;
+        repo.updateProfileBadges(
+          file,
+          badges.filter((held) => held !== badge),
+        );
+        return true;
+      }),
+    );
   }
 
   /** Sets the account's tier; returns the tier it had. */
@@ -448,7 +508,8 @@ export class UsersService {
       } catch (error) {
         throw new AppError('invalid_input', `${source} is not a Plexichat user file (${error instanceof Error ? error.message : String(error)})`);
       }
-      const found = { userId: profile.id, username: profile.username, email: profile.email, createdAt: profile.created_at };
+      // The file is open under no id yet: the entry takes the one its profile names.
+      const found = { ...entryOf(file, this.deps.cardSources), id: profile.id, userId: profile.id };
       if (isSnowflake(found.userId) && (await directory.findUserById(found.userId))) {
         throw new AppError('already_exists', `An account with the id ${found.userId} exists here already`);
       }
@@ -456,7 +517,8 @@ export class UsersService {
       return found;
     });
     try {
-      await directory.indexUser({ id: entry.userId, username: entry.username, email: entry.email, createdAt: entry.createdAt });
+      const { userId: _, ...indexed } = entry;
+      await directory.indexUser(indexed);
     } catch (error) {
       userFiles.remove(entry.userId);
       throw conflictError(error) ?? error;
@@ -468,12 +530,12 @@ export class UsersService {
 
   /** How the directory's users index disagrees with the user files (doctor); changes nothing. */
   checkDirectoryIndex(): Promise<IndexProblem[]> {
-    return checkDirectoryIndex(this.deps.storage);
+    return checkDirectoryIndex(this.deps.storage, this.deps.cardSources);
   }
 
   /** Derives the whole users index again from the user files (doctor --fix; see rebuildDirectoryIndex). */
   rebuildDirectoryIndex(): Promise<IndexRebuild> {
-    return rebuildDirectoryIndex(this.deps.storage);
+    return rebuildDirectoryIndex(this.deps.storage, this.deps.cardSources);
   }
 
   /** Changes the profile under the file's write lock, from the row read under it. */
@@ -485,26 +547,36 @@ export class UsersService {
   /**
    * At start: makes the directory's users index what the user files derive. An empty index beside
    * user files (the directory was lost, or moved aside because it was damaged) is rebuilt whole;
-   * rows a change left pending (the server stopped between its two writes) are derived again.
+   * rows a change left pending (the server stopped between its two writes) are derived again, and
+   * so are the rows an upgrade marked (written by an older version, they hold no card yet).
    * A rebuild that fails stops the start: a server with an empty index would refuse every login.
+   * In a cluster every node runs it at start, and again when Redis comes back.
    */
   async repairDirectoryIndex(): Promise<void> {
     const { storage, logger } = this.deps;
     if ((await storage.directory.countUsers()) === 0 && storage.userFiles.list().length > 0) {
-      const rebuilt = await rebuildDirectoryIndex(storage);
+      const rebuilt = await rebuildDirectoryIndex(storage, this.deps.cardSources);
       logger.warn({ indexed: rebuilt.indexed }, "rebuilt the directory's users index from the user files (it was empty)");
       for (const left of rebuilt.leftOut) {
         logger.error(left, `a user file was left out of the rebuilt index: a newer account has the same ${left.field}; rename or remove that file`);
       }
       return;
     }
+    // One line for them all: after an upgrade, that is every row.
+    const derived: string[] = [];
     for (const userId of await storage.directory.listPendingUsers()) {
       try {
-        await rederiveIndexEntry(storage, userId);
-        logger.warn({ userId }, 'derived a directory index entry again from its user file (a change had stopped half-way)');
+        await rederiveIndexEntry(storage, this.deps.cardSources, userId);
+        derived.push(userId);
       } catch (error) {
         logger.error({ err: error, userId }, 'could not derive a directory index entry from its user file; it stays pending');
       }
+    }
+    if (derived.length > 0) {
+      logger.warn(
+        { derived: derived.length, userIds: derived.slice(0, 10) },
+        'derived directory index entries again from their user files (changes that had stopped half-way, or rows an upgrade marked)',
+      );
     }
   }
 
@@ -598,7 +670,7 @@ export class UsersService {
    */
   private async settleIndexEntry(userId: string): Promise<void> {
     try {
-      await rederiveIndexEntry(this.deps.storage, userId);
+      await rederiveIndexEntry(this.deps.storage, this.deps.cardSources, userId);
     } catch (error) {
       this.deps.logger.error({ err: error, userId }, 'could not derive a directory index entry from its user file; the next start will');
     }
@@ -620,7 +692,11 @@ export class UsersService {
   private profile(userId: string): { row: repo.ProfileRow; avatarUrl: string | null; totpEnabled: boolean } {
     const file = this.file(userId);
     return this.reading(() =>
-      file.memo('profile', () => ({ row: repo.readProfile(file), avatarUrl: this.deps.avatars.urlOf(file), totpEnabled: this.deps.mfa.totpEnabledOf(file) })),
+      file.memo('profile', () => ({
+        row: repo.readProfile(file),
+        avatarUrl: this.deps.avatars.urlOf(userId, this.deps.cardSources.avatarHashOf(file)),
+        totpEnabled: this.deps.mfa.totpEnabledOf(file),
+      })),
     );
   }
 
@@ -664,9 +740,4 @@ function validFeatureId(schema: z.ZodType<string>, value: string, what: 'badge' 
   if (result.success) return result.data;
   const message = result.error.issues[0]?.message ?? 'Invalid';
   throw new AppError('invalid_input', `Invalid ${what} ${JSON.stringify(value)}: ${message}`, { errors: [{ path: what, message }] });
-}
-
-function parseBadges(json: string): string[] {
-  const parsed: unknown = JSON.parse(json);
-  return Array.isArray(parsed) ? parsed.filter((b): b is string => typeof b === 'string') : [];
 }

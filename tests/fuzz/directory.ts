@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { Redis } from 'ioredis';
+import { ALLOW_DMS_FROM } from '../../shared/schemas/messaging-settings.ts';
 import type { RelationshipType } from '../../shared/schemas/relationships.ts';
 import { RedisDirectory } from '../../server/cluster/redis-directory.ts';
 import {
@@ -143,7 +144,20 @@ const relType = fc.constantFrom(...TYPES);
 const pair = fc.record({ mine: relType, theirs: relType });
 const twoUsers = fc.uniqueArray(user, { minLength: 2, maxLength: 2 }).map(([a, b]) => [a!, b!] as const);
 
-const entry = fc.record({ id: user, username, email, createdAt: fc.constantFrom(1000, 2000) });
+/** A card: mostly a new account's, sometimes with an avatar, badges (in some order), DMs refused. */
+const AVATARS = [null, 'a'.repeat(64), 'b'.repeat(64)] as const;
+const BADGE_SETS: readonly string[][] = [[], ['vip'], ['vip', 'beta_tester'], ['beta_tester', 'vip']];
+const card = fc.record({
+  avatarHash: fc.constantFrom(...AVATARS),
+  badges: fc.constantFrom(...BADGE_SETS).map((badges) => [...badges]),
+  allowDmsFrom: fc.constantFrom(...ALLOW_DMS_FROM),
+});
+/** A new account's card. */
+const newCard = (): Pick<IndexEntry, 'avatarHash' | 'badges' | 'allowDmsFrom'> => ({ avatarHash: null, badges: [], allowDmsFrom: 'everyone' });
+
+const entry = fc
+  .record({ id: user, username, email, createdAt: fc.constantFrom(1000, 2000), card })
+  .map(({ card: c, ...names }): IndexEntry => ({ ...names, ...c }));
 
 /** A session of `userId`: usually its token is its own, sometimes another session's (a collision). */
 const newSession = (userId: string, id: fc.Arbitrary<string> = sid) =>
@@ -157,7 +171,8 @@ const newSession = (userId: string, id: fc.Arbitrary<string> = sid) =>
     })
     .map((s): NewSession => ({ id: s.id, tokenHash: sessionToken(s.token ?? s.id), userId, now: s.now, userAgent: s.userAgent, deviceName: s.deviceName }));
 
-const describeEntry = (e: IndexEntry) => `(${e.id}, ${e.username}, ${e.email}, ${e.createdAt})`;
+const describeEntry = (e: IndexEntry) =>
+  `(${e.id}, ${e.username}, ${e.email}, ${e.createdAt}, avatar ${e.avatarHash?.slice(0, 1) ?? '-'}, [${e.badges.join(' ')}], ${e.allowDmsFrom})`;
 const describeSession = (s: NewSession) =>
   `{${s.id}, token ${s.tokenHash.toString('hex').slice(0, 6)}, user ${s.userId}, now ${s.now}, ${s.userAgent}, ${s.deviceName}}`;
 const describePair = (p: RelationshipPair) => `{${p.mine ?? '-'}/${p.theirs ?? '-'}}`;
@@ -191,6 +206,8 @@ const indexUser = fc
 const claimNames = fc
   .tuple(user, fc.option(username, { nil: undefined }), fc.option(email, { nil: undefined }))
   .map(([id, u, e]): Call => ({ label: `claimNames(${id}, ${u}, ${e})`, call: (store) => store.claimNames(id, { username: u, email: e }) }));
+
+const markPending = user.map((id): Call => ({ label: `markPending(${id})`, call: (store) => store.markPending(id) }));
 
 const settleUser = entry.map((e): Call => ({ label: `settleUser${describeEntry(e)}`, call: (store) => store.settleUser(e) }));
 
@@ -311,6 +328,7 @@ const reads: fc.Arbitrary<Call> = fc.oneof(
   username.map((n): Call => ({ label: `findUserByUsername(${n})`, call: async (store) => orNull(await store.findUserByUsername(n)) })),
   email.map((e): Call => ({ label: `findUserByEmail(${e})`, call: async (store) => orNull(await store.findUserByEmail(e)) })),
   user.map((id): Call => ({ label: `findUserById(${id})`, call: async (store) => orNull(await store.findUserById(id)) })),
+  user.map((id): Call => ({ label: `findUserRow(${id})`, call: async (store) => orNull(await store.findUserRow(id)) })),
   user.map((id): Call => ({ label: `readCredentialEpoch(${id})`, call: (store) => store.readCredentialEpoch(id) })),
   user.map((id): Call => ({ label: `listUserSessions(${id})`, call: (store) => store.listUserSessions(id) })),
   sid.map((s): Call => ({ label: `findSessionByTokenHash(${s})`, call: async (store) => orNull(await store.findSessionByTokenHash(sessionToken(s))) })),
@@ -328,6 +346,7 @@ const reads: fc.Arbitrary<Call> = fc.oneof(
 const writes: fc.Arbitrary<Call> = fc.oneof(
   { arbitrary: indexUser, weight: 6 },
   { arbitrary: claimNames, weight: 3 },
+  { arbitrary: markPending, weight: 2 },
   { arbitrary: settleUser, weight: 2 },
   { arbitrary: replaceUsers, weight: 1 },
   { arbitrary: deleteUser, weight: 1 },
@@ -357,8 +376,8 @@ const writes: fc.Arbitrary<Call> = fc.oneof(
  */
 const registrationRace = fc.tuple(twoUsers, username, username, email, email, newSession('0')).map(([[a, b], nameA, nameB, emailA, emailB, s]): Step => {
   const entries: IndexEntry[] = [
-    { id: a, username: nameA, email: emailA, createdAt: 1000 },
-    { id: b, username: nameB, email: emailB, createdAt: 1000 },
+    { id: a, username: nameA, email: emailA, createdAt: 1000, ...newCard() },
+    { id: b, username: nameB, email: emailB, createdAt: 1000, ...newCard() },
   ];
   return step(`registration race: ${entries.map(describeEntry).join(' and ')} with ${describeSession(s)}`, async (stores) => {
     const race = await Promise.all(entries.map((e, i) => outcome(stores[i]!.indexUser(e, { ...s, userId: e.id }))));
@@ -381,7 +400,7 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
  */
 const warmUp: fc.Arbitrary<Step[]> = fc.subarray(
   USERS.map((id, i) => {
-    const e: IndexEntry = { id, username: USERNAMES[i === 0 ? 0 : i + 1]!, email: EMAILS[i === 0 ? 0 : i + 1]!, createdAt: 1000 };
+    const e: IndexEntry = { id, username: USERNAMES[i === 0 ? 0 : i + 1]!, email: EMAILS[i === 0 ? 0 : i + 1]!, createdAt: 1000, ...newCard() };
     const s: NewSession = { id: SESSIONS[i]!, tokenHash: sessionToken(SESSIONS[i]!), userId: id, now: 1000, userAgent: null, deviceName: 'phone' };
     return single({ label: `indexUser${describeEntry(e)} + ${describeSession(s)}`, call: (store) => store.indexUser(e, s) });
   }),
@@ -394,6 +413,7 @@ async function readBack(store: DirectoryStore): Promise<unknown> {
   for (const id of USERS) {
     perUser[id] = {
       user: orNull(await store.findUserById(id)),
+      row: orNull(await store.findUserRow(id)),
       sessions: await store.listUserSessions(id),
       epoch: await store.readCredentialEpoch(id),
       relationships: await store.listRelationships(id),
