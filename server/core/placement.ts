@@ -16,7 +16,7 @@ export interface Placement {
   locate(userId: string): 'here' | Promise<'here' | { node: string }>;
 }
 
-/** A REST request relayed to the node that owns its user, as the edge node read and authenticated it. */
+/** A REST request relayed to the node that owns its user, as the edge node read (and authenticated) it. */
 export interface ForwardedRequest {
   method: string;
   path: string;
@@ -24,10 +24,13 @@ export interface ForwardedRequest {
   headers: [string, string][];
   remoteAddress: string;
   requestId: string;
-  principal: Principal;
+  /** The user whose owner serves it: the caller's, or the one its route named (`placeBy`). */
+  userId: string;
+  /** The caller's session; null for a route without one (a login, a mailed token, an avatar). */
+  principal: Principal | null;
 }
 
-/** The owner's answer, written by the edge node as it is; `misdirected`: that node does not own the user (any more). */
+/** The owner's answer, written by the edge node as it is; `misdirected`: that node does not own the request's user (any more). */
 interface ForwardedAnswer {
   status: number;
   headers: Record<string, string>;
