@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import type { ForwardedRequest, Placement, RelayedAnswer } from '../core/placement.ts';
 import { NotOwnerError } from '../storage/errors.ts';
-import type { Storage } from '../storage/index.ts';
+import { UserFileMissingError, type Storage } from '../storage/index.ts';
 import type { SyncSocket } from '../sync/document.ts';
 import type { DocRelay } from '../sync/registry.ts';
 import type { EdgeRelay } from '../sync/socket.ts';
@@ -342,6 +342,9 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
   }
 
   private async claim(userId: string): Promise<'here' | { node: string }> {
+    // A user without a file (an id that names no account, or no more) is no one to serve: no
+    // lease, and no fencing counter left in Redis for an id anyone can make up.
+    if (!this.storage.userFiles.exists(userId)) throw new UserFileMissingError(`no user file for ${userId}`);
     let claim: Awaited<ReturnType<Leases['acquire']>>;
     try {
       claim = await this.leases.acquire(userId);

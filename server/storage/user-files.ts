@@ -236,6 +236,11 @@ export class UserFiles {
     return this.remember(userFile);
   }
 
+  /** Whether the user has a file (without opening it). */
+  exists(userId: string): boolean {
+    return fs.existsSync(this.pathOf(userId));
+  }
+
   /** Closes and deletes a user's file (e.g. when creating the account failed half-way). */
   remove(userId: string): void {
     const file = this.pathOf(userId);
