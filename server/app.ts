@@ -177,7 +177,15 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     throttles,
     clock: options.clock ?? Date.now,
   });
-  const users: UsersService = new UsersService({ storage, logger, avatars, mfa, currentPasswordLimit: config.loginFailureLimit, throttles });
+  const users: UsersService = new UsersService({
+    storage,
+    logger,
+    avatars,
+    mfa,
+    currentPasswordLimit: config.loginFailureLimit,
+    throttles,
+    ...(cluster === undefined ? {} : { placement: cluster }),
+  });
   // Before anything reads the users index: make it what the user files derive (storage/schema.ts).
   try {
     await users.repairDirectoryIndex();

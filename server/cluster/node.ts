@@ -236,6 +236,30 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     return claim;
   }
 
+  /**
+   * A new account: claimed before its file is made (an id is issued once, so nobody else can hold
+   * it), so that this node makes the file as its owner, with the token `claimNew` resolves with.
+   */
+  async claimNew(userId: string): Promise<number> {
+    let claim: Awaited<ReturnType<Leases['acquire']>>;
+    try {
+      claim = await this.leases.acquire(userId);
+    } catch (error) {
+      this.logger.warn({ err: error, userId }, 'could not claim a new user');
+      throw unavailable('The cluster cannot be reached right now; retry');
+    }
+    if ('owner' in claim) throw new Error(`the new user ${userId} is held by node ${claim.owner} already: an id was issued twice`);
+    this.lastUse.set(userId, Date.now());
+    return claim.token;
+  }
+
+  /** A new account that was not made after all (its name taken meanwhile): its claim goes. */
+  async abandonNew(userId: string): Promise<void> {
+    this.lastUse.delete(userId);
+    this.storage.userFiles.disown(userId);
+    await this.leases.release(userId);
+  }
+
   /** Relays a REST request to the node that owns its user. */
   forward(node: string, request: ForwardedRequest, body: Uint8Array | undefined): Promise<RelayedAnswer> {
     if (this.bound === undefined) return Promise.reject(unavailable('This server is starting; retry'));

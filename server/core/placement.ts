@@ -14,6 +14,14 @@ export interface Placement {
    * when that cannot be known (Redis unreachable).
    */
   locate(userId: string): 'here' | Promise<'here' | { node: string }>;
+  /**
+   * A new account (its id just issued, its file not made yet): this node claims the user, so that
+   * it creates their file as their owner, and resolves with the fencing token to store in it.
+   * Rejects with an AppError (503) when Redis cannot be reached.
+   */
+  claimNew(userId: string): Promise<number>;
+  /** Gives back the claim of a new account whose file was not made after all (or was removed). */
+  abandonNew(userId: string): Promise<void>;
 }
 
 /** A REST request relayed to the node that owns its user, as the edge node read (and authenticated) it. */

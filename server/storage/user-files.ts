@@ -79,8 +79,13 @@ export class UserFile {
     this.transaction(() => {
       const stored = readFence(this);
       if (stored !== undefined && stored > token) throw new NotOwnerError(`a newer owner's token is stored in the file of ${this.userId}`, stored);
-      this.stmt('INSERT INTO owner_lease (singleton, token) VALUES (1, ?) ON CONFLICT (singleton) DO UPDATE SET token = excluded.token').run(token);
+      writeFence(this, token);
     });
+    this.holdFence(token);
+  }
+
+  /** Checks `token`, stored in the file by this connection, from now on. */
+  holdFence(token: number): void {
     this.fence = token;
     this.fenceSeenAt = this.dataVersion;
   }
@@ -117,6 +122,10 @@ export class UserFile {
 function readFence(file: UserFile): number | undefined {
   const row = file.stmt('SELECT token FROM owner_lease').get() as { token: number } | undefined;
   return row?.token;
+}
+
+function writeFence(file: UserFile, token: number): void {
+  file.stmt('INSERT INTO owner_lease (singleton, token) VALUES (1, ?) ON CONFLICT (singleton) DO UPDATE SET token = excluded.token').run(token);
 }
 
 /** Whether the account of this file was deleted (the first write of a deletion marks the file). */
@@ -218,20 +227,29 @@ export class UserFiles {
 
   /**
    * Creates a new user file and runs `init` on it in one transaction. If anything fails, no file
-   * is left behind (a half-made file would block the id and hold nothing).
+   * is left behind (a half-made file would block the id and hold nothing). Cluster mode: `fence`
+   * is the token of this node's lease on the new user, stored by the same transaction and checked
+   * from then on, as `claim` does for an existing file (the file is made by its owner).
    */
-  create(userId: string, init: (file: UserFile) => void): UserFile {
+  create(userId: string, init: (file: UserFile) => void, fence?: number): UserFile {
     const file = this.pathOf(userId);
     if (fs.existsSync(file)) throw new Error(`user file for ${userId} already exists`);
     let userFile: UserFile | undefined;
     try {
       userFile = new UserFile(userId, this.openFile(file, false));
       const created = userFile;
-      created.transaction(() => init(created));
+      created.transaction(() => {
+        init(created);
+        if (fence !== undefined) writeFence(created, fence);
+      });
     } catch (error) {
       if (userFile?.db.open) userFile.db.close();
       removeDatabaseFiles(file);
       throw error;
+    }
+    if (fence !== undefined) {
+      userFile.holdFence(fence);
+      this.fences.set(userId, fence);
     }
     return this.remember(userFile);
   }

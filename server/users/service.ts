@@ -7,6 +7,7 @@ import type { RegisterBody } from '../../shared/schemas/auth.ts';
 import { isSnowflake } from '../../shared/snowflake.ts';
 import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
+import type { Placement } from '../core/placement.ts';
 import type { Principal } from '../core/principal.ts';
 import { KeyedLock } from '../core/keyed-lock.ts';
 import { STORAGE_FAILURE, guardStorage, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
@@ -33,6 +34,8 @@ export interface UsersDeps {
   throttles: Throttles;
   /** The mfa feature, which owns the second factor and so whether it is on (`totp_enabled`). */
   mfa: Pick<MfaService, 'totpEnabledOf'>;
+  /** Cluster mode: who owns each user; a new account's file is made by the node that claims it. None on one node. */
+  placement?: Pick<Placement, 'claimNew' | 'abandonNew'>;
 }
 
 const CURRENT_PASSWORD_WINDOW_S = 15 * 60;
@@ -147,14 +150,24 @@ export class UsersService {
       const passwordHash = await this.hasher.hash(body.password);
       const id = this.deps.storage.nextId();
       const user = { id, username: body.username, email: body.email, createdAt: nowSeconds() };
+      // Cluster mode: this node claims the new user first, so their file is made by its owner,
+      // with the owner's fencing token in it (docs/cluster.md).
+      const fence = await this.deps.placement?.claimNew(id);
       // The user file first, then the index entry that makes the account exist: a failure in
       // between leaves only a file nobody indexed, removed here (storage/schema.ts).
-      userFiles.create(id, (f) => repo.insertProfile(f, { ...user, passwordHash }));
       try {
-        await directory.indexUser(user, firstSession?.(id));
+        userFiles.create(id, (f) => repo.insertProfile(f, { ...user, passwordHash }), fence);
+        try {
+          await directory.indexUser(user, firstSession?.(id));
+        } catch (error) {
+          userFiles.remove(id);
+          throw conflictError(error) ?? error;
+        }
       } catch (error) {
-        userFiles.remove(id);
-        throw conflictError(error) ?? error;
+        await this.deps.placement?.abandonNew(id).catch((abandonError: unknown) => {
+          this.deps.logger.warn({ err: abandonError, userId: id }, 'could not give back the claim of an account not made; it ends by itself');
+        });
+        throw error;
       }
       this.deps.logger.info({ userId: id }, 'user registered');
       this.announce(this.registeredListeners, { id, username: body.username, email: body.email }, 'a registration');
