@@ -150,7 +150,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       workerIds = await WorkerIds.acquire(redis, `${nodeId}|${instance}`, settings.leaseMs, storage.reservationMark, logger);
       const leased = workerIds;
       storage.issueIdsFrom(() => leased.current());
-      subscriber = await connectRedis(settings.redisUrl, logger, `plexichat:${nodeId}:sub`);
+      subscriber = await connectRedis(settings.redisUrl, logger, `plexichat:${nodeId}:sub`, { subscribe: true });
       logger.info({ nodeId, leaseMs: settings.leaseMs, workerId: workerIds.workerId, link: `${address.host}:${address.port}` }, `cluster node ${nodeId}`);
       return new ClusterNode(nodeId, record, redis, subscriber, links, settings.leaseMs, storage, logger, workerIds);
     } catch (error) {
