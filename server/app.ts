@@ -191,6 +191,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     mfa,
     currentPasswordLimit: config.loginFailureLimit,
     throttles,
+    ...(cluster === undefined ? {} : { placement: cluster }),
   });
   // Before anything reads the users index: make it what the user files derive (storage/schema.ts).
   const repairIndex = () => (cluster === undefined ? users.repairDirectoryIndex() : cluster.repairIndex(() => users.repairDirectoryIndex()));

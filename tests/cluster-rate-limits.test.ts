@@ -115,6 +115,18 @@ describe('rate limits shared across nodes through Redis', { skip: missingRedis()
     assertTooMany(await login(b, other.username, 'wrong four'), 2, 'then refused');
   });
 
+  test("a login relayed to the account's owner is counted once: the address's budget where it arrived, the account's on the owner", async (t) => {
+    const { a, b } = await cluster(t, { authRateLimit: 4, loginFailureLimit: 3 });
+    // Owned by `a` (it registered the account, one attempt of the address); the logins reach `b`.
+    const owner = await registerUser(a.server.api);
+    for (const password of ['wrong one', 'wrong two', 'wrong three']) {
+      const res = await login(b, owner.username, password);
+      assert.deepEqual({ status: res.status, body: res.body }, { status: 401, body: INVALID_CREDENTIALS }, password);
+    }
+    // Counted twice, the address (4) or the failures (3) would have refused one of those already.
+    assertTooMany(await login(b, owner.username, owner.password), 4, 'the address, at b');
+  });
+
   test('Redis frozen or stopped: routes that count attempts answer 503 with Retry-After; Redis back: they work again', { timeout: 60_000 }, async (t) => {
     const { redis, dataDir, a, b } = await cluster(t, { authRateLimit: 100, loginFailureLimit: 10 });
     const owner = await registerUser(a.server.api);

@@ -198,6 +198,15 @@ test('a params schema naming a parameter its path lacks is refused when the rout
   );
 });
 
+test('placeBy on a route that requires a session is refused when the route is declared: such a route is served where its caller is', () => {
+  assert.throws(
+    () => route({ method: 'POST', path: '/x', placeBy: () => '42', handler: ok }),
+    (error: unknown) =>
+      error instanceof Error && error.message === 'route POST /x: placeBy is for routes without a session (a signed-in one is served where its caller is)',
+  );
+  assert.doesNotThrow(() => route({ method: 'POST', path: '/x', auth: 'none', placeBy: () => '42', handler: ok }));
+});
+
 test('request ids come from the source given in the options, so REST and sync upgrades can share one counter', async () => {
   const taken = srv.ids();
   const [boot, counter] = taken.split('-') as [string, string];

@@ -171,7 +171,8 @@ test('login with 2FA: the password answers a ticket and no token; the ticket and
   clock.now += STEP_MS;
 
   const ticket = await ticketFor(srv.api, user);
-  assert.match(ticket, /^pxt_[A-Za-z0-9_-]{43}$/);
+  // The account's id (which node of a cluster holds it), then 256 random bits.
+  assert.match(ticket, new RegExp(`^pxt_${user.id}_[A-Za-z0-9_-]{43}$`));
   const wrongPassword = await srv.api.post('/auth/login', { json: { login: user.username, password: 'not the password' } });
   assert.deepEqual(answer(wrongPassword), { status: 401, body: INVALID_CREDENTIALS }, 'no ticket without the password');
 
@@ -235,7 +236,9 @@ test('tickets: forged, spent, expired and exhausted ones are refused exactly lik
   const { secret } = await enable(srv.api, user, clock.now);
   clock.now += STEP_MS;
 
-  for (const forged of [`pxt_${randomBytes(32).toString('base64url')}`, 'not a ticket', '']) {
+  // The account's id in a forged ticket is only where to look: the ticket itself is not there.
+  const forgeries = [`pxt_${user.id}_${randomBytes(32).toString('base64url')}`, `pxt_${randomBytes(32).toString('base64url')}`, 'not a ticket', ''];
+  for (const forged of forgeries) {
     const res = await loginTotp(srv.api, { ticket: forged, code: codeAt(secret, clock.now) });
     assert.deepEqual(answer(res), { status: 401, body: INVALID_SECOND_FACTOR }, `forged ${forged}`);
   }

@@ -23,6 +23,9 @@ export function authRoutes(auth: AuthService, options: { attemptsPerMinute: numb
       auth: 'none',
       body: loginBodySchema,
       rateLimiter,
+      // Cluster mode: served by the node that serves the account named (its file holds the
+      // password hash and the second factor); a login naming none is answered here.
+      placeBy: (ctx) => auth.accountOfLogin(ctx.body.login),
       handler: (ctx) => auth.login(ctx.body, { userAgent: ctx.headers.get('user-agent') ?? null, address: ctx.remoteAddress }),
     }),
     route({

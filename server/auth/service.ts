@@ -195,6 +195,11 @@ export class AuthService {
     return this.deps.secondFactor.challenge(userId, start) ?? start();
   }
 
+  /** The account a login names, if any (cluster mode: the node serving it answers the login). */
+  accountOfLogin(login: string): Promise<string | undefined> {
+    return this.deps.users.idForLogin(login);
+  }
+
   /** The end of a login whose credentials all checked out (at once, or after a second factor). */
   private async startLoginSession(userId: string, epoch: number, device: SessionDevice): Promise<AuthResponse> {
     let token: string | null;

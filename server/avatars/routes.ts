@@ -33,6 +33,8 @@ export function avatarsRoutes(avatars: AvatarsService, options: { maxBytes: numb
       path: '/avatars/users/:user_id',
       auth: 'none',
       params: userIdParamSchema,
+      // Cluster mode: the image is in the user's file, served by the node that serves the user.
+      placeBy: (ctx) => ctx.params.user_id,
       handler: (ctx) => {
         const image = avatars.image(ctx.params.user_id);
         const etag = `"${image.hash}"`;

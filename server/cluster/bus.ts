@@ -82,6 +82,11 @@ export class NodeBus {
     });
     subscriber.on('ready', () => {
       subscribed = true;
+      // Back after a drop: subscribed again here (connectRedis leaves it to us). Refused, the
+      // connection dropped again (the next 'ready' tries again) or is closing.
+      subscriber.subscribe(BROADCAST).catch((error: unknown) => {
+        logger.warn({ err: error }, 'could not subscribe to the cluster channel again; trying again when Redis is back');
+      });
     });
     await subscriber.subscribe(BROADCAST);
     return new NodeBus(nodeId, links, redis, subscriber, logger);

@@ -6,7 +6,7 @@ import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import type { ForwardedRequest, Placement, RelayedAnswer } from '../core/placement.ts';
 import { ClusterUnavailableError, NotOwnerError } from '../storage/errors.ts';
 import { repairIndexAlone } from './index-repair.ts';
-import type { Storage } from '../storage/index.ts';
+import { UserFileMissingError, type Storage } from '../storage/index.ts';
 import type { SyncSocket } from '../sync/document.ts';
 import type { DocRelay } from '../sync/registry.ts';
 import type { EdgeRelay } from '../sync/socket.ts';
@@ -159,7 +159,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       workerIds = await WorkerIds.acquire(redis, `${nodeId}|${instance}`, settings.leaseMs, storage.reservationMark, logger);
       const leased = workerIds;
       storage.issueIdsFrom(() => leased.current());
-      subscriber = await connectRedis(settings.redisUrl, logger, `plexichat:${nodeId}:sub`);
+      subscriber = await connectRedis(settings.redisUrl, logger, `plexichat:${nodeId}:sub`, { subscribe: true });
       logger.info({ nodeId, leaseMs: settings.leaseMs, workerId: workerIds.workerId, link: `${address.host}:${address.port}` }, `cluster node ${nodeId}`);
       return new ClusterNode(nodeId, record, redis, subscriber, links, settings.leaseMs, storage, logger, workerIds);
     } catch (error) {
@@ -251,6 +251,31 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       this.claims.set(userId, claim);
     }
     return claim;
+  }
+
+  /**
+   * A new account: claimed before its file is made (an id is issued once, so nobody else can hold
+   * it), so that this node makes the file as its owner, with the token this resolves with
+   * (`UserFiles.claimNew`, through the node's FileAccess).
+   */
+  private async claimNew(userId: string): Promise<number> {
+    let claim: Awaited<ReturnType<Leases['acquire']>>;
+    try {
+      claim = await this.leases.acquire(userId);
+    } catch (error) {
+      this.logger.warn({ err: error, userId }, 'could not claim a new user');
+      throw unavailable('The cluster cannot be reached right now; retry');
+    }
+    if ('owner' in claim) throw new Error(`the new user ${userId} is held by node ${claim.owner} already: an id was issued twice`);
+    this.lastUse.set(userId, Date.now());
+    return claim.token;
+  }
+
+  /** A new account that was not made after all (its name taken meanwhile): its claim goes. */
+  async abandonNew(userId: string): Promise<void> {
+    this.lastUse.delete(userId);
+    this.storage.userFiles.disown(userId);
+    await this.leases.release(userId);
   }
 
   /** Relays a REST request to the node that owns its user. */
@@ -369,21 +394,10 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     }
   }
 
-  /** Takes a new account's id (nobody can hold it yet) for this node; resolves with its fencing token. */
-  private async claimNew(userId: string): Promise<number> {
-    let claim: Awaited<ReturnType<Leases['acquire']>>;
-    try {
-      claim = await this.leases.acquire(userId);
-    } catch (error) {
-      this.logger.warn({ err: error, userId }, 'could not take a new user for this node');
-      throw new ClusterUnavailableError('cannot reach Redis to take a new user', { cause: error });
-    }
-    if ('owner' in claim) throw new NotOwnerError(`the new user ${userId} is held by ${claim.owner}`);
-    this.lastUse.set(userId, Date.now());
-    return claim.token;
-  }
-
   private async claim(userId: string): Promise<'here' | { node: string }> {
+    // A user without a file (an id that names no account, or no more) is no one to serve: no
+    // lease, and no fencing counter left in Redis for an id anyone can make up.
+    if (!this.storage.userFiles.exists(userId)) throw new UserFileMissingError(`no user file for ${userId}`);
     let claim: Awaited<ReturnType<Leases['acquire']>>;
     try {
       claim = await this.leases.acquire(userId);

@@ -23,9 +23,12 @@ export const REDIS_BACK = 'Redis is reachable again';
  * stored), and no command waits more than 2 s for an answer. It
  * reconnects by itself; losing and regaining the connection is logged once each, not per failed
  * attempt. A wrong URL or an unreachable Redis (refused, unknown host, wrong password, a server
- * that is not Redis) fails the start with one line saying why.
+ * that is not Redis) fails the start with one line saying why. A connection made to `subscribe`
+ * is not subscribed again by ioredis when it comes back: ioredis leaves that subscription's
+ * refusal unhandled (the connection dropped or was closed again while it came back), which would
+ * end the process; its user subscribes again itself (cluster/bus.ts).
  */
-export async function connectRedis(url: string, logger: Logger, name: string): Promise<Redis> {
+export async function connectRedis(url: string, logger: Logger, name: string, options: { subscribe?: boolean } = {}): Promise<Redis> {
   const redis = new Redis(url, {
     lazyConnect: true,
     enableOfflineQueue: false,
@@ -33,6 +36,7 @@ export async function connectRedis(url: string, logger: Logger, name: string): P
     commandTimeout: COMMAND_TIMEOUT_MS,
     connectionName: name,
     retryStrategy: (attempt) => Math.min(attempt * 100, MAX_RECONNECT_DELAY_MS),
+    autoResubscribe: options.subscribe !== true,
   });
   let lastError: Error | undefined;
   let started = false;

@@ -14,9 +14,11 @@ export interface Placement {
    * when that cannot be known (Redis unreachable).
    */
   locate(userId: string): 'here' | Promise<'here' | { node: string }>;
+  /** Gives back the claim of a new account whose file was not made after all (or was removed). */
+  abandonNew(userId: string): Promise<void>;
 }
 
-/** A REST request relayed to the node that owns its user, as the edge node read and authenticated it. */
+/** A REST request relayed to the node that owns its user, as the edge node read (and authenticated) it. */
 export interface ForwardedRequest {
   method: string;
   path: string;
@@ -24,10 +26,13 @@ export interface ForwardedRequest {
   headers: [string, string][];
   remoteAddress: string;
   requestId: string;
-  principal: Principal;
+  /** The user whose owner serves it: the caller's, or the one its route named (`placeBy`). */
+  userId: string;
+  /** The caller's session; null for a route without one (a login, a mailed token, an avatar). */
+  principal: Principal | null;
 }
 
-/** The owner's answer, written by the edge node as it is; `misdirected`: that node does not own the user (any more). */
+/** The owner's answer, written by the edge node as it is; `misdirected`: that node does not own the request's user (any more). */
 interface ForwardedAnswer {
   status: number;
   headers: Record<string, string>;

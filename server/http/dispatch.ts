@@ -12,7 +12,7 @@ import { clientAddress } from './client-address.ts';
 import { isJsonMediaType, parseJson, parseQuery, validate } from './input.ts';
 import { MemoryBudget, type Reservation } from './memory-budget.ts';
 import { createRequestIds } from './request-id.ts';
-import { RawBytes, Reply, isRawBodySpec, type Method, type RawBodySpec, type Route } from './route.ts';
+import { RawBytes, Reply, isRawBodySpec, type Method, type RawBodySpec, type RequestContext, type Route } from './route.ts';
 import { Router } from './router.ts';
 import type { HttpRequest, HttpResponse, TemplatedApp } from './uws.ts';
 
@@ -317,10 +317,11 @@ function proceed(
   body: Promise<Buffer | undefined> | undefined,
 ): unknown {
   const { cluster } = server.options;
-  if (principal !== null && cluster !== undefined) {
+  if (cluster !== undefined) {
     // Served here or relayed; even here, the handler may find the lease ended meanwhile (a stalled
     // event loop outlived it), and then the user is looked up again as a relayed request would be.
-    return runWhereOwned(x, route, params, principal, body, cluster.placement.locate(principal.userId), cluster);
+    if (principal !== null) return runWhereOwned(x, route, params, principal, body, cluster);
+    if (route.placeBy !== undefined) return runWherePlaced(x, route, params, route.placeBy, body, cluster);
   }
   // Fast path: nothing to wait for.
   if (body === undefined && route.rateLimiter === undefined) return run(x, route, params, principal, undefined);
@@ -479,10 +480,14 @@ async function runAfterBody(
   return run(x, route, params, principal, route.body === undefined ? undefined : rawBody);
 }
 
+/** Cluster mode: where a request's user is served, 'here' or the owner's node. */
+type Location = 'here' | { node: string };
+type Locate = () => 'here' | Promise<Location>;
+
 /**
- * Cluster mode, a user another node may own: waits for the body and the rate limit as
- * `runAfterBody`, then for where the user is served, and runs the handler here or relays the
- * request to the owner, whose answer is written as it came.
+ * Cluster mode, a signed-in request: waits for the body and the rate limit as `runAfterBody`, then
+ * for where the caller's user is served (looked up while the body arrives), and runs the handler
+ * here or relays the request to the owner, whose answer is written as it came.
  */
 async function runWhereOwned(
   x: Exchange,
@@ -490,24 +495,79 @@ async function runWhereOwned(
   params: Record<string, string>,
   principal: Principal,
   pending: Promise<Buffer | undefined> | undefined,
-  where: 'here' | Promise<'here' | { node: string }>,
+  cluster: NonNullable<HttpOptions['cluster']>,
+): Promise<unknown> {
+  const locate: Locate = () => cluster.placement.locate(principal.userId);
+  const where = locate();
+  // Awaited only once the body is in: a refusal meanwhile (Redis unreachable) must not go unheard
+  // (an unhandled rejection), nor be lost when the body fails first.
+  if (where instanceof Promise) where.catch(() => undefined);
+  const rawBody = pending === undefined ? undefined : await pending;
+  if (route.rateLimiter) await route.rateLimiter.consume(x.remoteAddress);
+  const body = route.body === undefined ? undefined : rawBody;
+  return serveWhereOwned(x, principal.userId, principal, body, await where, locate, () => run(x, route, params, principal, body), cluster);
+}
+
+/**
+ * Cluster mode, a request without a session whose route names the user that must serve it
+ * (`placeBy`: a login, a mailed token, a public avatar): waits for the body and the rate limit,
+ * validates, asks the route, and runs the handler here (no user named, or this node owns them) or
+ * relays the request to that user's owner. A user without a file is no one to relay to: served
+ * here, where the handler answers as for an unknown user.
+ */
+async function runWherePlaced(
+  x: Exchange,
+  route: Route,
+  params: Record<string, string>,
+  placeBy: NonNullable<Route['placeBy']>,
+  pending: Promise<Buffer | undefined> | undefined,
   cluster: NonNullable<HttpOptions['cluster']>,
 ): Promise<unknown> {
   const rawBody = pending === undefined ? undefined : await pending;
   if (route.rateLimiter) await route.rateLimiter.consume(x.remoteAddress);
+  if (x.aborted) return undefined;
   const body = route.body === undefined ? undefined : rawBody;
-  let location = await where;
+  const ctx = contextOf(x, route, params, null, body);
+  const userId = await placeBy(ctx);
+  if (userId === undefined) return route.handler(ctx);
+  const locate: Locate = async () => {
+    try {
+      return await cluster.placement.locate(userId);
+    } catch (error) {
+      if (error instanceof UserFileMissingError) return 'here';
+      throw error;
+    }
+  };
+  return serveWhereOwned(x, userId, null, body, await locate(), locate, () => route.handler(ctx), cluster);
+}
+
+/**
+ * Serves a request where `userId` is served: runs it here (`runHere`) or relays it to the owner.
+ * A user that moved meanwhile (the owner says it is not theirs any more, or this node's own lease
+ * ended while it served) is looked up again, twice at most.
+ */
+async function serveWhereOwned(
+  x: Exchange,
+  userId: string,
+  principal: Principal | null,
+  body: Buffer | undefined,
+  first: Location,
+  locate: Locate,
+  runHere: () => unknown,
+  cluster: NonNullable<HttpOptions['cluster']>,
+): Promise<unknown> {
+  let location = first;
   for (let misdirected = 0; ; misdirected += 1) {
     if (x.aborted) return undefined;
     if (location === 'here') {
       try {
-        return await run(x, route, params, principal, body);
+        return await runHere();
       } catch (error) {
         // The user's file took nothing (the fencing check refused the commit, or the document was
         // never loaded), and a handler's other steps (the directory's) may run again: it is run
         // again where the user is served now.
         if (!(error instanceof NotOwnerError) || misdirected >= MAX_MISDIRECTED) throw error;
-        location = await cluster.placement.locate(principal.userId);
+        location = await locate();
         continue;
       }
     }
@@ -518,6 +578,7 @@ async function runWhereOwned(
       headers: [...x.headers],
       remoteAddress: x.remoteAddress,
       requestId: x.requestId,
+      userId,
       principal,
     };
     const { answer, body: payload } = await cluster.forward(location.node, request, body);
@@ -525,14 +586,15 @@ async function runWhereOwned(
     if (misdirected >= MAX_MISDIRECTED) {
       throw new AppError('service_unavailable', 'Your data is moving between servers right now; retry shortly', { headers: { 'Retry-After': '1' } });
     }
-    location = await cluster.placement.locate(principal.userId);
+    location = await locate();
   }
 }
 
 /**
- * Cluster mode, on the node that owns the request's user: serves a request another node read and
- * authenticated (its rate limit counted there), and returns the answer for that node to write.
- * Never throws: every failure is an answer, as `fail` would have written it.
+ * Cluster mode, on the node that owns the request's user: serves a request another node read (and
+ * authenticated, and placed here by its route), its rate limit counted there, and returns the
+ * answer for that node to write. Never throws: every failure is an answer, as `fail` would have
+ * written it.
  */
 async function serveForwarded(server: Server, request: ForwardedRequest, body: Uint8Array | undefined): Promise<RelayedAnswer> {
   const info: RequestInfo = {
@@ -543,11 +605,13 @@ async function serveForwarded(server: Server, request: ForwardedRequest, body: U
     remoteAddress: request.remoteAddress,
     requestId: request.requestId,
   };
-  if (server.options.cluster?.placement.owns(request.principal.userId) !== true)
+  if (server.options.cluster?.placement.owns(request.userId) !== true)
     return { answer: { status: 0, headers: {}, misdirected: true }, body: new Uint8Array(0) };
   try {
     const match = server.router.match(info.method, info.path);
     if (match.kind !== 'found') throw new AppError('not_found', `No route for ${info.method} ${info.path}`);
+    // Only ever sent with its session by a node; should one come without, it is refused as any.
+    if (match.route.auth === 'required' && request.principal === null) admitted(null);
     const result = await run(
       info,
       match.route,
@@ -565,6 +629,17 @@ async function serveForwarded(server: Server, request: ForwardedRequest, body: U
 
 /** Validates the inputs and calls the handler; synchronous up to whatever the handler returns. */
 function run(x: RequestInfo, route: Route, rawParams: Record<string, string>, principal: Principal | null, rawBody: Buffer | undefined): unknown {
+  return route.handler(contextOf(x, route, rawParams, principal, rawBody));
+}
+
+/** The handler's context: the inputs validated (a refusal is thrown), the rest copied from the request. */
+function contextOf<P extends Principal | null>(
+  x: RequestInfo,
+  route: Route,
+  rawParams: Record<string, string>,
+  principal: P,
+  rawBody: Buffer | undefined,
+): RequestContext<unknown, unknown, unknown, P> {
   let body: unknown;
   if (isRawBodySpec(route.body)) {
     body = rawBody ?? EMPTY_BODY;
@@ -580,7 +655,7 @@ function run(x: RequestInfo, route: Route, rawParams: Record<string, string>, pr
   const query = route.query ? validate(route, route.query, parseQuery(x.rawQuery), 'query') : parseQuery(x.rawQuery);
   // Last, where handlers used to check them: which answer wins when several inputs are wrong stays.
   const params = route.params ? validate(route, route.params, rawParams, 'params') : rawParams;
-  return route.handler({
+  return {
     method: x.method as Method,
     path: x.path,
     params,
@@ -590,7 +665,7 @@ function run(x: RequestInfo, route: Route, rawParams: Record<string, string>, pr
     headers: x.headers,
     remoteAddress: x.remoteAddress,
     requestId: x.requestId,
-  });
+  };
 }
 
 /** Answers a handler's result; one that cannot be serialised takes the error path instead. */

@@ -16,7 +16,7 @@ export interface RawBodySpec {
   tooLarge?: () => AppError;
 }
 
-interface RequestContext<Body, Query, Params, Auth> {
+export interface RequestContext<Body, Query, Params, Auth> {
   method: Method;
   path: string;
   /** The path's `:name` segments, URL-decoded; validated by the route's `params` schema when it has one. */
@@ -80,6 +80,15 @@ export interface RouteSpec<Body, Query, A extends AuthMode, Params> {
   invalid?: (issues: z.core.$ZodIssue[], source: InputSource) => AppError | undefined;
   /** Limits attempts per client address (e.g. login), answered with 429 and Retry-After. */
   rateLimiter?: Throttle;
+  /**
+   * Cluster mode, for a route without a session that reads or writes a user's file (a login, a
+   * mailed token, a public avatar): the user whose owner node must serve it, or undefined to serve
+   * it where it arrived. Computed from the validated request, after the body is read and the rate
+   * limit counted; the request is then relayed to that owner as a signed-in one is to its caller's
+   * (a signed-in route is always placed by its caller, so only `auth: 'none'` routes take this).
+   * Never called on a single server.
+   */
+  placeBy?: (ctx: RequestContext<Body, Query, Params, null>) => string | undefined | Promise<string | undefined>;
   handler: (ctx: RequestContext<Body, Query, Params, A extends 'none' ? null : Principal>) => unknown;
 }
 
@@ -93,6 +102,7 @@ export interface Route {
   params: z.ZodType | undefined;
   invalid: RouteSpec<unknown, unknown, AuthMode, unknown>['invalid'];
   rateLimiter: Throttle | undefined;
+  placeBy: ((ctx: RequestContext<unknown, unknown, unknown, null>) => string | undefined | Promise<string | undefined>) | undefined;
   handler: (ctx: RequestContext<unknown, unknown, unknown, Principal | null>) => unknown;
 }
 
@@ -104,6 +114,9 @@ export function route<Body = undefined, Query = Record<string, string>, A extend
   spec: RouteSpec<Body, Query, A, Params>,
 ): Route {
   if (spec.params !== undefined) assertParamsMatchPath(spec.method, spec.path, spec.params);
+  if (spec.placeBy !== undefined && spec.auth !== 'none') {
+    throw new Error(`route ${spec.method} ${spec.path}: placeBy is for routes without a session (a signed-in one is served where its caller is)`);
+  }
   return {
     method: spec.method,
     path: spec.path,
@@ -113,6 +126,7 @@ export function route<Body = undefined, Query = Record<string, string>, A extend
     params: spec.params as Route['params'],
     invalid: spec.invalid,
     rateLimiter: spec.rateLimiter,
+    placeBy: spec.placeBy as Route['placeBy'],
     handler: spec.handler as Route['handler'],
   };
 }

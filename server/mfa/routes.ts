@@ -2,6 +2,7 @@ import { loginTotpBodySchema, totpConfirmBodySchema, totpEnableBodySchema, totpS
 import type { Throttles } from '../core/throttle.ts';
 import { Reply, route, type Route } from '../http/route.ts';
 import { MFA_THROTTLE_WINDOW_S, type MfaService } from './service.ts';
+import { ticketUser } from './tickets.ts';
 
 export function mfaRoutes(mfa: MfaService, options: { attemptsPerAddress: number; throttles: Throttles }): Route[] {
   // One budget per client address over every route that checks a code or a password here: an
@@ -46,6 +47,9 @@ export function mfaRoutes(mfa: MfaService, options: { attemptsPerAddress: number
       auth: 'none',
       body: loginTotpBodySchema,
       rateLimiter,
+      // Cluster mode: served by the node that serves the account, which issued the ticket and
+      // holds it (the user the ticket names; one moved since finds no ticket there: 401).
+      placeBy: (ctx) => ticketUser(ctx.body.ticket),
       handler: (ctx) => mfa.completeLogin(ctx.body),
     }),
   ];

@@ -1,4 +1,3 @@
-import { createHash, randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { AuthResponse, MfaRequiredResponse } from '../../shared/schemas/auth.ts';
 import type { BackupCodesResponse, LoginTotpBody, TotpConfirmBody, TotpEnableBody, TotpSetupBody, TotpSetupResponse } from '../../shared/schemas/mfa.ts';
@@ -8,6 +7,7 @@ import type { Throttle, Throttles } from '../core/throttle.ts';
 import type { Storage, UserFile } from '../storage/index.ts';
 import { backupCodeDigest, base32Of, matchTotpStep, newBackupCodes, newTotpSecret, otpauthUrlOf } from './codes.ts';
 import * as repo from './repo.ts';
+import { newTicket, ticketKey } from './tickets.ts';
 
 /** A sign-in ticket lasts this long… */
 const TICKET_TTL_MS = 5 * 60_000;
@@ -18,8 +18,6 @@ const TICKET_ATTEMPTS = 5;
  * bound on memory; past it the oldest ticket goes (its owner signs in again).
  */
 const MAX_TICKETS = 10_000;
-/** `pxt_` tells a leaked ticket from a session token (`pxc_`); 256 random bits follow. */
-const TICKET_PREFIX = 'pxt_';
 /** The per-account budget of second-factor attempts is counted over this window. */
 export const MFA_THROTTLE_WINDOW_S = 600;
 
@@ -92,7 +90,7 @@ export class MfaService {
   challenge(userId: string, start: () => Promise<AuthResponse>): MfaRequiredResponse | null {
     const file = this.file(userId);
     if (!this.guarded(STORAGE_FAILURE.login, () => repo.isTotpEnabled(file))) return null;
-    const ticket = TICKET_PREFIX + randomBytes(32).toString('base64url');
+    const ticket = newTicket(userId);
     this.makeRoomForTicket();
     this.tickets.set(ticketKey(ticket), { userId, start, expiresAt: this.deps.clock() + TICKET_TTL_MS, attemptsLeft: TICKET_ATTEMPTS });
     return { mfa_required: true, ticket };
@@ -263,10 +261,6 @@ export class MfaService {
       throw unavailableOnStorageFailure(this.deps.logger, error, message);
     }
   }
-}
-
-function ticketKey(ticket: string): string {
-  return createHash('sha256').update(ticket).digest('base64');
 }
 
 function digestOf(code: string): Buffer {

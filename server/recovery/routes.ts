@@ -17,6 +17,9 @@ export function recoveryRoutes(recovery: RecoveryService, options: { attemptsPer
       auth: 'none',
       body: verifyEmailBodySchema,
       rateLimiter,
+      // Cluster mode (both token routes): served by the node that serves the token's account,
+      // whose file the token changes; an unknown token is answered here.
+      placeBy: (ctx) => recovery.accountOfToken(ctx.body.token, 'verify_email'),
       handler: async (ctx) => {
         await recovery.verifyEmail(ctx.body.token);
         return Reply.noContent();
@@ -37,6 +40,8 @@ export function recoveryRoutes(recovery: RecoveryService, options: { attemptsPer
       auth: 'none',
       body: forgotPasswordBodySchema,
       rateLimiter,
+      // Never relayed, even in cluster mode: relaying only the addresses that have an account
+      // would tell them apart by the time the answer takes.
       handler: async (ctx) => {
         await recovery.forgotPassword(ctx.body.email);
         return Reply.noContent();
@@ -49,6 +54,7 @@ export function recoveryRoutes(recovery: RecoveryService, options: { attemptsPer
       auth: 'none',
       body: resetPasswordBodySchema,
       rateLimiter,
+      placeBy: (ctx) => recovery.accountOfToken(ctx.body.token, 'reset_password'),
       handler: async (ctx) => {
         await recovery.resetPassword(ctx.body);
         return Reply.noContent();

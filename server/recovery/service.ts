@@ -87,6 +87,15 @@ export class RecoveryService {
     if (!verified) throw invalidMailToken();
   }
 
+  /**
+   * The account a live token of that purpose is for, or undefined (cluster mode: the node serving
+   * it answers the token). A read: nothing is spent.
+   */
+  async accountOfToken(token: string, purpose: MailTokenPurpose): Promise<string | undefined> {
+    const row = await this.reading(() => this.deps.storage.directory.findLiveMailToken(hashMailToken(token), purpose, nowSeconds()));
+    return row?.user_id;
+  }
+
   /** `POST /auth/verify-email/resend`: a new link, sent before the answer. */
   async resendVerification(userId: string): Promise<void> {
     await this.resendPerAccount.consume(userId);

@@ -97,6 +97,11 @@ export class UserFile {
       if (stored !== undefined && stored > token) throw new NotOwnerError(`a newer owner's token is stored in the file of ${this.userId}`, stored);
       writeFence(this, token);
     });
+    this.holdFence(token);
+  }
+
+  /** Checks `token`, stored in the file by this connection, from now on. */
+  holdFence(token: number): void {
     this.fence = token;
     this.fenceSeenAt = this.dataVersion;
   }
@@ -262,9 +267,11 @@ export class UserFiles {
 
   /**
    * Creates a new user file and runs `init` on it in one transaction. If anything fails, no file
-   * is left behind (a half-made file would block the id and hold nothing).
+   * is left behind (a half-made file would block the id and hold nothing). Cluster mode: `fence`
+   * is the token of this node's lease on the new user, stored by the same transaction and checked
+   * from then on, as `claim` does for an existing file (the file is made by its owner).
    */
-  create(userId: string, init: (file: UserFile) => void): UserFile {
+  create(userId: string, init: (file: UserFile) => void, fence?: number): UserFile {
     const file = this.pathOf(userId);
     this.assertMayUse(userId);
     if (fs.existsSync(file)) throw new Error(`user file for ${userId} already exists`);
@@ -278,12 +285,22 @@ export class UserFiles {
         if (token !== undefined) writeFence(created, token);
       });
       created.fence = token;
+      if (token !== undefined) this.fences.set(userId, token);
     } catch (error) {
       if (userFile?.db.open) userFile.db.close();
       removeDatabaseFiles(file);
       throw error;
     }
+    if (fence !== undefined) {
+      userFile.holdFence(fence);
+      this.fences.set(userId, fence);
+    }
     return this.remember(userFile);
+  }
+
+  /** Whether the user has a file (without opening it). */
+  exists(userId: string): boolean {
+    return fs.existsSync(this.pathOf(userId));
   }
 
   /** Closes and deletes a user's file (e.g. when creating the account failed half-way). */

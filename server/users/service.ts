@@ -7,6 +7,7 @@ import type { RegisterBody } from '../../shared/schemas/auth.ts';
 import { isSnowflake } from '../../shared/snowflake.ts';
 import { nowSeconds } from '../../shared/time.ts';
 import { AppError } from '../core/app-error.ts';
+import type { Placement } from '../core/placement.ts';
 import type { Principal } from '../core/principal.ts';
 import { KeyedLock } from '../core/keyed-lock.ts';
 import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, guardStorage, openUserFile, unavailableOnStorageFailure } from '../core/storage-failure.ts';
@@ -47,6 +48,8 @@ export interface UsersDeps {
   throttles: Throttles;
   /** The mfa feature, which owns the second factor and so whether it is on (`totp_enabled`). */
   mfa: Pick<MfaService, 'totpEnabledOf'>;
+  /** Cluster mode: who owns each user (a new account not made after all gives its claim back). None on one node. */
+  placement?: Pick<Placement, 'abandonNew'>;
 }
 
 const CURRENT_PASSWORD_WINDOW_S = 15 * 60;
@@ -160,19 +163,27 @@ export class UsersService {
       await this.assertAvailable(body.username, body.email, null);
       const passwordHash = await this.hasher.hash(body.password);
       const id = this.deps.storage.nextId();
-      // Cluster mode: the node that creates the file owns the new user from the start.
-      await userFiles.claimNew(id);
       const user = { id, username: body.username, email: body.email, createdAt: nowSeconds() };
+      // Cluster mode: this process claims the new user first, so their file is made by its owner,
+      // with the owner's fencing token in it (docs/cluster.md).
+      await userFiles.claimNew(id);
       // The user file first, then the index entry that makes the account exist: a failure in
       // between leaves only a file nobody indexed, removed here (storage/schema.ts).
-      const created = userFiles.create(id, (f) => repo.insertProfile(f, { ...user, passwordHash }));
-      // Derived from the file, as every entry (the card's defaults are the new file's own).
-      const entry = entryOf(created, this.deps.cardSources);
       try {
-        await directory.indexUser(entry, firstSession?.(id));
+        const created = userFiles.create(id, (f) => repo.insertProfile(f, { ...user, passwordHash }));
+        // Derived from the file, as every entry (the card's defaults are the new file's own).
+        const entry = entryOf(created, this.deps.cardSources);
+        try {
+          await directory.indexUser(entry, firstSession?.(id));
+        } catch (error) {
+          userFiles.remove(id);
+          throw conflictError(error) ?? error;
+        }
       } catch (error) {
-        userFiles.remove(id);
-        throw conflictError(error) ?? error;
+        await this.deps.placement?.abandonNew(id).catch((abandonError: unknown) => {
+          this.deps.logger.warn({ err: abandonError, userId: id }, 'could not give back the claim of an account not made; it ends by itself');
+        });
+        throw error;
       }
       this.deps.logger.info({ userId: id }, 'user registered');
       this.announce(this.registeredListeners, { id, username: body.username, email: body.email }, 'a registration');
