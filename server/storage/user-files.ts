@@ -235,9 +235,10 @@ export class UserFiles {
       return cached;
     }
     const file = this.pathOf(userId);
-    this.assertMayUse(userId);
-    // Checked first: a user that does not exist must not cost another user's open file.
+    // Checked first: a user that does not exist must not cost another user's open file (and is
+    // no account, whoever would hold it).
     if (!fs.existsSync(file)) throw new UserFileMissingError(`no user file for ${userId}`);
+    this.assertMayUse(userId);
     let db: Db;
     try {
       db = this.openFile(file, true);
