@@ -240,7 +240,7 @@ test('an admin command given --redis-url reaches the nodes at once: a badge it g
     assert.deepEqual((await node.api.get<{ badges: string[] }>('/users/@me', { token: alice.token })).body.badges, []);
     const admin = await AccountsAdmin.open(makeConfig({ dataDir, redisUrl: redis.url, logLevel: 'silent' }), captureLog().logger);
     try {
-      const { notice } = await admin.change(() => admin.users.addBadge(alice.id, 'early_supporter'));
+      const { notice } = await admin.change(alice.id, () => admin.users.addBadge(alice.id, 'early_supporter'));
       assert.equal(notice, 'confirmed');
     } finally {
       await admin.close();
