@@ -54,6 +54,10 @@ export class CommandHolds implements FileAccess {
   private readonly waiting = new Map<string, () => void>();
   private readonly timer: NodeJS.Timeout;
   private renewing = false;
+  /** A command stopped by a signal gives its users back first (their nodes need not wait out a lease). */
+  private readonly onSignal = (signal: NodeJS.Signals) => {
+    void this.close().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+  };
   /** Users a node (or another command) held and handed over to this one: their sockets reconnected. */
   handedOver = 0;
 
@@ -69,6 +73,8 @@ export class CommandHolds implements FileAccess {
     // A long piece of work (a backup of a large file) keeps its holds: renewed as a node renews.
     this.timer = setInterval(() => void this.renew(), Math.max(100, Math.floor(options.leaseMs / 3)));
     this.timer.unref();
+    process.once('SIGINT', this.onSignal);
+    process.once('SIGTERM', this.onSignal);
   }
 
   /** Listens on the nodes' channel (a connection of its own) and makes `userFiles` open only what this command holds. */
@@ -128,6 +134,8 @@ export class CommandHolds implements FileAccess {
   /** Gives back every user still held (a command that ends, or fails), and stops listening. */
   async close(): Promise<void> {
     clearInterval(this.timer);
+    process.removeListener('SIGINT', this.onSignal);
+    process.removeListener('SIGTERM', this.onSignal);
     const users = new Set([...this.refs.keys(), ...this.leases.users()]);
     this.refs.clear();
     await Promise.allSettled([...users].map((userId) => this.giveBack(userId)));
