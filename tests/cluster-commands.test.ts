@@ -12,6 +12,7 @@ import { Redis } from 'ioredis';
 import { AccountsAdmin } from '../server/admin/accounts.ts';
 import { BACKUP_NEEDS_REDIS, RESTORED_CLUSTER_FOLDER } from '../server/admin/backup.ts';
 import { makeConfig } from '../server/config.ts';
+import { DIRECTORY_IN_REDIS } from '../server/storage/sqlite-directory.ts';
 import type { Message } from '../shared/index.ts';
 import { withCluster } from './helpers/cluster.ts';
 import { missingRedis } from './helpers/redis.ts';
@@ -62,6 +63,20 @@ test('while a command holds a user, every node answers them 503 "moving" and clo
         const { ws, status } = await rawSocket(`${b.url}/sync/${channel}?token=${alice.token}`);
         assert.equal(status, 101);
         assert.deepEqual(await closeEvent(ws), { code: 1013, reason: 'Your data is moving between servers; reconnect shortly' });
+        // Another command waits for her (three of its leases), then says who holds her.
+        const holder = (await redisGet(redis.url, leaseKey(alice.id)))?.split('|')[0];
+        const second = await AccountsAdmin.open(makeConfig({ dataDir, redisUrl: redis.url, leaseMs: 1000, logLevel: 'silent' }), captureLog().logger);
+        try {
+          await assert.rejects(
+            second.change(alice.id, () => second.users.setTier(alice.id, 'pro')),
+            (error: Error) =>
+              error.message ===
+              `could not take the account ${alice.username} (id ${alice.id}) within 3 s: another admin command holds it (${holder}); retry when it is done`,
+          );
+        } finally {
+          await second.close();
+        }
+        assert.equal((await redisGet(redis.url, leaseKey(alice.id)))?.split('|')[0], holder, 'the first still holds her');
       });
       assert.equal(await redisGet(redis.url, leaseKey(alice.id)), null, 'given back: the lease is gone');
       assert.equal((await b.api.get('/users/@me', { token: alice.token })).status, 200);
@@ -210,6 +225,18 @@ test('backup of a live cluster needs its Redis, takes each user for the copy, an
       assert.equal(refused.code, 1);
       assert.equal(refused.stderr, `plexichat: ${BACKUP_NEEDS_REDIS}\n`);
       assert.equal(fs.existsSync(path.join(folder, 'nothing')), false, 'nothing was written');
+      const unchecked = await runCommand(['doctor', '--data-dir', dataDir]);
+      assert.equal(unchecked.code, 1);
+      assert.equal(unchecked.stderr, `plexichat: ${DIRECTORY_IN_REDIS}\n`);
+      // And the other way round: one node's folder is backed up without Redis.
+      const single = await startServer({ dataDir: path.join(folder, 'single') });
+      await single.close();
+      const mistaken = await runCommand(['backup', path.join(folder, 'nothing'), '--data-dir', path.join(folder, 'single'), '--redis-url', redis.url]);
+      assert.equal(mistaken.code, 1);
+      assert.equal(
+        mistaken.stderr,
+        `plexichat: ${path.join(folder, 'single')} is not a cluster's data folder (its directory is in directory.sqlite, not in Redis): back it up without --redis-url\n`,
+      );
 
       const backup = await runCommand(['backup', path.join(folder, 'copy'), '--data-dir', dataDir, '--redis-url', redis.url]);
       assert.equal(backup.code, 0, backup.stderr);
