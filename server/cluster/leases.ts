@@ -104,7 +104,8 @@ export type Claim = { token: number } | { owner: string };
  * lasts `leaseMs` unless renewed (every third of it). This node stops counting on a lease a fifth
  * of `leaseMs` before it could have ended in Redis, measured from when the renewal was sent, so
  * that by the time another node can take the user, this one has stopped writing (and a write it
- * still tried would be refused by the fencing token in the file).
+ * still tried would be refused by the fencing token in the file). An admin command holds users
+ * with the same leases, under a holder name no node can have (command-holds.ts).
  */
 export class Leases {
   private readonly held = new Map<string, Held>();

@@ -90,6 +90,8 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
   private readonly leases: Leases;
   /** Claims under way, so that concurrent requests for one user make one. */
   private readonly claims = new Map<string, Promise<'here' | { node: string }>>();
+  /** Users being handed to a command: until Redis names it, this node's old lease must not be renewed by a claim. */
+  private readonly handingOver = new Set<string>();
   private readonly lastUse = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private ticking = false;
@@ -398,16 +400,23 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       bound.bindings.evictUser(userId, CLOSE_CODES.SERVICE_RESTART, 'Your data is moving to another server; reconnect');
     }
     this.storage.userFiles.disown(userId);
-    this.leases.handOver(userId, holder, leaseMs).then(
-      (handed) => {
-        if (handed) bound.bus.broadcast({ kind: 'user-released', userId, to: holder });
-        this.logger.info({ userId, to: holder, handed }, 'handed a user over to an admin command');
-      },
-      (error: unknown) => this.logger.warn({ err: error, userId }, 'could not hand a user over; the lease ends by itself'),
-    );
+    this.handingOver.add(userId);
+    this.leases
+      .handOver(userId, holder, leaseMs)
+      .then(
+        (handed) => {
+          if (handed) bound.bus.broadcast({ kind: 'user-released', userId, to: holder });
+          this.logger.info({ userId, to: holder, handed }, 'handed a user over to an admin command');
+        },
+        (error: unknown) => this.logger.warn({ err: error, userId }, 'could not hand a user over; the lease ends by itself'),
+      )
+      .finally(() => this.handingOver.delete(userId));
   }
 
   private async claim(userId: string): Promise<'here' | { node: string }> {
+    // Redis still names this node until the hand-over's script has run: taking that for a claim
+    // would open the file the command is about to have.
+    if (this.handingOver.has(userId)) throw new UserMovingError();
     let claim: Awaited<ReturnType<Leases['acquire']>>;
     try {
       claim = await this.leases.acquire(userId);
