@@ -58,7 +58,7 @@ export class CommandHolds implements FileAccess {
   private readonly onSignal = (signal: NodeJS.Signals) => {
     void this.close().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
   };
-  /** Users a node (or another command) held and handed over to this one: their sockets reconnected. */
+  /** Users a node was serving and handed over to this command: their sockets reconnected. */
   handedOver = 0;
 
   private constructor(
@@ -158,11 +158,16 @@ export class CommandHolds implements FileAccess {
         holder = claim.owner;
         fileHeld = false;
         const released = new Promise<void>((resolve) => this.waiting.set(userId, resolve));
-        // Asked again at each look: a broadcast can be lost, and an owner may only now be back.
-        if (!isCommandHolder(holder)) await this.publish({ kind: 'release-user', from: this.holder, userId, leaseMs: this.options.leaseMs });
-        asked = true;
-        await this.wait(Math.min(pause, deadline - Date.now()), released);
-        this.waiting.delete(userId);
+        try {
+          // Asked again at each look: a broadcast can be lost, and an owner may only now be back.
+          if (!isCommandHolder(holder)) {
+            await this.publish({ kind: 'release-user', from: this.holder, userId, leaseMs: this.options.leaseMs });
+            asked = true;
+          }
+          await this.wait(Math.min(pause, deadline - Date.now()), released);
+        } finally {
+          this.waiting.delete(userId);
+        }
       } else {
         try {
           this.userFiles.claim(userId, claim.token);
@@ -178,7 +183,6 @@ export class CommandHolds implements FileAccess {
             // The file holds a newer token than Redis drew (Redis lost its data): draw above it.
             await this.leases.release(userId);
             await this.leases.raiseFence(userId, error.storedToken);
-            continue;
           } else {
             // No file (missing, or a deletion that stopped half-way), or one that cannot be
             // opened (damaged): held all the same, and whatever uses it finds out as on one node.
