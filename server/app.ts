@@ -339,6 +339,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     publishRelayed: channel.publishRelayed,
     publishLocal: channel.publishLocal,
     evictUser: (userId, code, reason) => registry.evictUser(userId, code, reason),
+    handOverUser: (userId, code, reason) => registry.handOverUser(userId, code, reason),
     holdsNothingOf: (userId) => registry.holdsNothingOf(userId),
     sessionsEndedElsewhere: (sessionIds) => {
       authService.sessionsEndedElsewhere(sessionIds);

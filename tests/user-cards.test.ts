@@ -44,10 +44,10 @@ async function publicFromFile(srv: TestServer, user: TestUser): Promise<PublicUs
 }
 
 /** Runs a change through an admin command (another process's view of the folder), which tells the server. */
-async function administer(dataDir: string, change: (admin: AccountsAdmin) => Promise<unknown>): Promise<void> {
+async function administer(dataDir: string, userId: string, change: (admin: AccountsAdmin) => Promise<unknown>): Promise<void> {
   const admin = new AccountsAdmin(makeConfig({ dataDir, logLevel: 'silent' }), captureLog().logger);
   try {
-    await admin.change(() => change(admin));
+    await admin.change(userId, () => change(admin));
   } finally {
     await admin.close();
   }
@@ -112,8 +112,8 @@ test("another user sees alice's avatar, badges and DM privacy change at once, in
     assert.equal(withAvatar.avatar_url, avatar.avatar_url);
     await assertSeenAs(srv, bob, withAvatar, 'outgoing_request', dm.body.id);
 
-    await administer(dataDir, (admin) => admin.users.addBadge(alice.id, 'vip'));
-    await administer(dataDir, (admin) => admin.users.addBadge(alice.id, 'early_supporter'));
+    await administer(dataDir, alice.id, (admin) => admin.users.addBadge(alice.id, 'vip'));
+    await administer(dataDir, alice.id, (admin) => admin.users.addBadge(alice.id, 'early_supporter'));
     const withBadges = await publicFromFile(srv, alice);
     assert.deepEqual(withBadges.badges, ['vip', 'early_supporter']);
     await assertSeenAs(srv, bob, withBadges, 'outgoing_request', dm.body.id);
@@ -133,7 +133,7 @@ test("another user sees alice's avatar, badges and DM privacy change at once, in
     assert.equal(other.status, 200);
 
     assert.equal((await srv.api.delete('/users/@me/avatar', { token: alice.token })).status, 204);
-    await administer(dataDir, (admin) => admin.users.removeBadge(alice.id, 'vip'));
+    await administer(dataDir, alice.id, (admin) => admin.users.removeBadge(alice.id, 'vip'));
     const after = await publicFromFile(srv, alice);
     assert.deepEqual({ avatar_url: after.avatar_url, badges: after.badges }, { avatar_url: null, badges: ['early_supporter'] });
     await assertSeenAs(srv, bob, after, 'friend', dm.body.id);
@@ -231,7 +231,7 @@ test('a directory.sqlite of the previous version (no cards) gets every card from
       bob = await registerUser(srv.api);
       await uploadAvatar(srv, alice);
       await allowDmsFrom(srv, alice, 'friends');
-      await administer(dataDir, (admin) => admin.users.addBadge(alice.id, 'beta_tester'));
+      await administer(dataDir, alice.id, (admin) => admin.users.addBadge(alice.id, 'beta_tester'));
       before = await publicFromFile(srv, alice);
       assert.notEqual(before.avatar_url, null);
     } finally {
@@ -276,7 +276,7 @@ test('doctor reports a card that differs from its user file, and --fix derives i
       alice = await registerUser(srv.api);
       bob = await registerUser(srv.api);
       await allowDmsFrom(srv, alice, 'none');
-      await administer(dataDir, (admin) => admin.users.addBadge(alice.id, 'vip'));
+      await administer(dataDir, alice.id, (admin) => admin.users.addBadge(alice.id, 'vip'));
       truth = await publicFromFile(srv, alice);
     } finally {
       await srv.close();

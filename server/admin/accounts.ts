@@ -4,12 +4,15 @@ import type { Config } from '../config.ts';
 import { AuthService } from '../auth/service.ts';
 import { createThrottles } from '../core/throttle.ts';
 import { MfaService } from '../mfa/service.ts';
+import type { PageProgress } from '../storage/backup.ts';
+import { inspectOpenDataFile, unopenableDataFile, type DataFile, type FileHealth } from '../storage/data-folder.ts';
 import { FILE_RESERVATION_WORKER_ID } from '../storage/ids.ts';
-import { openStorage, type Storage } from '../storage/index.ts';
+import { UserFileMissingError, openStorage, type Storage } from '../storage/index.ts';
 import { DIRECTORY_IN_REDIS } from '../storage/sqlite-directory.ts';
 import { notifyServer } from '../storage/coordination.ts';
 import type { DirectoryStore } from '../storage/directory-store.ts';
 import { announceAdminChanges } from '../cluster/announce.ts';
+import { CommandHolds } from '../cluster/command-holds.ts';
 import { moveDirectoryToRedis } from '../cluster/directory-move.ts';
 import { RedisDirectory } from '../cluster/redis-directory.ts';
 import { connectRedis } from '../cluster/redis.ts';
@@ -29,6 +32,10 @@ export type ServerNotice = Awaited<ReturnType<typeof notifyServer>>;
  * from another process, through SQLite's locking. Nothing here reads or writes a table itself.
  * Each change ends by telling a server running on the folder, which looks at it before it
  * answers: once a method resolves, the next request sees the change.
+ *
+ * On a cluster's folder the nodes hold their users' files exclusively: every method takes the
+ * users it touches for the moment of its work (cluster/command-holds.ts; the node serving one
+ * hands them over) and gives them back before it resolves.
  */
 export class AccountsAdmin {
   readonly storage: Storage;
@@ -36,6 +43,8 @@ export class AccountsAdmin {
   private readonly auth: AuthService;
   /** Sessions this command ended, for the cluster's nodes to be told (`notify`). */
   private readonly endedSessions: string[] = [];
+  /** Cluster mode: the users this command holds (set by `open`, before any user file is opened). */
+  private holds: CommandHolds | undefined;
 
   /**
    * The data folder of one node; with `cluster` (see `open`), a cluster's, whose directory is the
@@ -106,34 +115,75 @@ export class AccountsAdmin {
   /** A new account, as a registration makes it (no session). Returns its id. */
   async create(username: string, email: string, password: string): Promise<{ id: string; notice: ServerNotice }> {
     const id = await this.users.create({ username, email, password });
+    // Cluster mode: the new id was taken for this command (`claimNew`); the nodes may have it now.
+    await this.holds?.letGo(id);
     return { id, notice: await this.notify() };
   }
 
   /** Deletes the account (see UsersService.deleteAccount): every session ends and its sockets close (4401). */
   async delete(userId: string): Promise<ServerNotice> {
-    this.auth.announceEndedSessions(await this.users.deleteAccount(userId));
+    this.auth.announceEndedSessions(await this.storage.userFiles.holding(userId, () => this.users.deleteAccount(userId)));
     return this.notify();
   }
 
   /** A new password; every session of the account ends first, as a password reset by mail does. */
   async resetPassword(userId: string, password: string): Promise<ServerNotice> {
-    await this.users.setPassword(userId, password, () => this.auth.endAllSessions(userId));
+    await this.storage.userFiles.holding(userId, () => this.users.setPassword(userId, password, () => this.auth.endAllSessions(userId)));
     return this.notify();
   }
 
   /** Runs a change of the account's profile, then tells the server. */
-  async change<T>(apply: () => T | Promise<T>): Promise<{ result: T; notice: ServerNotice }> {
-    const result = await apply();
+  async change<T>(userId: string, apply: () => T | Promise<T>): Promise<{ result: T; notice: ServerNotice }> {
+    const result = await this.storage.userFiles.holding(userId, apply);
     return { result, notice: await this.notify() };
   }
 
   async export(userId: string, destination: string): Promise<void> {
-    await this.users.exportAccount(userId, destination);
+    await this.storage.userFiles.holding(userId, () => this.users.exportAccount(userId, destination));
   }
 
   async import(source: string): Promise<{ account: { id: string; username: string; email: string }; notice: ServerNotice }> {
     const account = await this.users.importAccount(source);
+    await this.holds?.letGo(account.id);
     return { account, notice: await this.notify() };
+  }
+
+  /**
+   * `doctor`'s check of one user file (data-folder.ts) in cluster mode: through the connection of
+   * this command, which holds the user for it (a user that cannot be had ends the check).
+   */
+  async inspectUserFile(file: DataFile, userId: string): Promise<FileHealth> {
+    const { userFiles } = this.storage;
+    return userFiles.holding(userId, () => {
+      try {
+        return userFiles.inspect(userId, (db) => inspectOpenDataFile(this.config.dataDir, file, db));
+      } catch (error) {
+        return unopenableDataFile(this.config.dataDir, file, error);
+      }
+    });
+  }
+
+  /**
+   * `backup`'s copy of one user file in cluster mode: taken with the backup API through this
+   * command's connection, while it holds the user. False when there is no account to copy (deleted
+   * meanwhile, or the file is gone).
+   */
+  async copyUserFile(userId: string, destination: string, progress: PageProgress): Promise<boolean> {
+    const { userFiles } = this.storage;
+    return userFiles.holding(userId, async () => {
+      try {
+        await userFiles.exportTo(userId, destination, progress);
+        return true;
+      } catch (error) {
+        if (error instanceof UserFileMissingError) return false;
+        throw error;
+      }
+    });
+  }
+
+  /** Cluster mode: how many users a node was serving when this command took them (their sockets reconnected once). */
+  get handedOver(): number {
+    return this.holds?.handedOver ?? 0;
   }
 
   /**
@@ -147,6 +197,11 @@ export class AccountsAdmin {
     try {
       const directory = new RedisDirectory(redis);
       admin = new AccountsAdmin(config, logger, { redis, directory });
+      admin.holds = await CommandHolds.start(config.redisUrl, redis, admin.storage.userFiles, {
+        leaseMs: config.leaseMs,
+        logger,
+        describe: async (userId) => (await directory.findUserById(userId))?.username,
+      });
       await moveDirectoryToRedis(admin.storage.localDirectory, directory, redis, `admin-${process.pid}`, logger);
       return admin;
     } catch (error) {
@@ -169,8 +224,10 @@ export class AccountsAdmin {
     return listening > 0 ? 'confirmed' : 'no-server';
   }
 
+  /** Gives back every user still held (the file closed first), then closes everything. */
   async close(): Promise<void> {
     await this.auth.close();
+    await this.holds?.close();
     this.storage.close();
     await this.cluster?.redis.quit().catch(() => this.cluster?.redis.disconnect());
   }

@@ -15,6 +15,7 @@ import {
 } from '../storage/data-folder.ts';
 import { SqliteDirectory } from '../storage/sqlite-directory.ts';
 import { AccountsAdmin } from './accounts.ts';
+import { movedToRedis } from './cluster-folder.ts';
 
 /** What a backup of a cluster's data folder says it leaves out. */
 const DIRECTORY_NOT_COPIED =
@@ -31,7 +32,13 @@ export interface BackupSummary {
   skipped: string[];
   /** What was done to the copied directory so it agrees with the copied user files, if anything. */
   reconciled: string | undefined;
+  /** A cluster's folder: how many users a node was serving, and handed over for their copy; undefined on one node. */
+  handedOver: number | undefined;
 }
+
+/** A cluster's folder backed up without its Redis: its nodes hold the user files, which only a command with the nodes' Redis can be handed. */
+export const BACKUP_NEEDS_REDIS =
+  "this is a cluster's data folder (its directory moved to Redis): give backup the nodes' --redis-url (or PLEXICHAT_REDIS_URL), so that each user is handed over by the node serving them for the copy of their file";
 
 /**
  * `plexichat backup <dir>`: a copy of every SQLite file of the data folder, taken with SQLite's
@@ -47,11 +54,31 @@ export interface BackupSummary {
  *   to another while they were taken), both are taken again, now, and the copy derived again.
  * The manifest (files, sizes, SHA-256, schema versions, times) is written last: a folder without
  * one is no complete backup, and restore refuses it.
+ *
+ * A cluster's folder needs the nodes' Redis (`config.redisUrl`): the nodes hold their users' files
+ * exclusively, so each user is taken for the copy of their file (the node serving them hands them
+ * over: their devices reconnect once) and given back; the copy is read through the command's own
+ * connection. The directory is Redis's, not in the backup.
  */
 export async function backupDataFolder(config: Config, target: string, progress: Progress, logger: Logger): Promise<BackupSummary> {
   const source = config.dataDir;
   if (!isDataFolder(source)) throw new Error(`no Plexichat data folder at ${source} (no ${DIRECTORY_FILE}): check --data-dir`);
+  const clustered = await movedToRedis(source);
+  if (clustered && config.redisUrl === undefined) throw new Error(BACKUP_NEEDS_REDIS);
+  if (!clustered && config.redisUrl !== undefined) {
+    throw new Error(`${source} is not a cluster's data folder (its directory is in ${DIRECTORY_FILE}, not in Redis): back it up without --redis-url`);
+  }
   prepareEmptyFolder(target, 'back up into');
+  const admin = clustered ? await AccountsAdmin.open(config, logger) : undefined;
+  try {
+    return await copyDataFolder(config, target, progress, logger, admin);
+  } finally {
+    await admin?.close();
+  }
+}
+
+async function copyDataFolder(config: Config, target: string, progress: Progress, logger: Logger, admin: AccountsAdmin | undefined): Promise<BackupSummary> {
+  const source = config.dataDir;
   fs.mkdirSync(path.join(target, USERS_FOLDER), { recursive: true });
   const startedAt = new Date();
 
@@ -65,10 +92,12 @@ export async function backupDataFolder(config: Config, target: string, progress:
   let done = 0;
   for (const [index, file] of order.entries()) {
     const estimate = sizes[index] ?? 0;
-    const result = await copyDatabase(path.join(source, file.path), path.join(target, file.path), {
-      skipDeleted: file.kind === 'user',
-      progress: (copied, pages) => progress.update(done + (pages === 0 ? 0 : (estimate * copied) / pages), file.path),
-    });
+    const onPages = (copied: number, pages: number) => progress.update(done + (pages === 0 ? 0 : (estimate * copied) / pages), file.path);
+    const destination = path.join(target, file.path);
+    const result =
+      admin !== undefined && file.kind === 'user'
+        ? { copied: await admin.copyUserFile(path.basename(file.path, '.sqlite'), destination, onPages) }
+        : await copyDatabase(path.join(source, file.path), destination, { skipDeleted: file.kind === 'user', progress: onPages });
     if (!result.copied) {
       if (file.kind !== 'user') throw new Error(`${file.path} disappeared from ${source} during the backup`);
       skipped.push(file.path);
@@ -89,7 +118,7 @@ export async function backupDataFolder(config: Config, target: string, progress:
     files: files.map((file) => manifestEntry(target, file)),
   };
   writeManifest(target, manifest);
-  return { manifest, skipped, reconciled };
+  return { manifest, skipped, reconciled, handedOver: admin?.handedOver };
 }
 
 /**
@@ -127,14 +156,22 @@ async function makeCopiesAgree(config: Config, target: string, logger: Logger): 
 export interface RestoreSummary {
   manifest: Manifest;
   files: number;
+  /** The backup is of a cluster's folder: its nodes start on the Redis that holds its directory. */
+  clustered: boolean;
 }
+
+/** What restoring a cluster's folder leaves to do. */
+export const RESTORED_CLUSTER_FOLDER =
+  "this is a cluster's data folder: its directory (users index, sessions, relationships, DM channels) is in Redis, not in the backup; " +
+  'start its nodes on the Redis that holds it (restored from its own backup if it was lost), with this folder as --data-dir';
 
 /**
  * `plexichat restore <dir>`: a backup into an empty data folder (or one that does not exist yet).
  * Everything is checked before anything is written: the manifest, then every file it lists (size,
  * SHA-256, a schema this server can run). The user files go first and the directory last, so an
  * interrupted restore leaves no folder a server would take for a data folder; a failure removes
- * what was copied.
+ * what was copied. It reads and writes only files, a cluster's folder included: nothing needs to
+ * run, and nothing may run on the new folder yet.
  */
 export async function restoreDataFolder(backup: string, dataDir: string, progress: Progress): Promise<RestoreSummary> {
   const manifest = readManifest(backup);
@@ -171,7 +208,7 @@ export async function restoreDataFolder(backup: string, dataDir: string, progres
   } finally {
     progress.stop();
   }
-  return { manifest, files: written.length };
+  return { manifest, files: written.length, clustered: await movedToRedis(dataDir) };
 }
 
 /** One file of a backup against its manifest entry; throws one line naming what differs. */

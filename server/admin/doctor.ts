@@ -1,8 +1,11 @@
+import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config.ts';
-import { DIRECTORY_FILE, USERS_FOLDER, inspectDataFile, isDataFolder, listDataFiles, type FileHealth } from '../storage/data-folder.ts';
+import { DIRECTORY_FILE, USERS_FOLDER, inspectDataFile, isDataFolder, listDataFiles, type DataFile, type FileHealth } from '../storage/data-folder.ts';
+import { DIRECTORY_IN_REDIS } from '../storage/sqlite-directory.ts';
 import type { IndexProblem } from '../users/directory-index.ts';
 import { AccountsAdmin, type ServerNotice } from './accounts.ts';
+import { movedToRedis } from './cluster-folder.ts';
 import type { Progress } from './progress.ts';
 
 export interface DoctorReport {
@@ -23,18 +26,52 @@ const FIX_COMMAND = 'plexichat doctor --fix';
  * to do about each problem. Reads only; safe while the server runs (each check is one read
  * transaction). A disagreement may be a change caught between its two writes, so the index is
  * compared twice and only what both comparisons found is reported.
+ *
+ * A cluster's folder (given the nodes' `--redis-url`): each user file is checked while the
+ * command holds its user (the node serving them hands them over: the nodes hold their users'
+ * files exclusively), which writes nothing but the owner token the file carries.
  */
 export async function examineDataFolder(config: Config, logger: Logger, progress: Progress): Promise<DoctorReport> {
   const dataDir = config.dataDir;
   if (!isDataFolder(dataDir)) throw new Error(`no Plexichat data folder at ${dataDir} (no ${DIRECTORY_FILE}): check --data-dir`);
+  // Said first: without Redis, a cluster's user files cannot be had, and its index is not here.
+  if (config.redisUrl === undefined && (await movedToRedis(dataDir))) throw new Error(DIRECTORY_IN_REDIS);
   const list = listDataFiles(dataDir);
+  const shared = list.filter((file) => file.kind !== 'user');
   progress.start('check', list.length, 'files');
-  const files = list.map((file, index) => {
+  const files = shared.map((file, index) => {
     const health = inspectDataFile(dataDir, file);
     progress.update(index + 1, file.path);
     return health;
   });
-  progress.stop();
+  const directoryDamaged = files.some((health) => health.file.kind === 'directory' && health.problems.length > 0);
+  // A cluster's command needs the directory (the record that it moved) to take users.
+  const admin = config.redisUrl === undefined || directoryDamaged ? undefined : await AccountsAdmin.open(config, logger);
+  // Without it a cluster's user files cannot be had (their nodes hold them): not checked at all.
+  const unchecked = config.redisUrl !== undefined && directoryDamaged;
+  let index: IndexProblem[] | undefined;
+  try {
+    try {
+      for (const file of unchecked ? [] : list.filter((candidate) => candidate.kind === 'user')) {
+        files.push(admin === undefined ? inspectDataFile(dataDir, file) : await admin.inspectUserFile(file, userIdOf(file)));
+        progress.update(files.length, file.path);
+      }
+    } finally {
+      progress.stop();
+    }
+    if (!directoryDamaged) {
+      const checker = admin ?? (await AccountsAdmin.open(config, logger));
+      try {
+        const first = await checker.users.checkDirectoryIndex();
+        const again = new Set((await checker.users.checkDirectoryIndex()).map((problem) => JSON.stringify(problem)));
+        index = first.filter((problem) => again.has(JSON.stringify(problem)));
+      } finally {
+        if (checker !== admin) await checker.close();
+      }
+    }
+  } finally {
+    await admin?.close();
+  }
 
   const problems: string[] = [];
   const fixes = new Set<string>();
@@ -43,17 +80,7 @@ export async function examineDataFolder(config: Config, logger: Logger, progress
     for (const problem of health.problems) problems.push(`${health.file.path}: ${problem}`);
     fixes.add(fixForDamage(health));
   }
-
-  let index: IndexProblem[] | undefined;
-  if (!damaged.some((health) => health.file.kind === 'directory')) {
-    const admin = await AccountsAdmin.open(config, logger);
-    try {
-      const first = await admin.users.checkDirectoryIndex();
-      const again = new Set((await admin.users.checkDirectoryIndex()).map((problem) => JSON.stringify(problem)));
-      index = first.filter((problem) => again.has(JSON.stringify(problem)));
-    } finally {
-      await admin.close();
-    }
+  if (index !== undefined) {
     const damagedUsers = new Set(damaged.map((health) => health.file.path));
     for (const problem of index) {
       // A damaged file was reported above, with its own fix.
@@ -64,7 +91,13 @@ export async function examineDataFolder(config: Config, logger: Logger, progress
   } else {
     problems.push('the users index was not compared with the user files: the directory cannot be read');
   }
+  if (unchecked) problems.push(`the user files were not checked: a command takes a cluster's users only once ${DIRECTORY_FILE} can be read`);
   return { files, index, problems, fixes: [...fixes] };
+}
+
+/** `users/<id>.sqlite` → `<id>`. */
+function userIdOf(file: DataFile): string {
+  return path.basename(file.path, '.sqlite');
 }
 
 /** What `repairDataFolder` did. */

@@ -102,7 +102,7 @@ export function addAdminCommands(program: Command, io: CliIo, configFor: ConfigF
       .action(async (reference: string, badgeId: string, _options: object, command: Command) => {
         await withAdmin(configFor(command), io, { mayCreate: false }, async (accounts) => {
           const id = await accounts.resolve(reference);
-          const { result: changed, notice } = await accounts.change(() =>
+          const { result: changed, notice } = await accounts.change(id, () =>
             name === 'add' ? accounts.users.addBadge(id, badgeId) : accounts.users.removeBadge(id, badgeId),
           );
           const done = name === 'add' ? (changed ? 'added the badge' : 'already has the badge') : changed ? 'removed the badge' : 'does not have the badge';
@@ -119,7 +119,7 @@ export function addAdminCommands(program: Command, io: CliIo, configFor: ConfigF
     .action(async (reference: string, tierId: string, _options: object, command: Command) => {
       await withAdmin(configFor(command), io, { mayCreate: false }, async (accounts) => {
         const id = await accounts.resolve(reference);
-        const { result: before, notice } = await accounts.change(() => accounts.users.setTier(id, tierId));
+        const { result: before, notice } = await accounts.change(id, () => accounts.users.setTier(id, tierId));
         line(io.stdout, `${reference} (id ${id}): tier ${tierId}${before === tierId ? ' (unchanged)' : ` (was ${before})`}`);
         report(io, notice);
       });
@@ -130,7 +130,7 @@ export function addAdminCommands(program: Command, io: CliIo, configFor: ConfigF
     .action(async (reference: string, _options: object, command: Command) => {
       await withAdmin(configFor(command), io, { mayCreate: false }, async (accounts) => {
         const id = await accounts.resolve(reference);
-        const { result: changed, notice } = await accounts.change(() => accounts.users.setEmailVerified(id, true));
+        const { result: changed, notice } = await accounts.change(id, () => accounts.users.setEmailVerified(id, true));
         line(io.stdout, `${reference} (id ${id}): email ${changed ? 'marked verified' : 'was verified already'}`);
         report(io, notice);
       });
@@ -143,7 +143,7 @@ export function addAdminCommands(program: Command, io: CliIo, configFor: ConfigF
       await withAdmin(configFor(command), io, { mayCreate: false }, async (accounts) => {
         const id = await accounts.resolve(reference);
         const verified = options.revoke !== true;
-        const { result: changed, notice } = await accounts.change(() => accounts.users.setAgeVerified(id, verified));
+        const { result: changed, notice } = await accounts.change(id, () => accounts.users.setAgeVerified(id, verified));
         line(io.stdout, `${reference} (id ${id}): ${verified ? 'age-verified' : 'not age-verified'}${changed ? '' : ' (unchanged)'}`);
         report(io, notice);
       });

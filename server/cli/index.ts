@@ -72,12 +72,19 @@ function buildProgram(io: CliIo, onServing: () => void): Command {
   }
   program.addHelpText('after', () => `\n'plexichat --port 9000' is 'plexichat serve --port 9000'.\n\nOptions of serve:\n${optionLines(serve)}`);
 
-  const { dataDir, redisUrl } = SETTINGS;
-  // A cluster's data folder keeps its directory in Redis: commands reach it with the nodes' URL.
+  const { dataDir, redisUrl, leaseMs } = SETTINGS;
+  // A cluster's data folder keeps its directory in Redis: commands reach it with the nodes' URL,
+  // and take each user they touch with a lease, as a node does (docs/cluster.md).
   const withDataDir = (command: Command): Command =>
     command
       .addOption(new Option(`--${dataDir.flag} <dir>`, `the data folder [${dataDir.env}, default ${dataDir.default}]`))
-      .addOption(new Option(`--${redisUrl.flag} <url>`, `a cluster's data folder: the Redis its nodes share [${redisUrl.env}]`));
+      .addOption(new Option(`--${redisUrl.flag} <url>`, `a cluster's data folder: the Redis its nodes share [${redisUrl.env}]`))
+      .addOption(
+        new Option(
+          `--${leaseMs.flag} <ms>`,
+          `a cluster's data folder: how long the command's hold on a user lasts unrenewed, as the nodes' (it waits at most three for a user) [${leaseMs.env}, default ${leaseMs.default}]`,
+        ),
+      );
   const configFor = (command: Command) => resolveConfig(settingsFrom(command, command.opts()), io.env);
   // Subcommands take the exit override and the output settings from the program as they are made.
   addAdminCommands(program, io, configFor, withDataDir);

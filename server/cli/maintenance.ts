@@ -1,24 +1,38 @@
 import path from 'node:path';
 import type { Command } from 'commander';
-import { backupDataFolder, restoreDataFolder } from '../admin/backup.ts';
+import { RESTORED_CLUSTER_FOLDER, backupDataFolder, restoreDataFolder } from '../admin/backup.ts';
 import { examineDataFolder, repairDataFolder } from '../admin/doctor.ts';
 import { type ConfigFor, adminLogger, report } from './admin.ts';
 import { CliExit, type CliIo, formatBytes, line, progressOn } from './io.ts';
 
 /** `backup`, `restore` and `doctor`: the data folder as a whole. */
 export function addMaintenanceCommands(program: Command, io: CliIo, configFor: ConfigFor, withDataDir: (command: Command) => Command): void {
-  withDataDir(program.command('backup').description('back the data folder up into <dir> (new or empty), while the server keeps serving'))
+  withDataDir(
+    program
+      .command('backup')
+      .description("back the data folder up into <dir> (new or empty), while the server keeps serving (a cluster's: given the nodes' --redis-url)"),
+  )
     .argument('<dir>')
     .action(async (dir: string, _options: object, command: Command) => {
       const target = path.resolve(dir);
       const summary = await backupDataFolder(configFor(command), target, progressOn(io), adminLogger(io));
       const bytes = summary.manifest.files.reduce((sum, file) => sum + file.bytes, 0);
+      if (summary.handedOver !== undefined) {
+        line(
+          io.stderr,
+          `backup: each user file was copied while this command held its user; ${summary.handedOver} ${summary.handedOver === 1 ? 'was' : 'were'} being served by a node, which handed ${summary.handedOver === 1 ? 'it' : 'them'} over (their devices reconnected once)`,
+        );
+      }
       if (summary.reconciled !== undefined) line(io.stderr, `backup: ${summary.reconciled}`);
       if (summary.skipped.length > 0) line(io.stderr, `backup: left out ${summary.skipped.length} user file(s) of accounts deleted while it ran`);
       line(io.stdout, `backed up ${summary.manifest.users} account(s), ${summary.manifest.files.length} files (${formatBytes(bytes)}) to ${target}`);
     });
 
-  withDataDir(program.command('restore').description('restore a backup from <dir> into the data folder, which must be new or empty (stop the server first)'))
+  withDataDir(
+    program
+      .command('restore')
+      .description('restore a backup from <dir> into the data folder, which must be new or empty (start the server, or the nodes, on it after)'),
+  )
     .argument('<dir>')
     .action(async (dir: string, _options: object, command: Command) => {
       const config = configFor(command);
@@ -27,6 +41,7 @@ export function addMaintenanceCommands(program: Command, io: CliIo, configFor: C
         io.stdout,
         `restored ${summary.manifest.users} account(s), ${summary.files} files, backed up at ${summary.manifest.finished_at}, into ${config.dataDir}`,
       );
+      if (summary.clustered) line(io.stderr, `restore: ${RESTORED_CLUSTER_FOLDER}`);
     });
 
   withDataDir(program.command('doctor').description('check every file of the data folder and the users index; exit code 1 when something is wrong'))

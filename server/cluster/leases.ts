@@ -47,6 +47,47 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 `;
 
+/**
+ * Hands a user over to another holder (an admin command that asked for them): only if the lease
+ * still holds this node's value, a new fencing token is drawn and the lease set to the new holder
+ * with it, in one step, so no node can take the user in between. Returns the token, or 0.
+ */
+const HAND_OVER = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[2] .. '|' .. token, 'PX', ARGV[3])
+return token
+`;
+
+/** Deletes a lease if it names this holder, whatever its token (one handed over after the holder stopped waiting). */
+const ABANDON = `
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '|' then return redis.call('DEL', KEYS[1]) end
+return 0
+`;
+
+/** Raises a user's fencing counter to at least ARGV[1]. */
+const FENCE_AT_LEAST = `
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 0
+`;
+
+/**
+ * What the holders of leases that are admin commands are called (`command:<process>-<random>`):
+ * never a node id, which has no ':' (config.ts), so a node that finds one knows nobody can be
+ * relayed to.
+ */
+const COMMAND_HOLDER_PREFIX = 'command:';
+
+export function commandHolderName(unique: string): string {
+  return `${COMMAND_HOLDER_PREFIX}${unique}`;
+}
+
+export function isCommandHolder(holder: string): boolean {
+  return holder.startsWith(COMMAND_HOLDER_PREFIX);
+}
+
 /** Leases renewed per script call: one call, one round trip, for a thousand users. */
 const RENEW_BATCH = 1000;
 
@@ -63,7 +104,8 @@ export type Claim = { token: number } | { owner: string };
  * lasts `leaseMs` unless renewed (every third of it). This node stops counting on a lease a fifth
  * of `leaseMs` before it could have ended in Redis, measured from when the renewal was sent, so
  * that by the time another node can take the user, this one has stopped writing (and a write it
- * still tried would be refused by the fencing token in the file).
+ * still tried would be refused by the fencing token in the file). An admin command holds users
+ * with the same leases, under a holder name no node can have (command-holds.ts).
  */
 export class Leases {
   private readonly held = new Map<string, Held>();
@@ -106,6 +148,32 @@ export class Leases {
     if (held === undefined) return;
     this.held.delete(userId);
     await this.redis.eval(RELEASE, 1, leaseKey(userId), `${this.nodeId}|${held.token}`);
+  }
+
+  /**
+   * Gives the user over to `holder` (an admin command) for `leaseMs`, unless this node's lease on
+   * them ended meanwhile (this node stopped using their file first). Resolves with whether it did.
+   */
+  async handOver(userId: string, holder: string, leaseMs: number): Promise<boolean> {
+    const held = this.held.get(userId);
+    if (held === undefined) return false;
+    this.held.delete(userId);
+    const token = (await this.redis.eval(HAND_OVER, 2, leaseKey(userId), fenceKey(userId), `${this.nodeId}|${held.token}`, holder, leaseMs)) as number;
+    return token !== 0;
+  }
+
+  /** Deletes the user's lease in Redis if it names this holder, held here or not (a hand-over that came too late). */
+  async abandon(userId: string): Promise<void> {
+    this.held.delete(userId);
+    await this.redis.eval(ABANDON, 1, leaseKey(userId), this.nodeId);
+  }
+
+  /**
+   * The user's file holds a newer token than Redis drew (Redis lost its data): the next token
+   * drawn for them is above `stored`.
+   */
+  async raiseFence(userId: string, stored: number): Promise<void> {
+    await this.redis.eval(FENCE_AT_LEAST, 1, fenceKey(userId), stored);
   }
 
   /** Forgets a lease without telling Redis (it was lost, or this node cannot reach Redis). */

@@ -3,8 +3,8 @@ import os from 'node:os';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
-import type { ForwardedRequest, Placement, RelayedAnswer } from '../core/placement.ts';
-import { ClusterUnavailableError, NotOwnerError } from '../storage/errors.ts';
+import { UserMovingError, type ForwardedRequest, type Placement, type RelayedAnswer } from '../core/placement.ts';
+import { NotOwnerError } from '../storage/errors.ts';
 import { repairIndexAlone } from './index-repair.ts';
 import { UserFileMissingError, type Storage } from '../storage/index.ts';
 import type { SyncSocket } from '../sync/document.ts';
@@ -14,7 +14,7 @@ import { z } from 'zod';
 import { NodeBus, type LinkLoss } from './bus.ts';
 import { readClusterKey } from './cluster-key.ts';
 import { EdgeSockets, type PublishRelayed } from './edge-sockets.ts';
-import { KEY_PREFIX, Leases, nodeKey } from './leases.ts';
+import { Leases, isCommandHolder, nodeKey } from './leases.ts';
 import { Links, type LinkAddress } from './links.ts';
 import { OwnerSockets, type SyncSessions } from './owner-sockets.ts';
 import { connectRedis } from './redis.ts';
@@ -59,6 +59,8 @@ export interface ClusterBindings {
   publishLocal(topic: string, frame: Uint8Array): void;
   /** Drops what is loaded of a user this node no longer owns, without writing, closing their sockets with `code`. */
   evictUser(userId: string, code: number, reason: string): void;
+  /** This node gives the user up (an admin command asked): what their sockets sent is stored, then the sockets close with `code` and the documents are let go of. */
+  handOverUser(userId: string, code: number, reason: string): void;
   /** Whether nothing of the user's is loaded here (their file can be let go of). */
   holdsNothingOf(userId: string): boolean;
   /** Sessions another node ended: refuse them here and close their sockets. */
@@ -92,6 +94,8 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
   private readonly leases: Leases;
   /** Claims under way, so that concurrent requests for one user make one. */
   private readonly claims = new Map<string, Promise<'here' | { node: string }>>();
+  /** Users being handed to a command: until Redis names it, this node's old lease must not be renewed by a claim. */
+  private readonly handingOver = new Set<string>();
   private readonly lastUse = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private ticking = false;
@@ -380,6 +384,12 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       case 'files-changed':
         bound.bindings.filesChangedElsewhere();
         return;
+      case 'release-user':
+        this.handOver(message.userId, message.from, message.leaseMs);
+        return;
+      case 'user-released':
+        // For the command that asked: nothing for a node to do.
+        return;
     }
   }
 
@@ -394,7 +404,42 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     }
   }
 
+  /**
+   * An admin command (`holder`) asked for a user: if this node owns them, it gives them up as it
+   * would on shutdown — what their sockets sent is stored first, the sockets close with 1012 (the
+   * devices reconnect, and are told to retry while the command works), the documents are written
+   * back and let go of, the file closed — and hands the lease straight to the command, so no node
+   * takes the user in between. Any other node ignores it.
+   */
+  private handOver(userId: string, holder: string, leaseMs: number): void {
+    const bound = this.bound;
+    if (bound === undefined || this.stopped || !isCommandHolder(holder) || !this.leases.owns(userId)) return;
+    this.lastUse.delete(userId);
+    try {
+      bound.bindings.handOverUser(userId, CLOSE_CODES.SERVICE_RESTART, 'Your data is moving to another server; reconnect');
+    } catch (error) {
+      // Nothing more of the user is written here either way (below): the command reads the file as committed.
+      this.logger.error({ err: error, userId }, 'storing what was queued for a user being handed over failed');
+      bound.bindings.evictUser(userId, CLOSE_CODES.SERVICE_RESTART, 'Your data is moving to another server; reconnect');
+    }
+    this.storage.userFiles.disown(userId);
+    this.handingOver.add(userId);
+    this.leases
+      .handOver(userId, holder, leaseMs)
+      .then(
+        (handed) => {
+          if (handed) bound.bus.broadcast({ kind: 'user-released', userId, to: holder });
+          this.logger.info({ userId, to: holder, handed }, 'handed a user over to an admin command');
+        },
+        (error: unknown) => this.logger.warn({ err: error, userId }, 'could not hand a user over; the lease ends by itself'),
+      )
+      .finally(() => this.handingOver.delete(userId));
+  }
+
   private async claim(userId: string): Promise<'here' | { node: string }> {
+    // Redis still names this node until the hand-over's script has run: taking that for a claim
+    // would open the file the command is about to have.
+    if (this.handingOver.has(userId)) throw new UserMovingError();
     // A user without a file (an id that names no account, or no more) is no one to serve: no
     // lease, and no fencing counter left in Redis for an id anyone can make up.
     if (!this.storage.userFiles.exists(userId)) throw new UserFileMissingError(`no user file for ${userId}`);
@@ -405,7 +450,11 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       this.logger.warn({ err: error, userId }, 'could not look up who serves a user');
       throw unavailable('The cluster cannot be reached right now; retry');
     }
-    if ('owner' in claim) return { node: claim.owner };
+    if ('owner' in claim) {
+      // An admin command holds the user for a moment: it has no links, and serves nobody.
+      if (isCommandHolder(claim.owner)) throw new UserMovingError();
+      return { node: claim.owner };
+    }
     try {
       this.storage.userFiles.claim(userId, claim.token);
     } catch (error) {
@@ -413,7 +462,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       await this.leases.release(userId).catch(() => undefined);
       if (error instanceof NotOwnerError && error.storedToken !== undefined) {
         // The file holds a newer token than Redis drew (Redis lost its data): draw above it next time.
-        await this.redis.eval(FENCE_AT_LEAST, 1, `${KEY_PREFIX}fence:${userId}`, error.storedToken).catch(() => undefined);
+        await this.leases.raiseFence(userId, error.storedToken).catch(() => undefined);
         throw unavailable('Your data is moving between servers right now; retry');
       }
       throw error;
@@ -511,13 +560,6 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
 /** Deletes the node's key only if this process still holds it. */
 const RELEASE_NODE = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-`;
-
-/** Raises a user's fencing counter to at least ARGV[1]. */
-const FENCE_AT_LEAST = `
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 0
 `;
 

@@ -16,6 +16,9 @@ import * as encoding from 'lib0/encoding';
  * - `sessions-ended`: sessions that ended on one node (logout, password change), for every node.
  * - `files-changed`: a process that is no node (an admin command) changed user files: every node
  *   looks at once at what it keeps over them, instead of at its next poll.
+ * - `release-user`: an admin command (`from`, its holder name) asks the node that owns the user
+ *   to hand them over to it, for `leaseMs` (then it renews the lease itself).
+ * - `user-released`: the node did (for the command `to`, which waits for it).
  */
 export type NodeMessage =
   | { kind: 'http-request'; id: number; from: string; request: string; body: Uint8Array }
@@ -27,7 +30,9 @@ export type NodeMessage =
   | { kind: 'sync-end'; conn: string; code: number; reason: string }
   | { kind: 'sync-publish'; doc: string; except: string; bytes: Uint8Array }
   | { kind: 'sessions-ended'; from: string; sessionIds: string[] }
-  | { kind: 'files-changed'; from: string };
+  | { kind: 'files-changed'; from: string }
+  | { kind: 'release-user'; from: string; userId: string; leaseMs: number }
+  | { kind: 'user-released'; userId: string; to: string };
 
 // Appended to, never reordered: a message's kind is its index here.
 const KINDS = [
@@ -41,6 +46,8 @@ const KINDS = [
   'sync-publish',
   'sessions-ended',
   'files-changed',
+  'release-user',
+  'user-released',
 ] as const;
 
 export class MalformedNodeMessage extends Error {}
@@ -96,6 +103,15 @@ export function writeNodeMessage(e: encoding.Encoder, message: NodeMessage): voi
     case 'files-changed':
       encoding.writeVarString(e, message.from);
       break;
+    case 'release-user':
+      encoding.writeVarString(e, message.from);
+      encoding.writeVarString(e, message.userId);
+      encoding.writeVarUint(e, message.leaseMs);
+      break;
+    case 'user-released':
+      encoding.writeVarString(e, message.userId);
+      encoding.writeVarString(e, message.to);
+      break;
   }
 }
 
@@ -150,6 +166,10 @@ function readNodeMessage(d: decoding.Decoder): NodeMessage {
     }
     case 'files-changed':
       return { kind, from: decoding.readVarString(d) };
+    case 'release-user':
+      return { kind, from: decoding.readVarString(d), userId: decoding.readVarString(d), leaseMs: decoding.readVarUint(d) };
+    case 'user-released':
+      return { kind, userId: decoding.readVarString(d), to: decoding.readVarString(d) };
     default:
       throw new MalformedNodeMessage('unknown message kind');
   }

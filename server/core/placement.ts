@@ -1,3 +1,4 @@
+import { AppError } from './app-error.ts';
 import type { Principal } from './principal.ts';
 
 /**
@@ -46,3 +47,14 @@ export interface RelayedAnswer {
 
 /** Sends a request to the node `node` and resolves with its answer (503 AppError when it does not come). */
 export type ForwardRequest = (node: string, request: ForwardedRequest, body: Uint8Array | undefined) => Promise<RelayedAnswer>;
+
+/**
+ * Cluster mode: the user is served by no node for a moment (an admin command holds them, handed
+ * over by their owner, docs/cluster.md): 503 with `Retry-After: 1`; a sync socket closes with 1013.
+ * Nothing can be relayed to a command.
+ */
+export class UserMovingError extends AppError {
+  constructor() {
+    super('service_unavailable', 'Your data is moving between servers right now; retry shortly', { headers: { 'Retry-After': '1' } });
+  }
+}

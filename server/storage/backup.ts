@@ -3,7 +3,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { type DataFile, isMarkedDeleted } from './data-folder.ts';
-import { openExistingForReading } from './sqlite.ts';
+import { openExistingForReading, type Db } from './sqlite.ts';
 
 /**
  * Online backup of single SQLite files (SQLite's backup API, through better-sqlite3), and the
@@ -39,22 +39,34 @@ export async function copyDatabase(source: string, destination: string, options:
   }
   try {
     if (options.skipDeleted && isMarkedDeleted(db)) return { copied: false, reason: 'deleted' };
-    let lastRemaining = Number.POSITIVE_INFINITY;
-    let restarted = false;
+    await backupOpenDatabase(db, destination, options.progress);
+    return { copied: true };
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * Copies what the open connection `db` reads to `destination` (which must not exist) with the
+ * backup API, in steps (progress between them); after a restart (another connection wrote the
+ * file meanwhile) the rest goes in one step, so a busy file cannot starve it. Nothing is left at
+ * `destination` on failure.
+ */
+export async function backupOpenDatabase(db: Db, destination: string, progress?: PageProgress): Promise<void> {
+  let lastRemaining = Number.POSITIVE_INFINITY;
+  let restarted = false;
+  try {
     await db.backup(destination, {
       progress: ({ totalPages, remainingPages }) => {
-        options.progress?.(totalPages - remainingPages, totalPages);
+        progress?.(totalPages - remainingPages, totalPages);
         if (remainingPages > lastRemaining) restarted = true;
         lastRemaining = remainingPages;
         return restarted ? 0x7fffffff : PAGES_PER_STEP;
       },
     });
-    return { copied: true };
   } catch (error) {
     for (const suffix of ['', '-wal', '-shm', '-journal']) fs.rmSync(destination + suffix, { force: true });
     throw error;
-  } finally {
-    db.close();
   }
 }
 

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { compareSnowflakes, isSnowflake } from '../../shared/snowflake.ts';
 import { DIRECTORY_MIGRATIONS, ID_FILE_MIGRATIONS, USER_FILE_MIGRATIONS } from './schema.ts';
-import { openExistingForReading, readSchemaVersion } from './sqlite.ts';
+import { openExistingForReading, readSchemaVersion, type Db } from './sqlite.ts';
 
 /** The three kinds of SQLite files of a data folder (storage/schema.ts says what each holds). */
 export type DataFileKind = 'directory' | 'ids' | 'user';
@@ -79,9 +79,34 @@ export function inspectDataFile(dataDir: string, file: DataFile): FileHealth {
     return health;
   }
   try {
+    inspectDatabase(db, health);
+  } finally {
+    db.close();
+  }
+  return health;
+}
+
+/**
+ * The same check through a connection that is open already, and stays open: in cluster mode a
+ * user file allows only the connection of the process holding it (a command, once the file's
+ * user was handed over to it).
+ */
+export function inspectOpenDataFile(dataDir: string, file: DataFile, db: Db): FileHealth {
+  const health: FileHealth = { file, bytes: sizeOf(path.join(dataDir, file.path)), schemaVersion: undefined, problems: [] };
+  inspectDatabase(db, health);
+  return health;
+}
+
+/** A file that cannot be checked at all, for the reason given. */
+export function unopenableDataFile(dataDir: string, file: DataFile, error: unknown): FileHealth {
+  return { file, bytes: sizeOf(path.join(dataDir, file.path)), schemaVersion: undefined, problems: [`cannot be opened: ${messageOf(error)}`] };
+}
+
+function inspectDatabase(db: Db, health: FileHealth): void {
+  try {
     const version = readSchemaVersion(db);
     health.schemaVersion = version;
-    const known = knownSchemaVersion(file.kind);
+    const known = knownSchemaVersion(health.file.kind);
     if (version > known) health.problems.push(`has schema version ${version}, newer than this server knows (${known}): it was written by a newer server`);
     const lines = (db.prepare('PRAGMA integrity_check').pluck().all() as string[]).filter((line) => line !== 'ok');
     for (const line of lines.slice(0, MAX_INTEGRITY_LINES)) health.problems.push(`integrity check: ${line}`);
@@ -89,10 +114,7 @@ export function inspectDataFile(dataDir: string, file: DataFile): FileHealth {
   } catch (error) {
     // Damage SQLite meets before its check can run: "file is not a database", "malformed".
     health.problems.push(`cannot be read: ${messageOf(error)}`);
-  } finally {
-    db.close();
   }
-  return health;
 }
 
 /** Whether a user file (opened as it is, perhaps of an older schema) carries the deletion mark. */

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { isSnowflake } from '../../shared/snowflake.ts';
+import { backupOpenDatabase, type PageProgress } from './backup.ts';
 import { FileHeldElsewhereError, NotOwnerError, StorageBusyError, isOutOfDescriptors } from './errors.ts';
 import { USER_FILE_MIGRATIONS } from './schema.ts';
 import { StatementCache, dataVersionReader, openDatabase, openExistingForReading, type Db, type Statement } from './sqlite.ts';
@@ -14,6 +15,12 @@ export interface FileAccess {
   mayUse(userId: string): boolean;
   /** Takes a user that does not exist yet (a new account's id) for this process; resolves with the fencing token. */
   claimNew(userId: string): Promise<number>;
+  /**
+   * A process that is no node (an admin command): takes the user for a moment of work, from the
+   * node serving them if one does (it hands them over), and resolves with what gives them back.
+   * Nodes have none: they take users as requests come (`claim`).
+   */
+  hold?(userId: string): Promise<() => Promise<void>>;
 }
 
 /** An open user file: its connection and the statements prepared on it. */
@@ -137,6 +144,10 @@ export class UserFile {
 
 function writeFence(file: UserFile, token: number): void {
   file.stmt('INSERT INTO owner_lease (singleton, token) VALUES (1, ?) ON CONFLICT (singleton) DO UPDATE SET token = excluded.token').run(token);
+}
+
+function clearFence(file: UserFile): void {
+  file.stmt('DELETE FROM owner_lease').run();
 }
 
 function readFence(file: UserFile): number | undefined {
@@ -349,19 +360,16 @@ export class UserFiles {
 
   /**
    * Copies the user's file to `destination` with SQLite's online backup: a consistent snapshot,
-   * taken while other connections (the server) keep reading and writing it. The destination must
-   * not exist.
+   * taken while other connections (the server) keep reading and writing it, through this
+   * process's own connection (in cluster mode the only one the file allows). The destination must
+   * not exist. `progress` hears of each step (pages copied, pages in all).
    */
-  async exportTo(userId: string, destination: string): Promise<void> {
+  async exportTo(userId: string, destination: string, progress?: PageProgress): Promise<void> {
     if (fs.existsSync(destination)) throw new Error(`${destination} already exists`);
     if (!fs.existsSync(path.dirname(path.resolve(destination)))) throw new Error(`the folder of ${destination} does not exist`);
     const { file, release } = this.pin(userId);
     try {
-      // All pages in one step: one read transaction, so a busy writer cannot restart it.
-      await file.db.backup(destination, { progress: () => 0x7fffffff });
-    } catch (error) {
-      removeDatabaseFiles(destination);
-      throw error;
+      await backupOpenDatabase(file.db, destination, progress);
     } finally {
       release();
     }
@@ -397,11 +405,15 @@ export class UserFiles {
         // tables the user-file migrations need not have made), before its deletion mark is looked for.
         adopted = await check(candidate);
         if (isMarkedDeleted(candidate)) throw new Error('this file belongs to an account that was deleted');
+        // Another instance's owner token means nothing here (and could stand above this one's counter).
+        candidate.transaction(() => clearFence(candidate));
       } finally {
         // Closing the last connection folds its WAL into the file, which then moves alone.
         db.close();
       }
       if (!isSnowflake(adopted.userId)) throw new Error(`the file names ${JSON.stringify(adopted.userId)} as its user id, which is not a snowflake`);
+      // Cluster mode: the id is this process's before its file appears, as a registration's.
+      await this.claimNew(adopted.userId);
       const target = this.pathOf(adopted.userId);
       try {
         // A hard link never replaces an existing file: two imports of one id cannot both win.
@@ -413,7 +425,9 @@ export class UserFiles {
     } finally {
       removeDatabaseFiles(temporary);
     }
-    this.get(adopted.userId);
+    const token = this.fences.get(adopted.userId);
+    if (token === undefined) this.get(adopted.userId);
+    else this.claim(adopted.userId, token);
     return adopted;
   }
 
@@ -456,6 +470,37 @@ export class UserFiles {
       const peeked = new UserFile(userId, db, { mayUse: () => false });
       if (isMarkedDeleted(peeked)) throw new UserFileDeletedError(`the account ${userId} was deleted`);
       return fn(peeked);
+    } finally {
+      db.close();
+    }
+  }
+
+  /**
+   * Runs `fn` while this process may use the user's file: a command in cluster mode takes the
+   * user first (`FileAccess.hold`: the node serving them hands them over) and gives them back
+   * after, whatever happens; on one node, and on a cluster node, `fn` just runs.
+   */
+  async holding<T>(userId: string, fn: () => T | Promise<T>): Promise<T> {
+    const giveBack = await this.access?.hold?.(userId);
+    try {
+      return await fn();
+    } finally {
+      await giveBack?.();
+    }
+  }
+
+  /**
+   * Runs `fn` on the user's file as a database, whatever it holds (a deletion that stopped
+   * half-way included): for checks of the file itself. Through the open handle, else a connection
+   * opened for the call and closed after it; in cluster mode only for a user this process holds.
+   */
+  inspect<T>(userId: string, fn: (db: Db) => T): T {
+    const cached = this.open.get(userId);
+    if (cached) return fn(cached.db);
+    this.assertMayUse(userId);
+    const db = this.openFile(this.pathOf(userId), true);
+    try {
+      return fn(db);
     } finally {
       db.close();
     }

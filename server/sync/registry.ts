@@ -162,6 +162,26 @@ export class DocRegistry {
   }
 
   /**
+   * Cluster mode: this node gives the user up willingly (an admin command asked for them). Unlike
+   * a lost lease, this node still owns the file: what their sockets sent is stored first (and
+   * acknowledged), then the sockets close with `code` and the documents are written back and
+   * unloaded. Throws if storing fails (the caller then drops what is left, as on a lost lease).
+   */
+  handOverUser(userId: string, code: number, reason: string): void {
+    for (const name of ['notes', 'settings'] as const) {
+      const doc = this.docs.get(docKey(userId, name));
+      if (!doc) continue;
+      doc.flush();
+      for (const ws of [...doc.sockets]) {
+        const conn = ws.getUserData();
+        conn.refused = true;
+        if (!conn.closed) ws.end(code, reason);
+      }
+      this.unload(doc);
+    }
+  }
+
+  /**
    * The user's account was deleted (by an admin command): their documents are dropped without a
    * write (the file is going), and any socket still open on them is closed with 4401.
    */

@@ -6,7 +6,7 @@ import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import { isSnowflake } from '../../shared/snowflake.ts';
 import { AppError } from '../core/app-error.ts';
 import type { Principal } from '../core/principal.ts';
-import type { Placement } from '../core/placement.ts';
+import { UserMovingError, type Placement } from '../core/placement.ts';
 import type { HttpRequest, HttpResponse, TemplatedApp } from '../http/uws.ts';
 import { isClusterUnavailable, isRetryableStorageError } from '../storage/errors.ts';
 import { AwarenessRefused } from './awareness.ts';
@@ -283,7 +283,11 @@ export function mountSyncSocket(app: TemplatedApp, options: SyncSocketOptions): 
         conn.held = undefined;
         if (conn.closed) return;
         if (!(error instanceof AppError)) logger.error({ err: error, conn: conn.id, userId: conn.userId }, 'finding where a user is served failed');
-        ws.cork(() => end(ws, conn, CLOSE_CODES.TRY_AGAIN_LATER, 'The cluster cannot be reached right now; reconnect shortly'));
+        const reason =
+          error instanceof UserMovingError
+            ? 'Your data is moving between servers; reconnect shortly'
+            : 'The cluster cannot be reached right now; reconnect shortly';
+        ws.cork(() => end(ws, conn, CLOSE_CODES.TRY_AGAIN_LATER, reason));
       },
     );
   }

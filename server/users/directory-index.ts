@@ -41,18 +41,20 @@ export interface IndexRebuild {
  */
 export async function rebuildDirectoryIndex(storage: Storage, sources: CardSources): Promise<IndexRebuild> {
   const { directory, userFiles } = storage;
-  const profiles = userFiles
-    .list()
-    .sort((a, b) => compareSnowflakes(b, a))
-    .flatMap((id) => {
+  const profiles: IndexEntry[] = [];
+  for (const id of userFiles.list().sort((a, b) => compareSnowflakes(b, a))) {
+    // `holding`: a command on a cluster takes each user in turn (their owner hands them over).
+    const profile = await userFiles.holding(id, () => {
       try {
-        return [userFiles.read(id, (file) => entryOf(file, sources))];
+        return userFiles.read(id, (file) => entryOf(file, sources));
       } catch (error) {
-        if (error instanceof UserFileDeletedError) return [];
+        if (error instanceof UserFileDeletedError) return undefined;
         // Said with the file's path: an operator has to find it to repair it or move it aside.
         throw new Error(`cannot read the user file ${userFiles.pathOf(id)}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
       }
     });
+    if (profile !== undefined) profiles.push(profile);
+  }
   const holders = { username: new Map<string, string>(), email: new Map<string, string>() };
   const kept: IndexEntry[] = [];
   const leftOut: IndexRebuild['leftOut'] = [];
@@ -106,14 +108,19 @@ export async function checkDirectoryIndex(storage: Storage, sources: CardSources
   const files = userFiles.list().sort(compareSnowflakes);
   for (const userId of files) {
     const row = rows.get(userId);
-    let entry: IndexEntry;
-    try {
-      entry = userFiles.read(userId, (file) => entryOf(file, sources));
-    } catch (error) {
-      if (error instanceof UserFileDeletedError) problems.push({ kind: 'deleted', userId, indexed: row !== undefined });
-      else problems.push({ kind: 'unreadable', userId, reason: error instanceof Error ? error.message : String(error) });
+    const read = await userFiles.holding(userId, (): IndexEntry | IndexProblem => {
+      try {
+        return userFiles.read(userId, (file) => entryOf(file, sources));
+      } catch (error) {
+        if (error instanceof UserFileDeletedError) return { kind: 'deleted', userId, indexed: row !== undefined };
+        return { kind: 'unreadable', userId, reason: error instanceof Error ? error.message : String(error) };
+      }
+    });
+    if ('kind' in read) {
+      problems.push(read);
       continue;
     }
+    const entry = read;
     if (row === undefined) {
       problems.push({ kind: 'not_indexed', userId, username: entry.username });
       continue;
@@ -142,7 +149,7 @@ export async function checkDirectoryIndex(storage: Storage, sources: CardSources
 
 /** Derives one user's index row again from their file, and clears its pending mark. */
 export async function rederiveIndexEntry(storage: Storage, sources: CardSources, userId: string): Promise<void> {
-  await storage.directory.settleUser(storage.userFiles.read(userId, (file) => entryOf(file, sources)));
+  await storage.directory.settleUser(await storage.userFiles.holding(userId, () => storage.userFiles.read(userId, (file) => entryOf(file, sources))));
 }
 
 /** The index entry a user file derives: under the id the file is found by (its name). */

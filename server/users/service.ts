@@ -355,30 +355,38 @@ export class UsersService {
 
   /**
    * Every account of the index, oldest first, as its file describes it. An index row whose file
-   * is gone is no account anyone can use, and is left out (doctor reports it).
+   * is gone is no account anyone can use, and is left out (doctor reports it). Each file is read
+   * while this process may (`holding`: a command on a cluster takes each user in turn).
    */
   async listAccounts(): Promise<AccountSummary[]> {
-    return (await this.deps.storage.directory.listUsers()).flatMap(({ id }) => {
-      let profile: ReturnType<UsersService['profile']>;
-      try {
-        profile = this.profile(id);
-      } catch (error) {
-        if (error instanceof AppError && error.code === 'user_not_found') return [];
-        throw error;
-      }
-      const { row, totpEnabled } = profile;
-      return {
-        id,
-        username: row.username,
-        email: row.email,
-        created_at: row.created_at,
-        email_verified: row.email_verified === 1,
-        age_verified: row.age_verified === 1,
-        totp_enabled: totpEnabled,
-        badges: repo.parseBadges(row.badges),
-        tier: row.tier,
-      } satisfies AccountSummary;
-    });
+    const accounts: AccountSummary[] = [];
+    for (const { id } of await this.deps.storage.directory.listUsers()) {
+      const account = await this.deps.storage.userFiles.holding(id, () => this.accountSummary(id));
+      if (account !== undefined) accounts.push(account);
+    }
+    return accounts;
+  }
+
+  private accountSummary(id: string): AccountSummary | undefined {
+    let profile: ReturnType<UsersService['profile']>;
+    try {
+      profile = this.profile(id);
+    } catch (error) {
+      if (error instanceof AppError && error.code === 'user_not_found') return undefined;
+      throw error;
+    }
+    const { row, totpEnabled } = profile;
+    return {
+      id,
+      username: row.username,
+      email: row.email,
+      created_at: row.created_at,
+      email_verified: row.email_verified === 1,
+      age_verified: row.age_verified === 1,
+      totp_enabled: totpEnabled,
+      badges: repo.parseBadges(row.badges),
+      tier: row.tier,
+    };
   }
 
   /**
