@@ -23,6 +23,9 @@ export interface FileAccess {
   hold?(userId: string): Promise<() => Promise<void>>;
 }
 
+/** Tries at claiming a new account's id before a registration gives up (see `UserFiles.claimNew`). */
+const NEW_CLAIM_ATTEMPTS = 3;
+
 /** An open user file: its connection and the statements prepared on it. */
 export class UserFile {
   private readonly statements: StatementCache;
@@ -273,8 +276,16 @@ export class UserFiles {
    * `create` makes the file as its owner, fencing token included. Nothing to do on one node.
    */
   async claimNew(userId: string): Promise<void> {
-    if (this.access === undefined) return;
-    this.fences.set(userId, await this.access.claimNew(userId));
+    const access = this.access;
+    if (access === undefined) return;
+    // An answer that came later than the lease can be counted on (an event loop stalled past a
+    // good part of a lease) leaves the user claimed in Redis but not usable here: claiming again
+    // renews it (the same token). A few tries, then the refusal says the data is moving (retry).
+    for (let attempt = 0; attempt < NEW_CLAIM_ATTEMPTS; attempt += 1) {
+      this.fences.set(userId, await access.claimNew(userId));
+      if (access.mayUse(userId)) return;
+    }
+    throw new NotOwnerError(`the claim of the new user ${userId} kept ending before it could be used`);
   }
 
   /**
