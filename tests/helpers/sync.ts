@@ -87,16 +87,26 @@ export async function notesChannelOf(api: Api, user: TestUser): Promise<string> 
 }
 
 /** Opens a raw WebSocket (for malformed frames and upgrade checks); resolves once open or refused. */
-export function rawSocket(url: string, options: WebSocket.ClientOptions = {}, protocols?: string[]): Promise<{ ws: WebSocket; status: number }> {
+export function rawSocket(
+  url: string,
+  options: WebSocket.ClientOptions = {},
+  protocols?: string[],
+): Promise<{ ws: WebSocket; status: number; first: Promise<Uint8Array | undefined> }> {
   return new Promise((resolve) => {
     const ws = new WebSocket(url.replace(/^http/, 'ws'), protocols, options);
     ws.binaryType = 'arraybuffer';
-    ws.once('open', () => resolve({ ws, status: 101 }));
+    // Listened for from the start: a frame that comes with the 101 is emitted before the code
+    // awaiting this promise runs, and a listener added there would miss it.
+    const first = new Promise<Uint8Array | undefined>((settle) => {
+      ws.once('message', (data: ArrayBuffer) => settle(new Uint8Array(data)));
+      ws.once('close', () => settle(undefined));
+    });
+    ws.once('open', () => resolve({ ws, status: 101, first }));
     ws.once('unexpected-response', (_req, res) => {
-      resolve({ ws, status: res.statusCode ?? 0 });
+      resolve({ ws, status: res.statusCode ?? 0, first });
       res.resume();
     });
-    ws.once('error', () => resolve({ ws, status: 0 }));
+    ws.once('error', () => resolve({ ws, status: 0, first }));
   });
 }
 
