@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
+import { deleteIfHeld } from './held-keys.ts';
 import type { Logger } from 'pino';
 import type { SqliteDirectory } from '../storage/sqlite-directory.ts';
 import { KEY_PREFIX } from './leases.ts';
@@ -11,9 +12,6 @@ const MOVE_LOCK = `${KEY_PREFIX}dir:moving`;
 const MOVE_LOCK_MS = 120_000;
 /** How often a waiting process looks whether the move is over. */
 const MOVE_POLL_MS = 200;
-
-/** Releases the lock only if it is still this holder's (it may have expired and gone to another). */
-const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`;
 
 /**
  * A data folder's first start in cluster mode (a node, or an admin command given `--redis-url`):
@@ -39,7 +37,7 @@ export async function moveDirectoryToRedis(
       try {
         return await copyOnce(local, remote, logger, clock);
       } finally {
-        await redis.eval(RELEASE, 1, MOVE_LOCK, holder).catch((error: unknown) => {
+        await deleteIfHeld(redis, MOVE_LOCK, holder).catch((error: unknown) => {
           logger.warn({ err: error }, 'could not release the lock of the directory move; it expires by itself');
         });
       }

@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
+import { deleteIfHeld } from './held-keys.ts';
 import type { Logger } from 'pino';
 import { isNotOwner } from '../storage/errors.ts';
 import { KEY_PREFIX } from './leases.ts';
@@ -8,9 +9,6 @@ import { KEY_PREFIX } from './leases.ts';
 const REPAIR_LOCK = `${KEY_PREFIX}dir:repairing`;
 /** Long enough to read every user file once; a node that died holding it leaves it to the next after this. */
 const REPAIR_LOCK_MS = 120_000;
-
-/** Releases the lock only if it is still this holder's. */
-const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`;
 
 /**
  * Cluster mode: runs `repair` (the users index made what the user files derive: UsersService's
@@ -38,7 +36,7 @@ export async function repairIndexAlone(
         if (!isNotOwner(error) || Date.now() > deadline) throw error;
         logger.info({ err: error }, 'a user file is still held by its former owner: repairing the users index again shortly');
       } finally {
-        await redis.eval(RELEASE, 1, REPAIR_LOCK, holder).catch((error: unknown) => {
+        await deleteIfHeld(redis, REPAIR_LOCK, holder).catch((error: unknown) => {
           logger.warn({ err: error }, 'could not release the lock of the users index repair; it expires by itself');
         });
       }

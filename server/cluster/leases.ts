@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { deleteIfHeld } from './held-keys.ts';
 import type { Logger } from 'pino';
 
 /** Every key the cluster keeps in Redis starts with this. */
@@ -39,12 +40,6 @@ for i, key in ipairs(KEYS) do
   end
 end
 return lost
-`;
-
-/** Deletes a lease only if it still holds this node's value. */
-const RELEASE = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 `;
 
 /**
@@ -147,7 +142,7 @@ export class Leases {
     const held = this.held.get(userId);
     if (held === undefined) return;
     this.held.delete(userId);
-    await this.redis.eval(RELEASE, 1, leaseKey(userId), `${this.nodeId}|${held.token}`);
+    await deleteIfHeld(this.redis, leaseKey(userId), `${this.nodeId}|${held.token}`);
   }
 
   /**

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import type { Redis } from 'ioredis';
+import { deleteIfHeld } from './held-keys.ts';
 import type { Logger } from 'pino';
 import { CLOSE_CODES } from '../../shared/sync-protocol.ts';
 import { UserMovingError, type ForwardedRequest, type Placement, type RelayedAnswer } from '../core/placement.ts';
@@ -171,7 +172,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       subscriber?.disconnect();
       // A start refused half-way gives back what it took, so that a retry need not wait a lease.
       await workerIds?.release().catch(() => undefined);
-      if (tookNodeId) await redis.eval(RELEASE_NODE, 1, nodeKey(nodeId), record).catch(() => undefined);
+      if (tookNodeId) await deleteIfHeld(redis, nodeKey(nodeId), record).catch(() => undefined);
       redis.disconnect();
       throw error;
     }
@@ -326,7 +327,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       }),
     );
     await this.workerIds.release().catch(() => undefined);
-    await this.redis.eval(RELEASE_NODE, 1, nodeKey(this.nodeId), this.record).catch(() => undefined);
+    await deleteIfHeld(this.redis, nodeKey(this.nodeId), this.record).catch(() => undefined);
     // The last batch (closes of relayed sockets, answers) goes out before the links close.
     if (this.bound === undefined) {
       await this.links.close();
@@ -556,12 +557,6 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     }
   }
 }
-
-/** Deletes the node's key only if this process still holds it. */
-const RELEASE_NODE = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-`;
 
 const linkAddressSchema = z.object({ instance: z.string().min(1), host: z.string().min(1), port: z.number().int().min(1).max(65535) });
 

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { deleteIfHeld } from './held-keys.ts';
 import type { Logger } from 'pino';
 import { MAX_WORKER_ID } from '../../shared/snowflake.ts';
 import { FILE_RESERVATION_WORKER_ID, type ReservationMark, type WorkerHolding } from '../storage/ids.ts';
@@ -52,12 +53,6 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[3]) then redis.call('SET', KEYS[2], ARGV[3]) end
 return 1
-`;
-
-/** Deletes the lease if the holder still holds it; the mark stays, for the next holder to start after. */
-const RELEASE = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 `;
 
 interface Held {
@@ -173,7 +168,7 @@ export class WorkerIds {
     const held = this.held;
     if (held === undefined) return;
     this.held = undefined;
-    await this.redis.eval(RELEASE, 1, workerKey(held.workerId), this.holder);
+    await deleteIfHeld(this.redis, workerKey(held.workerId), this.holder);
   }
 
   private async take(): Promise<boolean> {
@@ -196,7 +191,7 @@ export class WorkerIds {
       this.fileMark.raise(untilMs);
     } catch (error) {
       // Not recorded, not used: given back at once (or it expires).
-      await this.redis.eval(RELEASE, 1, workerKey(workerId), this.holder).catch(() => undefined);
+      await deleteIfHeld(this.redis, workerKey(workerId), this.holder).catch(() => undefined);
       throw error;
     }
     this.held = { workerId, fromMs, untilMs, validUntil: this.deadline(sent) };
