@@ -105,7 +105,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const app = createApp();
   let storage: Storage;
   try {
-    storage = openStorage(config);
+    storage = openStorage({ ...config, clustered });
   } catch (error) {
     await notices.close();
     throw error;

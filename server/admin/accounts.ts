@@ -57,7 +57,14 @@ export class AccountsAdmin {
   ) {
     // Worker id 0, whatever the server's: commands reserve their milliseconds in ids.sqlite, so no
     // server without Redis repeats their ids, and cluster nodes never lease 0 (docs/cluster.md).
-    this.storage = openStorage({ dataDir: config.dataDir, workerId: FILE_RESERVATION_WORKER_ID, maxOpenUserFiles: ADMIN_MAX_OPEN_USER_FILES });
+    // Given Redis, it is one of the cluster's processes: ids.sqlite and directory.sqlite are only
+    // opened for a moment at a time (storage/moments.ts).
+    this.storage = openStorage({
+      dataDir: config.dataDir,
+      workerId: FILE_RESERVATION_WORKER_ID,
+      maxOpenUserFiles: ADMIN_MAX_OPEN_USER_FILES,
+      clustered: cluster !== undefined,
+    });
     try {
       if (cluster !== undefined) this.storage.directory = cluster.directory;
       else if (this.storage.localDirectory.movedToRedis()) throw new Error(DIRECTORY_IN_REDIS);

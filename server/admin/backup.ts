@@ -63,7 +63,7 @@ export const BACKUP_NEEDS_REDIS =
 export async function backupDataFolder(config: Config, target: string, progress: Progress, logger: Logger): Promise<BackupSummary> {
   const source = config.dataDir;
   if (!isDataFolder(source)) throw new Error(`no Plexichat data folder at ${source} (no ${DIRECTORY_FILE}): check --data-dir`);
-  const clustered = await movedToRedis(source);
+  const clustered = await movedToRedis(source, { clustered: config.redisUrl !== undefined });
   if (clustered && config.redisUrl === undefined) throw new Error(BACKUP_NEEDS_REDIS);
   if (!clustered && config.redisUrl !== undefined) {
     throw new Error(`${source} is not a cluster's data folder (its directory is in ${DIRECTORY_FILE}, not in Redis): back it up without --redis-url`);
@@ -97,7 +97,13 @@ async function copyDataFolder(config: Config, target: string, progress: Progress
     const result =
       admin !== undefined && file.kind === 'user'
         ? { copied: await admin.copyUserFile(path.basename(file.path, '.sqlite'), destination, onPages) }
-        : await copyDatabase(path.join(source, file.path), destination, { skipDeleted: file.kind === 'user', progress: onPages });
+        : // A cluster's ids.sqlite and directory.sqlite: read alone, for the moment of the copy, as
+          // the nodes use them (storage/moments.ts).
+          await copyDatabase(path.join(source, file.path), destination, {
+            skipDeleted: file.kind === 'user',
+            progress: onPages,
+            exclusive: admin !== undefined,
+          });
     if (!result.copied) {
       if (file.kind !== 'user') throw new Error(`${file.path} disappeared from ${source} during the backup`);
       skipped.push(file.path);
@@ -208,7 +214,7 @@ export async function restoreDataFolder(backup: string, dataDir: string, progres
   } finally {
     progress.stop();
   }
-  return { manifest, files: written.length, clustered: await movedToRedis(dataDir) };
+  return { manifest, files: written.length, clustered: await movedToRedis(dataDir, { clustered: false }) };
 }
 
 /** One file of a backup against its manifest entry; throws one line naming what differs. */

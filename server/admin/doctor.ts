@@ -35,12 +35,13 @@ export async function examineDataFolder(config: Config, logger: Logger, progress
   const dataDir = config.dataDir;
   if (!isDataFolder(dataDir)) throw new Error(`no Plexichat data folder at ${dataDir} (no ${DIRECTORY_FILE}): check --data-dir`);
   // Said first: without Redis, a cluster's user files cannot be had, and its index is not here.
-  if (config.redisUrl === undefined && (await movedToRedis(dataDir))) throw new Error(DIRECTORY_IN_REDIS);
+  if (config.redisUrl === undefined && (await movedToRedis(dataDir, { clustered: false }))) throw new Error(DIRECTORY_IN_REDIS);
   const list = listDataFiles(dataDir);
   const shared = list.filter((file) => file.kind !== 'user');
   progress.start('check', list.length, 'files');
   const files = shared.map((file, index) => {
-    const health = inspectDataFile(dataDir, file);
+    // Given Redis, read alone, as the cluster's processes use these files (storage/moments.ts).
+    const health = inspectDataFile(dataDir, file, { exclusive: config.redisUrl !== undefined });
     progress.update(index + 1, file.path);
     return health;
   });

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import { deleteIfHeld } from './held-keys.ts';
 import type { Logger } from 'pino';
-import type { SqliteDirectory } from '../storage/sqlite-directory.ts';
+import type { DirectoryRecord } from '../storage/sqlite-directory.ts';
 import { KEY_PREFIX } from './leases.ts';
 import type { RedisDirectory } from './redis-directory.ts';
 
@@ -24,7 +24,7 @@ const MOVE_POLL_MS = 200;
  * record in the file, did not happen): it is not written over. Returns whether this call copied.
  */
 export async function moveDirectoryToRedis(
-  local: SqliteDirectory,
+  local: DirectoryRecord,
   remote: RedisDirectory,
   redis: Redis,
   holder: string,
@@ -49,7 +49,7 @@ export async function moveDirectoryToRedis(
   return false;
 }
 
-async function copyOnce(local: SqliteDirectory, remote: RedisDirectory, logger: Logger, clock: () => number): Promise<boolean> {
+async function copyOnce(local: DirectoryRecord, remote: RedisDirectory, logger: Logger, clock: () => number): Promise<boolean> {
   // Looked at again under the lock: the previous holder may have finished meanwhile.
   if (local.movedToRedis()) return false;
   const dump = local.exportAll();

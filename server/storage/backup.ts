@@ -26,13 +26,19 @@ export type CopyResult = { copied: true } | { copied: false; reason: 'vanished' 
  * backup's reads never block the server's writes). SQLite restarts a stepwise backup when another
  * connection writes the file meanwhile; after a restart the rest goes in one step (one read
  * transaction), so a busy file cannot starve it. A user file whose account was deleted, or that
- * vanished, is not copied (`skipDeleted`).
+ * vanished, is not copied (`skipDeleted`). `exclusive`: read alone (a cluster's `ids.sqlite` and
+ * `directory.sqlite`, which its processes open only for a moment: storage/moments.ts), the others
+ * waiting for the copy.
  */
-export async function copyDatabase(source: string, destination: string, options: { skipDeleted: boolean; progress?: PageProgress }): Promise<CopyResult> {
+export async function copyDatabase(
+  source: string,
+  destination: string,
+  options: { skipDeleted: boolean; progress?: PageProgress; exclusive?: boolean },
+): Promise<CopyResult> {
   if (fs.existsSync(destination)) throw new Error(`${destination} exists already`);
   let db: ReturnType<typeof openExistingForReading>;
   try {
-    db = openExistingForReading(source);
+    db = openExistingForReading(source, { exclusive: options.exclusive === true });
   } catch (error) {
     if (!fs.existsSync(source)) return { copied: false, reason: 'vanished' };
     throw error;

@@ -68,12 +68,12 @@ const MAX_INTEGRITY_LINES = 5;
  * knows (older is fine: it migrates on open), and pass `PRAGMA integrity_check`, which reads every
  * page inside one read transaction (a consistent view, also while the server writes).
  */
-export function inspectDataFile(dataDir: string, file: DataFile): FileHealth {
+export function inspectDataFile(dataDir: string, file: DataFile, options: { exclusive?: boolean } = {}): FileHealth {
   const full = path.join(dataDir, file.path);
   const health: FileHealth = { file, bytes: sizeOf(full), schemaVersion: undefined, problems: [] };
   let db: ReturnType<typeof openExistingForReading>;
   try {
-    db = openExistingForReading(full);
+    db = openExistingForReading(full, options);
   } catch (error) {
     health.problems.push(`cannot be opened: ${messageOf(error)}`);
     return health;

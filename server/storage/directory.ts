@@ -1,5 +1,6 @@
 import path from 'node:path';
 import fs from 'node:fs';
+import { openForMoment } from './moments.ts';
 import { DIRECTORY_MIGRATIONS } from './schema.ts';
 import { StatementCache, dataVersionReader, openDatabase, type Db, type Statement } from './sqlite.ts';
 
@@ -11,9 +12,14 @@ export class DirectoryFile {
   /** `PRAGMA data_version` when last looked at (see `changedElsewhere`). */
   private dataVersion: number;
 
-  constructor(dataDir: string) {
+  /**
+   * `moment`: one moment's connection of a cluster's process (storage/moments.ts), which the caller
+   * closes as soon as its read or write is done; otherwise one node's, held open.
+   */
+  constructor(dataDir: string, options: { moment?: boolean } = {}) {
     fs.mkdirSync(dataDir, { recursive: true });
-    this.db = openDatabase(path.join(dataDir, 'directory.sqlite'), { migrations: DIRECTORY_MIGRATIONS });
+    const file = path.join(dataDir, 'directory.sqlite');
+    this.db = options.moment === true ? openForMoment(file, { migrations: DIRECTORY_MIGRATIONS }) : openDatabase(file, { migrations: DIRECTORY_MIGRATIONS });
     this.statements = new StatementCache(this.db);
     this.readDataVersion = dataVersionReader(this.db);
     this.dataVersion = this.readDataVersion();

@@ -4,7 +4,8 @@ import type { DirectoryFile } from './directory.ts';
 import { ClusterUnavailableError } from './errors.ts';
 import { deleteMeta, readMeta } from './meta-repo.ts';
 import { ID_FILE_MIGRATIONS } from './schema.ts';
-import { StatementCache, openDatabase, type Db } from './sqlite.ts';
+import { heldOpen, inTurns, type FileAccess } from './moments.ts';
+import type { StatementCache } from './sqlite.ts';
 
 /** Where servers before `ids.sqlite` kept the reservation: the directory's `meta` table. */
 const LEGACY_HIGH_WATER_KEY = 'snowflake_high_water_ms';
@@ -56,28 +57,22 @@ export interface WorkerHolding {
  * write is a transaction of its own that nobody can undo.
  */
 export class IdReservationFile {
-  private readonly db: Db;
-  private readonly statements: StatementCache;
+  private readonly file: FileAccess;
 
-  constructor(dataDir: string) {
-    this.db = openDatabase(path.join(dataDir, 'ids.sqlite'), { migrations: ID_FILE_MIGRATIONS });
-    this.statements = new StatementCache(this.db);
+  /** `inTurns`: cluster mode, where no process holds the file open (storage/moments.ts). */
+  constructor(dataDir: string, options: { inTurns: boolean }) {
+    const file = path.join(dataDir, 'ids.sqlite');
+    this.file = options.inTurns ? inTurns(file, { migrations: ID_FILE_MIGRATIONS }) : heldOpen(file, { migrations: ID_FILE_MIGRATIONS });
   }
 
   /** The reserved millisecond every issued id is below, or undefined before the first reservation. */
   read(): number | undefined {
-    const row = this.statements.get('SELECT reserved_until_ms FROM reservation').get() as { reserved_until_ms: number } | undefined;
-    return row?.reserved_until_ms;
+    return this.file.use(readReservation);
   }
 
   /** Moves the reservation up to `untilMs`; never down (a stale value cannot shrink it). */
   raise(untilMs: number): void {
-    this.statements
-      .get(
-        `INSERT INTO reservation (singleton, reserved_until_ms) VALUES (1, ?)
-         ON CONFLICT (singleton) DO UPDATE SET reserved_until_ms = max(reserved_until_ms, excluded.reserved_until_ms)`,
-      )
-      .run(untilMs);
+    this.file.use((statements) => raiseReservation(statements, untilMs));
   }
 
   /**
@@ -88,18 +83,34 @@ export class IdReservationFile {
    * safe for both. Returns the reserved range.
    */
   reserve(fromMs: number, leaseMs: number): { fromMs: number; untilMs: number } {
-    return this.db
-      .transaction(() => {
-        const start = Math.max(fromMs, this.read() ?? 0);
-        this.raise(start + leaseMs);
-        return { fromMs: start, untilMs: start + leaseMs };
-      })
-      .immediate();
+    return this.file.use((statements) =>
+      statements.db
+        .transaction(() => {
+          const start = Math.max(fromMs, readReservation(statements) ?? 0);
+          raiseReservation(statements, start + leaseMs);
+          return { fromMs: start, untilMs: start + leaseMs };
+        })
+        .immediate(),
+    );
   }
 
   close(): void {
-    this.db.close();
+    this.file.close();
   }
+}
+
+function readReservation(statements: StatementCache): number | undefined {
+  const row = statements.get('SELECT reserved_until_ms FROM reservation').get() as { reserved_until_ms: number } | undefined;
+  return row?.reserved_until_ms;
+}
+
+function raiseReservation(statements: StatementCache, untilMs: number): void {
+  statements
+    .get(
+      `INSERT INTO reservation (singleton, reserved_until_ms) VALUES (1, ?)
+       ON CONFLICT (singleton) DO UPDATE SET reserved_until_ms = max(reserved_until_ms, excluded.reserved_until_ms)`,
+    )
+    .run(untilMs);
 }
 
 /**

@@ -10,7 +10,7 @@ import {
   type ReservationMark,
   type WorkerHolding,
 } from './ids.ts';
-import { SqliteDirectory } from './sqlite-directory.ts';
+import { SqliteDirectory, directoryRecordInTurns, type DirectoryRecord } from './sqlite-directory.ts';
 import { UserFiles } from './user-files.ts';
 
 export { UserFile, UserFileDeletedError, UserFileMissingError } from './user-files.ts';
@@ -22,10 +22,11 @@ export interface Storage {
    */
   directory: DirectoryStore;
   /**
-   * `directory.sqlite`: the directory of one node; in a data folder moved to a cluster, only the
-   * record that it moved (`movedToRedis`).
+   * `directory.sqlite`: the directory of one node (held open, the same object as `directory`); in
+   * cluster mode only the record that it moved to Redis, and the move's export, each call a moment
+   * of its own (storage/moments.ts).
    */
-  readonly localDirectory: SqliteDirectory;
+  readonly localDirectory: DirectoryRecord;
   userFiles: UserFiles;
   /** A fresh snowflake. Safe inside any transaction: its reservation is written apart (ids.ts). */
   nextId: IdGenerator;
@@ -51,25 +52,66 @@ export interface StorageOptions {
   workerId: number;
   /** The id generator's clock (tests step it back to play a restart after a clock change). */
   clock?: () => number;
+  /**
+   * Cluster mode (a node, or a command given `--redis-url`): `ids.sqlite` and `directory.sqlite`
+   * are never held open, each use opens them for a moment alone (storage/moments.ts), and
+   * `directory` is the Redis store the caller sets before any use.
+   */
+  clustered?: boolean;
 }
 
 export function openStorage(options: StorageOptions): Storage {
+  return options.clustered === true ? openClusterStorage(options) : openNodeStorage(options);
+}
+
+/** One node: both files held open for the process's life, WAL with shared memory (as fast as it gets). */
+function openNodeStorage(options: StorageOptions): Storage {
   const directoryFile = new DirectoryFile(options.dataDir);
   let reservations: IdReservationFile;
   try {
-    reservations = new IdReservationFile(options.dataDir);
+    reservations = new IdReservationFile(options.dataDir, { inTurns: false });
     adoptLegacyReservation(directoryFile, reservations);
   } catch (error) {
     directoryFile.close();
     throw error;
   }
   const directory = new SqliteDirectory(directoryFile);
+  return storageOf(options, directory, directory, reservations, () => directoryFile.close());
+}
+
+/** Cluster mode: nothing of the folder's shared files stays open; the directory is Redis's. */
+function openClusterStorage(options: StorageOptions): Storage {
+  const reservations = new IdReservationFile(options.dataDir, { inTurns: true });
+  const directoryFile = new DirectoryFile(options.dataDir, { moment: true });
+  try {
+    adoptLegacyReservation(directoryFile, reservations);
+  } finally {
+    directoryFile.close();
+  }
+  return storageOf(options, undefined, directoryRecordInTurns(options.dataDir), reservations, () => {});
+}
+
+function storageOf(
+  options: StorageOptions,
+  initialDirectory: DirectoryStore | undefined,
+  localDirectory: DirectoryRecord,
+  reservations: IdReservationFile,
+  closeDirectory: () => void,
+): Storage {
   const userFiles = new UserFiles(options.dataDir, options.maxOpenUserFiles);
   // One function for the services to keep, whichever generator is behind it.
   let issue: IdGenerator = createIdGenerator(reservations, options.workerId, options.clock);
+  let directory = initialDirectory;
   return {
-    directory,
-    localDirectory: directory,
+    get directory(): DirectoryStore {
+      // Cluster mode: Redis's store is set at start, before any service is made.
+      if (directory === undefined) throw new Error("the cluster's directory (Redis) is used before it was set");
+      return directory;
+    },
+    set directory(store: DirectoryStore) {
+      directory = store;
+    },
+    localDirectory,
     userFiles,
     nextId: () => issue(),
     adoptId: (id) => reservations.raise(snowflakeTimeMs(id) + 1),
@@ -80,7 +122,7 @@ export function openStorage(options: StorageOptions): Storage {
     close() {
       userFiles.closeAll();
       reservations.close();
-      directoryFile.close();
+      closeDirectory();
     },
   };
 }

@@ -24,6 +24,36 @@ export const DIRECTORY_IN_REDIS =
   "this data folder is served by a cluster: its directory (the users index, sessions, relationships, DM channels) is in the cluster's Redis, " +
   'and directory.sqlite is out of date; give --redis-url (PLEXICHAT_REDIS_URL) as the nodes have it (docs/cluster.md)';
 
+/**
+ * What a cluster's processes still read or write in `directory.sqlite` once the directory is in
+ * Redis: the record of the move, and the rows for the move itself (cluster/directory-move.ts).
+ */
+export interface DirectoryRecord {
+  movedToRedis(): boolean;
+  markMovedToRedis(at: number): void;
+  exportAll(): DirectoryDump;
+}
+
+/**
+ * `directory.sqlite`'s record in cluster mode: each call opens the file for a moment, alone, and
+ * closes it (storage/moments.ts), so no process of the cluster holds it open.
+ */
+export function directoryRecordInTurns(dataDir: string): DirectoryRecord {
+  const atMoment = <T>(fn: (directory: SqliteDirectory) => T): T => {
+    const file = new DirectoryFile(dataDir, { moment: true });
+    try {
+      return fn(new SqliteDirectory(file));
+    } finally {
+      file.close();
+    }
+  };
+  return {
+    movedToRedis: () => atMoment((directory) => directory.movedToRedis()),
+    markMovedToRedis: (at) => atMoment((directory) => directory.markMovedToRedis(at)),
+    exportAll: () => atMoment((directory) => directory.exportAll()),
+  };
+}
+
 /** The columns of a users row, as `storedRow` reads them. */
 const USER_COLUMNS = 'id, username, email_lower, created_at, email, avatar_hash, badges, allow_dms_from';
 
@@ -35,7 +65,7 @@ const MOVED_KEY = 'directory_moved_to_redis_at';
  * is one IMMEDIATE transaction (or one statement), run at once: the promise it returns is settled
  * when the call returns (the interface is asynchronous for the Redis store's sake).
  */
-export class SqliteDirectory implements DirectoryStore {
+export class SqliteDirectory implements DirectoryStore, DirectoryRecord {
   private readonly file: DirectoryFile;
 
   constructor(dataDirOrFile: string | DirectoryFile) {

@@ -19,7 +19,20 @@ export interface OpenOptions {
    * serves the user).
    */
   exclusive?: boolean;
+  /**
+   * With `exclusive`: how long the open waits for another connection's hold to end before it
+   * fails with SQLITE_BUSY, instead of failing at once. For files every process of a cluster opens
+   * for a moment and closes again (`ids.sqlite`, `directory.sqlite`: storage/moments.ts), whose
+   * holds are short.
+   */
+  exclusiveWaitMs?: number;
 }
+
+/**
+ * How long a process waits for another's moment with a file opened in turns (storage/moments.ts):
+ * a moment is one read or one small write, so a few seconds only run out when something is wrong.
+ */
+export const MOMENT_WAIT_MS = 5000;
 
 /** Opens a SQLite file in WAL mode and brings its schema up to date in one transaction. */
 export function openDatabase(file: string, options: OpenOptions): Db {
@@ -27,7 +40,7 @@ export function openDatabase(file: string, options: OpenOptions): Db {
   try {
     if (options.exclusive === true) {
       db.pragma('locking_mode = EXCLUSIVE');
-      db.pragma('busy_timeout = 0');
+      db.pragma(`busy_timeout = ${options.exclusiveWaitMs ?? 0}`);
     }
     db.pragma('journal_mode = WAL');
     // NORMAL in WAL mode: a committed transaction survives a process crash (kill -9); only an OS
@@ -80,10 +93,14 @@ export function readSchemaVersion(db: Db): number {
  * its shared-memory file, which a read-only connection cannot create; nothing is ever written
  * through it.
  */
-export function openExistingForReading(file: string): Db {
+export function openExistingForReading(file: string, options: { exclusive?: boolean } = {}): Db {
   const db = new Database(file, { fileMustExist: true });
   try {
-    db.pragma('busy_timeout = 5000');
+    // Cluster mode (`ids.sqlite`, `directory.sqlite`, which no process holds open there): held for
+    // this connection alone, WAL without shared memory, as every other process of the cluster
+    // opens them (storage/moments.ts); it waits as long as they do for a moment of another.
+    if (options.exclusive === true) db.pragma('locking_mode = EXCLUSIVE');
+    db.pragma(`busy_timeout = ${options.exclusive === true ? MOMENT_WAIT_MS : 5000}`);
     return db;
   } catch (error) {
     db.close();
