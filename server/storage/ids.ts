@@ -4,7 +4,7 @@ import type { DirectoryFile } from './directory.ts';
 import { ClusterUnavailableError } from './errors.ts';
 import { deleteMeta, readMeta } from './meta-repo.ts';
 import { ID_FILE_MIGRATIONS } from './schema.ts';
-import { heldOpen, inTurns, type FileAccess } from './moments.ts';
+import { heldOpen, inTurns, type SharedFile } from './moments.ts';
 import type { StatementCache } from './sqlite.ts';
 
 /** Where servers before `ids.sqlite` kept the reservation: the directory's `meta` table. */
@@ -57,7 +57,7 @@ export interface WorkerHolding {
  * write is a transaction of its own that nobody can undo.
  */
 export class IdReservationFile {
-  private readonly file: FileAccess;
+  private readonly file: SharedFile;
 
   /** `inTurns`: cluster mode, where no process holds the file open (storage/moments.ts). */
   constructor(dataDir: string, options: { inTurns: boolean }) {

@@ -11,14 +11,14 @@ import { MOMENT_WAIT_MS, StatementCache, openDatabase, type OpenOptions } from '
  *   in the process's memory, no `-shm` file), reads or writes, and closes it. A process finding
  *   it held by another's moment waits for it (`MOMENT_WAIT_MS`).
  */
-export interface FileAccess {
+export interface SharedFile {
   /** Runs `fn` with a connection to the file; nothing may keep the statements past it. */
   use<T>(fn: (statements: StatementCache) => T): T;
   close(): void;
 }
 
 /** Opened now, kept open until `close` (one node). */
-export function heldOpen(file: string, options: OpenOptions): FileAccess {
+export function heldOpen(file: string, options: OpenOptions): SharedFile {
   const statements = new StatementCache(openDatabase(file, options));
   return {
     use: (fn) => fn(statements),
@@ -27,7 +27,7 @@ export function heldOpen(file: string, options: OpenOptions): FileAccess {
 }
 
 /** Opened for each use, alone, and closed after it (cluster mode); nothing is open in between. */
-export function inTurns(file: string, options: OpenOptions): FileAccess {
+export function inTurns(file: string, options: OpenOptions): SharedFile {
   return {
     use(fn) {
       const db = openForMoment(file, options);
