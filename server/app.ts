@@ -123,6 +123,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
           redisUrl: config.redisUrl,
           nodeId: config.nodeId,
           leaseMs: config.leaseMs,
+          idleReleaseMs: config.idleReleaseMs,
           port: config.port,
           dataDir: config.dataDir,
           clusterHost: config.clusterHost,

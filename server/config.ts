@@ -118,6 +118,12 @@ export const SETTINGS = {
   redisUrl: { flag: 'redis-url', env: 'PLEXICHAT_REDIS_URL', help: 'cluster mode: the Redis every node shares (docs/cluster.md)', default: '(none: one node)' },
   nodeId: { flag: 'node-id', env: 'PLEXICHAT_NODE_ID', help: "cluster mode: this node's unique name", default: '<hostname>-<port>' },
   leaseMs: { flag: 'lease-ms', env: 'PLEXICHAT_LEASE_MS', help: "cluster mode: a dead node's users move after this long", default: '5000' },
+  idleReleaseMs: {
+    flag: 'idle-release-ms',
+    env: 'PLEXICHAT_IDLE_RELEASE_MS',
+    help: 'cluster mode: an owner gives up a user nobody used through it for this long',
+    default: '60000',
+  },
   clusterHost: {
     flag: 'cluster-host',
     env: 'PLEXICHAT_CLUSTER_HOST',
@@ -259,6 +265,11 @@ const configSchema = z
      * writing before it ends.
      */
     leaseMs: intInRange(1000, 600_000).default(5000),
+    /**
+     * How long an owner keeps a user nobody used through it (no socket, no request, relayed or
+     * not) before it gives them up: their file closed, their lease deleted.
+     */
+    idleReleaseMs: intInRange(1000, 86_400_000).default(60_000),
     /**
      * Where this node accepts the other nodes' links (relayed requests and frames, docs/cluster.md).
      * Loopback by default, not `--host`: the API may face the world, the cluster port must not.

@@ -29,13 +29,14 @@ const FRAME_SLACK_BYTES = 2 * 1024 * 1024;
 /** What may wait to go to one node at least, before its link is given up as too slow. */
 const MIN_QUEUED_BYTES = 64 * 1024 * 1024;
 /** A user this node has not served for this long (no socket, no request) is given up. */
-const IDLE_RELEASE_MS = 60_000;
 const INTERRUPTED = 'The cluster connection was interrupted; reconnect';
 
 export interface ClusterSettings {
   redisUrl: string;
   nodeId: string | undefined;
   leaseMs: number;
+  /** How long this node keeps a user nobody used through it (`--idle-release-ms`). */
+  idleReleaseMs: number;
   /** For the derived node id. */
   port: number;
   /** The shared data folder, which holds the cluster key. */
@@ -111,6 +112,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
     private readonly subscriber: Redis,
     private readonly links: Links,
     private readonly leaseMs: number,
+    private readonly idleReleaseMs: number,
     private readonly storage: Storage,
     private readonly logger: Logger,
     /** The snowflake worker id this node issues ids with (worker-ids.ts). */
@@ -166,7 +168,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
       storage.issueIdsFrom(() => leased.current());
       subscriber = await connectRedis(settings.redisUrl, logger, `plexichat:${nodeId}:sub`, { subscribe: true });
       logger.info({ nodeId, leaseMs: settings.leaseMs, workerId: workerIds.workerId, link: `${address.host}:${address.port}` }, `cluster node ${nodeId}`);
-      return new ClusterNode(nodeId, record, redis, subscriber, links, settings.leaseMs, storage, logger, workerIds);
+      return new ClusterNode(nodeId, record, redis, subscriber, links, settings.leaseMs, settings.idleReleaseMs, storage, logger, workerIds);
     } catch (error) {
       await links?.close();
       subscriber?.disconnect();
@@ -243,6 +245,12 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
 
   owns(userId: string): boolean {
     return this.leases.owns(userId);
+  }
+
+  servesHere(userId: string): boolean {
+    if (!this.leases.owns(userId)) return false;
+    this.lastUse.set(userId, Date.now());
+    return true;
   }
 
   locate(userId: string): 'here' | Promise<'here' | { node: string }> {
@@ -524,7 +532,7 @@ export class ClusterNode implements Placement, DocRelay, EdgeRelay {
 
   /** Users nobody used here for a while: their files are closed and their leases given back. */
   private releaseIdle(): void {
-    const before = Date.now() - IDLE_RELEASE_MS;
+    const before = Date.now() - this.idleReleaseMs;
     for (const userId of [...this.leases.users()]) {
       if ((this.lastUse.get(userId) ?? 0) > before || this.bound?.bindings.holdsNothingOf(userId) !== true) continue;
       this.lastUse.delete(userId);

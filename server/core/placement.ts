@@ -10,6 +10,11 @@ export interface Placement {
   /** Whether this node owns the user right now (no I/O). */
   owns(userId: string): boolean;
   /**
+   * Whether this node owns the user right now (no I/O), counting it as a use: a request another
+   * node relayed here keeps its user from being given up as idle, as one that came here does.
+   */
+  servesHere(userId: string): boolean;
+  /**
    * Where to serve the user: 'here' at once when this node owns them; otherwise a promise of
    * 'here' (this node just claimed them) or the owner's node id. Rejects with an AppError (503)
    * when that cannot be known (Redis unreachable).

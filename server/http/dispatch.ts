@@ -605,7 +605,7 @@ async function serveForwarded(server: Server, request: ForwardedRequest, body: U
     remoteAddress: request.remoteAddress,
     requestId: request.requestId,
   };
-  if (server.options.cluster?.placement.owns(request.userId) !== true)
+  if (server.options.cluster?.placement.servesHere(request.userId) !== true)
     return { answer: { status: 0, headers: {}, misdirected: true }, body: new Uint8Array(0) };
   try {
     const match = server.router.match(info.method, info.path);

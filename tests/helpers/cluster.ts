@@ -4,6 +4,7 @@
  */
 import fs from 'node:fs';
 import type { ServerOptions } from '../../server/app.ts';
+import type { Config } from '../../server/config.ts';
 import { RedisServer } from './redis.ts';
 import { startServer, tempDir, type TestServer } from './server.ts';
 
@@ -11,7 +12,7 @@ export interface ClusterRig {
   dataDir: string;
   redis: RedisServer;
   /** A node (an in-process server) on the folder and the Redis; closed with the rig. */
-  startNode(nodeId: string, leaseMs: number, options?: ServerOptions): Promise<TestServer>;
+  startNode(nodeId: string, leaseMs: number, options?: ServerOptions, config?: Partial<Config>): Promise<TestServer>;
   /** Closes the nodes started so far. */
   stopNodes(): Promise<void>;
 }
@@ -28,8 +29,8 @@ export async function withCluster(prefix: string, body: (rig: ClusterRig) => Pro
     await body({
       dataDir,
       redis,
-      startNode: async (nodeId, leaseMs, options) => {
-        const node = await startServer({ dataDir, redisUrl: redis.url, nodeId, leaseMs }, options);
+      startNode: async (nodeId, leaseMs, options, config) => {
+        const node = await startServer({ ...config, dataDir, redisUrl: redis.url, nodeId, leaseMs }, options);
         nodes.push(node);
         return node;
       },
