@@ -184,9 +184,23 @@ test('admin user list and doctor on a live cluster: every user is taken in turn;
     assert.deepEqual((JSON.parse(list.stdout) as { username: string }[]).map((account) => account.username).sort(), [alice.username, bob.username].sort());
     assert.equal((await device.closed).code, 1012, 'the list took alice from her node: her device reconnects');
 
+    // Each take of a user draws a new fencing token: doctor takes each user once, for their file's
+    // check and their index row's together (an online user's sockets reconnect once per run).
+    const fences = new Redis(redis.url);
+    const tokens = async () => Promise.all([alice.id, bob.id].map(async (id) => Number(await fences.get(`plexichat:fence:${id}`))));
+    const before = await tokens();
     const sound = await runCommand(['doctor', ...cluster]);
     assert.equal(sound.code, 0, sound.stdout + sound.stderr);
     assert.match(sound.stdout, /^checked 4 files \(.+\): 4 sound\nno problem found\n$/);
+    try {
+      assert.deepEqual(
+        await tokens(),
+        before.map((token) => token + 1),
+        'one take per user',
+      );
+    } finally {
+      fences.disconnect();
+    }
 
     // A change of name that stopped between its two writes leaves a pending mark.
     const client = new Redis(redis.url);

@@ -17,6 +17,7 @@ import { moveDirectoryToRedis } from '../cluster/directory-move.ts';
 import { RedisDirectory } from '../cluster/redis-directory.ts';
 import { connectRedis } from '../cluster/redis.ts';
 import { UsersService, type AccountSummary } from '../users/service.ts';
+import type { IndexProblem } from '../users/directory-index.ts';
 import { avatarHashOf } from '../avatars/card.ts';
 import { allowDmsFromOf } from '../settings/messaging-service.ts';
 
@@ -156,17 +157,21 @@ export class AccountsAdmin {
   }
 
   /**
-   * `doctor`'s check of one user file (data-folder.ts) in cluster mode: through the connection of
-   * this command, which holds the user for it (a user that cannot be had ends the check).
+   * `doctor`'s check of one user file (data-folder.ts) in cluster mode, and of the user's index row
+   * against it: through the connection of this command, which holds the user for both (a user that
+   * cannot be had ends the check).
    */
-  async inspectUserFile(file: DataFile, userId: string): Promise<FileHealth> {
+  async inspectUserFile(file: DataFile, userId: string): Promise<{ health: FileHealth; index: IndexProblem[] }> {
     const { userFiles } = this.storage;
-    return userFiles.holding(userId, () => {
+    // One take of the user for both checks: an online user's sockets reconnect once per run.
+    return userFiles.holding(userId, async () => {
+      let health: FileHealth;
       try {
-        return userFiles.inspect(userId, (db) => inspectOpenDataFile(this.config.dataDir, file, db));
+        health = userFiles.inspect(userId, (db) => inspectOpenDataFile(this.config.dataDir, file, db));
       } catch (error) {
-        return unopenableDataFile(this.config.dataDir, file, error);
+        health = unopenableDataFile(this.config.dataDir, file, error);
       }
+      return { health, index: await this.users.checkHeldUser(userId) };
     });
   }
 

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.ts';
 import { DIRECTORY_FILE, USERS_FOLDER, inspectDataFile, isDataFolder, listDataFiles, type DataFile, type FileHealth } from '../storage/data-folder.ts';
 import { DIRECTORY_IN_REDIS } from '../storage/sqlite-directory.ts';
-import type { IndexProblem } from '../users/directory-index.ts';
+import { rowsWithoutFile, type IndexProblem } from '../users/directory-index.ts';
 import { AccountsAdmin, type ServerNotice } from './accounts.ts';
 import { movedToRedis } from './cluster-folder.ts';
 import type { Progress } from './progress.ts';
@@ -52,22 +52,36 @@ export async function examineDataFolder(config: Config, logger: Logger, progress
   const unchecked = config.redisUrl !== undefined && directoryDamaged;
   let index: IndexProblem[] | undefined;
   try {
+    const userFiles = unchecked ? [] : list.filter((candidate) => candidate.kind === 'user');
+    // A cluster's users are each taken once, for their file's check and their row's together.
+    const heldIndex: IndexProblem[] = [];
     try {
-      for (const file of unchecked ? [] : list.filter((candidate) => candidate.kind === 'user')) {
-        files.push(admin === undefined ? inspectDataFile(dataDir, file) : await admin.inspectUserFile(file, userIdOf(file)));
+      for (const file of userFiles) {
+        if (admin === undefined) files.push(inspectDataFile(dataDir, file));
+        else {
+          const checked = await admin.inspectUserFile(file, userIdOf(file));
+          files.push(checked.health);
+          heldIndex.push(...checked.index);
+        }
         progress.update(files.length, file.path);
       }
     } finally {
       progress.stop();
     }
-    if (!directoryDamaged) {
-      const checker = admin ?? (await AccountsAdmin.open(config, logger));
+    if (admin !== undefined) {
+      // Rows whose file is gone, asked twice as below (a deletion caught between its two steps).
+      const ids = userFiles.map(userIdOf);
+      const first = rowsWithoutFile(await admin.users.listIndexRows(), ids);
+      const again = new Set(rowsWithoutFile(await admin.users.listIndexRows(), ids).map((problem) => JSON.stringify(problem)));
+      index = [...heldIndex, ...first.filter((problem) => again.has(JSON.stringify(problem)))];
+    } else if (!directoryDamaged) {
+      const checker = await AccountsAdmin.open(config, logger);
       try {
         const first = await checker.users.checkDirectoryIndex();
         const again = new Set((await checker.users.checkDirectoryIndex()).map((problem) => JSON.stringify(problem)));
         index = first.filter((problem) => again.has(JSON.stringify(problem)));
       } finally {
-        if (checker !== admin) await checker.close();
+        await checker.close();
       }
     }
   } finally {

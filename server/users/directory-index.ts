@@ -1,7 +1,7 @@
 import type { AllowDmsFrom } from '../../shared/schemas/messaging-settings.ts';
 import { compareSnowflakes } from '../../shared/snowflake.ts';
 import { UserFileDeletedError, type Storage, type UserFile } from '../storage/index.ts';
-import type { IndexEntry, UserCard } from '../storage/directory-store.ts';
+import type { IndexEntry, StoredIndexRow, UserCard } from '../storage/directory-store.ts';
 import * as repo from './repo.ts';
 
 /**
@@ -107,43 +107,61 @@ export async function checkDirectoryIndex(storage: Storage, sources: CardSources
   const problems: IndexProblem[] = [];
   const files = userFiles.list().sort(compareSnowflakes);
   for (const userId of files) {
-    const row = rows.get(userId);
-    const read = await userFiles.holding(userId, (): IndexEntry | IndexProblem => {
-      try {
-        return userFiles.read(userId, (file) => entryOf(file, sources));
-      } catch (error) {
-        if (error instanceof UserFileDeletedError) return { kind: 'deleted', userId, indexed: row !== undefined };
-        return { kind: 'unreadable', userId, reason: error instanceof Error ? error.message : String(error) };
-      }
-    });
-    if ('kind' in read) {
-      problems.push(read);
-      continue;
-    }
-    const entry = read;
-    if (row === undefined) {
-      problems.push({ kind: 'not_indexed', userId, username: entry.username });
-      continue;
-    }
-    const differs = (field: IndexField, inFile: string, inIndex: string) => {
-      if (inFile !== inIndex) problems.push({ kind: 'differs', userId, field, inFile, inIndex });
-    };
-    differs('username', entry.username, row.username);
-    // The address as it is found (lower-cased), then, when that is right, as the card spells it.
-    if (row.email_lower !== entry.email.toLowerCase()) differs('email', entry.email.toLowerCase(), row.email_lower);
-    else if (row.card !== null) differs('email', entry.email, row.card.email);
-    differs('created_at', String(entry.createdAt), String(row.created_at));
-    if (row.card === null) problems.push({ kind: 'no_card', userId });
-    else {
-      differs('avatar', entry.avatarHash ?? 'none', row.card.avatarHash ?? 'none');
-      const badges = (held: string[]) => (held.length === 0 ? 'none' : held.join(', '));
-      differs('badges', badges(entry.badges), badges(row.card.badges));
-      differs('allow_dms_from', entry.allowDmsFrom, row.card.allowDmsFrom);
-    }
-    if (pending.has(userId)) problems.push({ kind: 'pending', userId });
+    problems.push(...(await userFiles.holding(userId, () => problemsOfUser(storage, sources, userId, rows.get(userId), pending.has(userId)))));
   }
+  problems.push(...rowsWithoutFile(rows.values(), files));
+  return problems;
+}
+
+/**
+ * Cluster mode, for a command that holds the user (their owner handed them over): how the user's
+ * index row disagrees with their file, both read now. Nothing can change either meanwhile (every
+ * change of a user's row goes through their file, which the command holds), so one comparison
+ * is exact, where `checkDirectoryIndex` (files and rows read apart) must be asked twice.
+ */
+export async function checkHeldUser(storage: Storage, sources: CardSources, userId: string): Promise<IndexProblem[]> {
+  const { directory } = storage;
+  const row = await directory.findUserRow(userId);
+  const pending = (await directory.listPendingUsers()).includes(userId);
+  return problemsOfUser(storage, sources, userId, row, pending);
+}
+
+/** The rows that name a user with no file among `files` (an account nobody can use). */
+export function rowsWithoutFile(rows: Iterable<StoredIndexRow>, files: readonly string[]): IndexProblem[] {
   const onDisk = new Set(files);
-  for (const row of rows.values()) if (!onDisk.has(row.id)) problems.push({ kind: 'no_file', userId: row.id, username: row.username });
+  const problems: IndexProblem[] = [];
+  for (const row of rows) if (!onDisk.has(row.id)) problems.push({ kind: 'no_file', userId: row.id, username: row.username });
+  return problems;
+}
+
+/** How one user's file and their index row (`row`, undefined when there is none) disagree; reads the file. */
+function problemsOfUser(storage: Storage, sources: CardSources, userId: string, row: StoredIndexRow | undefined, pending: boolean): IndexProblem[] {
+  const { userFiles } = storage;
+  let entry: IndexEntry;
+  try {
+    entry = userFiles.read(userId, (file) => entryOf(file, sources));
+  } catch (error) {
+    if (error instanceof UserFileDeletedError) return [{ kind: 'deleted', userId, indexed: row !== undefined }];
+    return [{ kind: 'unreadable', userId, reason: error instanceof Error ? error.message : String(error) }];
+  }
+  if (row === undefined) return [{ kind: 'not_indexed', userId, username: entry.username }];
+  const problems: IndexProblem[] = [];
+  const differs = (field: IndexField, inFile: string, inIndex: string) => {
+    if (inFile !== inIndex) problems.push({ kind: 'differs', userId, field, inFile, inIndex });
+  };
+  differs('username', entry.username, row.username);
+  // The address as it is found (lower-cased), then, when that is right, as the card spells it.
+  if (row.email_lower !== entry.email.toLowerCase()) differs('email', entry.email.toLowerCase(), row.email_lower);
+  else if (row.card !== null) differs('email', entry.email, row.card.email);
+  differs('created_at', String(entry.createdAt), String(row.created_at));
+  if (row.card === null) problems.push({ kind: 'no_card', userId });
+  else {
+    differs('avatar', entry.avatarHash ?? 'none', row.card.avatarHash ?? 'none');
+    const badges = (held: string[]) => (held.length === 0 ? 'none' : held.join(', '));
+    differs('badges', badges(entry.badges), badges(row.card.badges));
+    differs('allow_dms_from', entry.allowDmsFrom, row.card.allowDmsFrom);
+  }
+  if (pending) problems.push({ kind: 'pending', userId });
   return problems;
 }
 

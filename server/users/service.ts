@@ -14,11 +14,12 @@ import { STORAGE_FAILURE, STORAGE_RETRY_AFTER_S, guardStorage, openUserFile, una
 import type { Throttle, Throttles } from '../core/throttle.ts';
 import type { AvatarsService } from '../avatars/service.ts';
 import type { MfaService } from '../mfa/service.ts';
-import { NameTakenError, type IndexEntry, type IndexedUser, type NewSession } from '../storage/directory-store.ts';
+import { NameTakenError, type IndexEntry, type IndexedUser, type NewSession, type StoredIndexRow } from '../storage/directory-store.ts';
 import { UserFileMissingError, type Storage, type UserFile } from '../storage/index.ts';
 import {
   type CardSources,
   checkDirectoryIndex,
+  checkHeldUser,
   entryOf,
   rebuildDirectoryIndex,
   rederiveIndexEntry,
@@ -550,6 +551,16 @@ export class UsersService {
   /** How the directory's users index disagrees with the user files (doctor); changes nothing. */
   checkDirectoryIndex(): Promise<IndexProblem[]> {
     return checkDirectoryIndex(this.deps.storage, this.deps.cardSources);
+  }
+
+  /** Every row of the directory's users index, as stored (doctor compares them with the user files). */
+  listIndexRows(): Promise<StoredIndexRow[]> {
+    return this.deps.storage.directory.listUsers();
+  }
+
+  /** How one held user's index row disagrees with their file (doctor on a cluster; see checkHeldUser). */
+  checkHeldUser(userId: string): Promise<IndexProblem[]> {
+    return checkHeldUser(this.deps.storage, this.deps.cardSources, userId);
   }
 
   /** Derives the whole users index again from the user files (doctor --fix; see rebuildDirectoryIndex). */
