@@ -157,6 +157,27 @@ test('a relayed socket gets the close codes of a local one: a malformed frame is
   assert.equal((await closed).code, 4400);
 });
 
+test("a document that is not the user's: 404 at the upgrade on their owner; through another node, only its form can be checked there, so the owner closes the socket with 4404", {
+  skip,
+  timeout: 30_000,
+}, async () => {
+  const user = await registerUser(node(0).api);
+  await notesChannelOf(node(0).api, user);
+  const other = await registerUser(node(2).api);
+  const othersChannel = await notesChannelOf(node(2).api, other);
+  // On the owner: refused before the upgrade, as on one node.
+  const onOwner = await rawSocket(`${node(0).url}/sync/${othersChannel}?token=${user.token}`);
+  assert.equal(onOwner.status, 404);
+  // A name no document can have is refused at the upgrade anywhere.
+  const malformed = await rawSocket(`${node(1).url}/sync/not-a-document?token=${user.token}`);
+  assert.equal(malformed.status, 404);
+  // Well-formed, someone else's: accepted by the edge, closed by the owner, never served.
+  const relayed = await rawSocket(`${node(1).url}/sync/${othersChannel}?token=${user.token}`);
+  assert.equal(relayed.status, 101);
+  assert.equal(await relayed.first, undefined, 'not one frame of the document');
+  assert.deepEqual(await relayed.closed, { code: 4404, reason: 'No such document' });
+});
+
 test("the owner counts a user's sockets on every node: past --max-sync-connections-per-user the next one is 4529 wherever it arrives", {
   skip,
   timeout: 30_000,

@@ -91,7 +91,7 @@ export function rawSocket(
   url: string,
   options: WebSocket.ClientOptions = {},
   protocols?: string[],
-): Promise<{ ws: WebSocket; status: number; first: Promise<Uint8Array | undefined> }> {
+): Promise<{ ws: WebSocket; status: number; first: Promise<Uint8Array | undefined>; closed: Promise<{ code: number; reason: string }> }> {
   return new Promise((resolve) => {
     const ws = new WebSocket(url.replace(/^http/, 'ws'), protocols, options);
     ws.binaryType = 'arraybuffer';
@@ -101,12 +101,13 @@ export function rawSocket(
       ws.once('message', (data: ArrayBuffer) => settle(new Uint8Array(data)));
       ws.once('close', () => settle(undefined));
     });
-    ws.once('open', () => resolve({ ws, status: 101, first }));
+    const closed = closeEvent(ws);
+    ws.once('open', () => resolve({ ws, status: 101, first, closed }));
     ws.once('unexpected-response', (_req, res) => {
-      resolve({ ws, status: res.statusCode ?? 0, first });
+      resolve({ ws, status: res.statusCode ?? 0, first, closed });
       res.resume();
     });
-    ws.once('error', () => resolve({ ws, status: 0, first }));
+    ws.once('error', () => resolve({ ws, status: 0, first, closed }));
   });
 }
 
